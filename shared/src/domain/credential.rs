@@ -1,0 +1,182 @@
+//! Client credentials: `active` → `revoked` (terminal), with an optional expiry.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AgentStatus;
+
+/// The stored status. `expired` is not stored: it is what an active credential past its
+/// `expiresAt` shows as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialStatus {
+    Active,
+    Revoked,
+}
+
+impl CredentialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialStatus::Active => "active",
+            CredentialStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CredentialStatus> {
+        match text {
+            "active" => Some(CredentialStatus::Active),
+            "revoked" => Some(CredentialStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// What a listing shows and filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EffectiveCredentialStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl EffectiveCredentialStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "expired" => Some(Self::Expired),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub credential_id: Uuid,
+    pub client_id: Uuid,
+    pub agent_id: Uuid,
+    pub org_id: Uuid,
+    /// bcrypt hash of the client secret; never leaves the server.
+    pub secret_hash: String,
+    pub status: CredentialStatus,
+    /// A copy of the agent's status, kept in step on every agent transition, so the token
+    /// endpoint learns both from one read.
+    pub agent_status: AgentStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("credential_id", &self.credential_id)
+            .field("client_id", &self.client_id)
+            .field("agent_id", &self.agent_id)
+            .field("org_id", &self.org_id)
+            .field("secret_hash", &"[redacted]")
+            .field("status", &self.status)
+            .field("agent_status", &self.agent_status)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Credential {
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    pub fn effective_status(&self, now: DateTime<Utc>) -> EffectiveCredentialStatus {
+        match self.status {
+            CredentialStatus::Revoked => EffectiveCredentialStatus::Revoked,
+            CredentialStatus::Active if self.is_expired_at(now) => EffectiveCredentialStatus::Expired,
+            CredentialStatus::Active => EffectiveCredentialStatus::Active,
+        }
+    }
+
+    /// Whether a presented secret for this credential may be checked at all: a revoked or
+    /// expired credential, or one whose agent is not active, never yields a token.
+    pub fn may_obtain_tokens(&self, now: DateTime<Utc>) -> bool {
+        self.effective_status(now) == EffectiveCredentialStatus::Active && self.agent_status.may_obtain_tokens()
+    }
+
+    pub fn may_be_rotated(&self) -> bool {
+        self.status == CredentialStatus::Active
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn credential(status: CredentialStatus, expires_in: Option<Duration>, agent: AgentStatus) -> (Credential, DateTime<Utc>) {
+        let now = Utc::now();
+        (
+            Credential {
+                credential_id: Uuid::new_v4(),
+                client_id: Uuid::new_v4(),
+                agent_id: Uuid::new_v4(),
+                org_id: Uuid::new_v4(),
+                secret_hash: "$2b$04$hash".into(),
+                status,
+                agent_status: agent,
+                created_at: now,
+                expires_at: expires_in.map(|d| now + d),
+                revoked_at: None,
+                rotated_at: None,
+                version: 1,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn an_active_unexpired_credential_of_an_active_agent_may_obtain_tokens() {
+        let (c, now) = credential(CredentialStatus::Active, Some(Duration::hours(1)), AgentStatus::Active);
+        assert!(c.may_obtain_tokens(now));
+    }
+
+    #[test]
+    fn an_expired_credential_shows_as_expired_and_gets_no_tokens() {
+        let (c, now) = credential(CredentialStatus::Active, Some(Duration::seconds(-1)), AgentStatus::Active);
+        assert_eq!(c.effective_status(now), EffectiveCredentialStatus::Expired);
+        assert!(!c.may_obtain_tokens(now));
+    }
+
+    #[test]
+    fn expiry_is_reached_at_the_exact_instant() {
+        let (c, now) = credential(CredentialStatus::Active, Some(Duration::zero()), AgentStatus::Active);
+        assert!(c.is_expired_at(now));
+    }
+
+    #[test]
+    fn a_revoked_credential_cannot_be_rotated_or_used() {
+        let (c, now) = credential(CredentialStatus::Revoked, None, AgentStatus::Active);
+        assert!(!c.may_be_rotated());
+        assert!(!c.may_obtain_tokens(now));
+        assert_eq!(c.effective_status(now), EffectiveCredentialStatus::Revoked);
+    }
+
+    #[test]
+    fn a_credential_of_a_suspended_or_decommissioned_agent_gets_no_tokens() {
+        for agent in [AgentStatus::Suspended, AgentStatus::Decommissioned] {
+            let (c, now) = credential(CredentialStatus::Active, None, agent);
+            assert!(!c.may_obtain_tokens(now));
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_hash() {
+        let (c, _) = credential(CredentialStatus::Active, None, AgentStatus::Active);
+        assert!(!format!("{c:?}").contains("$2b$"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Domain types and their lifecycle rules. Nothing here does I/O.
+
+pub mod agent;
+pub mod audit;
+pub mod credential;
+pub mod org;
+pub mod scope;
+pub mod time;
+
+pub use agent::{Agent, AgentStatus};
+pub use audit::{Actor, AuditAction, AuditEvent, Outcome};
+pub use credential::{Credential, CredentialStatus};
+pub use org::{Organization, Plan, PlanLimits};
+pub use scope::{Scope, ScopeSet};

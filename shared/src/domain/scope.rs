@@ -1,0 +1,115 @@
+//! Scopes: the management scopes this IdP checks, and the free-form scopes agents request.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+pub const AGENTS_READ: &str = "agents:read";
+pub const AGENTS_WRITE: &str = "agents:write";
+pub const AUDIT_READ: &str = "audit:read";
+
+/// The scopes that open this IdP's own management API.
+pub const MANAGEMENT_SCOPES: [&str; 3] = [AGENTS_READ, AGENTS_WRITE, AUDIT_READ];
+
+/// What a management endpoint requires of the caller's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    AgentsRead,
+    AgentsWrite,
+    AuditRead,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::AgentsRead => AGENTS_READ,
+            Scope::AgentsWrite => AGENTS_WRITE,
+            Scope::AuditRead => AUDIT_READ,
+        }
+    }
+}
+
+/// A set of scope tokens (RFC 6749 §3.3), kept sorted so the wire form is stable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeSet(BTreeSet<String>);
+
+impl ScopeSet {
+    pub fn parse(space_separated: &str) -> Self {
+        Self(space_separated.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    }
+
+    pub fn from_list<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Self {
+        Self(items.into_iter().map(Into::into).collect())
+    }
+
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.contains(scope)
+    }
+
+    /// `agents:write` implies `agents:read`.
+    pub fn permits(&self, required: Scope) -> bool {
+        match required {
+            Scope::AgentsRead => self.contains(AGENTS_READ) || self.contains(AGENTS_WRITE),
+            other => self.contains(other.as_str()),
+        }
+    }
+
+    pub fn is_subset_of(&self, other: &ScopeSet) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    /// The management scopes in `self` that `holder` lacks: a caller can never grant these.
+    pub fn management_scopes_beyond(&self, holder: &ScopeSet) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|s| MANAGEMENT_SCOPES.contains(&s.as_str()) && !holder.contains(s))
+            .cloned()
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let joined: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        f.write_str(&joined.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_write_implies_agents_read_but_not_audit() {
+        let set = ScopeSet::parse("agents:write");
+        assert!(set.permits(Scope::AgentsRead));
+        assert!(set.permits(Scope::AgentsWrite));
+        assert!(!set.permits(Scope::AuditRead));
+    }
+
+    #[test]
+    fn agents_read_does_not_permit_writes() {
+        let set = ScopeSet::parse("agents:read");
+        assert!(set.permits(Scope::AgentsRead));
+        assert!(!set.permits(Scope::AgentsWrite));
+    }
+
+    #[test]
+    fn management_scopes_the_holder_lacks_are_reported() {
+        let wanted = ScopeSet::parse("agents:write audit:read weather:read");
+        let holder = ScopeSet::parse("agents:write");
+        assert_eq!(wanted.management_scopes_beyond(&holder), vec!["audit:read".to_owned()]);
+    }
+
+    #[test]
+    fn parsing_ignores_repeated_spaces_and_sorts() {
+        assert_eq!(ScopeSet::parse("b  a ").to_string(), "a b");
+    }
+}

@@ -1,0 +1,87 @@
+//! Time as the API shows it, and the clock that expiry logic reads.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serializer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// The clock is injected so expiry, retention and quota months are testable without sleeping.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that stands still until a test moves it.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    millis: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
+        Self { millis: Arc::new(AtomicI64::new(start.timestamp_millis())) }
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        self.millis.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+}
+
+/// RFC 3339, UTC, milliseconds: `2026-03-28T09:00:00.000Z`.
+pub fn format_timestamp(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The calendar month (UTC) that a free-tier token counter belongs to, as `YYYY-MM`.
+pub fn usage_month(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// Serde helpers so every timestamp in a response has the documented shape.
+pub mod millis {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_timestamp(at))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_timestamp(&text).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_str(&format_timestamp(at)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            let text = Option::<String>::deserialize(d)?;
+            text.map(|t| parse_timestamp(&t).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp")))
+                .transpose()
+        }
+    }
+}

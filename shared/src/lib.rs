@@ -1,0 +1,8 @@
+//! AgentIdP's library: the domain and its rules, validation, secrets, token signing, storage,
+//! and the HTTP handlers that every Lambda function and the local server share.
+
+pub mod domain;
+pub mod store;
+pub mod files;
+pub mod secret;
+pub mod signing;

@@ -1,0 +1,545 @@
+//! Access tokens: RFC 9068 JWTs signed with a key set that keeps previous keys, so a rotation
+//! never breaks a token already issued, and rendered as a JWKS (RFC 7517).
+
+use std::fmt;
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::time::format_timestamp;
+
+/// The `typ` header of RFC 9068 access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// Tokens larger than this are refused before any parsing. Ours are well under 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::RS256 => "RS256",
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "RS256" => Some(Self::RS256),
+            "ES256" => Some(Self::ES256),
+            "EdDSA" => Some(Self::EdDSA),
+            _ => None,
+        }
+    }
+
+    fn jwt_algorithm(self) -> Algorithm {
+        match self {
+            SigningAlgorithm::RS256 => Algorithm::RS256,
+            SigningAlgorithm::ES256 => Algorithm::ES256,
+            SigningAlgorithm::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+/// The claims of an access token (RFC 9068 §2.2), plus the organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    /// The agent id.
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    pub org_id: String,
+}
+
+impl AccessTokenClaims {
+    pub fn agent_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.sub).ok()
+    }
+
+    pub fn org_uuid(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.org_id).ok()
+    }
+
+    pub fn client_uuid(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.client_id).ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key generation failed")]
+    Generation,
+    #[error("the key set is malformed: {0}")]
+    Malformed(String),
+    #[error("the key set holds no key")]
+    Empty,
+    #[error("signing failed: {0}")]
+    Signing(String),
+    #[error("the key source is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a token was refused. Callers answer all of these the same way; the reason is for logs
+/// and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("token too large")]
+    TooLarge,
+    #[error("token malformed")]
+    Malformed,
+    #[error("token type is not at+jwt")]
+    WrongType,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("algorithm not accepted")]
+    WrongAlgorithm,
+    #[error("bad signature or claims")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+}
+
+/// One private key as stored in the key-set document.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: SigningAlgorithm,
+    /// PKCS#8, PEM.
+    pub private_key_pem: String,
+    pub created_at: String,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("private_key_pem", &"[redacted]")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// The JSON kept in Secrets Manager and in `<data-dir>/signing-keys.json`: newest key first;
+/// the first key signs, every key verifies. See docs/signing-keys.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySetDocument {
+    pub keys: Vec<StoredKey>,
+}
+
+impl KeySetDocument {
+    pub fn parse(json: &str) -> Result<Self, KeyError> {
+        serde_json::from_str(json).map_err(|e| KeyError::Malformed(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> Result<String, KeyError> {
+        serde_json::to_string_pretty(self).map_err(|e| KeyError::Malformed(e.to_string()))
+    }
+
+    /// A new document whose signing key is freshly generated, keeping at most `keep_previous`
+    /// of the current keys for verification.
+    pub fn rotated(&self, alg: SigningAlgorithm, now: DateTime<Utc>, keep_previous: usize) -> Result<Self, KeyError> {
+        let mut keys = vec![generate_key(alg, now)?];
+        keys.extend(self.keys.iter().take(keep_previous).cloned());
+        Ok(Self { keys })
+    }
+
+    pub fn generate(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<Self, KeyError> {
+        Ok(Self { keys: vec![generate_key(alg, now)?] })
+    }
+}
+
+fn pem_wrap(label: &str, der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+fn pem_unwrap(pem: &str) -> Result<Vec<u8>, KeyError> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(body.trim()).map_err(|e| KeyError::Malformed(e.to_string()))
+}
+
+pub fn generate_key(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<StoredKey, KeyError> {
+    let pkcs8: Vec<u8> = match alg {
+        SigningAlgorithm::RS256 => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|_| KeyError::Generation)?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair.as_der().map_err(|_| KeyError::Generation)?;
+            der.as_ref().to_vec()
+        }
+        SigningAlgorithm::ES256 => {
+            let rng = SystemRandom::new();
+            EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| KeyError::Generation)?
+                .as_ref()
+                .to_vec()
+        }
+        SigningAlgorithm::EdDSA => {
+            let rng = SystemRandom::new();
+            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generation)?.as_ref().to_vec()
+        }
+    };
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).map_err(|_| KeyError::Generation)?;
+    Ok(StoredKey {
+        kid: format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), hex::encode(random)),
+        alg,
+        private_key_pem: pem_wrap("PRIVATE KEY", &pkcs8),
+        created_at: format_timestamp(&now),
+    })
+}
+
+/// A public key as JWKS members (RFC 7517 §4, RFC 7518 §6, RFC 8037).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicJwk {
+    pub kty: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+    pub alg: String,
+    pub kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+struct LoadedKey {
+    kid: String,
+    alg: SigningAlgorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwk: PublicJwk,
+}
+
+fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
+    let pkcs8 = pem_unwrap(&stored.private_key_pem)?;
+    let malformed = |e: &dyn fmt::Display| KeyError::Malformed(format!("key {}: {e}", stored.kid));
+    let base = PublicJwk {
+        kty: String::new(),
+        use_: "sig".into(),
+        alg: stored.alg.as_str().into(),
+        kid: stored.kid.clone(),
+        n: None,
+        e: None,
+        crv: None,
+        x: None,
+        y: None,
+    };
+    let (encoding, decoding, jwk) = match stored.alg {
+        SigningAlgorithm::RS256 => {
+            let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|e| malformed(&e))?;
+            let components: aws_lc_rs::rsa::PublicKeyComponents<Vec<u8>> = pair.public_key().into();
+            let encoding = EncodingKey::from_rsa_pem(stored.private_key_pem.as_bytes()).map_err(|e| malformed(&e))?;
+            let decoding = DecodingKey::from_rsa_raw_components(&components.n, &components.e);
+            let jwk = PublicJwk {
+                kty: "RSA".into(),
+                n: Some(URL_SAFE_NO_PAD.encode(&components.n)),
+                e: Some(URL_SAFE_NO_PAD.encode(&components.e)),
+                ..base
+            };
+            (encoding, decoding, jwk)
+        }
+        SigningAlgorithm::ES256 => {
+            let pair = EcdsaKeyPair::from_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+                .map_err(|e| malformed(&e))?;
+            // An uncompressed P-256 point: 0x04, then 32 bytes of x and 32 of y.
+            let point = pair.public_key().as_ref();
+            if point.len() != 65 {
+                return Err(malformed(&"unexpected EC point length"));
+            }
+            let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+            let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
+            let encoding = EncodingKey::from_ec_der(&pkcs8);
+            let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| malformed(&e))?;
+            let jwk = PublicJwk { kty: "EC".into(), crv: Some("P-256".into()), x: Some(x), y: Some(y), ..base };
+            (encoding, decoding, jwk)
+        }
+        SigningAlgorithm::EdDSA => {
+            let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| malformed(&e))?;
+            let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+            let encoding = EncodingKey::from_ed_der(&pkcs8);
+            let decoding = DecodingKey::from_ed_components(&x).map_err(|e| malformed(&e))?;
+            let jwk = PublicJwk { kty: "OKP".into(), crv: Some("Ed25519".into()), x: Some(x), ..base };
+            (encoding, decoding, jwk)
+        }
+    };
+    Ok(LoadedKey { kid: stored.kid.clone(), alg: stored.alg, encoding, decoding, jwk })
+}
+
+/// The keys in use: the first signs, all verify.
+pub struct KeySet {
+    keys: Vec<LoadedKey>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys.iter().map(|k| &k.kid)).finish()
+    }
+}
+
+/// What a token needs besides the key: who issues it, for whom, and for how long.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+    pub lifetime_seconds: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Jwks {
+    pub keys: Vec<PublicJwk>,
+}
+
+impl KeySet {
+    pub fn from_document(document: &KeySetDocument) -> Result<Self, KeyError> {
+        if document.keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let keys = document.keys.iter().map(load_key).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { keys })
+    }
+
+    fn current(&self) -> Result<&LoadedKey, KeyError> {
+        self.keys.first().ok_or(KeyError::Empty)
+    }
+
+    pub fn signing_algorithm(&self) -> Result<SigningAlgorithm, KeyError> {
+        Ok(self.current()?.alg)
+    }
+
+    /// Every algorithm a token of ours may carry, for the discovery metadata.
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        let mut algs: Vec<&'static str> = self.keys.iter().map(|k| k.alg.as_str()).collect();
+        algs.dedup();
+        algs
+    }
+
+    pub fn sign(&self, claims: &AccessTokenClaims) -> Result<String, KeyError> {
+        let key = self.current()?;
+        let mut header = Header::new(key.alg.jwt_algorithm());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| KeyError::Signing(e.to_string()))
+    }
+
+    pub fn jwks(&self) -> Jwks {
+        Jwks { keys: self.keys.iter().map(|k| k.jwk.clone()).collect() }
+    }
+
+    /// Checks the signature with the key the `kid` names, pinned to that key's algorithm, then
+    /// `typ`, `iss`, `aud`, and `exp`/`nbf` against `now` (the injected clock, not the system's).
+    pub fn verify(&self, token: &str, policy: &TokenPolicy, now: DateTime<Utc>) -> Result<AccessTokenClaims, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(ACCESS_TOKEN_TYPE) {
+            return Err(TokenRejection::WrongType);
+        }
+        let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
+        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.alg.jwt_algorithm() {
+            return Err(TokenRejection::WrongAlgorithm);
+        }
+        let mut validation = Validation::new(key.alg.jwt_algorithm());
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        let data = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.decoding, &validation)
+            .map_err(|_| TokenRejection::Invalid)?;
+        let claims = data.claims;
+        let now = now.timestamp();
+        if claims.exp <= now {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf > now {
+            return Err(TokenRejection::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+/// Where the key set comes from. Secrets Manager is read lazily and re-read after
+/// `refresh_after`, so a rotation reaches warm instances, and a failed read at cold start is
+/// retried on the next call instead of needing a restart.
+pub enum KeySource {
+    Fixed(Arc<KeySet>),
+    SecretsManager(SecretsManagerKeys),
+}
+
+pub struct SecretsManagerKeys {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    refresh_after: std::time::Duration,
+    cached: tokio::sync::RwLock<Option<(Arc<KeySet>, std::time::Instant)>>,
+}
+
+impl SecretsManagerKeys {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, refresh_after: std::time::Duration) -> Self {
+        Self { client, secret_id, refresh_after, cached: tokio::sync::RwLock::new(None) }
+    }
+
+    async fn fetch(&self) -> Result<Arc<KeySet>, KeyError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| KeyError::Unavailable(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
+        let json = out.secret_string().ok_or_else(|| KeyError::Malformed("the secret holds no string".into()))?;
+        Ok(Arc::new(KeySet::from_document(&KeySetDocument::parse(json)?)?))
+    }
+
+    async fn get(&self) -> Result<Arc<KeySet>, KeyError> {
+        if let Some((keys, loaded)) = self.cached.read().await.as_ref()
+            && loaded.elapsed() < self.refresh_after
+        {
+            return Ok(keys.clone());
+        }
+        let mut slot = self.cached.write().await;
+        if let Some((keys, loaded)) = slot.as_ref()
+            && loaded.elapsed() < self.refresh_after
+        {
+            return Ok(keys.clone());
+        }
+        match self.fetch().await {
+            Ok(keys) => {
+                *slot = Some((keys.clone(), std::time::Instant::now()));
+                Ok(keys)
+            }
+            // A stale key set still verifies and signs correctly; keep serving it while the
+            // secret cannot be read, and try again on the next call.
+            Err(e) => match slot.as_ref() {
+                Some((keys, _)) => {
+                    tracing::warn!(error = %e, "re-reading the signing keys failed; using the cached set");
+                    Ok(keys.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+impl KeySource {
+    pub async fn keys(&self) -> Result<Arc<KeySet>, KeyError> {
+        match self {
+            KeySource::Fixed(keys) => Ok(keys.clone()),
+            KeySource::SecretsManager(source) => source.get().await,
+        }
+    }
+
+    /// The local server's keys: `path` if it exists, else a new key written there (mode 0600).
+    pub fn load_or_create_file(path: &std::path::Path, alg: SigningAlgorithm) -> Result<Self, KeyError> {
+        let document = match std::fs::read_to_string(path) {
+            Ok(json) => KeySetDocument::parse(&json)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let document = KeySetDocument::generate(alg, Utc::now())?;
+                crate::files::write_private(path, document.to_json()?.as_bytes())
+                    .map_err(|e| KeyError::Unavailable(format!("writing {}: {e}", path.display())))?;
+                document
+            }
+            Err(e) => return Err(KeyError::Unavailable(format!("reading {}: {e}", path.display()))),
+        };
+        Ok(KeySource::Fixed(Arc::new(KeySet::from_document(&document)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn policy() -> TokenPolicy {
+        TokenPolicy { issuer: "http://localhost:3000".into(), audience: "http://localhost:3000".into(), lifetime_seconds: 3600 }
+    }
+
+    fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: policy().issuer,
+            sub: Uuid::new_v4().to_string(),
+            aud: policy().audience,
+            exp: now.timestamp() + 3600,
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            jti: Uuid::new_v4().to_string(),
+            client_id: Uuid::new_v4().to_string(),
+            scope: "agents:read".into(),
+            org_id: Uuid::new_v4().to_string(),
+        }
+    }
+
+    #[test]
+    fn each_algorithm_signs_tokens_that_verify_with_its_own_key_set() {
+        for alg in [SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+            let now = Utc::now();
+            let keys = KeySet::from_document(&KeySetDocument::generate(alg, now).unwrap()).unwrap();
+            let token = keys.sign(&claims(now)).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+            assert!(header.kid.is_some());
+            assert_eq!(keys.verify(&token, &policy(), now).unwrap().scope, "agents:read", "{alg:?}");
+            assert_eq!(keys.jwks().keys[0].alg, alg.as_str());
+        }
+    }
+
+    #[test]
+    fn a_token_signed_before_rotation_still_verifies_after_it() {
+        let now = Utc::now();
+        let before = KeySetDocument::generate(SigningAlgorithm::RS256, now).unwrap();
+        let token = KeySet::from_document(&before).unwrap().sign(&claims(now)).unwrap();
+        let after = KeySet::from_document(&before.rotated(SigningAlgorithm::RS256, now, 2).unwrap()).unwrap();
+        assert!(after.verify(&token, &policy(), now).is_ok());
+        assert_eq!(after.jwks().keys.len(), 2);
+    }
+
+    #[test]
+    fn a_document_round_trips_through_json_and_redacts_in_debug() {
+        let document = KeySetDocument::generate(SigningAlgorithm::RS256, Utc::now()).unwrap();
+        let json = document.to_json().unwrap();
+        let again = KeySetDocument::parse(&json).unwrap();
+        assert_eq!(again.keys[0].kid, document.keys[0].kid);
+        assert!(!format!("{document:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn an_empty_key_set_is_refused() {
+        assert!(matches!(KeySet::from_document(&KeySetDocument { keys: vec![] }), Err(KeyError::Empty)));
+    }
+}

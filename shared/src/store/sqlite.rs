@@ -1,0 +1,1002 @@
+//! The embedded store: SQLite, durable on local disk, or in memory for tests.
+//!
+//! One connection behind a mutex serves the whole process: SQLite runs one writer at a time
+//! anyway, and the local server's load is small. Every operation runs on tokio's blocking pool so
+//! a slow disk never stalls the async runtime.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, named_params};
+use uuid::Uuid;
+
+use super::{
+    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader,
+    RevocationReader, StoreError, StoreResult, Usage, Write,
+};
+use crate::domain::{
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization, Outcome, Plan,
+};
+
+/// Bumped whenever the schema below changes; a database written by a newer build is refused
+/// rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Long enough for the operator CLI's short transactions to finish while the server holds the
+/// write lock, short enough that a stuck writer surfaces as `Unavailable` instead of a hang.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Uuids are stored as hyphenated lowercase text: readable with the `sqlite3` shell, and its byte
+/// order equals `Uuid`'s order, which the audit tie-break relies on.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS organizations (
+    org_id        TEXT PRIMARY KEY NOT NULL,
+    name          TEXT NOT NULL,
+    plan          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS agents (
+    org_id               TEXT NOT NULL,
+    agent_id             TEXT NOT NULL,
+    name                 TEXT NOT NULL,
+    description          TEXT,
+    owner                TEXT,
+    capabilities         TEXT NOT NULL,
+    scopes               TEXT NOT NULL,
+    metadata             TEXT NOT NULL,
+    status               TEXT NOT NULL,
+    created_at_ms        INTEGER NOT NULL,
+    updated_at_ms        INTEGER NOT NULL,
+    decommissioned_at_ms INTEGER,
+    active_credentials   INTEGER NOT NULL,
+    version              INTEGER NOT NULL,
+    PRIMARY KEY (org_id, agent_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agents_by_age ON agents (org_id, created_at_ms, agent_id);
+
+CREATE TABLE IF NOT EXISTS agent_names (
+    org_id   TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (org_id, name_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS credentials (
+    credential_id TEXT PRIMARY KEY NOT NULL,
+    client_id     TEXT NOT NULL UNIQUE,
+    agent_id      TEXT NOT NULL,
+    org_id        TEXT NOT NULL,
+    secret_hash   TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    agent_status  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER,
+    rotated_at_ms INTEGER,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credentials_by_agent ON credentials (org_id, agent_id, created_at_ms, credential_id);
+
+CREATE TABLE IF NOT EXISTS agent_counts (
+    org_id TEXT PRIMARY KEY NOT NULL,
+    agents INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS token_request_counts (
+    org_id   TEXT NOT NULL,
+    month    TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    PRIMARY KEY (org_id, month)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti           TEXT PRIMARY KEY NOT NULL,
+    org_id        TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS audit_events (
+    event_id         TEXT PRIMARY KEY NOT NULL,
+    org_id           TEXT NOT NULL,
+    timestamp_ms     INTEGER NOT NULL,
+    action           TEXT NOT NULL,
+    outcome          TEXT NOT NULL,
+    actor            TEXT NOT NULL,
+    subject_agent_id TEXT,
+    resource         TEXT NOT NULL,
+    request_id       TEXT NOT NULL,
+    source_ip        TEXT,
+    user_agent       TEXT,
+    details          TEXT NOT NULL,
+    expires_at_ms    INTEGER NOT NULL
+);
+-- One index per filter that narrows by equality, each ending in the page order, so a page costs
+-- its own size whichever filter is set. The outcome filter alone is coarse (two values) and
+-- rides on the first index.
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (org_id, timestamp_ms, event_id);
+CREATE INDEX IF NOT EXISTS audit_by_agent ON audit_events (org_id, subject_agent_id, timestamp_ms, event_id);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit_events (org_id, action, timestamp_ms, event_id);
+";
+
+const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabilities, scopes, metadata, status, \
+     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version";
+
+const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version";
+
+const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
+     request_id, source_ip, user_agent, details, expires_at_ms";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a durable database file that the server and the operator CLI
+    /// may have open at the same time.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets readers proceed while the other process writes.
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "{} cannot use write-ahead logging (journal mode stayed {mode})",
+                path.display()
+            )));
+        }
+        // FULL, not NORMAL: under WAL, NORMAL can lose the last commits on power loss, and a lost
+        // commit here may be a credential revocation that silently comes undone. One fsync per
+        // commit is cheap at the local server's rates.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Self::with_schema(conn)
+    }
+
+    /// A private database that vanishes with the value; for tests.
+    pub fn in_memory() -> StoreResult<Self> {
+        Self::with_schema(Connection::open_in_memory()?)
+    }
+
+    fn with_schema(mut conn: Connection) -> StoreResult<Self> {
+        // Immediate, so two processes opening a fresh file at once create the schema only once.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Internal(format!(
+                "database schema version {found} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into()))?;
+            op(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("sqlite task did not complete: {e}")))?
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl Commit for SqliteStore {
+    async fn commit(&self, writes: Vec<Write>) -> StoreResult<()> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (index, write) in writes.iter().enumerate() {
+                if !apply(&tx, write)? {
+                    // Dropping `tx` rolls back whatever earlier writes did.
+                    return Err(StoreError::ConditionFailed { index });
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Performs one write inside the batch's transaction; `false` when its condition does not hold.
+fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<bool> {
+    let changed = match write {
+        Write::CreateOrg(org) => tx.execute(
+            "INSERT INTO organizations (org_id, name, plan, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            (org.org_id.to_string(), &org.name, org.plan.as_str(), millis(&org.created_at)),
+        )?,
+        Write::SetPlan { org_id, plan } => tx.execute(
+            "UPDATE organizations SET plan = ?2 WHERE org_id = ?1",
+            (org_id.to_string(), plan.as_str()),
+        )?,
+        Write::PutAgent { agent, expected_version } => put_agent(tx, agent, *expected_version)?,
+        Write::ClaimAgentName { org_id, name_key, agent_id } => tx.execute(
+            "INSERT INTO agent_names (org_id, name_key, agent_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            (org_id.to_string(), name_key, agent_id.to_string()),
+        )?,
+        Write::ReleaseAgentName { org_id, name_key } => {
+            tx.execute("DELETE FROM agent_names WHERE org_id = ?1 AND name_key = ?2", (org_id.to_string(), name_key))?;
+            return Ok(true);
+        }
+        Write::PutCredential { credential, expected_version } => put_credential(tx, credential, *expected_version)?,
+        Write::CountAgents { org_id, delta, limit } => {
+            let org_id = org_id.to_string();
+            let before: i64 = tx
+                .query_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if *delta > 0 && !below(before, *limit) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO agent_counts (org_id, agents) VALUES (?1, ?2)
+                 ON CONFLICT (org_id) DO UPDATE SET agents = excluded.agents",
+                (&org_id, before.saturating_add(*delta).max(0)),
+            )?
+        }
+        Write::CountTokenRequest { org_id, month, limit } => {
+            let org_id = org_id.to_string();
+            let before: i64 = tx
+                .query_row(
+                    "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
+                    (&org_id, month),
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if !below(before, *limit) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO token_request_counts (org_id, month, requests) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (org_id, month) DO UPDATE SET requests = excluded.requests",
+                (&org_id, month, before.saturating_add(1)),
+            )?
+        }
+        Write::RevokeToken { jti, org_id, expires_at } => {
+            tx.execute(
+                "INSERT INTO revoked_tokens (jti, org_id, expires_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                (jti, org_id.to_string(), millis(expires_at)),
+            )?;
+            return Ok(true);
+        }
+        Write::Audit(event) => insert_audit(tx, event)?,
+    };
+    Ok(changed == 1)
+}
+
+fn below(count: i64, limit: u64) -> bool {
+    !u64::try_from(count).is_ok_and(|count| count >= limit)
+}
+
+fn put_agent(tx: &Transaction<'_>, agent: &Agent, expected_version: Option<u64>) -> StoreResult<usize> {
+    let org_id = agent.org_id.to_string();
+    let agent_id = agent.agent_id.to_string();
+    let capabilities = to_json(&agent.capabilities)?;
+    let scopes = to_json(&agent.scopes)?;
+    let metadata = to_json(&agent.metadata)?;
+    let active_credentials = to_i64(agent.active_credentials)?;
+    let version = to_i64(agent.version)?;
+    let values = named_params! {
+        ":org_id": org_id,
+        ":agent_id": agent_id,
+        ":name": agent.name,
+        ":description": agent.description,
+        ":owner": agent.owner,
+        ":capabilities": capabilities,
+        ":scopes": scopes,
+        ":metadata": metadata,
+        ":status": agent.status.as_str(),
+        ":created_at_ms": millis(&agent.created_at),
+        ":updated_at_ms": millis(&agent.updated_at),
+        ":decommissioned_at_ms": agent.decommissioned_at.as_ref().map(millis),
+        ":active_credentials": active_credentials,
+        ":version": version,
+    };
+    let Some(expected) = expected_version else {
+        return Ok(tx.execute(
+            &format!(
+                "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (:org_id, :agent_id, :name, :description, :owner, \
+                 :capabilities, :scopes, :metadata, :status, :created_at_ms, :updated_at_ms, :decommissioned_at_ms, \
+                 :active_credentials, :version) ON CONFLICT DO NOTHING"
+            ),
+            values,
+        )?);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    Ok(tx.execute(
+        "UPDATE agents SET name = :name, description = :description, owner = :owner, \
+         capabilities = :capabilities, scopes = :scopes, metadata = :metadata, status = :status, \
+         created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
+         decommissioned_at_ms = :decommissioned_at_ms, active_credentials = :active_credentials, version = :version \
+         WHERE org_id = :org_id AND agent_id = :agent_id AND version = :expected_version",
+        with_expected.as_slice(),
+    )?)
+}
+
+fn put_credential(tx: &Transaction<'_>, credential: &Credential, expected_version: Option<u64>) -> StoreResult<usize> {
+    let credential_id = credential.credential_id.to_string();
+    let client_id = credential.client_id.to_string();
+    let agent_id = credential.agent_id.to_string();
+    let org_id = credential.org_id.to_string();
+    let version = to_i64(credential.version)?;
+    let values = named_params! {
+        ":credential_id": credential_id,
+        ":client_id": client_id,
+        ":agent_id": agent_id,
+        ":org_id": org_id,
+        ":secret_hash": credential.secret_hash,
+        ":status": credential.status.as_str(),
+        ":agent_status": credential.agent_status.as_str(),
+        ":created_at_ms": millis(&credential.created_at),
+        ":expires_at_ms": credential.expires_at.as_ref().map(millis),
+        ":revoked_at_ms": credential.revoked_at.as_ref().map(millis),
+        ":rotated_at_ms": credential.rotated_at.as_ref().map(millis),
+        ":version": version,
+    };
+    let Some(expected) = expected_version else {
+        // A client id already taken by another credential also leaves nothing inserted: the
+        // token endpoint's lookup must find exactly one credential.
+        return Ok(tx.execute(
+            &format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
+                 :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
+                 :rotated_at_ms, :version) ON CONFLICT DO NOTHING"
+            ),
+            values,
+        )?);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    // UPDATE has no ON CONFLICT DO NOTHING; OR IGNORE turns a client id taken by another
+    // credential into "no row changed", i.e. a failed condition, instead of an error.
+    Ok(tx.execute(
+        "UPDATE OR IGNORE credentials SET client_id = :client_id, agent_id = :agent_id, org_id = :org_id, \
+         secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
+         created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
+         rotated_at_ms = :rotated_at_ms, version = :version \
+         WHERE credential_id = :credential_id AND version = :expected_version",
+        with_expected.as_slice(),
+    )?)
+}
+
+fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> StoreResult<usize> {
+    let actor = to_json(&event.actor)?;
+    let details = to_json(&event.details)?;
+    Ok(tx.execute(
+        &format!(
+            "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES (:event_id, :org_id, :timestamp_ms, :action, \
+             :outcome, :actor, :subject_agent_id, :resource, :request_id, :source_ip, :user_agent, :details, \
+             :expires_at_ms)"
+        ),
+        named_params! {
+            ":event_id": event.event_id.to_string(),
+            ":org_id": event.org_id.to_string(),
+            ":timestamp_ms": millis(&event.timestamp),
+            ":action": event.action.as_str(),
+            ":outcome": event.outcome.as_str(),
+            ":actor": actor,
+            ":subject_agent_id": event.subject_agent_id.map(|id| id.to_string()),
+            ":resource": event.resource,
+            ":request_id": event.request_id,
+            ":source_ip": event.source_ip,
+            ":user_agent": event.user_agent,
+            ":details": details,
+            ":expires_at_ms": millis(&event.expires_at),
+        },
+    )?)
+}
+
+#[async_trait]
+impl OrgReader for SqliteStore {
+    async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>> {
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT org_id, name, plan, created_at_ms FROM organizations WHERE org_id = ?1",
+                [org_id.to_string()],
+                raw_org,
+            )
+            .optional()?
+            .map(RawOrg::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_orgs(&self) -> StoreResult<Vec<Organization>> {
+        self.run(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT org_id, name, plan, created_at_ms FROM organizations ORDER BY created_at_ms, org_id")?;
+            let rows = stmt.query_map([], raw_org)?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+
+    async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage> {
+        let month = month.to_owned();
+        self.run(move |conn| {
+            let org_id = org_id.to_string();
+            let agents: i64 = conn
+                .query_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let token_requests: i64 = conn
+                .query_row(
+                    "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
+                    (&org_id, &month),
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            Ok(Usage { agents: to_u64(agents)?, token_requests: to_u64(token_requests)? })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AgentReader for SqliteStore {
+    async fn get_agent(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Option<Agent>> {
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 AND agent_id = ?2"),
+                (org_id.to_string(), agent_id.to_string()),
+                raw_agent,
+            )
+            .optional()?
+            .map(RawAgent::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_agents(&self, org_id: Uuid) -> StoreResult<Vec<Agent>> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 ORDER BY created_at_ms, agent_id"
+            ))?;
+            let rows = stmt.query_map([org_id.to_string()], raw_agent)?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CredentialReader for SqliteStore {
+    async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>> {
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE client_id = ?1"),
+                [client_id.to_string()],
+                raw_credential,
+            )
+            .optional()?
+            .map(RawCredential::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_credential(&self, org_id: Uuid, agent_id: Uuid, credential_id: Uuid) -> StoreResult<Option<Credential>> {
+        self.run(move |conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM credentials
+                     WHERE credential_id = ?1 AND org_id = ?2 AND agent_id = ?3"
+                ),
+                (credential_id.to_string(), org_id.to_string(), agent_id.to_string()),
+                raw_credential,
+            )
+            .optional()?
+            .map(RawCredential::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_credentials(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Vec<Credential>> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org_id = ?1 AND agent_id = ?2
+                 ORDER BY created_at_ms, credential_id"
+            ))?;
+            let rows = stmt.query_map((org_id.to_string(), agent_id.to_string()), raw_credential)?;
+            rows.map(|row| row?.decode()).collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RevocationReader for SqliteStore {
+    async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
+        let jti = jti.to_owned();
+        self.run(move |conn| {
+            Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1)", [&jti], |row| row.get(0))?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditReader for SqliteStore {
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
+        let query = query.clone();
+        self.run(move |conn| {
+            // Only the filters that are set become SQL, so the planner sees plain equalities and
+            // can pick the index for them; `(x IS NULL OR col = x)` would defeat it.
+            let mut sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events
+                 WHERE org_id = ? AND timestamp_ms >= ? AND expires_at_ms > ?"
+            );
+            let mut values = vec![
+                Value::Text(query.org_id.to_string()),
+                Value::Integer(millis(&query.not_before)),
+                Value::Integer(millis(&query.now)),
+            ];
+            if let Some(until) = &query.until {
+                sql.push_str(" AND timestamp_ms <= ?");
+                values.push(Value::Integer(millis(until)));
+            }
+            if let Some(agent_id) = query.agent_id {
+                sql.push_str(" AND subject_agent_id = ?");
+                values.push(Value::Text(agent_id.to_string()));
+            }
+            if let Some(action) = query.action {
+                sql.push_str(" AND action = ?");
+                values.push(Value::Text(action.as_str().to_owned()));
+            }
+            if let Some(outcome) = query.outcome {
+                sql.push_str(" AND outcome = ?");
+                values.push(Value::Text(outcome.as_str().to_owned()));
+            }
+            if let Some(after) = &query.after {
+                sql.push_str(" AND (timestamp_ms, event_id) < (?, ?)");
+                values.push(Value::Integer(millis(&after.timestamp)));
+                values.push(Value::Text(after.event_id.to_string()));
+            }
+            // One row beyond the page tells exactly whether another page exists.
+            sql.push_str(" ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?");
+            values.push(Value::Integer(to_i64(query.limit.saturating_add(1))?));
+
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), raw_audit)?;
+            let mut events = rows.map(|row| row?.decode()).collect::<StoreResult<Vec<_>>>()?;
+            let more = events.len() > query.limit;
+            events.truncate(query.limit);
+            let next = if more {
+                events.last().map(|last| AuditPosition { timestamp: last.timestamp, event_id: last.event_id })
+            } else {
+                None
+            };
+            Ok(AuditPage { events, next })
+        })
+        .await
+    }
+
+    async fn get_audit_event(
+        &self,
+        org_id: Uuid,
+        event_id: Uuid,
+        not_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<AuditEvent>> {
+        self.run(move |conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events
+                     WHERE event_id = ?1 AND org_id = ?2 AND timestamp_ms >= ?3 AND expires_at_ms > ?4"
+                ),
+                (event_id.to_string(), org_id.to_string(), millis(&not_before), millis(&now)),
+                raw_audit,
+            )
+            .optional()?
+            .map(RawAuditEvent::decode)
+            .transpose()
+        })
+        .await
+    }
+}
+
+// Rows are read in two steps: rusqlite's row closure can only fail with its own error type, so it
+// copies the columns out, and decoding into domain values (which can fail on corrupt text) runs
+// after, reporting `StoreError::Internal`.
+
+struct RawOrg {
+    org_id: String,
+    name: String,
+    plan: String,
+    created_at_ms: i64,
+}
+
+fn raw_org(row: &Row<'_>) -> rusqlite::Result<RawOrg> {
+    Ok(RawOrg { org_id: row.get(0)?, name: row.get(1)?, plan: row.get(2)?, created_at_ms: row.get(3)? })
+}
+
+impl RawOrg {
+    fn decode(self) -> StoreResult<Organization> {
+        Ok(Organization {
+            org_id: uuid(&self.org_id)?,
+            name: self.name,
+            plan: Plan::parse(&self.plan).ok_or_else(|| corrupt("plan", &self.plan))?,
+            created_at: time(self.created_at_ms)?,
+        })
+    }
+}
+
+struct RawAgent {
+    org_id: String,
+    agent_id: String,
+    name: String,
+    description: Option<String>,
+    owner: Option<String>,
+    capabilities: String,
+    scopes: String,
+    metadata: String,
+    status: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    decommissioned_at_ms: Option<i64>,
+    active_credentials: i64,
+    version: i64,
+}
+
+fn raw_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
+    Ok(RawAgent {
+        org_id: row.get(0)?,
+        agent_id: row.get(1)?,
+        name: row.get(2)?,
+        description: row.get(3)?,
+        owner: row.get(4)?,
+        capabilities: row.get(5)?,
+        scopes: row.get(6)?,
+        metadata: row.get(7)?,
+        status: row.get(8)?,
+        created_at_ms: row.get(9)?,
+        updated_at_ms: row.get(10)?,
+        decommissioned_at_ms: row.get(11)?,
+        active_credentials: row.get(12)?,
+        version: row.get(13)?,
+    })
+}
+
+impl RawAgent {
+    fn decode(self) -> StoreResult<Agent> {
+        Ok(Agent {
+            agent_id: uuid(&self.agent_id)?,
+            org_id: uuid(&self.org_id)?,
+            name: self.name,
+            description: self.description,
+            owner: self.owner,
+            capabilities: from_json(&self.capabilities)?,
+            scopes: from_json(&self.scopes)?,
+            metadata: from_json(&self.metadata)?,
+            status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
+            created_at: time(self.created_at_ms)?,
+            updated_at: time(self.updated_at_ms)?,
+            decommissioned_at: self.decommissioned_at_ms.map(time).transpose()?,
+            active_credentials: to_u64(self.active_credentials)?,
+            version: to_u64(self.version)?,
+        })
+    }
+}
+
+struct RawCredential {
+    credential_id: String,
+    client_id: String,
+    agent_id: String,
+    org_id: String,
+    secret_hash: String,
+    status: String,
+    agent_status: String,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    revoked_at_ms: Option<i64>,
+    rotated_at_ms: Option<i64>,
+    version: i64,
+}
+
+fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
+    Ok(RawCredential {
+        credential_id: row.get(0)?,
+        client_id: row.get(1)?,
+        agent_id: row.get(2)?,
+        org_id: row.get(3)?,
+        secret_hash: row.get(4)?,
+        status: row.get(5)?,
+        agent_status: row.get(6)?,
+        created_at_ms: row.get(7)?,
+        expires_at_ms: row.get(8)?,
+        revoked_at_ms: row.get(9)?,
+        rotated_at_ms: row.get(10)?,
+        version: row.get(11)?,
+    })
+}
+
+impl RawCredential {
+    fn decode(self) -> StoreResult<Credential> {
+        Ok(Credential {
+            credential_id: uuid(&self.credential_id)?,
+            client_id: uuid(&self.client_id)?,
+            agent_id: uuid(&self.agent_id)?,
+            org_id: uuid(&self.org_id)?,
+            secret_hash: self.secret_hash,
+            status: CredentialStatus::parse(&self.status).ok_or_else(|| corrupt("credential status", &self.status))?,
+            agent_status: AgentStatus::parse(&self.agent_status)
+                .ok_or_else(|| corrupt("agent status", &self.agent_status))?,
+            created_at: time(self.created_at_ms)?,
+            expires_at: self.expires_at_ms.map(time).transpose()?,
+            revoked_at: self.revoked_at_ms.map(time).transpose()?,
+            rotated_at: self.rotated_at_ms.map(time).transpose()?,
+            version: to_u64(self.version)?,
+        })
+    }
+}
+
+struct RawAuditEvent {
+    event_id: String,
+    org_id: String,
+    timestamp_ms: i64,
+    action: String,
+    outcome: String,
+    actor: String,
+    subject_agent_id: Option<String>,
+    resource: String,
+    request_id: String,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    details: String,
+    expires_at_ms: i64,
+}
+
+fn raw_audit(row: &Row<'_>) -> rusqlite::Result<RawAuditEvent> {
+    Ok(RawAuditEvent {
+        event_id: row.get(0)?,
+        org_id: row.get(1)?,
+        timestamp_ms: row.get(2)?,
+        action: row.get(3)?,
+        outcome: row.get(4)?,
+        actor: row.get(5)?,
+        subject_agent_id: row.get(6)?,
+        resource: row.get(7)?,
+        request_id: row.get(8)?,
+        source_ip: row.get(9)?,
+        user_agent: row.get(10)?,
+        details: row.get(11)?,
+        expires_at_ms: row.get(12)?,
+    })
+}
+
+impl RawAuditEvent {
+    fn decode(self) -> StoreResult<AuditEvent> {
+        let actor: Actor = from_json(&self.actor)?;
+        Ok(AuditEvent {
+            event_id: uuid(&self.event_id)?,
+            org_id: uuid(&self.org_id)?,
+            timestamp: time(self.timestamp_ms)?,
+            action: AuditAction::parse(&self.action).ok_or_else(|| corrupt("audit action", &self.action))?,
+            outcome: Outcome::parse(&self.outcome).ok_or_else(|| corrupt("outcome", &self.outcome))?,
+            actor,
+            subject_agent_id: self.subject_agent_id.as_deref().map(uuid).transpose()?,
+            resource: self.resource,
+            request_id: self.request_id,
+            source_ip: self.source_ip,
+            user_agent: self.user_agent,
+            details: from_json(&self.details)?,
+            expires_at: time(self.expires_at_ms)?,
+        })
+    }
+}
+
+fn millis(at: &DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn time(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt("timestamp", &ms.to_string()))
+}
+
+fn uuid(text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| corrupt("uuid", text))
+}
+
+fn to_i64<N: TryInto<i64> + Copy + std::fmt::Display>(n: N) -> StoreResult<i64> {
+    n.try_into().map_err(|_| StoreError::Internal(format!("{n} does not fit a sqlite integer")))
+}
+
+fn to_u64(n: i64) -> StoreResult<u64> {
+    u64::try_from(n).map_err(|_| corrupt("count", &n.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("cannot encode a stored value: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored JSON does not decode: {e}")))
+}
+
+fn corrupt(what: &str, found: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} is not valid: {found:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn full_agent(org_id: Uuid) -> Agent {
+        Agent {
+            agent_id: Uuid::new_v4(),
+            org_id,
+            name: "Billing Bot ✓".into(),
+            description: Some("pays \"invoices\"; DROP TABLE agents".into()),
+            owner: Some("ops@example.com".into()),
+            capabilities: vec!["pay".into(), "read".into()],
+            scopes: vec!["invoices:write".into()],
+            metadata: BTreeMap::from([("team".into(), "finance".into()), ("empty".into(), String::new())]),
+            status: AgentStatus::Decommissioned,
+            created_at: at(1_700_000_000_123),
+            updated_at: at(1_700_000_100_456),
+            decommissioned_at: Some(at(1_700_000_100_456)),
+            active_credentials: 3,
+            version: u64::try_from(i64::MAX).unwrap(),
+        }
+    }
+
+    fn bare_agent(org_id: Uuid) -> Agent {
+        Agent {
+            agent_id: Uuid::new_v4(),
+            org_id,
+            name: "x".into(),
+            description: None,
+            owner: None,
+            capabilities: vec![],
+            scopes: vec![],
+            metadata: BTreeMap::new(),
+            status: AgentStatus::Active,
+            created_at: at(-1),
+            updated_at: at(0),
+            decommissioned_at: None,
+            active_credentials: 0,
+            version: 0,
+        }
+    }
+
+    fn credential(org_id: Uuid, agent_id: Uuid, full: bool) -> Credential {
+        Credential {
+            credential_id: Uuid::new_v4(),
+            client_id: Uuid::new_v4(),
+            agent_id,
+            org_id,
+            secret_hash: "$2b$04$abcdefghijklmnopqrstuv".into(),
+            status: if full { CredentialStatus::Revoked } else { CredentialStatus::Active },
+            agent_status: if full { AgentStatus::Suspended } else { AgentStatus::Active },
+            created_at: at(1_700_000_000_001),
+            expires_at: full.then(|| at(1_800_000_000_002)),
+            revoked_at: full.then(|| at(1_700_000_000_003)),
+            rotated_at: full.then(|| at(1_700_000_000_004)),
+            version: 7,
+        }
+    }
+
+    fn event(org_id: Uuid, full: bool) -> AuditEvent {
+        let mut details = serde_json::Map::new();
+        if full {
+            details.insert("scopes".into(), serde_json::json!(["a", "b"]));
+            details.insert("nested".into(), serde_json::json!({"n": 1.5, "none": null, "yes": true}));
+        }
+        AuditEvent {
+            event_id: Uuid::new_v4(),
+            org_id,
+            timestamp: at(1_700_000_000_999),
+            action: if full { AuditAction::TokenDenied } else { AuditAction::OrganizationCreated },
+            outcome: if full { Outcome::Failure } else { Outcome::Success },
+            actor: if full { Actor::agent(Uuid::new_v4(), Some(Uuid::new_v4())) } else { Actor::operator() },
+            subject_agent_id: full.then(Uuid::new_v4),
+            resource: "token/abc".into(),
+            request_id: "req-1".into(),
+            source_ip: full.then(|| "203.0.113.7".into()),
+            user_agent: full.then(|| "curl/8".into()),
+            details,
+            expires_at: at(1_900_000_000_000),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_record_reads_back_equal_to_what_was_written() {
+        let store = SqliteStore::in_memory().unwrap();
+        let org = Organization { org_id: Uuid::new_v4(), name: "Acme".into(), plan: Plan::Enterprise, created_at: at(5) };
+        let agents = [full_agent(org.org_id), bare_agent(org.org_id)];
+        let credentials = [credential(org.org_id, agents[0].agent_id, true), credential(org.org_id, agents[0].agent_id, false)];
+        let events = [event(org.org_id, true), event(org.org_id, false)];
+        let mut writes = vec![Write::CreateOrg(org.clone())];
+        writes.extend(agents.iter().map(|a| Write::PutAgent { agent: a.clone(), expected_version: None }));
+        writes.extend(credentials.iter().map(|c| Write::PutCredential { credential: c.clone(), expected_version: None }));
+        writes.extend(events.iter().cloned().map(Write::Audit));
+        store.commit(writes).await.unwrap();
+
+        assert_eq!(store.get_org(org.org_id).await.unwrap(), Some(org.clone()));
+        for agent in &agents {
+            assert_eq!(store.get_agent(org.org_id, agent.agent_id).await.unwrap().as_ref(), Some(agent));
+        }
+        for c in &credentials {
+            assert_eq!(store.credential_by_client_id(c.client_id).await.unwrap().as_ref(), Some(c));
+            assert_eq!(store.get_credential(org.org_id, c.agent_id, c.credential_id).await.unwrap().as_ref(), Some(c));
+        }
+        for e in &events {
+            assert_eq!(store.get_audit_event(org.org_id, e.event_id, at(0), at(1)).await.unwrap().as_ref(), Some(e));
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_schema_and_refuses_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idp.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        drop(SqliteStore::open(&path).unwrap());
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(conn);
+
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Internal(_))));
+    }
+
+    #[tokio::test]
+    async fn a_write_blocked_by_another_connection_reports_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idp.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        store.conn.lock().unwrap().busy_timeout(Duration::from_millis(10)).unwrap();
+
+        let mut other = Connection::open(&path).unwrap();
+        let held = other.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+        let org = Organization { org_id: Uuid::new_v4(), name: "Acme".into(), plan: Plan::Free, created_at: at(5) };
+        let result = store.commit(vec![Write::CreateOrg(org.clone())]).await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        held.rollback().unwrap();
+
+        store.commit(vec![Write::CreateOrg(org.clone())]).await.unwrap();
+        assert_eq!(store.get_org(org.org_id).await.unwrap(), Some(org));
+    }
+}
