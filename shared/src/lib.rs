@@ -6,3 +6,5 @@ pub mod store;
 pub mod files;
 pub mod secret;
 pub mod signing;
+pub mod config;
+pub mod validation;

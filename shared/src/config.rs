@@ -1,0 +1,146 @@
+//! Typed configuration from the environment. An error names the variable at fault.
+
+use crate::domain::PlanLimits;
+use crate::signing::SigningAlgorithm;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is malformed: {problem}")]
+    Malformed { name: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `iss` of every token, and the base of the discovery metadata's URLs.
+    pub issuer: String,
+    /// `aud` of every token.
+    pub audience: String,
+    pub token_lifetime_seconds: i64,
+    pub bcrypt_cost: u32,
+    pub signing_algorithm: SigningAlgorithm,
+    pub free_limits: PlanLimits,
+}
+
+/// bcrypt cost 10 takes about 55 ms per verify on one core here: OWASP's floor, and slow enough
+/// to make offline guessing of a leaked hash expensive. Secrets are 128-bit random, so a higher
+/// cost buys little and would cost every cold token request 4x more.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup` (tests, and the local
+    /// server, which supplies defaults the Lambda functions must be given).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let issuer = lookup("AGENTIDP_ISSUER").ok_or(ConfigError::Missing("AGENTIDP_ISSUER"))?;
+        let issuer = issuer.trim_end_matches('/').to_owned();
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(ConfigError::Malformed { name: "AGENTIDP_ISSUER", problem: "must be an http(s) URL".into() });
+        }
+        let audience = lookup("AGENTIDP_AUDIENCE").unwrap_or_else(|| issuer.clone());
+        let free = PlanLimits::FREE_DEFAULT;
+        Ok(Self {
+            token_lifetime_seconds: number(&lookup, "AGENTIDP_TOKEN_LIFETIME_SECONDS", DEFAULT_TOKEN_LIFETIME_SECONDS, 60, 86_400)?,
+            bcrypt_cost: number(&lookup, "AGENTIDP_BCRYPT_COST", DEFAULT_BCRYPT_COST, 4, 31)?,
+            signing_algorithm: match lookup("AGENTIDP_SIGNING_ALG") {
+                None => SigningAlgorithm::RS256,
+                Some(text) => SigningAlgorithm::parse(&text).ok_or(ConfigError::Malformed {
+                    name: "AGENTIDP_SIGNING_ALG",
+                    problem: "must be RS256, ES256 or EdDSA".into(),
+                })?,
+            },
+            free_limits: PlanLimits {
+                max_agents: number(&lookup, "AGENTIDP_FREE_MAX_AGENTS", free.max_agents, 1, u64::MAX)?,
+                max_active_credentials_per_agent: number(
+                    &lookup,
+                    "AGENTIDP_FREE_MAX_ACTIVE_CREDENTIALS",
+                    free.max_active_credentials_per_agent,
+                    1,
+                    PlanLimits::ENTERPRISE.max_active_credentials_per_agent,
+                )?,
+                monthly_token_requests: number(
+                    &lookup,
+                    "AGENTIDP_FREE_MONTHLY_TOKEN_REQUESTS",
+                    free.monthly_token_requests,
+                    1,
+                    u64::MAX,
+                )?,
+                audit_retention_days: number(&lookup, "AGENTIDP_FREE_AUDIT_RETENTION_DAYS", free.audit_retention_days, 1, 3650)?,
+            },
+            issuer,
+            audience,
+        })
+    }
+
+    pub fn limits(&self, plan: crate::domain::Plan) -> PlanLimits {
+        match plan {
+            crate::domain::Plan::Free => self.free_limits,
+            crate::domain::Plan::Enterprise => PlanLimits::ENTERPRISE,
+        }
+    }
+}
+
+fn number<T>(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(text) = lookup(name) else { return Ok(default) };
+    let value: T = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::Malformed { name, problem: format!("`{text}` is not a number") })?;
+    if value < min || value > max {
+        return Err(ConfigError::Malformed { name, problem: format!("{value} is outside {min}..={max}") });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_missing_issuer_is_named() {
+        assert_eq!(Config::from_lookup(lookup(&[])), Err(ConfigError::Missing("AGENTIDP_ISSUER")));
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_issuer_is_given() {
+        let config = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "https://idp.example.com/")])).unwrap();
+        assert_eq!(config.issuer, "https://idp.example.com");
+        assert_eq!(config.audience, config.issuer);
+        assert_eq!(config.token_lifetime_seconds, 3600);
+        assert_eq!(config.bcrypt_cost, 10);
+        assert_eq!(config.signing_algorithm, SigningAlgorithm::RS256);
+        assert_eq!(config.free_limits, PlanLimits::FREE_DEFAULT);
+    }
+
+    #[test]
+    fn a_malformed_number_is_named_with_its_value() {
+        let err = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_BCRYPT_COST", "ten")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Malformed { name: "AGENTIDP_BCRYPT_COST", .. }), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_cost_is_refused() {
+        let err = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_BCRYPT_COST", "3")])).unwrap_err();
+        assert!(err.to_string().contains("AGENTIDP_BCRYPT_COST"));
+    }
+
+    #[test]
+    fn free_plan_limits_are_configurable() {
+        let config = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_FREE_MAX_AGENTS", "3")])).unwrap();
+        assert_eq!(config.free_limits.max_agents, 3);
+    }
+}
