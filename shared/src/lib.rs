@@ -8,3 +8,4 @@ pub mod secret;
 pub mod signing;
 pub mod config;
 pub mod validation;
+pub mod service;

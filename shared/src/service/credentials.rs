@@ -1,0 +1,251 @@
+//! Credentials exactly as the credential guide describes: generate (secret shown once), list,
+//! rotate (same `credentialId` and `clientId`, new secret), revoke (irreversible).
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult, details, page_of};
+use crate::domain::credential::EffectiveCredentialStatus;
+use crate::domain::{AuditAction, Credential, CredentialStatus, Outcome, Scope};
+use crate::secret::ClientSecret;
+use crate::store::{StoreError, Write};
+use crate::validation::FieldError;
+
+/// A credential with its secret in plain text: the one response that shows it.
+#[derive(Debug)]
+pub struct IssuedCredential {
+    pub credential: Credential,
+    pub client_secret: ClientSecret,
+}
+
+#[derive(Debug)]
+pub struct CredentialPage {
+    pub credentials: Vec<Credential>,
+    pub total: usize,
+}
+
+fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ServiceResult<()> {
+    match expires_at {
+        Some(at) if at <= now => Err(ServiceError::Validation(vec![FieldError::new("expiresAt", "must be in the future")])),
+        _ => Ok(()),
+    }
+}
+
+impl Idp {
+    fn new_secret(&self) -> ServiceResult<(ClientSecret, String)> {
+        let secret = ClientSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let hash = self.hasher.hash(&secret).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok((secret, hash))
+    }
+
+    /// bcrypt is slow by design; run it off the async workers.
+    async fn new_secret_off_thread(self: &std::sync::Arc<Self>) -> ServiceResult<(ClientSecret, String)> {
+        let idp = self.clone();
+        tokio::task::spawn_blocking(move || idp.new_secret())
+            .await
+            .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")))?
+    }
+
+    pub async fn generate_credential(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        agent_id: Uuid,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> ServiceResult<IssuedCredential> {
+        caller.require(Scope::AgentsWrite)?;
+        refuse_past_expiry(expires_at, self.now())?;
+        let limits = self.limits(caller.org_id).await?;
+        // Cheap refusals first, so an inactive agent or a full plan costs no bcrypt.
+        let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+        if !agent.status.may_receive_credentials() {
+            return Err(ServiceError::AgentNotActive(format!("the agent is {}", agent.status.as_str())));
+        }
+        let (secret, hash) = self.new_secret_off_thread().await?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            if !agent.status.may_receive_credentials() {
+                return Err(ServiceError::AgentNotActive(format!("the agent is {}", agent.status.as_str())));
+            }
+            if agent.active_credentials >= limits.max_active_credentials_per_agent {
+                return Err(ServiceError::PlanLimit(LimitExceeded {
+                    limit: "maxActiveCredentialsPerAgent",
+                    max: limits.max_active_credentials_per_agent,
+                    current: agent.active_credentials,
+                }));
+            }
+            let now = self.now();
+            let credential = Credential {
+                credential_id: Uuid::new_v4(),
+                client_id: Uuid::new_v4(),
+                agent_id,
+                org_id: caller.org_id,
+                secret_hash: hash.clone(),
+                status: CredentialStatus::Active,
+                agent_status: agent.status,
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+                rotated_at: None,
+                version: 1,
+            };
+            let mut next_agent = agent.clone();
+            next_agent.active_credentials += 1;
+            next_agent.version += 1;
+            let writes = vec![
+                Write::PutAgent { agent: next_agent, expected_version: Some(agent.version) },
+                Write::PutCredential { credential: credential.clone(), expected_version: None },
+                Write::Audit(
+                    EventDraft {
+                        org_id: caller.org_id,
+                        action: AuditAction::CredentialGenerated,
+                        outcome: Outcome::Success,
+                        actor: caller.actor(),
+                        subject_agent_id: Some(agent_id),
+                        resource: format!("credential/{}", credential.credential_id),
+                        details: details([
+                            ("clientId", json!(credential.client_id)),
+                            ("expiresAt", json!(expires_at.map(|at| crate::domain::time::format_timestamp(&at)))),
+                        ]),
+                    }
+                    .at(now, &limits, &caller.context),
+                ),
+            ];
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(IssuedCredential { credential, client_secret: secret }),
+                Err(StoreError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+
+    pub async fn list_credentials(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+        status: Option<EffectiveCredentialStatus>,
+        page: u32,
+        limit: u32,
+    ) -> ServiceResult<CredentialPage> {
+        caller.require(Scope::AgentsWrite)?;
+        self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+        let now = self.now();
+        let credentials: Vec<Credential> = self
+            .store
+            .list_credentials(caller.org_id, agent_id)
+            .await?
+            .into_iter()
+            .filter(|c| status.is_none_or(|s| c.effective_status(now) == s))
+            .collect();
+        let total = credentials.len();
+        Ok(CredentialPage { credentials: page_of(credentials, page, limit), total })
+    }
+
+    async fn credential_of(&self, caller: &Caller, agent_id: Uuid, credential_id: Uuid) -> ServiceResult<Credential> {
+        self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+        self.store
+            .get_credential(caller.org_id, agent_id, credential_id)
+            .await?
+            .ok_or(ServiceError::CredentialNotFound)
+    }
+
+    /// A new secret for the same credential. The old secret stops working at once; tokens
+    /// already issued stay valid. `expires_at`, when given, replaces the expiry.
+    pub async fn rotate_credential(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        agent_id: Uuid,
+        credential_id: Uuid,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> ServiceResult<IssuedCredential> {
+        caller.require(Scope::AgentsWrite)?;
+        refuse_past_expiry(expires_at, self.now())?;
+        let limits = self.limits(caller.org_id).await?;
+        if !self.credential_of(caller, agent_id, credential_id).await?.may_be_rotated() {
+            return Err(ServiceError::CredentialRevoked);
+        }
+        let (secret, hash) = self.new_secret_off_thread().await?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self.credential_of(caller, agent_id, credential_id).await?;
+            if !current.may_be_rotated() {
+                return Err(ServiceError::CredentialRevoked);
+            }
+            let now = self.now();
+            let mut next = current.clone();
+            next.secret_hash = hash.clone();
+            next.rotated_at = Some(now);
+            if expires_at.is_some() {
+                next.expires_at = expires_at;
+            }
+            next.version += 1;
+            let writes = vec![
+                Write::PutCredential { credential: next.clone(), expected_version: Some(current.version) },
+                Write::Audit(
+                    EventDraft {
+                        org_id: caller.org_id,
+                        action: AuditAction::CredentialRotated,
+                        outcome: Outcome::Success,
+                        actor: caller.actor(),
+                        subject_agent_id: Some(agent_id),
+                        resource: format!("credential/{credential_id}"),
+                        details: details([("clientId", json!(next.client_id))]),
+                    }
+                    .at(now, &limits, &caller.context),
+                ),
+            ];
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(IssuedCredential { credential: next, client_secret: secret }),
+                Err(StoreError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+
+    pub async fn revoke_credential(&self, caller: &Caller, agent_id: Uuid, credential_id: Uuid) -> ServiceResult<()> {
+        caller.require(Scope::AgentsWrite)?;
+        let limits = self.limits(caller.org_id).await?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            let current = self
+                .store
+                .get_credential(caller.org_id, agent_id, credential_id)
+                .await?
+                .ok_or(ServiceError::CredentialNotFound)?;
+            if current.status == CredentialStatus::Revoked {
+                return Err(ServiceError::CredentialRevoked);
+            }
+            let now = self.now();
+            let mut next = current.clone();
+            next.status = CredentialStatus::Revoked;
+            next.revoked_at = Some(now);
+            next.version += 1;
+            let mut next_agent = agent.clone();
+            next_agent.active_credentials = agent.active_credentials.saturating_sub(1);
+            next_agent.version += 1;
+            let writes = vec![
+                Write::PutAgent { agent: next_agent, expected_version: Some(agent.version) },
+                Write::PutCredential { credential: next, expected_version: Some(current.version) },
+                Write::Audit(
+                    EventDraft {
+                        org_id: caller.org_id,
+                        action: AuditAction::CredentialRevoked,
+                        outcome: Outcome::Success,
+                        actor: caller.actor(),
+                        subject_agent_id: Some(agent_id),
+                        resource: format!("credential/{credential_id}"),
+                        details: details([("clientId", json!(current.client_id))]),
+                    }
+                    .at(now, &limits, &caller.context),
+                ),
+            ];
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+}

@@ -1,0 +1,375 @@
+//! OAuth 2.0: the client credentials grant (RFC 6749 §4.4), introspection (RFC 7662),
+//! revocation (RFC 7009), and the bearer check of the management API.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details};
+use crate::domain::audit::RequestContext;
+use crate::domain::time::usage_month;
+use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
+use crate::secret::ClientSecret;
+use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
+use crate::store::{StoreError, Write};
+
+/// How the client presented its credentials (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    Basic,
+    Post,
+}
+
+#[derive(Debug)]
+pub struct ClientAuthentication {
+    pub client_id: String,
+    pub secret: ClientSecret,
+    pub method: ClientAuthMethod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// Never says which check failed. `basic` asks for `WWW-Authenticate: Basic`.
+    #[error("invalid_client")]
+    InvalidClient { basic: bool },
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    #[error("quota exceeded")]
+    QuotaExceeded(LimitExceeded),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        match ServiceError::from(e) {
+            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
+            other => OAuthError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for OAuthError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
+            other => OAuthError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn key_error(e: KeyError) -> OAuthError {
+    match e {
+        KeyError::Unavailable(detail) => OAuthError::Unavailable(detail),
+        other => OAuthError::Internal(other.to_string()),
+    }
+}
+
+#[derive(Debug)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// What introspection reports for an active token.
+#[derive(Debug, Clone)]
+pub struct ActiveToken {
+    pub claims: AccessTokenClaims,
+    pub org_id: Uuid,
+    pub agent_id: Uuid,
+    pub client_id: Option<Uuid>,
+}
+
+/// How an introspection or revocation caller proves who it is.
+#[derive(Debug)]
+pub enum EndpointAuth {
+    Client(ClientAuthentication),
+    Bearer(String),
+}
+
+/// Why a client authentication failed, for the audit trail. The client is never told.
+#[derive(Debug, Clone, Copy)]
+enum Denial {
+    WrongSecret,
+    CredentialRevoked,
+    CredentialExpired,
+    AgentNotActive,
+}
+
+impl Denial {
+    fn as_str(self) -> &'static str {
+        match self {
+            Denial::WrongSecret => "invalid_client_secret",
+            Denial::CredentialRevoked => "credential_revoked",
+            Denial::CredentialExpired => "credential_expired",
+            Denial::AgentNotActive => "agent_not_active",
+        }
+    }
+}
+
+impl Idp {
+    pub fn token_policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            issuer: self.config.issuer.clone(),
+            audience: self.config.audience.clone(),
+            lifetime_seconds: self.config.token_lifetime_seconds,
+        }
+    }
+
+    /// Runs bcrypt off the async workers: it takes tens of milliseconds by design.
+    async fn secret_matches(self: &Arc<Self>, secret: &ClientSecret, stored_hash: Option<String>) -> ServiceResult<bool> {
+        let idp = self.clone();
+        let presented = ClientSecret::presented(secret.expose().to_owned());
+        tokio::task::spawn_blocking(move || match stored_hash {
+            Some(hash) => idp.hasher.verify(&presented, &hash),
+            None => idp.hasher.verify_against_dummy(&presented),
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("verification task failed: {e}")))
+    }
+
+    /// Checks a client's credentials. An unknown client costs one bcrypt verification against a
+    /// dummy hash, the same as a known client with a wrong secret.
+    async fn authenticate_client(self: &Arc<Self>, auth: &ClientAuthentication) -> ServiceResult<Result<Credential, (Option<Credential>, Denial)>> {
+        let credential = match Uuid::parse_str(&auth.client_id) {
+            Ok(client_id) => self.store.credential_by_client_id(client_id).await?,
+            Err(_) => None,
+        };
+        let matches = self.secret_matches(&auth.secret, credential.as_ref().map(|c| c.secret_hash.clone())).await?;
+        let Some(credential) = credential else {
+            return Ok(Err((None, Denial::WrongSecret)));
+        };
+        let now = self.now();
+        let denial = if !matches {
+            Some(Denial::WrongSecret)
+        } else if credential.status == crate::domain::CredentialStatus::Revoked {
+            Some(Denial::CredentialRevoked)
+        } else if credential.is_expired_at(now) {
+            Some(Denial::CredentialExpired)
+        } else if !credential.agent_status.may_obtain_tokens() {
+            Some(Denial::AgentNotActive)
+        } else {
+            None
+        };
+        Ok(match denial {
+            None => Ok(credential),
+            Some(denial) => Err((Some(credential), denial)),
+        })
+    }
+
+    async fn audit_denial(&self, credential: &Credential, reason: &str, context: &RequestContext, extra: Option<(&str, serde_json::Value)>) -> ServiceResult<()> {
+        let limits = self.limits(credential.org_id).await?;
+        let mut detail = details([("reason", json!(reason)), ("clientId", json!(credential.client_id))]);
+        if let Some((k, v)) = extra {
+            detail.insert(k.to_owned(), v);
+        }
+        let event = EventDraft {
+            org_id: credential.org_id,
+            action: AuditAction::TokenDenied,
+            outcome: Outcome::Failure,
+            actor: Actor::client(Some(credential.client_id)),
+            subject_agent_id: Some(credential.agent_id),
+            resource: format!("credential/{}", credential.credential_id),
+            details: detail,
+        }
+        .at(self.now(), &limits, context);
+        self.store.commit(vec![Write::Audit(event)]).await?;
+        Ok(())
+    }
+
+    /// `POST /token`, grant type `client_credentials`.
+    pub async fn issue_token(self: &Arc<Self>, auth: ClientAuthentication, requested_scope: Option<&str>, context: &RequestContext) -> Result<TokenGrant, OAuthError> {
+        let basic = auth.method == ClientAuthMethod::Basic;
+        let credential = match self.authenticate_client(&auth).await? {
+            Ok(credential) => credential,
+            Err((credential, denial)) => {
+                match credential {
+                    Some(credential) => self.audit_denial(&credential, denial.as_str(), context, None).await?,
+                    // No organization to file it under: an unknown client id goes to the log only.
+                    None => tracing::info!(reason = "unknown_client", "token request denied"),
+                }
+                return Err(OAuthError::InvalidClient { basic });
+            }
+        };
+        let agent = self
+            .store
+            .get_agent(credential.org_id, credential.agent_id)
+            .await?
+            .ok_or_else(|| OAuthError::Internal(format!("credential {} has no agent", credential.credential_id)))?;
+        if !agent.status.may_obtain_tokens() {
+            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, None).await?;
+            return Err(OAuthError::InvalidClient { basic });
+        }
+        let allowed = ScopeSet::from_list(agent.scopes.iter().cloned());
+        let granted = match requested_scope {
+            None => allowed,
+            Some(text) => {
+                let requested = ScopeSet::parse(text);
+                if !requested.is_subset_of(&allowed) {
+                    self.audit_denial(&credential, "scope_not_allowed", context, Some(("requestedScope", json!(requested.to_string()))))
+                        .await?;
+                    return Err(OAuthError::InvalidScope("the requested scope exceeds the scopes registered for this agent".into()));
+                }
+                requested
+            }
+        };
+        let limits = self.limits(credential.org_id).await?;
+        let now = self.now();
+        let policy = self.token_policy();
+        let claims = AccessTokenClaims {
+            iss: policy.issuer.clone(),
+            sub: agent.agent_id.to_string(),
+            aud: policy.audience.clone(),
+            exp: now.timestamp() + policy.lifetime_seconds,
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            jti: Uuid::new_v4().to_string(),
+            client_id: credential.client_id.to_string(),
+            scope: granted.to_string(),
+            org_id: credential.org_id.to_string(),
+        };
+        let keys = self.keys.keys().await.map_err(key_error)?;
+        let access_token = keys.sign(&claims).map_err(key_error)?;
+        let month = usage_month(&now);
+        let event = EventDraft {
+            org_id: credential.org_id,
+            action: AuditAction::TokenIssued,
+            outcome: Outcome::Success,
+            actor: Actor::client(Some(credential.client_id)),
+            subject_agent_id: Some(agent.agent_id),
+            resource: format!("token/{}", claims.jti),
+            details: details([("scope", json!(claims.scope)), ("expiresIn", json!(policy.lifetime_seconds))]),
+        }
+        .at(now, &limits, context);
+        let writes = vec![
+            Write::CountTokenRequest { org_id: credential.org_id, month: month.clone(), limit: limits.monthly_token_requests },
+            Write::Audit(event),
+        ];
+        match self.store.commit(writes).await {
+            Ok(()) => Ok(TokenGrant { access_token, expires_in: policy.lifetime_seconds, scope: claims.scope }),
+            Err(StoreError::ConditionFailed { index: 0 }) => {
+                let usage = self.store.usage(credential.org_id, &month).await?;
+                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, None).await?;
+                Err(OAuthError::QuotaExceeded(LimitExceeded {
+                    limit: "monthlyTokenRequests",
+                    max: limits.monthly_token_requests,
+                    current: usage.token_requests,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An access token that is valid now: signature, claims, not revoked, and its agent active.
+    /// `Ok(None)` for every kind of invalid token; `Err` only when a dependency failed.
+    pub async fn active_token(&self, token: &str) -> ServiceResult<Option<ActiveToken>> {
+        let keys = self.keys.keys().await.map_err(|e| match e {
+            KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
+            other => ServiceError::Internal(other.to_string()),
+        })?;
+        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+            return Ok(None);
+        };
+        let (Some(org_id), Some(agent_id)) = (claims.org_uuid(), claims.agent_id()) else {
+            return Ok(None);
+        };
+        if self.store.is_token_revoked(&claims.jti).await? {
+            return Ok(None);
+        }
+        match self.store.get_agent(org_id, agent_id).await? {
+            Some(agent) if agent.status.tokens_are_honoured() => {
+                let client_id = claims.client_uuid();
+                Ok(Some(ActiveToken { claims, org_id, agent_id, client_id }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The management API's bearer check.
+    pub async fn authenticate_bearer(&self, token: Option<&str>, context: RequestContext) -> ServiceResult<Caller> {
+        let token = token.ok_or(ServiceError::Unauthenticated("a bearer access token is required"))?;
+        let active = self.active_token(token).await?.ok_or(ServiceError::Unauthenticated("the access token is invalid, expired or revoked"))?;
+        Ok(Caller {
+            org_id: active.org_id,
+            agent_id: active.agent_id,
+            client_id: active.client_id,
+            scopes: ScopeSet::parse(&active.claims.scope),
+            context,
+        })
+    }
+
+    /// The organization and identity of an introspection or revocation caller.
+    async fn endpoint_caller(self: &Arc<Self>, auth: &EndpointAuth, context: &RequestContext) -> Result<Caller, OAuthError> {
+        match auth {
+            EndpointAuth::Client(client) => match self.authenticate_client(client).await? {
+                Ok(credential) => Ok(Caller {
+                    org_id: credential.org_id,
+                    agent_id: credential.agent_id,
+                    client_id: Some(credential.client_id),
+                    scopes: ScopeSet::default(),
+                    context: context.clone(),
+                }),
+                Err(_) => Err(OAuthError::InvalidClient { basic: client.method == ClientAuthMethod::Basic }),
+            },
+            EndpointAuth::Bearer(token) => {
+                self.authenticate_bearer(Some(token), context.clone()).await.map_err(|e| match e {
+                    ServiceError::Unauthenticated(_) => OAuthError::InvalidClient { basic: false },
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    /// `POST /token/introspect`: `None` means `{"active": false}`, whatever the reason.
+    pub async fn introspect(self: &Arc<Self>, auth: &EndpointAuth, token: &str, context: &RequestContext) -> Result<Option<ActiveToken>, OAuthError> {
+        let caller = self.endpoint_caller(auth, context).await?;
+        Ok(self.active_token(token).await?.filter(|t| t.org_id == caller.org_id))
+    }
+
+    /// `POST /token/revoke`. Unknown, invalid and foreign tokens are answered the same as a
+    /// revoked one (RFC 7009 §2.2), and change nothing.
+    pub async fn revoke_token(self: &Arc<Self>, auth: &EndpointAuth, token: &str, context: &RequestContext) -> Result<(), OAuthError> {
+        let caller = self.endpoint_caller(auth, context).await?;
+        if let EndpointAuth::Bearer(_) = auth
+            && !caller.scopes.permits(crate::domain::Scope::AgentsWrite)
+        {
+            return Err(OAuthError::InvalidClient { basic: false });
+        }
+        let keys = self.keys.keys().await.map_err(key_error)?;
+        // An expired token needs no revocation; signature and claims still must check out.
+        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+            return Ok(());
+        };
+        let may_revoke = match auth {
+            EndpointAuth::Client(_) => claims.client_uuid() == caller.client_id,
+            EndpointAuth::Bearer(_) => claims.org_uuid() == Some(caller.org_id),
+        };
+        if !may_revoke || self.store.is_token_revoked(&claims.jti).await? {
+            return Ok(());
+        }
+        let limits = self.limits(caller.org_id).await?;
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
+        let event = EventDraft {
+            org_id: caller.org_id,
+            action: AuditAction::TokenRevoked,
+            outcome: Outcome::Success,
+            actor: caller.actor(),
+            subject_agent_id: claims.agent_id(),
+            resource: format!("token/{}", claims.jti),
+            details: details([("clientId", json!(claims.client_id))]),
+        }
+        .at(self.now(), &limits, context);
+        self.store
+            .commit(vec![Write::RevokeToken { jti: claims.jti.clone(), org_id: caller.org_id, expires_at }, Write::Audit(event)])
+            .await?;
+        Ok(())
+    }
+}
