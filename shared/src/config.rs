@@ -40,12 +40,21 @@ impl Config {
         let issuer = lookup("AGENTIDP_ISSUER").ok_or(ConfigError::Missing("AGENTIDP_ISSUER"))?;
         let issuer = issuer.trim_end_matches('/').to_owned();
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-            return Err(ConfigError::Malformed { name: "AGENTIDP_ISSUER", problem: "must be an http(s) URL".into() });
+            return Err(ConfigError::Malformed {
+                name: "AGENTIDP_ISSUER",
+                problem: "must be an http(s) URL".into(),
+            });
         }
         let audience = lookup("AGENTIDP_AUDIENCE").unwrap_or_else(|| issuer.clone());
         let free = PlanLimits::FREE_DEFAULT;
         Ok(Self {
-            token_lifetime_seconds: number(&lookup, "AGENTIDP_TOKEN_LIFETIME_SECONDS", DEFAULT_TOKEN_LIFETIME_SECONDS, 60, 86_400)?,
+            token_lifetime_seconds: number(
+                &lookup,
+                "AGENTIDP_TOKEN_LIFETIME_SECONDS",
+                DEFAULT_TOKEN_LIFETIME_SECONDS,
+                60,
+                86_400,
+            )?,
             bcrypt_cost: number(&lookup, "AGENTIDP_BCRYPT_COST", DEFAULT_BCRYPT_COST, 4, 31)?,
             signing_algorithm: match lookup("AGENTIDP_SIGNING_ALG") {
                 None => SigningAlgorithm::RS256,
@@ -55,7 +64,13 @@ impl Config {
                 })?,
             },
             free_limits: PlanLimits {
-                max_agents: number(&lookup, "AGENTIDP_FREE_MAX_AGENTS", free.max_agents, 1, u64::MAX)?,
+                max_agents: number(
+                    &lookup,
+                    "AGENTIDP_FREE_MAX_AGENTS",
+                    free.max_agents,
+                    1,
+                    u64::MAX,
+                )?,
                 max_active_credentials_per_agent: number(
                     &lookup,
                     "AGENTIDP_FREE_MAX_ACTIVE_CREDENTIALS",
@@ -70,7 +85,13 @@ impl Config {
                     1,
                     u64::MAX,
                 )?,
-                audit_retention_days: number(&lookup, "AGENTIDP_FREE_AUDIT_RETENTION_DAYS", free.audit_retention_days, 1, 3650)?,
+                audit_retention_days: number(
+                    &lookup,
+                    "AGENTIDP_FREE_AUDIT_RETENTION_DAYS",
+                    free.audit_retention_days,
+                    1,
+                    3650,
+                )?,
             },
             issuer,
             audience,
@@ -85,17 +106,28 @@ impl Config {
     }
 }
 
-fn number<T>(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn number<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
-    let Some(text) = lookup(name) else { return Ok(default) };
-    let value: T = text
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::Malformed { name, problem: format!("`{text}` is not a number") })?;
+    let Some(text) = lookup(name) else {
+        return Ok(default);
+    };
+    let value: T = text.trim().parse().map_err(|_| ConfigError::Malformed {
+        name,
+        problem: format!("`{text}` is not a number"),
+    })?;
     if value < min || value > max {
-        return Err(ConfigError::Malformed { name, problem: format!("{value} is outside {min}..={max}") });
+        return Err(ConfigError::Malformed {
+            name,
+            problem: format!("{value} is outside {min}..={max}"),
+        });
     }
     Ok(value)
 }
@@ -106,18 +138,26 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
     #[test]
     fn a_missing_issuer_is_named() {
-        assert_eq!(Config::from_lookup(lookup(&[])), Err(ConfigError::Missing("AGENTIDP_ISSUER")));
+        assert_eq!(
+            Config::from_lookup(lookup(&[])),
+            Err(ConfigError::Missing("AGENTIDP_ISSUER"))
+        );
     }
 
     #[test]
     fn defaults_apply_when_only_the_issuer_is_given() {
-        let config = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "https://idp.example.com/")])).unwrap();
+        let config =
+            Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "https://idp.example.com/")]))
+                .unwrap();
         assert_eq!(config.issuer, "https://idp.example.com");
         assert_eq!(config.audience, config.issuer);
         assert_eq!(config.token_lifetime_seconds, 3600);
@@ -128,19 +168,40 @@ mod tests {
 
     #[test]
     fn a_malformed_number_is_named_with_its_value() {
-        let err = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_BCRYPT_COST", "ten")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Malformed { name: "AGENTIDP_BCRYPT_COST", .. }), "{err}");
+        let err = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "http://x"),
+            ("AGENTIDP_BCRYPT_COST", "ten"),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Malformed {
+                    name: "AGENTIDP_BCRYPT_COST",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_out_of_range_cost_is_refused() {
-        let err = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_BCRYPT_COST", "3")])).unwrap_err();
+        let err = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "http://x"),
+            ("AGENTIDP_BCRYPT_COST", "3"),
+        ]))
+        .unwrap_err();
         assert!(err.to_string().contains("AGENTIDP_BCRYPT_COST"));
     }
 
     #[test]
     fn free_plan_limits_are_configurable() {
-        let config = Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), ("AGENTIDP_FREE_MAX_AGENTS", "3")])).unwrap();
+        let config = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "http://x"),
+            ("AGENTIDP_FREE_MAX_AGENTS", "3"),
+        ]))
+        .unwrap();
         assert_eq!(config.free_limits.max_agents, 3);
     }
 }

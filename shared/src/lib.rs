@@ -1,11 +1,12 @@
 //! AgentIdP's library: the domain and its rules, validation, secrets, token signing, storage,
 //! and the HTTP handlers that every Lambda function and the local server share.
 
+pub mod api;
+pub mod config;
 pub mod domain;
-pub mod store;
 pub mod files;
 pub mod secret;
-pub mod signing;
-pub mod config;
-pub mod validation;
 pub mod service;
+pub mod signing;
+pub mod store;
+pub mod validation;

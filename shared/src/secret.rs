@@ -21,7 +21,10 @@ impl ClientSecret {
     pub fn generate() -> Result<Self, SecretError> {
         let mut random = [0u8; SECRET_RANDOM_BYTES];
         getrandom::fill(&mut random).map_err(|_| SecretError::Randomness)?;
-        Ok(Self(Zeroizing::new(format!("{SECRET_PREFIX}{}", hex::encode(random)))))
+        Ok(Self(Zeroizing::new(format!(
+            "{SECRET_PREFIX}{}",
+            hex::encode(random)
+        ))))
     }
 
     /// Wraps a secret a client presented. Length is checked at verification.
@@ -67,8 +70,13 @@ pub struct SecretHasher {
 impl SecretHasher {
     pub fn new(cost: u32) -> Result<Self, SecretError> {
         let throwaway = ClientSecret::generate()?;
-        let dummy_hash = bcrypt::hash(throwaway.expose(), cost).map_err(|e| SecretError::Hash(e.to_string()))?;
-        Ok(Self { cost, dummy_hash, verifications: AtomicU64::new(0) })
+        let dummy_hash =
+            bcrypt::hash(throwaway.expose(), cost).map_err(|e| SecretError::Hash(e.to_string()))?;
+        Ok(Self {
+            cost,
+            dummy_hash,
+            verifications: AtomicU64::new(0),
+        })
     }
 
     pub fn cost(&self) -> u32 {
@@ -119,7 +127,11 @@ mod tests {
         assert!(value.starts_with(SECRET_PREFIX));
         let random = &value[SECRET_PREFIX.len()..];
         assert_eq!(random.len(), 32);
-        assert!(random.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(
+            random
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        );
     }
 
     #[test]

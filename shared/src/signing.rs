@@ -161,14 +161,21 @@ impl KeySetDocument {
 
     /// A new document whose signing key is freshly generated, keeping at most `keep_previous`
     /// of the current keys for verification.
-    pub fn rotated(&self, alg: SigningAlgorithm, now: DateTime<Utc>, keep_previous: usize) -> Result<Self, KeyError> {
+    pub fn rotated(
+        &self,
+        alg: SigningAlgorithm,
+        now: DateTime<Utc>,
+        keep_previous: usize,
+    ) -> Result<Self, KeyError> {
         let mut keys = vec![generate_key(alg, now)?];
         keys.extend(self.keys.iter().take(keep_previous).cloned());
         Ok(Self { keys })
     }
 
     pub fn generate(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<Self, KeyError> {
-        Ok(Self { keys: vec![generate_key(alg, now)?] })
+        Ok(Self {
+            keys: vec![generate_key(alg, now)?],
+        })
     }
 }
 
@@ -185,7 +192,9 @@ fn pem_wrap(label: &str, der: &[u8]) -> String {
 
 fn pem_unwrap(pem: &str) -> Result<Vec<u8>, KeyError> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    STANDARD.decode(body.trim()).map_err(|e| KeyError::Malformed(e.to_string()))
+    STANDARD
+        .decode(body.trim())
+        .map_err(|e| KeyError::Malformed(e.to_string()))
 }
 
 pub fn generate_key(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<StoredKey, KeyError> {
@@ -193,19 +202,26 @@ pub fn generate_key(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<StoredK
         SigningAlgorithm::RS256 => {
             let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
                 .map_err(|_| KeyError::Generation)?;
-            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair.as_der().map_err(|_| KeyError::Generation)?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+                pair.as_der().map_err(|_| KeyError::Generation)?;
             der.as_ref().to_vec()
         }
         SigningAlgorithm::ES256 => {
             let rng = SystemRandom::new();
-            EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| KeyError::Generation)?
-                .as_ref()
-                .to_vec()
+            EcdsaKeyPair::generate_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &rng,
+            )
+            .map_err(|_| KeyError::Generation)?
+            .as_ref()
+            .to_vec()
         }
         SigningAlgorithm::EdDSA => {
             let rng = SystemRandom::new();
-            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generation)?.as_ref().to_vec()
+            Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| KeyError::Generation)?
+                .as_ref()
+                .to_vec()
         }
     };
     let mut random = [0u8; 4];
@@ -264,7 +280,8 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
         SigningAlgorithm::RS256 => {
             let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|e| malformed(&e))?;
             let components: aws_lc_rs::rsa::PublicKeyComponents<Vec<u8>> = pair.public_key().into();
-            let encoding = EncodingKey::from_rsa_pem(stored.private_key_pem.as_bytes()).map_err(|e| malformed(&e))?;
+            let encoding = EncodingKey::from_rsa_pem(stored.private_key_pem.as_bytes())
+                .map_err(|e| malformed(&e))?;
             let decoding = DecodingKey::from_rsa_raw_components(&components.n, &components.e);
             let jwk = PublicJwk {
                 kty: "RSA".into(),
@@ -275,8 +292,11 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
             (encoding, decoding, jwk)
         }
         SigningAlgorithm::ES256 => {
-            let pair = EcdsaKeyPair::from_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
-                .map_err(|e| malformed(&e))?;
+            let pair = EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &pkcs8,
+            )
+            .map_err(|e| malformed(&e))?;
             // An uncompressed P-256 point: 0x04, then 32 bytes of x and 32 of y.
             let point = pair.public_key().as_ref();
             if point.len() != 65 {
@@ -286,7 +306,13 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
             let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
             let encoding = EncodingKey::from_ec_der(&pkcs8);
             let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| malformed(&e))?;
-            let jwk = PublicJwk { kty: "EC".into(), crv: Some("P-256".into()), x: Some(x), y: Some(y), ..base };
+            let jwk = PublicJwk {
+                kty: "EC".into(),
+                crv: Some("P-256".into()),
+                x: Some(x),
+                y: Some(y),
+                ..base
+            };
             (encoding, decoding, jwk)
         }
         SigningAlgorithm::EdDSA => {
@@ -294,11 +320,22 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
             let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
             let encoding = EncodingKey::from_ed_der(&pkcs8);
             let decoding = DecodingKey::from_ed_components(&x).map_err(|e| malformed(&e))?;
-            let jwk = PublicJwk { kty: "OKP".into(), crv: Some("Ed25519".into()), x: Some(x), ..base };
+            let jwk = PublicJwk {
+                kty: "OKP".into(),
+                crv: Some("Ed25519".into()),
+                x: Some(x),
+                ..base
+            };
             (encoding, decoding, jwk)
         }
     };
-    Ok(LoadedKey { kid: stored.kid.clone(), alg: stored.alg, encoding, decoding, jwk })
+    Ok(LoadedKey {
+        kid: stored.kid.clone(),
+        alg: stored.alg,
+        encoding,
+        decoding,
+        jwk,
+    })
 }
 
 /// The keys in use: the first signs, all verify.
@@ -308,7 +345,9 @@ pub struct KeySet {
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.keys.iter().map(|k| &k.kid)).finish()
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.kid))
+            .finish()
     }
 }
 
@@ -330,7 +369,11 @@ impl KeySet {
         if document.keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        let keys = document.keys.iter().map(load_key).collect::<Result<Vec<_>, _>>()?;
+        let keys = document
+            .keys
+            .iter()
+            .map(load_key)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { keys })
     }
 
@@ -354,25 +397,43 @@ impl KeySet {
         let mut header = Header::new(key.alg.jwt_algorithm());
         header.typ = Some(ACCESS_TOKEN_TYPE.into());
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| KeyError::Signing(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &key.encoding)
+            .map_err(|e| KeyError::Signing(e.to_string()))
     }
 
     pub fn jwks(&self) -> Jwks {
-        Jwks { keys: self.keys.iter().map(|k| k.jwk.clone()).collect() }
+        Jwks {
+            keys: self.keys.iter().map(|k| k.jwk.clone()).collect(),
+        }
     }
 
     /// Checks the signature with the key the `kid` names, pinned to that key's algorithm, then
     /// `typ`, `iss`, `aud`, and `exp`/`nbf` against `now` (the injected clock, not the system's).
-    pub fn verify(&self, token: &str, policy: &TokenPolicy, now: DateTime<Utc>) -> Result<AccessTokenClaims, TokenRejection> {
+    pub fn verify(
+        &self,
+        token: &str,
+        policy: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<AccessTokenClaims, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::TooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(ACCESS_TOKEN_TYPE) {
+        if header
+            .typ
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+            != Some(ACCESS_TOKEN_TYPE)
+        {
             return Err(TokenRejection::WrongType);
         }
         let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
-        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(TokenRejection::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenRejection::UnknownKey)?;
         if header.alg != key.alg.jwt_algorithm() {
             return Err(TokenRejection::WrongAlgorithm);
         }
@@ -412,8 +473,17 @@ pub struct SecretsManagerKeys {
 }
 
 impl SecretsManagerKeys {
-    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, refresh_after: std::time::Duration) -> Self {
-        Self { client, secret_id, refresh_after, cached: tokio::sync::RwLock::new(None) }
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: String,
+        refresh_after: std::time::Duration,
+    ) -> Self {
+        Self {
+            client,
+            secret_id,
+            refresh_after,
+            cached: tokio::sync::RwLock::new(None),
+        }
     }
 
     async fn fetch(&self) -> Result<Arc<KeySet>, KeyError> {
@@ -423,9 +493,17 @@ impl SecretsManagerKeys {
             .secret_id(&self.secret_id)
             .send()
             .await
-            .map_err(|e| KeyError::Unavailable(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
-        let json = out.secret_string().ok_or_else(|| KeyError::Malformed("the secret holds no string".into()))?;
-        Ok(Arc::new(KeySet::from_document(&KeySetDocument::parse(json)?)?))
+            .map_err(|e| {
+                KeyError::Unavailable(
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        let json = out
+            .secret_string()
+            .ok_or_else(|| KeyError::Malformed("the secret holds no string".into()))?;
+        Ok(Arc::new(KeySet::from_document(&KeySetDocument::parse(
+            json,
+        )?)?))
     }
 
     async fn get(&self) -> Result<Arc<KeySet>, KeyError> {
@@ -467,18 +545,29 @@ impl KeySource {
     }
 
     /// The local server's keys: `path` if it exists, else a new key written there (mode 0600).
-    pub fn load_or_create_file(path: &std::path::Path, alg: SigningAlgorithm) -> Result<Self, KeyError> {
+    pub fn load_or_create_file(
+        path: &std::path::Path,
+        alg: SigningAlgorithm,
+    ) -> Result<Self, KeyError> {
         let document = match std::fs::read_to_string(path) {
             Ok(json) => KeySetDocument::parse(&json)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let document = KeySetDocument::generate(alg, Utc::now())?;
-                crate::files::write_private(path, document.to_json()?.as_bytes())
-                    .map_err(|e| KeyError::Unavailable(format!("writing {}: {e}", path.display())))?;
+                crate::files::write_private(path, document.to_json()?.as_bytes()).map_err(|e| {
+                    KeyError::Unavailable(format!("writing {}: {e}", path.display()))
+                })?;
                 document
             }
-            Err(e) => return Err(KeyError::Unavailable(format!("reading {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(KeyError::Unavailable(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )));
+            }
         };
-        Ok(KeySource::Fixed(Arc::new(KeySet::from_document(&document)?)))
+        Ok(KeySource::Fixed(Arc::new(KeySet::from_document(
+            &document,
+        )?)))
     }
 }
 
@@ -487,7 +576,11 @@ mod tests {
     use super::*;
 
     pub(crate) fn policy() -> TokenPolicy {
-        TokenPolicy { issuer: "http://localhost:3000".into(), audience: "http://localhost:3000".into(), lifetime_seconds: 3600 }
+        TokenPolicy {
+            issuer: "http://localhost:3000".into(),
+            audience: "http://localhost:3000".into(),
+            lifetime_seconds: 3600,
+        }
     }
 
     fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
@@ -507,14 +600,22 @@ mod tests {
 
     #[test]
     fn each_algorithm_signs_tokens_that_verify_with_its_own_key_set() {
-        for alg in [SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+        for alg in [
+            SigningAlgorithm::RS256,
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::EdDSA,
+        ] {
             let now = Utc::now();
             let keys = KeySet::from_document(&KeySetDocument::generate(alg, now).unwrap()).unwrap();
             let token = keys.sign(&claims(now)).unwrap();
             let header = jsonwebtoken::decode_header(&token).unwrap();
             assert_eq!(header.typ.as_deref(), Some("at+jwt"));
             assert!(header.kid.is_some());
-            assert_eq!(keys.verify(&token, &policy(), now).unwrap().scope, "agents:read", "{alg:?}");
+            assert_eq!(
+                keys.verify(&token, &policy(), now).unwrap().scope,
+                "agents:read",
+                "{alg:?}"
+            );
             assert_eq!(keys.jwks().keys[0].alg, alg.as_str());
         }
     }
@@ -523,8 +624,13 @@ mod tests {
     fn a_token_signed_before_rotation_still_verifies_after_it() {
         let now = Utc::now();
         let before = KeySetDocument::generate(SigningAlgorithm::RS256, now).unwrap();
-        let token = KeySet::from_document(&before).unwrap().sign(&claims(now)).unwrap();
-        let after = KeySet::from_document(&before.rotated(SigningAlgorithm::RS256, now, 2).unwrap()).unwrap();
+        let token = KeySet::from_document(&before)
+            .unwrap()
+            .sign(&claims(now))
+            .unwrap();
+        let after =
+            KeySet::from_document(&before.rotated(SigningAlgorithm::RS256, now, 2).unwrap())
+                .unwrap();
         assert!(after.verify(&token, &policy(), now).is_ok());
         assert_eq!(after.jwks().keys.len(), 2);
     }
@@ -540,6 +646,9 @@ mod tests {
 
     #[test]
     fn an_empty_key_set_is_refused() {
-        assert!(matches!(KeySet::from_document(&KeySetDocument { keys: vec![] }), Err(KeyError::Empty)));
+        assert!(matches!(
+            KeySet::from_document(&KeySetDocument { keys: vec![] }),
+            Err(KeyError::Empty)
+        ));
     }
 }

@@ -18,7 +18,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -52,17 +55,29 @@ pub fn check_text(field: &str, value: &str, max_chars: usize, errors: &mut Vec<F
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if value.chars().count() > max_chars {
-        errors.push(FieldError::new(field, format!("must be at most {max_chars} characters")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
     } else if value.chars().any(is_deceptive) {
-        errors.push(FieldError::new(field, "must not contain control or invisible characters"));
+        errors.push(FieldError::new(
+            field,
+            "must not contain control or invisible characters",
+        ));
     } else if value.trim() != value {
-        errors.push(FieldError::new(field, "must not start or end with white space"));
+        errors.push(FieldError::new(
+            field,
+            "must not start or end with white space",
+        ));
     }
 }
 
 /// A scope token per RFC 6749 §3.3: printable ASCII other than space, `"` and `\`.
 pub fn is_scope_token(value: &str) -> bool {
-    !value.is_empty() && value.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 /// A JSON object being read field by field. Every field read is remembered, so `finish`
@@ -82,10 +97,19 @@ pub enum BodyError {
 
 impl JsonObject {
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
-        let text = if body.iter().all(u8::is_ascii_whitespace) { "{}".as_bytes() } else { body };
-        let value: Value = serde_json::from_slice(text).map_err(|e| BodyError::NotJson(format!("the body is not valid JSON: {e}")))?;
+        let text = if body.iter().all(u8::is_ascii_whitespace) {
+            "{}".as_bytes()
+        } else {
+            body
+        };
+        let value: Value = serde_json::from_slice(text)
+            .map_err(|e| BodyError::NotJson(format!("the body is not valid JSON: {e}")))?;
         match value {
-            Value::Object(fields) => Ok(Self { fields, known: Vec::new(), errors: Vec::new() }),
+            Value::Object(fields) => Ok(Self {
+                fields,
+                known: Vec::new(),
+                errors: Vec::new(),
+            }),
             _ => Err(BodyError::NotJson("the body must be a JSON object".into())),
         }
     }
@@ -100,7 +124,11 @@ impl JsonObject {
     }
 
     /// `Some(None)` when the field is present and null: PATCH uses that to clear a field.
-    pub fn optional_text(&mut self, field: &'static str, max_chars: usize) -> Option<Option<String>> {
+    pub fn optional_text(
+        &mut self,
+        field: &'static str,
+        max_chars: usize,
+    ) -> Option<Option<String>> {
         match self.take(field)? {
             Value::Null => Some(None),
             Value::String(s) => {
@@ -126,11 +154,18 @@ impl JsonObject {
     }
 
     /// A list of distinct strings, each checked by `check`.
-    pub fn string_list(&mut self, field: &'static str, check: impl Fn(&str) -> Option<String>) -> Option<Vec<String>> {
+    pub fn string_list(
+        &mut self,
+        field: &'static str,
+        check: impl Fn(&str) -> Option<String>,
+    ) -> Option<Vec<String>> {
         match self.take(field)? {
             Value::Array(items) => {
                 if items.len() > limits::LIST_ITEMS {
-                    self.errors.push(FieldError::new(field, format!("must have at most {} items", limits::LIST_ITEMS)));
+                    self.errors.push(FieldError::new(
+                        field,
+                        format!("must have at most {} items", limits::LIST_ITEMS),
+                    ));
                     return None;
                 }
                 let mut out: Vec<String> = Vec::with_capacity(items.len());
@@ -153,7 +188,8 @@ impl JsonObject {
             }
             Value::Null => Some(Vec::new()),
             _ => {
-                self.errors.push(FieldError::new(field, "must be an array of strings"));
+                self.errors
+                    .push(FieldError::new(field, "must be an array of strings"));
                 None
             }
         }
@@ -163,7 +199,10 @@ impl JsonObject {
         match self.take(field)? {
             Value::Object(entries) => {
                 if entries.len() > limits::METADATA_ENTRIES {
-                    self.errors.push(FieldError::new(field, format!("must have at most {} entries", limits::METADATA_ENTRIES)));
+                    self.errors.push(FieldError::new(
+                        field,
+                        format!("must have at most {} entries", limits::METADATA_ENTRIES),
+                    ));
                     return None;
                 }
                 let mut out = BTreeMap::new();
@@ -172,14 +211,20 @@ impl JsonObject {
                     let before = self.errors.len();
                     check_text(&name, &key, limits::METADATA_KEY_CHARS, &mut self.errors);
                     match value {
-                        Value::String(v) if v.chars().count() <= limits::METADATA_VALUE_CHARS && !v.chars().any(is_deceptive) => {
+                        Value::String(v)
+                            if v.chars().count() <= limits::METADATA_VALUE_CHARS
+                                && !v.chars().any(is_deceptive) =>
+                        {
                             if self.errors.len() == before {
                                 out.insert(key, v);
                             }
                         }
                         Value::String(_) => self.errors.push(FieldError::new(
                             name,
-                            format!("must be at most {} characters, without control characters", limits::METADATA_VALUE_CHARS),
+                            format!(
+                                "must be at most {} characters, without control characters",
+                                limits::METADATA_VALUE_CHARS
+                            ),
                         )),
                         _ => self.errors.push(FieldError::new(name, "must be a string")),
                     }
@@ -188,7 +233,8 @@ impl JsonObject {
             }
             Value::Null => Some(BTreeMap::new()),
             _ => {
-                self.errors.push(FieldError::new(field, "must be an object of strings"));
+                self.errors
+                    .push(FieldError::new(field, "must be an object of strings"));
                 None
             }
         }
@@ -201,7 +247,10 @@ impl JsonObject {
             Value::String(s) => match parse_timestamp(&s) {
                 Some(at) => Some(at),
                 None => {
-                    self.errors.push(FieldError::new(field, "must be an RFC 3339 timestamp, e.g. 2027-03-28T00:00:00.000Z"));
+                    self.errors.push(FieldError::new(
+                        field,
+                        "must be an RFC 3339 timestamp, e.g. 2027-03-28T00:00:00.000Z",
+                    ));
                     None
                 }
             },
@@ -214,12 +263,21 @@ impl JsonObject {
 
     /// Reports unknown fields and returns every problem found, if any.
     pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
-        let mut unknown: Vec<&String> = self.fields.keys().filter(|k| !self.known.contains(&k.as_str())).collect();
+        let mut unknown: Vec<&String> = self
+            .fields
+            .keys()
+            .filter(|k| !self.known.contains(&k.as_str()))
+            .collect();
         unknown.sort();
         for field in unknown {
-            self.errors.push(FieldError::new(field.clone(), "is not a known field"));
+            self.errors
+                .push(FieldError::new(field.clone(), "is not a known field"));
         }
-        if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
     }
 }
 
@@ -231,7 +289,10 @@ pub fn check_capability(value: &str) -> Option<String> {
 
 pub fn check_scope(value: &str) -> Option<String> {
     if value.len() > limits::LIST_ITEM_CHARS {
-        Some(format!("must be at most {} characters", limits::LIST_ITEM_CHARS))
+        Some(format!(
+            "must be at most {} characters",
+            limits::LIST_ITEM_CHARS
+        ))
     } else if !is_scope_token(value) {
         Some("must be a scope token: printable ASCII without spaces, quotes or backslashes".into())
     } else {
@@ -256,16 +317,27 @@ pub struct QueryParams {
 
 impl QueryParams {
     pub fn parse(query: &str) -> Self {
-        let pairs = form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-        Self { pairs, known: Vec::new(), errors: Vec::new() }
+        let pairs = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Self {
+            pairs,
+            known: Vec::new(),
+            errors: Vec::new(),
+        }
     }
 
     pub fn get(&mut self, name: &'static str) -> Option<String> {
         self.known.push(name);
-        let mut values = self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut values = self
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone());
         let first = values.next();
         if values.next().is_some() {
-            self.errors.push(FieldError::new(name, "must be given at most once"));
+            self.errors
+                .push(FieldError::new(name, "must be given at most once"));
             return None;
         }
         first
@@ -278,7 +350,10 @@ impl QueryParams {
             Some(text) => match text.parse::<u32>() {
                 Ok(n) if (min..=max).contains(&n) => n,
                 _ => {
-                    self.errors.push(FieldError::new(name, format!("must be a whole number from {min} to {max}")));
+                    self.errors.push(FieldError::new(
+                        name,
+                        format!("must be a whole number from {min} to {max}"),
+                    ));
                     default
                 }
             },
@@ -286,14 +361,23 @@ impl QueryParams {
     }
 
     pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
-        let mut unknown: Vec<String> =
-            self.pairs.iter().map(|(k, _)| k.clone()).filter(|k| !self.known.contains(&k.as_str())).collect();
+        let mut unknown: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !self.known.contains(&k.as_str()))
+            .collect();
         unknown.sort();
         unknown.dedup();
         for name in unknown {
-            self.errors.push(FieldError::new(name, "is not a known query parameter"));
+            self.errors
+                .push(FieldError::new(name, "is not a known query parameter"));
         }
-        if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
     }
 }
 
@@ -305,21 +389,30 @@ mod tests {
     fn unknown_fields_are_reported_by_name() {
         let mut body = JsonObject::parse(br#"{"name":"a","colour":"red"}"#).unwrap();
         body.required_text("name", 10);
-        assert_eq!(body.finish().unwrap_err(), vec![FieldError::new("colour", "is not a known field")]);
+        assert_eq!(
+            body.finish().unwrap_err(),
+            vec![FieldError::new("colour", "is not a known field")]
+        );
     }
 
     #[test]
     fn a_missing_required_field_is_reported_once() {
         let mut body = JsonObject::parse(b"{}").unwrap();
         assert_eq!(body.required_text("name", 10), None);
-        assert_eq!(body.finish().unwrap_err(), vec![FieldError::new("name", "is required")]);
+        assert_eq!(
+            body.finish().unwrap_err(),
+            vec![FieldError::new("name", "is required")]
+        );
     }
 
     #[test]
     fn a_wrong_type_is_reported_not_required() {
         let mut body = JsonObject::parse(br#"{"name":5}"#).unwrap();
         body.required_text("name", 10);
-        assert_eq!(body.finish().unwrap_err(), vec![FieldError::new("name", "must be a string")]);
+        assert_eq!(
+            body.finish().unwrap_err(),
+            vec![FieldError::new("name", "must be a string")]
+        );
     }
 
     #[test]
@@ -371,7 +464,10 @@ mod tests {
         let mut query = QueryParams::parse("page=1&page=2&x=1");
         query.get("page");
         let errors = query.finish().unwrap_err();
-        assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["page", "x"]);
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["page", "x"]
+        );
     }
 
     #[test]
@@ -393,7 +489,13 @@ mod tests {
     #[test]
     fn an_empty_body_reads_as_an_empty_object() {
         assert!(JsonObject::parse(b"").unwrap().finish().is_ok());
-        assert!(matches!(JsonObject::parse(b"[]"), Err(BodyError::NotJson(_))));
-        assert!(matches!(JsonObject::parse(b"{"), Err(BodyError::NotJson(_))));
+        assert!(matches!(
+            JsonObject::parse(b"[]"),
+            Err(BodyError::NotJson(_))
+        ));
+        assert!(matches!(
+            JsonObject::parse(b"{"),
+            Err(BodyError::NotJson(_))
+        ));
     }
 }

@@ -1,16 +1,24 @@
 //! The SQLite store against the shared conformance suite, plus what only a file can show.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 mod conformance;
 
 use agentidp_shared::domain::{AuditAction, Outcome, Plan};
 use agentidp_shared::store::sqlite::SqliteStore;
-use agentidp_shared::store::{AgentReader, AuditReader, Commit, CredentialReader, OrgReader, RevocationReader, Write};
+use agentidp_shared::store::{
+    AgentReader, AuditReader, Commit, CredentialReader, OrgReader, RevocationReader, Write,
+};
 use chrono::Duration;
 use uuid::Uuid;
 
-conformance::conformance_suite!(async { SqliteStore::in_memory().expect("an in-memory store opens") });
+conformance::conformance_suite!(async {
+    SqliteStore::in_memory().expect("an in-memory store opens")
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_backed_store_keeps_its_data_across_close_and_reopen() {
@@ -20,19 +28,47 @@ async fn a_file_backed_store_keeps_its_data_across_close_and_reopen() {
     let agent = conformance::agent(org.org_id, "durable", conformance::now_ms());
     let credential = conformance::credential(org.org_id, agent.agent_id, conformance::now_ms());
     let now = conformance::now_ms();
-    let event = conformance::audit_event(org.org_id, now, AuditAction::AgentCreated, Outcome::Success, Some(agent.agent_id));
+    let event = conformance::audit_event(
+        org.org_id,
+        now,
+        AuditAction::AgentCreated,
+        Outcome::Success,
+        Some(agent.agent_id),
+    );
     let jti = Uuid::new_v4().to_string();
 
     let store = SqliteStore::open(&path).unwrap();
     store
         .commit(vec![
             Write::CreateOrg(org.clone()),
-            Write::PutAgent { agent: agent.clone(), expected_version: None },
-            Write::ClaimAgentName { org_id: org.org_id, name_key: "durable".into(), agent_id: agent.agent_id },
-            Write::PutCredential { credential: credential.clone(), expected_version: None },
-            Write::CountAgents { org_id: org.org_id, delta: 1, limit: 10 },
-            Write::CountTokenRequest { org_id: org.org_id, month: "2026-03".into(), limit: 10 },
-            Write::RevokeToken { jti: jti.clone(), org_id: org.org_id, expires_at: now + Duration::hours(1) },
+            Write::PutAgent {
+                agent: agent.clone(),
+                expected_version: None,
+            },
+            Write::ClaimAgentName {
+                org_id: org.org_id,
+                name_key: "durable".into(),
+                agent_id: agent.agent_id,
+            },
+            Write::PutCredential {
+                credential: credential.clone(),
+                expected_version: None,
+            },
+            Write::CountAgents {
+                org_id: org.org_id,
+                delta: 1,
+                limit: 10,
+            },
+            Write::CountTokenRequest {
+                org_id: org.org_id,
+                month: "2026-03".into(),
+                limit: 10,
+            },
+            Write::RevokeToken {
+                jti: jti.clone(),
+                org_id: org.org_id,
+                expires_at: now + Duration::hours(1),
+            },
             Write::Audit(event.clone()),
         ])
         .await
@@ -40,14 +76,39 @@ async fn a_file_backed_store_keeps_its_data_across_close_and_reopen() {
     drop(store);
 
     let reopened = SqliteStore::open(&path).unwrap();
-    assert_eq!(reopened.get_org(org.org_id).await.unwrap(), Some(org.clone()));
-    assert_eq!(reopened.get_agent(org.org_id, agent.agent_id).await.unwrap(), Some(agent.clone()));
-    assert_eq!(reopened.credential_by_client_id(credential.client_id).await.unwrap(), Some(credential));
+    assert_eq!(
+        reopened.get_org(org.org_id).await.unwrap(),
+        Some(org.clone())
+    );
+    assert_eq!(
+        reopened
+            .get_agent(org.org_id, agent.agent_id)
+            .await
+            .unwrap(),
+        Some(agent.clone())
+    );
+    assert_eq!(
+        reopened
+            .credential_by_client_id(credential.client_id)
+            .await
+            .unwrap(),
+        Some(credential)
+    );
     let usage = reopened.usage(org.org_id, "2026-03").await.unwrap();
     assert_eq!((usage.agents, usage.token_requests), (1, 1));
     assert!(reopened.is_token_revoked(&jti).await.unwrap());
-    let got = reopened.get_audit_event(org.org_id, event.event_id, now - Duration::days(1), now).await.unwrap();
+    let got = reopened
+        .get_audit_event(org.org_id, event.event_id, now - Duration::days(1), now)
+        .await
+        .unwrap();
     assert_eq!(got, Some(event));
-    let claim_again = Write::ClaimAgentName { org_id: org.org_id, name_key: "durable".into(), agent_id: Uuid::new_v4() };
-    assert!(reopened.commit(vec![claim_again]).await.is_err(), "the name claim survived");
+    let claim_again = Write::ClaimAgentName {
+        org_id: org.org_id,
+        name_key: "durable".into(),
+        agent_id: Uuid::new_v4(),
+    };
+    assert!(
+        reopened.commit(vec![claim_again]).await.is_err(),
+        "the name claim survived"
+    );
 }

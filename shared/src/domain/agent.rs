@@ -14,7 +14,11 @@ pub enum AgentStatus {
 }
 
 impl AgentStatus {
-    pub const ALL: [AgentStatus; 3] = [AgentStatus::Active, AgentStatus::Suspended, AgentStatus::Decommissioned];
+    pub const ALL: [AgentStatus; 3] = [
+        AgentStatus::Active,
+        AgentStatus::Suspended,
+        AgentStatus::Decommissioned,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,10 +97,19 @@ mod tests {
     #[test]
     fn every_pair_of_states_is_allowed_or_refused_as_the_lifecycle_says() {
         use AgentStatus::*;
-        let allowed = [(Active, Suspended), (Suspended, Active), (Active, Decommissioned), (Suspended, Decommissioned)];
+        let allowed = [
+            (Active, Suspended),
+            (Suspended, Active),
+            (Active, Decommissioned),
+            (Suspended, Decommissioned),
+        ];
         for from in AgentStatus::ALL {
             for to in AgentStatus::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
             }
         }
     }
@@ -129,6 +142,9 @@ mod tests {
 
     #[test]
     fn names_differing_only_in_case_and_padding_share_a_key() {
-        assert_eq!(Agent::name_key("  Billing-Bot "), Agent::name_key("billing-bot"));
+        assert_eq!(
+            Agent::name_key("  Billing-Bot "),
+            Agent::name_key("billing-bot")
+        );
     }
 }

@@ -111,15 +111,27 @@ pub struct Actor {
 
 impl Actor {
     pub fn agent(agent_id: Uuid, client_id: Option<Uuid>) -> Self {
-        Self { kind: "agent".into(), agent_id: Some(agent_id), client_id }
+        Self {
+            kind: "agent".into(),
+            agent_id: Some(agent_id),
+            client_id,
+        }
     }
 
     pub fn client(client_id: Option<Uuid>) -> Self {
-        Self { kind: "client".into(), agent_id: None, client_id }
+        Self {
+            kind: "client".into(),
+            agent_id: None,
+            client_id,
+        }
     }
 
     pub fn operator() -> Self {
-        Self { kind: "operator".into(), agent_id: None, client_id: None }
+        Self {
+            kind: "operator".into(),
+            agent_id: None,
+            client_id: None,
+        }
     }
 }
 

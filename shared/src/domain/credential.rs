@@ -97,7 +97,9 @@ impl Credential {
     pub fn effective_status(&self, now: DateTime<Utc>) -> EffectiveCredentialStatus {
         match self.status {
             CredentialStatus::Revoked => EffectiveCredentialStatus::Revoked,
-            CredentialStatus::Active if self.is_expired_at(now) => EffectiveCredentialStatus::Expired,
+            CredentialStatus::Active if self.is_expired_at(now) => {
+                EffectiveCredentialStatus::Expired
+            }
             CredentialStatus::Active => EffectiveCredentialStatus::Active,
         }
     }
@@ -105,7 +107,8 @@ impl Credential {
     /// Whether a presented secret for this credential may be checked at all: a revoked or
     /// expired credential, or one whose agent is not active, never yields a token.
     pub fn may_obtain_tokens(&self, now: DateTime<Utc>) -> bool {
-        self.effective_status(now) == EffectiveCredentialStatus::Active && self.agent_status.may_obtain_tokens()
+        self.effective_status(now) == EffectiveCredentialStatus::Active
+            && self.agent_status.may_obtain_tokens()
     }
 
     pub fn may_be_rotated(&self) -> bool {
@@ -118,7 +121,11 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    fn credential(status: CredentialStatus, expires_in: Option<Duration>, agent: AgentStatus) -> (Credential, DateTime<Utc>) {
+    fn credential(
+        status: CredentialStatus,
+        expires_in: Option<Duration>,
+        agent: AgentStatus,
+    ) -> (Credential, DateTime<Utc>) {
         let now = Utc::now();
         (
             Credential {
@@ -141,20 +148,32 @@ mod tests {
 
     #[test]
     fn an_active_unexpired_credential_of_an_active_agent_may_obtain_tokens() {
-        let (c, now) = credential(CredentialStatus::Active, Some(Duration::hours(1)), AgentStatus::Active);
+        let (c, now) = credential(
+            CredentialStatus::Active,
+            Some(Duration::hours(1)),
+            AgentStatus::Active,
+        );
         assert!(c.may_obtain_tokens(now));
     }
 
     #[test]
     fn an_expired_credential_shows_as_expired_and_gets_no_tokens() {
-        let (c, now) = credential(CredentialStatus::Active, Some(Duration::seconds(-1)), AgentStatus::Active);
+        let (c, now) = credential(
+            CredentialStatus::Active,
+            Some(Duration::seconds(-1)),
+            AgentStatus::Active,
+        );
         assert_eq!(c.effective_status(now), EffectiveCredentialStatus::Expired);
         assert!(!c.may_obtain_tokens(now));
     }
 
     #[test]
     fn expiry_is_reached_at_the_exact_instant() {
-        let (c, now) = credential(CredentialStatus::Active, Some(Duration::zero()), AgentStatus::Active);
+        let (c, now) = credential(
+            CredentialStatus::Active,
+            Some(Duration::zero()),
+            AgentStatus::Active,
+        );
         assert!(c.is_expired_at(now));
     }
 

@@ -34,7 +34,13 @@ pub struct ScopeSet(BTreeSet<String>);
 
 impl ScopeSet {
     pub fn parse(space_separated: &str) -> Self {
-        Self(space_separated.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        Self(
+            space_separated
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
     }
 
     pub fn from_list<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Self {
@@ -105,7 +111,10 @@ mod tests {
     fn management_scopes_the_holder_lacks_are_reported() {
         let wanted = ScopeSet::parse("agents:write audit:read weather:read");
         let holder = ScopeSet::parse("agents:write");
-        assert_eq!(wanted.management_scopes_beyond(&holder), vec!["audit:read".to_owned()]);
+        assert_eq!(
+            wanted.management_scopes_beyond(&holder),
+            vec!["audit:read".to_owned()]
+        );
     }
 
     #[test]

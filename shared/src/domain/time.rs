@@ -27,11 +27,14 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn starting_at(start: DateTime<Utc>) -> Self {
-        Self { millis: Arc::new(AtomicI64::new(start.timestamp_millis())) }
+        Self {
+            millis: Arc::new(AtomicI64::new(start.timestamp_millis())),
+        }
     }
 
     pub fn advance(&self, by: chrono::Duration) {
-        self.millis.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        self.millis
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
     }
 }
 
@@ -47,7 +50,9 @@ pub fn format_timestamp(at: &DateTime<Utc>) -> String {
 }
 
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The calendar month (UTC) that a free-tier token counter belongs to, as `YYYY-MM`.
@@ -71,17 +76,25 @@ pub mod millis {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            at: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match at {
                 Some(at) => s.serialize_str(&format_timestamp(at)),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let text = Option::<String>::deserialize(d)?;
-            text.map(|t| parse_timestamp(&t).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp")))
-                .transpose()
+            text.map(|t| {
+                parse_timestamp(&t)
+                    .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
+            })
+            .transpose()
         }
     }
 }

@@ -5,9 +5,14 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult, details, page_of};
+use super::{
+    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult,
+    details, page_of,
+};
 use crate::domain::time::usage_month;
-use crate::domain::{Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Outcome, Scope, ScopeSet};
+use crate::domain::{
+    Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Outcome, Scope, ScopeSet,
+};
 use crate::store::{StoreError, Write};
 
 /// The fields of `POST /agents`, validated.
@@ -41,16 +46,24 @@ pub struct AgentPage {
 }
 
 fn refuse_ungrantable_scopes(caller: &Caller, scopes: &[String]) -> ServiceResult<()> {
-    let beyond = ScopeSet::from_list(scopes.iter().cloned()).management_scopes_beyond(&caller.scopes);
+    let beyond =
+        ScopeSet::from_list(scopes.iter().cloned()).management_scopes_beyond(&caller.scopes);
     if beyond.is_empty() {
         Ok(())
     } else {
-        Err(ServiceError::InsufficientScope(format!("cannot grant scopes the caller does not hold: {}", beyond.join(" "))))
+        Err(ServiceError::InsufficientScope(format!(
+            "cannot grant scopes the caller does not hold: {}",
+            beyond.join(" ")
+        )))
     }
 }
 
 /// Rewrites each active credential's copy of the agent's status, conditional on its version.
-pub(crate) fn credential_status_writes(credentials: &[Credential], agent_status: AgentStatus, revoke_at: Option<chrono::DateTime<chrono::Utc>>) -> Vec<Write> {
+pub(crate) fn credential_status_writes(
+    credentials: &[Credential],
+    agent_status: AgentStatus,
+    revoke_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<Write> {
     credentials
         .iter()
         .filter(|c| c.status == CredentialStatus::Active)
@@ -62,7 +75,10 @@ pub(crate) fn credential_status_writes(credentials: &[Credential], agent_status:
                 next.revoked_at = Some(at);
             }
             next.version += 1;
-            Write::PutCredential { credential: next, expected_version: Some(c.version) }
+            Write::PutCredential {
+                credential: next,
+                expected_version: Some(c.version),
+            }
         })
         .collect()
 }
@@ -112,51 +128,97 @@ impl Idp {
         }
         .at(now, &limits, &caller.context);
         let writes = vec![
-            Write::CountAgents { org_id: caller.org_id, delta: 1, limit: limits.max_agents },
-            Write::ClaimAgentName { org_id: caller.org_id, name_key: Agent::name_key(&agent.name), agent_id: agent.agent_id },
-            Write::PutAgent { agent: agent.clone(), expected_version: None },
+            Write::CountAgents {
+                org_id: caller.org_id,
+                delta: 1,
+                limit: limits.max_agents,
+            },
+            Write::ClaimAgentName {
+                org_id: caller.org_id,
+                name_key: Agent::name_key(&agent.name),
+                agent_id: agent.agent_id,
+            },
+            Write::PutAgent {
+                agent: agent.clone(),
+                expected_version: None,
+            },
             Write::Audit(event),
         ];
         match self.store.commit(writes).await {
             Ok(()) => Ok(agent),
             Err(StoreError::ConditionFailed { index: 0 }) => {
                 let usage = self.store.usage(caller.org_id, &usage_month(&now)).await?;
-                Err(ServiceError::PlanLimit(LimitExceeded { limit: "maxAgents", max: limits.max_agents, current: usage.agents }))
+                Err(ServiceError::PlanLimit(LimitExceeded {
+                    limit: "maxAgents",
+                    max: limits.max_agents,
+                    current: usage.agents,
+                }))
             }
             Err(StoreError::ConditionFailed { index: 1 }) => Err(ServiceError::AgentNameTaken),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub async fn list_agents(&self, caller: &Caller, status: Option<AgentStatus>, page: u32, limit: u32) -> ServiceResult<AgentPage> {
+    pub async fn list_agents(
+        &self,
+        caller: &Caller,
+        status: Option<AgentStatus>,
+        page: u32,
+        limit: u32,
+    ) -> ServiceResult<AgentPage> {
         caller.require(Scope::AgentsRead)?;
-        let agents: Vec<Agent> =
-            self.store.list_agents(caller.org_id).await?.into_iter().filter(|a| status.is_none_or(|s| a.status == s)).collect();
+        let agents: Vec<Agent> = self
+            .store
+            .list_agents(caller.org_id)
+            .await?
+            .into_iter()
+            .filter(|a| status.is_none_or(|s| a.status == s))
+            .collect();
         let total = agents.len();
-        Ok(AgentPage { agents: page_of(agents, page, limit), total })
+        Ok(AgentPage {
+            agents: page_of(agents, page, limit),
+            total,
+        })
     }
 
     pub async fn get_agent(&self, caller: &Caller, agent_id: Uuid) -> ServiceResult<Agent> {
         caller.require(Scope::AgentsRead)?;
-        self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)
+        self.store
+            .get_agent(caller.org_id, agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)
     }
 
-    pub async fn update_agent(&self, caller: &Caller, agent_id: Uuid, changes: AgentChanges) -> ServiceResult<Agent> {
+    pub async fn update_agent(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+        changes: AgentChanges,
+    ) -> ServiceResult<Agent> {
         caller.require(Scope::AgentsWrite)?;
         if let Some(scopes) = &changes.scopes {
             refuse_ungrantable_scopes(caller, scopes)?;
         }
         let limits = self.limits(caller.org_id).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            let current = self
+                .store
+                .get_agent(caller.org_id, agent_id)
+                .await?
+                .ok_or(ServiceError::AgentNotFound)?;
             let status_change = changes.status.filter(|s| *s != current.status);
             if let Some(to) = status_change
                 && !current.status.can_become(to)
             {
-                return Err(ServiceError::InvalidStatusTransition { from: current.status.as_str(), to: to.as_str() });
+                return Err(ServiceError::InvalidStatusTransition {
+                    from: current.status.as_str(),
+                    to: to.as_str(),
+                });
             }
             if !current.status.is_mutable() {
-                return Err(ServiceError::AgentNotActive("a decommissioned agent cannot be changed".into()));
+                return Err(ServiceError::AgentNotActive(
+                    "a decommissioned agent cannot be changed".into(),
+                ));
             }
             let now = self.now();
             let mut next = current.clone();
@@ -211,12 +273,22 @@ impl Idp {
                 Some(AgentStatus::Active) => AuditAction::AgentReactivated,
                 _ => AuditAction::AgentUpdated,
             };
-            let mut writes = vec![Write::PutAgent { agent: next.clone(), expected_version: Some(current.version) }];
+            let mut writes = vec![Write::PutAgent {
+                agent: next.clone(),
+                expected_version: Some(current.version),
+            }];
             let old_key = Agent::name_key(&current.name);
             let new_key = Agent::name_key(&next.name);
             let claim_index = (old_key != new_key).then(|| {
-                writes.push(Write::ClaimAgentName { org_id: caller.org_id, name_key: new_key, agent_id });
-                writes.push(Write::ReleaseAgentName { org_id: caller.org_id, name_key: old_key });
+                writes.push(Write::ClaimAgentName {
+                    org_id: caller.org_id,
+                    name_key: new_key,
+                    agent_id,
+                });
+                writes.push(Write::ReleaseAgentName {
+                    org_id: caller.org_id,
+                    name_key: old_key,
+                });
                 writes.len() - 2
             });
             if let Some(status) = status_change {
@@ -235,13 +307,18 @@ impl Idp {
                     actor: caller.actor(),
                     subject_agent_id: Some(agent_id),
                     resource: format!("agent/{agent_id}"),
-                    details: details([("changed", json!(changed)), ("status", json!(next.status.as_str()))]),
+                    details: details([
+                        ("changed", json!(changed)),
+                        ("status", json!(next.status.as_str())),
+                    ]),
                 }
                 .at(now, &limits, &caller.context),
             ));
             match self.store.commit(writes).await {
                 Ok(()) => return Ok(next),
-                Err(StoreError::ConditionFailed { index }) if Some(index) == claim_index => return Err(ServiceError::AgentNameTaken),
+                Err(StoreError::ConditionFailed { index }) if Some(index) == claim_index => {
+                    return Err(ServiceError::AgentNameTaken);
+                }
                 Err(StoreError::ConditionFailed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -255,7 +332,11 @@ impl Idp {
         caller.require(Scope::AgentsWrite)?;
         let limits = self.limits(caller.org_id).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            let current = self
+                .store
+                .get_agent(caller.org_id, agent_id)
+                .await?
+                .ok_or(ServiceError::AgentNotFound)?;
             if !current.status.can_become(AgentStatus::Decommissioned) {
                 return Err(ServiceError::InvalidStatusTransition {
                     from: current.status.as_str(),
@@ -264,14 +345,17 @@ impl Idp {
             }
             let now = self.now();
             let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
-            let revocations = credential_status_writes(&credentials, AgentStatus::Decommissioned, Some(now));
+            let revocations =
+                credential_status_writes(&credentials, AgentStatus::Decommissioned, Some(now));
             if !listing_is_complete(&revocations, &current).await {
                 continue;
             }
             let revoked: Vec<String> = revocations
                 .iter()
                 .filter_map(|w| match w {
-                    Write::PutCredential { credential, .. } => Some(credential.credential_id.to_string()),
+                    Write::PutCredential { credential, .. } => {
+                        Some(credential.credential_id.to_string())
+                    }
                     _ => None,
                 })
                 .collect();
@@ -282,9 +366,19 @@ impl Idp {
             next.active_credentials = 0;
             next.version += 1;
             let mut writes = vec![
-                Write::PutAgent { agent: next, expected_version: Some(current.version) },
-                Write::ReleaseAgentName { org_id: caller.org_id, name_key: Agent::name_key(&current.name) },
-                Write::CountAgents { org_id: caller.org_id, delta: -1, limit: limits.max_agents },
+                Write::PutAgent {
+                    agent: next,
+                    expected_version: Some(current.version),
+                },
+                Write::ReleaseAgentName {
+                    org_id: caller.org_id,
+                    name_key: Agent::name_key(&current.name),
+                },
+                Write::CountAgents {
+                    org_id: caller.org_id,
+                    delta: -1,
+                    limit: limits.max_agents,
+                },
             ];
             writes.extend(revocations);
             writes.push(Write::Audit(
@@ -295,7 +389,10 @@ impl Idp {
                     actor: caller.actor(),
                     subject_agent_id: Some(agent_id),
                     resource: format!("agent/{agent_id}"),
-                    details: details([("previousStatus", json!(current.status.as_str())), ("revokedCredentialIds", json!(revoked))]),
+                    details: details([
+                        ("previousStatus", json!(current.status.as_str())),
+                        ("revokedCredentialIds", json!(revoked)),
+                    ]),
                 }
                 .at(now, &limits, &caller.context),
             ));

@@ -31,7 +31,9 @@ impl AuditFilters {
             self.from.map(|t| t.timestamp_millis()),
             self.to.map(|t| t.timestamp_millis())
         );
-        hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref()[..8])
+        hex::encode(
+            &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref()[..8],
+        )
     }
 }
 
@@ -45,11 +47,20 @@ struct CursorBody {
 }
 
 pub fn encode_cursor(org_id: Uuid, filters: &AuditFilters, position: &AuditPosition) -> String {
-    let body = CursorBody { o: org_id, t: position.timestamp.timestamp_millis(), e: position.event_id, f: filters.fingerprint() };
+    let body = CursorBody {
+        o: org_id,
+        t: position.timestamp.timestamp_millis(),
+        e: position.event_id,
+        f: filters.fingerprint(),
+    };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-fn decode_cursor(text: &str, org_id: Uuid, filters: &AuditFilters) -> Result<AuditPosition, FieldError> {
+fn decode_cursor(
+    text: &str,
+    org_id: Uuid,
+    filters: &AuditFilters,
+) -> Result<AuditPosition, FieldError> {
     let invalid = || FieldError::new("cursor", "is not a cursor this query returned");
     let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
     let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
@@ -57,7 +68,10 @@ fn decode_cursor(text: &str, org_id: Uuid, filters: &AuditFilters) -> Result<Aud
         return Err(invalid());
     }
     let timestamp = DateTime::from_timestamp_millis(body.t).ok_or_else(invalid)?;
-    Ok(AuditPosition { timestamp, event_id: body.e })
+    Ok(AuditPosition {
+        timestamp,
+        event_id: body.e,
+    })
 }
 
 #[derive(Debug)]
@@ -70,10 +84,19 @@ impl Idp {
     async fn retention_start(&self, org_id: Uuid) -> ServiceResult<(DateTime<Utc>, DateTime<Utc>)> {
         let limits = self.limits(org_id).await?;
         let now = self.now();
-        Ok((now - chrono::Duration::days(i64::from(limits.audit_retention_days)), now))
+        Ok((
+            now - chrono::Duration::days(i64::from(limits.audit_retention_days)),
+            now,
+        ))
     }
 
-    pub async fn query_audit(&self, caller: &Caller, filters: AuditFilters, limit: usize, cursor: Option<&str>) -> ServiceResult<AuditEventPage> {
+    pub async fn query_audit(
+        &self,
+        caller: &Caller,
+        filters: AuditFilters,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> ServiceResult<AuditEventPage> {
         caller.require(Scope::AuditRead)?;
         let after = cursor
             .map(|c| decode_cursor(c, caller.org_id, &filters))
@@ -82,7 +105,10 @@ impl Idp {
         if let (Some(from), Some(to)) = (filters.from, filters.to)
             && from > to
         {
-            return Err(ServiceError::Validation(vec![FieldError::new("from", "must not be later than `to`")]));
+            return Err(ServiceError::Validation(vec![FieldError::new(
+                "from",
+                "must not be later than `to`",
+            )]));
         }
         let (retention_start, now) = self.retention_start(caller.org_id).await?;
         let query = AuditQuery {
@@ -90,18 +116,29 @@ impl Idp {
             agent_id: filters.agent_id,
             action: filters.action,
             outcome: filters.outcome,
-            not_before: filters.from.map_or(retention_start, |from| from.max(retention_start)),
+            not_before: filters
+                .from
+                .map_or(retention_start, |from| from.max(retention_start)),
             until: filters.to,
             now,
             limit,
             after,
         };
         let page = self.store.query_audit(&query).await?;
-        let next_cursor = page.next.map(|position| encode_cursor(caller.org_id, &filters, &position));
-        Ok(AuditEventPage { events: page.events, next_cursor })
+        let next_cursor = page
+            .next
+            .map(|position| encode_cursor(caller.org_id, &filters, &position));
+        Ok(AuditEventPage {
+            events: page.events,
+            next_cursor,
+        })
     }
 
-    pub async fn get_audit_event(&self, caller: &Caller, event_id: Uuid) -> ServiceResult<AuditEvent> {
+    pub async fn get_audit_event(
+        &self,
+        caller: &Caller,
+        event_id: Uuid,
+    ) -> ServiceResult<AuditEvent> {
         caller.require(Scope::AuditRead)?;
         let (retention_start, now) = self.retention_start(caller.org_id).await?;
         self.store
@@ -116,7 +153,10 @@ mod tests {
     use super::*;
 
     fn position() -> AuditPosition {
-        AuditPosition { timestamp: Utc::now(), event_id: Uuid::new_v4() }
+        AuditPosition {
+            timestamp: Utc::now(),
+            event_id: Uuid::new_v4(),
+        }
     }
 
     #[test]
@@ -126,7 +166,10 @@ mod tests {
         let p = position();
         let decoded = decode_cursor(&encode_cursor(org, &filters, &p), org, &filters).unwrap();
         assert_eq!(decoded.event_id, p.event_id);
-        assert_eq!(decoded.timestamp.timestamp_millis(), p.timestamp.timestamp_millis());
+        assert_eq!(
+            decoded.timestamp.timestamp_millis(),
+            p.timestamp.timestamp_millis()
+        );
     }
 
     #[test]
@@ -140,7 +183,10 @@ mod tests {
     fn a_cursor_made_under_other_filters_is_refused() {
         let org = Uuid::new_v4();
         let cursor = encode_cursor(org, &AuditFilters::default(), &position());
-        let other = AuditFilters { outcome: Some(Outcome::Failure), ..Default::default() };
+        let other = AuditFilters {
+            outcome: Some(Outcome::Failure),
+            ..Default::default()
+        };
         assert!(decode_cursor(&cursor, org, &other).is_err());
     }
 
@@ -148,7 +194,10 @@ mod tests {
     fn garbage_is_not_a_cursor() {
         let org = Uuid::new_v4();
         for bad in ["", "!!!", "e30", "bm90IGpzb24"] {
-            assert!(decode_cursor(bad, org, &AuditFilters::default()).is_err(), "{bad}");
+            assert!(
+                decode_cursor(bad, org, &AuditFilters::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

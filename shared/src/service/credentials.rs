@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult, details, page_of};
+use super::{
+    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult,
+    details, page_of,
+};
 use crate::domain::credential::EffectiveCredentialStatus;
 use crate::domain::{AuditAction, Credential, CredentialStatus, Outcome, Scope};
 use crate::secret::ClientSecret;
@@ -27,7 +30,10 @@ pub struct CredentialPage {
 
 fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ServiceResult<()> {
     match expires_at {
-        Some(at) if at <= now => Err(ServiceError::Validation(vec![FieldError::new("expiresAt", "must be in the future")])),
+        Some(at) if at <= now => Err(ServiceError::Validation(vec![FieldError::new(
+            "expiresAt",
+            "must be in the future",
+        )])),
         _ => Ok(()),
     }
 }
@@ -35,12 +41,17 @@ fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> 
 impl Idp {
     fn new_secret(&self) -> ServiceResult<(ClientSecret, String)> {
         let secret = ClientSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let hash = self.hasher.hash(&secret).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let hash = self
+            .hasher
+            .hash(&secret)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok((secret, hash))
     }
 
     /// bcrypt is slow by design; run it off the async workers.
-    async fn new_secret_off_thread(self: &std::sync::Arc<Self>) -> ServiceResult<(ClientSecret, String)> {
+    async fn new_secret_off_thread(
+        self: &std::sync::Arc<Self>,
+    ) -> ServiceResult<(ClientSecret, String)> {
         let idp = self.clone();
         tokio::task::spawn_blocking(move || idp.new_secret())
             .await
@@ -57,15 +68,29 @@ impl Idp {
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
         // Cheap refusals first, so an inactive agent or a full plan costs no bcrypt.
-        let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+        let agent = self
+            .store
+            .get_agent(caller.org_id, agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)?;
         if !agent.status.may_receive_credentials() {
-            return Err(ServiceError::AgentNotActive(format!("the agent is {}", agent.status.as_str())));
+            return Err(ServiceError::AgentNotActive(format!(
+                "the agent is {}",
+                agent.status.as_str()
+            )));
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            let agent = self
+                .store
+                .get_agent(caller.org_id, agent_id)
+                .await?
+                .ok_or(ServiceError::AgentNotFound)?;
             if !agent.status.may_receive_credentials() {
-                return Err(ServiceError::AgentNotActive(format!("the agent is {}", agent.status.as_str())));
+                return Err(ServiceError::AgentNotActive(format!(
+                    "the agent is {}",
+                    agent.status.as_str()
+                )));
             }
             if agent.active_credentials >= limits.max_active_credentials_per_agent {
                 return Err(ServiceError::PlanLimit(LimitExceeded {
@@ -93,8 +118,14 @@ impl Idp {
             next_agent.active_credentials += 1;
             next_agent.version += 1;
             let writes = vec![
-                Write::PutAgent { agent: next_agent, expected_version: Some(agent.version) },
-                Write::PutCredential { credential: credential.clone(), expected_version: None },
+                Write::PutAgent {
+                    agent: next_agent,
+                    expected_version: Some(agent.version),
+                },
+                Write::PutCredential {
+                    credential: credential.clone(),
+                    expected_version: None,
+                },
                 Write::Audit(
                     EventDraft {
                         org_id: caller.org_id,
@@ -105,14 +136,24 @@ impl Idp {
                         resource: format!("credential/{}", credential.credential_id),
                         details: details([
                             ("clientId", json!(credential.client_id)),
-                            ("expiresAt", json!(expires_at.map(|at| crate::domain::time::format_timestamp(&at)))),
+                            (
+                                "expiresAt",
+                                json!(
+                                    expires_at.map(|at| crate::domain::time::format_timestamp(&at))
+                                ),
+                            ),
                         ]),
                     }
                     .at(now, &limits, &caller.context),
                 ),
             ];
             match self.store.commit(writes).await {
-                Ok(()) => return Ok(IssuedCredential { credential, client_secret: secret }),
+                Ok(()) => {
+                    return Ok(IssuedCredential {
+                        credential,
+                        client_secret: secret,
+                    });
+                }
                 Err(StoreError::ConditionFailed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -129,7 +170,10 @@ impl Idp {
         limit: u32,
     ) -> ServiceResult<CredentialPage> {
         caller.require(Scope::AgentsWrite)?;
-        self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+        self.store
+            .get_agent(caller.org_id, agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)?;
         let now = self.now();
         let credentials: Vec<Credential> = self
             .store
@@ -139,11 +183,22 @@ impl Idp {
             .filter(|c| status.is_none_or(|s| c.effective_status(now) == s))
             .collect();
         let total = credentials.len();
-        Ok(CredentialPage { credentials: page_of(credentials, page, limit), total })
+        Ok(CredentialPage {
+            credentials: page_of(credentials, page, limit),
+            total,
+        })
     }
 
-    async fn credential_of(&self, caller: &Caller, agent_id: Uuid, credential_id: Uuid) -> ServiceResult<Credential> {
-        self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+    async fn credential_of(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> ServiceResult<Credential> {
+        self.store
+            .get_agent(caller.org_id, agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)?;
         self.store
             .get_credential(caller.org_id, agent_id, credential_id)
             .await?
@@ -162,7 +217,11 @@ impl Idp {
         caller.require(Scope::AgentsWrite)?;
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
-        if !self.credential_of(caller, agent_id, credential_id).await?.may_be_rotated() {
+        if !self
+            .credential_of(caller, agent_id, credential_id)
+            .await?
+            .may_be_rotated()
+        {
             return Err(ServiceError::CredentialRevoked);
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
@@ -180,7 +239,10 @@ impl Idp {
             }
             next.version += 1;
             let writes = vec![
-                Write::PutCredential { credential: next.clone(), expected_version: Some(current.version) },
+                Write::PutCredential {
+                    credential: next.clone(),
+                    expected_version: Some(current.version),
+                },
                 Write::Audit(
                     EventDraft {
                         org_id: caller.org_id,
@@ -195,7 +257,12 @@ impl Idp {
                 ),
             ];
             match self.store.commit(writes).await {
-                Ok(()) => return Ok(IssuedCredential { credential: next, client_secret: secret }),
+                Ok(()) => {
+                    return Ok(IssuedCredential {
+                        credential: next,
+                        client_secret: secret,
+                    });
+                }
                 Err(StoreError::ConditionFailed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -203,11 +270,20 @@ impl Idp {
         Err(ServiceError::Contended)
     }
 
-    pub async fn revoke_credential(&self, caller: &Caller, agent_id: Uuid, credential_id: Uuid) -> ServiceResult<()> {
+    pub async fn revoke_credential(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> ServiceResult<()> {
         caller.require(Scope::AgentsWrite)?;
         let limits = self.limits(caller.org_id).await?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let agent = self.store.get_agent(caller.org_id, agent_id).await?.ok_or(ServiceError::AgentNotFound)?;
+            let agent = self
+                .store
+                .get_agent(caller.org_id, agent_id)
+                .await?
+                .ok_or(ServiceError::AgentNotFound)?;
             let current = self
                 .store
                 .get_credential(caller.org_id, agent_id, credential_id)
@@ -225,8 +301,14 @@ impl Idp {
             next_agent.active_credentials = agent.active_credentials.saturating_sub(1);
             next_agent.version += 1;
             let writes = vec![
-                Write::PutAgent { agent: next_agent, expected_version: Some(agent.version) },
-                Write::PutCredential { credential: next, expected_version: Some(current.version) },
+                Write::PutAgent {
+                    agent: next_agent,
+                    expected_version: Some(agent.version),
+                },
+                Write::PutCredential {
+                    credential: next,
+                    expected_version: Some(current.version),
+                },
                 Write::Audit(
                     EventDraft {
                         org_id: caller.org_id,

@@ -11,7 +11,9 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::domain::audit::RequestContext;
 use crate::domain::time::Clock;
-use crate::domain::{Actor, AuditAction, AuditEvent, Organization, Outcome, PlanLimits, Scope, ScopeSet};
+use crate::domain::{
+    Actor, AuditAction, AuditEvent, Organization, Outcome, PlanLimits, Scope, ScopeSet,
+};
 use crate::secret::SecretHasher;
 use crate::signing::KeySource;
 use crate::store::{Store, StoreError};
@@ -59,7 +61,10 @@ pub enum ServiceError {
     #[error("agent name taken")]
     AgentNameTaken,
     #[error("invalid status transition from {from} to {to}")]
-    InvalidStatusTransition { from: &'static str, to: &'static str },
+    InvalidStatusTransition {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("plan limit exceeded")]
     PlanLimit(LimitExceeded),
     #[error("too many concurrent changes")]
@@ -74,7 +79,9 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
-            StoreError::ConditionFailed { index } => ServiceError::Internal(format!("unexpected condition failure at write {index}")),
+            StoreError::ConditionFailed { index } => {
+                ServiceError::Internal(format!("unexpected condition failure at write {index}"))
+            }
             StoreError::Internal(detail) => ServiceError::Internal(detail),
         }
     }
@@ -117,9 +124,21 @@ pub struct Idp {
 }
 
 impl Idp {
-    pub fn new(config: Config, store: Arc<dyn Store>, keys: KeySource, clock: Arc<dyn Clock>) -> Result<Self, crate::secret::SecretError> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        keys: KeySource,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, crate::secret::SecretError> {
         let hasher = SecretHasher::new(config.bcrypt_cost)?;
-        Ok(Self { config, store, keys, hasher, clock, orgs: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            config,
+            store,
+            keys,
+            hasher,
+            clock,
+            orgs: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -151,7 +170,9 @@ impl Idp {
     pub async fn limits(&self, org_id: Uuid) -> ServiceResult<PlanLimits> {
         match self.org(org_id).await? {
             Some(org) => Ok(self.config.limits(org.plan)),
-            None => Err(ServiceError::Internal(format!("organization {org_id} of a valid caller does not exist"))),
+            None => Err(ServiceError::Internal(format!(
+                "organization {org_id} of a valid caller does not exist"
+            ))),
         }
     }
 }
@@ -168,7 +189,12 @@ pub(crate) struct EventDraft {
 }
 
 impl EventDraft {
-    pub fn at(self, now: DateTime<Utc>, limits: &PlanLimits, context: &RequestContext) -> AuditEvent {
+    pub fn at(
+        self,
+        now: DateTime<Utc>,
+        limits: &PlanLimits,
+        context: &RequestContext,
+    ) -> AuditEvent {
         AuditEvent {
             event_id: Uuid::new_v4(),
             org_id: self.org_id,
@@ -188,7 +214,9 @@ impl EventDraft {
 }
 
 /// Builds a JSON object for event details from pairs.
-pub(crate) fn details<const N: usize>(pairs: [(&str, serde_json::Value); N]) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn details<const N: usize>(
+    pairs: [(&str, serde_json::Value); N],
+) -> serde_json::Map<String, serde_json::Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 

@@ -9,7 +9,10 @@ use super::credentials::IssuedCredential;
 use super::{EventDraft, Idp, ServiceError, ServiceResult, details};
 use crate::domain::audit::RequestContext;
 use crate::domain::scope::MANAGEMENT_SCOPES;
-use crate::domain::{Actor, Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Organization, Outcome, Plan};
+use crate::domain::{
+    Actor, Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Organization, Outcome,
+    Plan,
+};
 use crate::secret::ClientSecret;
 use crate::store::{StoreError, Write};
 
@@ -23,7 +26,11 @@ pub struct BootstrappedOrg {
 }
 
 fn operator_context() -> RequestContext {
-    RequestContext { request_id: format!("operator-{}", Uuid::new_v4()), source_ip: None, user_agent: Some("agentidp-admin".into()) }
+    RequestContext {
+        request_id: format!("operator-{}", Uuid::new_v4()),
+        source_ip: None,
+        user_agent: Some("agentidp-admin".into()),
+    }
 }
 
 impl Idp {
@@ -49,7 +56,10 @@ impl Idp {
 
     fn new_admin_credential(&self, agent: &Agent) -> ServiceResult<(Credential, ClientSecret)> {
         let secret = ClientSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let hash = self.hasher.hash(&secret).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let hash = self
+            .hasher
+            .hash(&secret)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok((
             Credential {
                 credential_id: Uuid::new_v4(),
@@ -69,28 +79,72 @@ impl Idp {
         ))
     }
 
-    fn operator_event(&self, org_id: Uuid, action: AuditAction, subject: Option<Uuid>, resource: String, detail: serde_json::Map<String, serde_json::Value>, plan: Plan) -> crate::domain::AuditEvent {
-        EventDraft { org_id, action, outcome: Outcome::Success, actor: Actor::operator(), subject_agent_id: subject, resource, details: detail }
-            .at(self.now(), &self.config.limits(plan), &operator_context())
+    fn operator_event(
+        &self,
+        org_id: Uuid,
+        action: AuditAction,
+        subject: Option<Uuid>,
+        resource: String,
+        detail: serde_json::Map<String, serde_json::Value>,
+        plan: Plan,
+    ) -> crate::domain::AuditEvent {
+        EventDraft {
+            org_id,
+            action,
+            outcome: Outcome::Success,
+            actor: Actor::operator(),
+            subject_agent_id: subject,
+            resource,
+            details: detail,
+        }
+        .at(self.now(), &self.config.limits(plan), &operator_context())
     }
 
     /// Creates an organization with its bootstrap admin agent and credential, in one commit.
-    pub async fn create_org(self: &Arc<Self>, name: &str, plan: Plan) -> ServiceResult<BootstrappedOrg> {
+    pub async fn create_org(
+        self: &Arc<Self>,
+        name: &str,
+        plan: Plan,
+    ) -> ServiceResult<BootstrappedOrg> {
         let mut errors = Vec::new();
-        crate::validation::check_text("name", name, crate::validation::limits::NAME_CHARS, &mut errors);
+        crate::validation::check_text(
+            "name",
+            name,
+            crate::validation::limits::NAME_CHARS,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ServiceError::Validation(errors));
         }
-        let org = Organization { org_id: Uuid::new_v4(), name: name.to_owned(), plan, created_at: self.now() };
+        let org = Organization {
+            org_id: Uuid::new_v4(),
+            name: name.to_owned(),
+            plan,
+            created_at: self.now(),
+        };
         let agent = self.new_admin_agent(org.org_id);
         let (credential, secret) = self.new_admin_credential(&agent)?;
         let limits = self.config.limits(plan);
         let writes = vec![
             Write::CreateOrg(org.clone()),
-            Write::CountAgents { org_id: org.org_id, delta: 1, limit: limits.max_agents },
-            Write::ClaimAgentName { org_id: org.org_id, name_key: Agent::name_key(&agent.name), agent_id: agent.agent_id },
-            Write::PutAgent { agent: agent.clone(), expected_version: None },
-            Write::PutCredential { credential: credential.clone(), expected_version: None },
+            Write::CountAgents {
+                org_id: org.org_id,
+                delta: 1,
+                limit: limits.max_agents,
+            },
+            Write::ClaimAgentName {
+                org_id: org.org_id,
+                name_key: Agent::name_key(&agent.name),
+                agent_id: agent.agent_id,
+            },
+            Write::PutAgent {
+                agent: agent.clone(),
+                expected_version: None,
+            },
+            Write::PutCredential {
+                credential: credential.clone(),
+                expected_version: None,
+            },
             Write::Audit(self.operator_event(
                 org.org_id,
                 AuditAction::OrganizationCreated,
@@ -104,12 +158,21 @@ impl Idp {
                 AuditAction::CredentialGenerated,
                 Some(agent.agent_id),
                 format!("credential/{}", credential.credential_id),
-                details([("clientId", json!(credential.client_id)), ("bootstrap", json!(true))]),
+                details([
+                    ("clientId", json!(credential.client_id)),
+                    ("bootstrap", json!(true)),
+                ]),
                 plan,
             )),
         ];
         self.store.commit(writes).await?;
-        Ok(BootstrappedOrg { org, admin: IssuedCredential { credential, client_secret: secret } })
+        Ok(BootstrappedOrg {
+            org,
+            admin: IssuedCredential {
+                credential,
+                client_secret: secret,
+            },
+        })
     }
 
     pub async fn list_orgs(&self) -> ServiceResult<Vec<Organization>> {
@@ -117,24 +180,42 @@ impl Idp {
     }
 
     pub async fn set_plan(&self, org_id: Uuid, plan: Plan) -> ServiceResult<Organization> {
-        let org = self.store.get_org(org_id).await?.ok_or_else(|| ServiceError::Validation(vec![crate::validation::FieldError::new("orgId", "no such organization")]))?;
+        let org = self.store.get_org(org_id).await?.ok_or_else(|| {
+            ServiceError::Validation(vec![crate::validation::FieldError::new(
+                "orgId",
+                "no such organization",
+            )])
+        })?;
         let event = self.operator_event(
             org_id,
             AuditAction::OrganizationPlanChanged,
             None,
             format!("organization/{org_id}"),
-            details([("from", json!(org.plan.as_str())), ("to", json!(plan.as_str()))]),
+            details([
+                ("from", json!(org.plan.as_str())),
+                ("to", json!(plan.as_str())),
+            ]),
             plan,
         );
-        self.store.commit(vec![Write::SetPlan { org_id, plan }, Write::Audit(event)]).await?;
+        self.store
+            .commit(vec![Write::SetPlan { org_id, plan }, Write::Audit(event)])
+            .await?;
         self.forget_org(org_id);
         Ok(Organization { plan, ..org })
     }
 
     /// A new credential on the organization's bootstrap admin agent, for an operator whose
     /// admin secret was lost. If that agent is gone or suspended, a new admin agent is made.
-    pub async fn issue_bootstrap_credential(self: &Arc<Self>, org_id: Uuid) -> ServiceResult<IssuedCredential> {
-        let org = self.store.get_org(org_id).await?.ok_or_else(|| ServiceError::Validation(vec![crate::validation::FieldError::new("orgId", "no such organization")]))?;
+    pub async fn issue_bootstrap_credential(
+        self: &Arc<Self>,
+        org_id: Uuid,
+    ) -> ServiceResult<IssuedCredential> {
+        let org = self.store.get_org(org_id).await?.ok_or_else(|| {
+            ServiceError::Validation(vec![crate::validation::FieldError::new(
+                "orgId",
+                "no such organization",
+            )])
+        })?;
         let limits = self.config.limits(org.plan);
         for _ in 0..super::MAX_WRITE_ATTEMPTS {
             let existing = self
@@ -148,32 +229,60 @@ impl Idp {
                     let mut next = agent.clone();
                     next.active_credentials += 1;
                     next.version += 1;
-                    (vec![Write::PutAgent { agent: next.clone(), expected_version: Some(agent.version) }], next)
+                    (
+                        vec![Write::PutAgent {
+                            agent: next.clone(),
+                            expected_version: Some(agent.version),
+                        }],
+                        next,
+                    )
                 }
                 None => {
                     let agent = self.new_admin_agent(org_id);
                     (
                         vec![
-                            Write::CountAgents { org_id, delta: 1, limit: limits.max_agents },
-                            Write::ClaimAgentName { org_id, name_key: Agent::name_key(&agent.name), agent_id: agent.agent_id },
-                            Write::PutAgent { agent: agent.clone(), expected_version: None },
+                            Write::CountAgents {
+                                org_id,
+                                delta: 1,
+                                limit: limits.max_agents,
+                            },
+                            Write::ClaimAgentName {
+                                org_id,
+                                name_key: Agent::name_key(&agent.name),
+                                agent_id: agent.agent_id,
+                            },
+                            Write::PutAgent {
+                                agent: agent.clone(),
+                                expected_version: None,
+                            },
                         ],
                         agent,
                     )
                 }
             };
             let (credential, secret) = self.new_admin_credential(&agent)?;
-            writes.push(Write::PutCredential { credential: credential.clone(), expected_version: None });
+            writes.push(Write::PutCredential {
+                credential: credential.clone(),
+                expected_version: None,
+            });
             writes.push(Write::Audit(self.operator_event(
                 org_id,
                 AuditAction::CredentialGenerated,
                 Some(agent.agent_id),
                 format!("credential/{}", credential.credential_id),
-                details([("clientId", json!(credential.client_id)), ("bootstrap", json!(true))]),
+                details([
+                    ("clientId", json!(credential.client_id)),
+                    ("bootstrap", json!(true)),
+                ]),
                 org.plan,
             )));
             match self.store.commit(writes).await {
-                Ok(()) => return Ok(IssuedCredential { credential, client_secret: secret }),
+                Ok(()) => {
+                    return Ok(IssuedCredential {
+                        credential,
+                        client_secret: secret,
+                    });
+                }
                 Err(StoreError::ConditionFailed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -125,7 +125,11 @@ impl Idp {
     }
 
     /// Runs bcrypt off the async workers: it takes tens of milliseconds by design.
-    async fn secret_matches(self: &Arc<Self>, secret: &ClientSecret, stored_hash: Option<String>) -> ServiceResult<bool> {
+    async fn secret_matches(
+        self: &Arc<Self>,
+        secret: &ClientSecret,
+        stored_hash: Option<String>,
+    ) -> ServiceResult<bool> {
         let idp = self.clone();
         let presented = ClientSecret::presented(secret.expose().to_owned());
         tokio::task::spawn_blocking(move || match stored_hash {
@@ -138,12 +142,20 @@ impl Idp {
 
     /// Checks a client's credentials. An unknown client costs one bcrypt verification against a
     /// dummy hash, the same as a known client with a wrong secret.
-    async fn authenticate_client(self: &Arc<Self>, auth: &ClientAuthentication) -> ServiceResult<Result<Credential, (Option<Credential>, Denial)>> {
+    async fn authenticate_client(
+        self: &Arc<Self>,
+        auth: &ClientAuthentication,
+    ) -> ServiceResult<Result<Credential, (Option<Credential>, Denial)>> {
         let credential = match Uuid::parse_str(&auth.client_id) {
             Ok(client_id) => self.store.credential_by_client_id(client_id).await?,
             Err(_) => None,
         };
-        let matches = self.secret_matches(&auth.secret, credential.as_ref().map(|c| c.secret_hash.clone())).await?;
+        let matches = self
+            .secret_matches(
+                &auth.secret,
+                credential.as_ref().map(|c| c.secret_hash.clone()),
+            )
+            .await?;
         let Some(credential) = credential else {
             return Ok(Err((None, Denial::WrongSecret)));
         };
@@ -165,9 +177,18 @@ impl Idp {
         })
     }
 
-    async fn audit_denial(&self, credential: &Credential, reason: &str, context: &RequestContext, extra: Option<(&str, serde_json::Value)>) -> ServiceResult<()> {
+    async fn audit_denial(
+        &self,
+        credential: &Credential,
+        reason: &str,
+        context: &RequestContext,
+        extra: Option<(&str, serde_json::Value)>,
+    ) -> ServiceResult<()> {
         let limits = self.limits(credential.org_id).await?;
-        let mut detail = details([("reason", json!(reason)), ("clientId", json!(credential.client_id))]);
+        let mut detail = details([
+            ("reason", json!(reason)),
+            ("clientId", json!(credential.client_id)),
+        ]);
         if let Some((k, v)) = extra {
             detail.insert(k.to_owned(), v);
         }
@@ -186,13 +207,21 @@ impl Idp {
     }
 
     /// `POST /token`, grant type `client_credentials`.
-    pub async fn issue_token(self: &Arc<Self>, auth: ClientAuthentication, requested_scope: Option<&str>, context: &RequestContext) -> Result<TokenGrant, OAuthError> {
+    pub async fn issue_token(
+        self: &Arc<Self>,
+        auth: ClientAuthentication,
+        requested_scope: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
         let credential = match self.authenticate_client(&auth).await? {
             Ok(credential) => credential,
             Err((credential, denial)) => {
                 match credential {
-                    Some(credential) => self.audit_denial(&credential, denial.as_str(), context, None).await?,
+                    Some(credential) => {
+                        self.audit_denial(&credential, denial.as_str(), context, None)
+                            .await?
+                    }
                     // No organization to file it under: an unknown client id goes to the log only.
                     None => tracing::info!(reason = "unknown_client", "token request denied"),
                 }
@@ -203,9 +232,15 @@ impl Idp {
             .store
             .get_agent(credential.org_id, credential.agent_id)
             .await?
-            .ok_or_else(|| OAuthError::Internal(format!("credential {} has no agent", credential.credential_id)))?;
+            .ok_or_else(|| {
+                OAuthError::Internal(format!(
+                    "credential {} has no agent",
+                    credential.credential_id
+                ))
+            })?;
         if !agent.status.may_obtain_tokens() {
-            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, None).await?;
+            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, None)
+                .await?;
             return Err(OAuthError::InvalidClient { basic });
         }
         let allowed = ScopeSet::from_list(agent.scopes.iter().cloned());
@@ -214,9 +249,16 @@ impl Idp {
             Some(text) => {
                 let requested = ScopeSet::parse(text);
                 if !requested.is_subset_of(&allowed) {
-                    self.audit_denial(&credential, "scope_not_allowed", context, Some(("requestedScope", json!(requested.to_string()))))
-                        .await?;
-                    return Err(OAuthError::InvalidScope("the requested scope exceeds the scopes registered for this agent".into()));
+                    self.audit_denial(
+                        &credential,
+                        "scope_not_allowed",
+                        context,
+                        Some(("requestedScope", json!(requested.to_string()))),
+                    )
+                    .await?;
+                    return Err(OAuthError::InvalidScope(
+                        "the requested scope exceeds the scopes registered for this agent".into(),
+                    ));
                 }
                 requested
             }
@@ -246,18 +288,30 @@ impl Idp {
             actor: Actor::client(Some(credential.client_id)),
             subject_agent_id: Some(agent.agent_id),
             resource: format!("token/{}", claims.jti),
-            details: details([("scope", json!(claims.scope)), ("expiresIn", json!(policy.lifetime_seconds))]),
+            details: details([
+                ("scope", json!(claims.scope)),
+                ("expiresIn", json!(policy.lifetime_seconds)),
+            ]),
         }
         .at(now, &limits, context);
         let writes = vec![
-            Write::CountTokenRequest { org_id: credential.org_id, month: month.clone(), limit: limits.monthly_token_requests },
+            Write::CountTokenRequest {
+                org_id: credential.org_id,
+                month: month.clone(),
+                limit: limits.monthly_token_requests,
+            },
             Write::Audit(event),
         ];
         match self.store.commit(writes).await {
-            Ok(()) => Ok(TokenGrant { access_token, expires_in: policy.lifetime_seconds, scope: claims.scope }),
+            Ok(()) => Ok(TokenGrant {
+                access_token,
+                expires_in: policy.lifetime_seconds,
+                scope: claims.scope,
+            }),
             Err(StoreError::ConditionFailed { index: 0 }) => {
                 let usage = self.store.usage(credential.org_id, &month).await?;
-                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, None).await?;
+                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, None)
+                    .await?;
                 Err(OAuthError::QuotaExceeded(LimitExceeded {
                     limit: "monthlyTokenRequests",
                     max: limits.monthly_token_requests,
@@ -287,16 +341,30 @@ impl Idp {
         match self.store.get_agent(org_id, agent_id).await? {
             Some(agent) if agent.status.tokens_are_honoured() => {
                 let client_id = claims.client_uuid();
-                Ok(Some(ActiveToken { claims, org_id, agent_id, client_id }))
+                Ok(Some(ActiveToken {
+                    claims,
+                    org_id,
+                    agent_id,
+                    client_id,
+                }))
             }
             _ => Ok(None),
         }
     }
 
     /// The management API's bearer check.
-    pub async fn authenticate_bearer(&self, token: Option<&str>, context: RequestContext) -> ServiceResult<Caller> {
-        let token = token.ok_or(ServiceError::Unauthenticated("a bearer access token is required"))?;
-        let active = self.active_token(token).await?.ok_or(ServiceError::Unauthenticated("the access token is invalid, expired or revoked"))?;
+    pub async fn authenticate_bearer(
+        &self,
+        token: Option<&str>,
+        context: RequestContext,
+    ) -> ServiceResult<Caller> {
+        let token = token.ok_or(ServiceError::Unauthenticated(crate::api::errors::NO_TOKEN))?;
+        let active = self
+            .active_token(token)
+            .await?
+            .ok_or(ServiceError::Unauthenticated(
+                "the access token is invalid, expired or revoked",
+            ))?;
         Ok(Caller {
             org_id: active.org_id,
             agent_id: active.agent_id,
@@ -307,7 +375,11 @@ impl Idp {
     }
 
     /// The organization and identity of an introspection or revocation caller.
-    async fn endpoint_caller(self: &Arc<Self>, auth: &EndpointAuth, context: &RequestContext) -> Result<Caller, OAuthError> {
+    async fn endpoint_caller(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        context: &RequestContext,
+    ) -> Result<Caller, OAuthError> {
         match auth {
             EndpointAuth::Client(client) => match self.authenticate_client(client).await? {
                 Ok(credential) => Ok(Caller {
@@ -317,26 +389,42 @@ impl Idp {
                     scopes: ScopeSet::default(),
                     context: context.clone(),
                 }),
-                Err(_) => Err(OAuthError::InvalidClient { basic: client.method == ClientAuthMethod::Basic }),
+                Err(_) => Err(OAuthError::InvalidClient {
+                    basic: client.method == ClientAuthMethod::Basic,
+                }),
             },
-            EndpointAuth::Bearer(token) => {
-                self.authenticate_bearer(Some(token), context.clone()).await.map_err(|e| match e {
+            EndpointAuth::Bearer(token) => self
+                .authenticate_bearer(Some(token), context.clone())
+                .await
+                .map_err(|e| match e {
                     ServiceError::Unauthenticated(_) => OAuthError::InvalidClient { basic: false },
                     other => other.into(),
-                })
-            }
+                }),
         }
     }
 
     /// `POST /token/introspect`: `None` means `{"active": false}`, whatever the reason.
-    pub async fn introspect(self: &Arc<Self>, auth: &EndpointAuth, token: &str, context: &RequestContext) -> Result<Option<ActiveToken>, OAuthError> {
+    pub async fn introspect(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Option<ActiveToken>, OAuthError> {
         let caller = self.endpoint_caller(auth, context).await?;
-        Ok(self.active_token(token).await?.filter(|t| t.org_id == caller.org_id))
+        Ok(self
+            .active_token(token)
+            .await?
+            .filter(|t| t.org_id == caller.org_id))
     }
 
     /// `POST /token/revoke`. Unknown, invalid and foreign tokens are answered the same as a
     /// revoked one (RFC 7009 §2.2), and change nothing.
-    pub async fn revoke_token(self: &Arc<Self>, auth: &EndpointAuth, token: &str, context: &RequestContext) -> Result<(), OAuthError> {
+    pub async fn revoke_token(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<(), OAuthError> {
         let caller = self.endpoint_caller(auth, context).await?;
         if let EndpointAuth::Bearer(_) = auth
             && !caller.scopes.permits(crate::domain::Scope::AgentsWrite)
@@ -356,7 +444,8 @@ impl Idp {
             return Ok(());
         }
         let limits = self.limits(caller.org_id).await?;
-        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
+        let expires_at =
+            chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
         let event = EventDraft {
             org_id: caller.org_id,
             action: AuditAction::TokenRevoked,
@@ -368,7 +457,14 @@ impl Idp {
         }
         .at(self.now(), &limits, context);
         self.store
-            .commit(vec![Write::RevokeToken { jti: claims.jti.clone(), org_id: caller.org_id, expires_at }, Write::Audit(event)])
+            .commit(vec![
+                Write::RevokeToken {
+                    jti: claims.jti.clone(),
+                    org_id: caller.org_id,
+                    expires_at,
+                },
+                Write::Audit(event),
+            ])
             .await?;
         Ok(())
     }

@@ -19,19 +19,20 @@ use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext, ProvideErrorMetad
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete,
+    GlobalSecondaryIndex, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType,
+    Put, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
 use super::{
-    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader,
-    RevocationReader, StoreError, StoreResult, Usage, Write,
+    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader,
+    OrgReader, RevocationReader, StoreError, StoreResult, Usage, Write,
 };
 use crate::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization, Outcome, Plan,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
+    Outcome, Plan,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -103,7 +104,10 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         role: TableRole::Orgs,
         env_var: "AGENTIDP_ORGS_TABLE",
         suffix: "orgs",
-        key: KeySchema { partition: PK, sort: Some(SK) },
+        key: KeySchema {
+            partition: PK,
+            sort: Some(SK),
+        },
         indexes: &[],
         ttl_attribute: None,
     },
@@ -111,7 +115,10 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         role: TableRole::Agents,
         env_var: "AGENTIDP_AGENTS_TABLE",
         suffix: "agents",
-        key: KeySchema { partition: PK, sort: Some(SK) },
+        key: KeySchema {
+            partition: PK,
+            sort: Some(SK),
+        },
         indexes: &[],
         ttl_attribute: None,
     },
@@ -119,10 +126,16 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         role: TableRole::Credentials,
         env_var: "AGENTIDP_CREDENTIALS_TABLE",
         suffix: "credentials",
-        key: KeySchema { partition: PK, sort: None },
+        key: KeySchema {
+            partition: PK,
+            sort: None,
+        },
         indexes: &[IndexSpec {
             name: CREDENTIALS_BY_AGENT_INDEX,
-            key: KeySchema { partition: AGENT_KEY, sort: Some(CREDENTIAL_ID) },
+            key: KeySchema {
+                partition: AGENT_KEY,
+                sort: Some(CREDENTIAL_ID),
+            },
         }],
         ttl_attribute: None,
     },
@@ -130,11 +143,32 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         role: TableRole::Audit,
         env_var: "AGENTIDP_AUDIT_TABLE",
         suffix: "audit",
-        key: KeySchema { partition: PK, sort: Some(SK) },
+        key: KeySchema {
+            partition: PK,
+            sort: Some(SK),
+        },
         indexes: &[
-            IndexSpec { name: AUDIT_BY_AGENT_INDEX, key: KeySchema { partition: AGENT_KEY, sort: Some(SK) } },
-            IndexSpec { name: AUDIT_BY_ACTION_INDEX, key: KeySchema { partition: ACTION_KEY, sort: Some(SK) } },
-            IndexSpec { name: AUDIT_BY_EVENT_ID_INDEX, key: KeySchema { partition: EVENT_ID, sort: None } },
+            IndexSpec {
+                name: AUDIT_BY_AGENT_INDEX,
+                key: KeySchema {
+                    partition: AGENT_KEY,
+                    sort: Some(SK),
+                },
+            },
+            IndexSpec {
+                name: AUDIT_BY_ACTION_INDEX,
+                key: KeySchema {
+                    partition: ACTION_KEY,
+                    sort: Some(SK),
+                },
+            },
+            IndexSpec {
+                name: AUDIT_BY_EVENT_ID_INDEX,
+                key: KeySchema {
+                    partition: EVENT_ID,
+                    sort: None,
+                },
+            },
         ],
         ttl_attribute: Some(EXPIRES_AT),
     },
@@ -142,7 +176,10 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         role: TableRole::RevokedTokens,
         env_var: "AGENTIDP_REVOKED_TOKENS_TABLE",
         suffix: "revoked-tokens",
-        key: KeySchema { partition: JTI, sort: None },
+        key: KeySchema {
+            partition: JTI,
+            sort: None,
+        },
         indexes: &[],
         ttl_attribute: Some(EXPIRES_AT),
     },
@@ -164,6 +201,8 @@ const OUTCOME: &str = "outcome";
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Attempts at a transaction that DynamoDB cancels for a conflict with a concurrent one.
 const TRANSACTION_ATTEMPTS: u32 = 4;
+/// Times a batch is sent again with an agent-counter decrement switched to its other form.
+const MAX_DECREMENT_SWITCHES: u32 = 4;
 /// Attempts at a `BatchGetItem` whose keys come back unprocessed (throttling).
 const BATCH_GET_ATTEMPTS: u32 = 4;
 /// Items a single audit query may evaluate; DynamoDB's own 1 MB page bounds it further.
@@ -182,13 +221,15 @@ impl TableNames {
     /// The names a deployment passes in `AGENTIDP_*_TABLE`; the error names a missing variable.
     pub fn from_env() -> Result<Self, String> {
         Self::build(|spec| {
-            std::env::var(spec.env_var).map_err(|_| format!("environment variable {} is not set", spec.env_var))
+            std::env::var(spec.env_var)
+                .map_err(|_| format!("environment variable {} is not set", spec.env_var))
         })
     }
 
     /// `<prefix>-orgs`, `<prefix>-agents`, …: for tests and the local server.
     pub fn with_prefix(prefix: &str) -> Self {
-        Self::build(|spec| Ok::<_, Infallible>(format!("{prefix}-{}", spec.suffix))).unwrap_or_else(|never| match never {})
+        Self::build(|spec| Ok::<_, Infallible>(format!("{prefix}-{}", spec.suffix)))
+            .unwrap_or_else(|never| match never {})
     }
 
     fn build<E>(mut name: impl FnMut(&TableSpec) -> Result<String, E>) -> Result<Self, E> {
@@ -222,7 +263,10 @@ pub async fn client_from_env() -> Client {
         .operation_attempt_timeout(Duration::from_secs(5))
         .operation_timeout(Duration::from_secs(12))
         .build();
-    let config = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await;
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
     Client::new(&config)
 }
 
@@ -233,7 +277,10 @@ pub async fn ensure_tables(client: &Client, names: &TableNames) -> StoreResult<(
         let name = names.name(spec.role);
         match client.describe_table().table_name(name).send().await {
             Ok(_) => continue,
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {}
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
             Err(err) => return Err(sdk_error("DescribeTable", err)),
         }
         let created = client
@@ -248,12 +295,19 @@ pub async fn ensure_tables(client: &Client, names: &TableNames) -> StoreResult<(
         match created {
             Ok(_) => {}
             // Another process created it between our describe and create.
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
             Err(err) => return Err(sdk_error("CreateTable", err)),
         }
         wait_until_active(client, name).await?;
         if let Some(attribute) = spec.ttl_attribute {
-            let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name(attribute).build().map_err(build_error)?;
+            let ttl = TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(attribute)
+                .build()
+                .map_err(build_error)?;
             client
                 .update_time_to_live()
                 .table_name(name)
@@ -290,7 +344,13 @@ fn attribute_definitions(spec: &TableSpec) -> StoreResult<Vec<AttributeDefinitio
 fn key_schema(key: &KeySchema) -> StoreResult<Vec<KeySchemaElement>> {
     std::iter::once((key.partition, KeyType::Hash))
         .chain(key.sort.map(|sort| (sort, KeyType::Range)))
-        .map(|(name, kind)| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(build_error))
+        .map(|(name, kind)| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build_error)
+        })
         .collect()
 }
 
@@ -304,7 +364,11 @@ fn global_secondary_indexes(spec: &TableSpec) -> StoreResult<Option<Vec<GlobalSe
             GlobalSecondaryIndex::builder()
                 .index_name(index.name)
                 .set_key_schema(Some(key_schema(&index.key)?))
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
                 .build()
                 .map_err(build_error)
         })
@@ -315,7 +379,12 @@ fn global_secondary_indexes(spec: &TableSpec) -> StoreResult<Option<Vec<GlobalSe
 async fn wait_until_active(client: &Client, name: &str) -> StoreResult<()> {
     // A new on-demand table is usually active within seconds; DynamoDB Local's at once.
     for _ in 0..240 {
-        let described = client.describe_table().table_name(name).send().await.map_err(|err| sdk_error("DescribeTable", err))?;
+        let described = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|err| sdk_error("DescribeTable", err))?;
         let table = described.table();
         let indexes_active = table
             .map(|t| t.global_secondary_indexes())
@@ -327,7 +396,9 @@ async fn wait_until_active(client: &Client, name: &str) -> StoreResult<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(StoreError::Unavailable(format!("table {name} did not become active within 2 minutes")))
+    Err(StoreError::Unavailable(format!(
+        "table {name} did not become active within 2 minutes"
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,72 +441,132 @@ impl DynamoStore {
             .map_err(|err| sdk_error("Query", err))
     }
 
-    fn transact_item(&self, write: &Write) -> StoreResult<(TransactWriteItem, ItemId)> {
+    /// The request for one write. `decrement` says how a decrement of the agent counter is sent
+    /// this time (see [`Decrement`]); other writes ignore it.
+    fn transact_item(&self, write: &Write, decrement: Decrement) -> StoreResult<TransactWriteItem> {
         let tables = &self.tables;
-        Ok(match write {
-            Write::CreateOrg(org) => {
-                let id = ItemId::new(TableRole::Orgs, org.org_id.to_string(), Some(ORG_SK.into()));
-                (put(&tables.orgs, org_item(org), Expressions::condition("attribute_not_exists(#pk)").name("#pk", PK))?, id)
-            }
-            Write::SetPlan { org_id, plan } => {
-                let id = ItemId::new(TableRole::Orgs, org_id.to_string(), Some(ORG_SK.into()));
+        let id = item_id(write);
+        match write {
+            Write::CreateOrg(org) => put(&tables.orgs, org_item(org), absent()),
+            Write::SetPlan { plan, .. } => {
                 let expressions = Expressions::condition("attribute_exists(#pk)")
                     .name("#pk", PK)
                     .update("SET #plan = :plan")
                     .name("#plan", PLAN)
                     .value(":plan", s(plan.as_str()));
-                (update(&tables.orgs, id.key(), expressions)?, id)
+                update(&tables.orgs, id.key(), expressions)
             }
-            Write::PutAgent { agent, expected_version } => {
-                let id = ItemId::new(TableRole::Agents, agent.org_id.to_string(), Some(agent_sk(agent.agent_id)));
-                (put(&tables.agents, agent_item(agent), version_guard(*expected_version))?, id)
-            }
-            Write::ClaimAgentName { org_id, name_key, agent_id } => {
-                let id = ItemId::new(TableRole::Agents, org_id.to_string(), Some(name_sk(name_key)));
+            Write::PutAgent {
+                agent,
+                expected_version,
+            } => put(
+                &tables.agents,
+                agent_item(agent),
+                version_guard(*expected_version),
+            ),
+            Write::ClaimAgentName { agent_id, .. } => {
                 let mut item = id.key();
                 item.insert("agentId".into(), s(agent_id.to_string()));
-                (put(&tables.agents, item, Expressions::condition("attribute_not_exists(#pk)").name("#pk", PK))?, id)
+                put(&tables.agents, item, absent())
             }
-            Write::ReleaseAgentName { org_id, name_key } => {
-                let id = ItemId::new(TableRole::Agents, org_id.to_string(), Some(name_sk(name_key)));
-                (delete(&tables.agents, id.key())?, id)
+            Write::ReleaseAgentName { .. } => delete(&tables.agents, id.key()),
+            Write::PutCredential {
+                credential,
+                expected_version,
+            } => put(
+                &tables.credentials,
+                credential_item(credential),
+                version_guard(*expected_version),
+            ),
+            Write::CountAgents { delta, limit, .. } => {
+                let expressions = match u64::try_from(*delta) {
+                    Ok(increment) => counter_increment(increment, *limit),
+                    Err(_) => counter_decrement(delta.unsigned_abs(), decrement),
+                };
+                update(&tables.orgs, id.key(), expressions)
             }
-            Write::PutCredential { credential, expected_version } => {
-                let id = ItemId::new(TableRole::Credentials, credential.client_id.to_string(), None);
-                (put(&tables.credentials, credential_item(credential), version_guard(*expected_version))?, id)
+            Write::CountTokenRequest { limit, .. } => {
+                update(&tables.orgs, id.key(), counter_increment(1, *limit))
             }
-            Write::CountAgents { org_id, delta, limit } => {
-                let id = ItemId::new(TableRole::Orgs, org_id.to_string(), Some(AGENT_COUNTER_SK.into()));
-                let limit = (*delta > 0).then_some(*limit);
-                (update(&tables.orgs, id.key(), counter_update(*delta, limit))?, id)
-            }
-            Write::CountTokenRequest { org_id, month, limit } => {
-                let id = ItemId::new(TableRole::Orgs, org_id.to_string(), Some(token_counter_sk(month)));
-                (update(&tables.orgs, id.key(), counter_update(1, Some(*limit)))?, id)
-            }
-            Write::RevokeToken { jti, org_id, expires_at } => {
-                let id = ItemId::new(TableRole::RevokedTokens, jti.clone(), None);
+            Write::RevokeToken {
+                org_id, expires_at, ..
+            } => {
                 let mut item = id.key();
                 item.insert("orgId".into(), s(org_id.to_string()));
                 item.insert(EXPIRES_AT.into(), n(ttl_seconds(expires_at)));
                 item.insert("expiresAtTime".into(), time(expires_at));
-                (put(&tables.revoked_tokens, item, Expressions::default())?, id)
+                put(&tables.revoked_tokens, item, Expressions::default())
             }
-            Write::Audit(event) => {
-                let id = ItemId::new(TableRole::Audit, event.org_id.to_string(), Some(audit_sk(&event.timestamp, event.event_id)));
-                (put(&tables.audit, audit_item(event), Expressions::default())?, id)
-            }
-        })
+            Write::Audit(event) => put(&tables.audit, audit_item(event), Expressions::default()),
+        }
     }
+}
+
+/// The item a write touches.
+fn item_id(write: &Write) -> ItemId {
+    let org_item =
+        |org_id: &Uuid, sk: String| ItemId::new(TableRole::Orgs, org_id.to_string(), Some(sk));
+    let agents_item =
+        |org_id: &Uuid, sk: String| ItemId::new(TableRole::Agents, org_id.to_string(), Some(sk));
+    match write {
+        Write::CreateOrg(org) => org_item(&org.org_id, ORG_SK.into()),
+        Write::SetPlan { org_id, .. } => org_item(org_id, ORG_SK.into()),
+        Write::PutAgent { agent, .. } => agents_item(&agent.org_id, agent_sk(agent.agent_id)),
+        Write::ClaimAgentName {
+            org_id, name_key, ..
+        }
+        | Write::ReleaseAgentName { org_id, name_key } => agents_item(org_id, name_sk(name_key)),
+        Write::PutCredential { credential, .. } => ItemId::new(
+            TableRole::Credentials,
+            credential.client_id.to_string(),
+            None,
+        ),
+        Write::CountAgents { org_id, .. } => org_item(org_id, AGENT_COUNTER_SK.into()),
+        Write::CountTokenRequest { org_id, month, .. } => org_item(org_id, token_counter_sk(month)),
+        Write::RevokeToken { jti, .. } => ItemId::new(TableRole::RevokedTokens, jti.clone(), None),
+        Write::Audit(event) => ItemId::new(
+            TableRole::Audit,
+            event.org_id.to_string(),
+            Some(audit_sk(&event.timestamp, event.event_id)),
+        ),
+    }
+}
+
+/// How a decrement of the agent counter is sent. The count never goes below zero, which no
+/// single update expression can say, so a decrement is one of two conditional updates whose
+/// conditions are each other's negation: subtract when the count covers the decrement, or set
+/// zero when it does not. The first attempt subtracts; if exactly that condition fails, the
+/// transaction is sent again with the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decrement {
+    Subtract,
+    Floor,
+}
+
+impl Decrement {
+    fn other(self) -> Self {
+        match self {
+            Decrement::Subtract => Decrement::Floor,
+            Decrement::Floor => Decrement::Subtract,
+        }
+    }
+}
+
+fn is_decrement(write: &Write) -> bool {
+    matches!(write, Write::CountAgents { delta, .. } if *delta < 0)
 }
 
 #[async_trait]
 impl Commit for DynamoStore {
-    /// One `TransactWriteItems`; up to three more after short jittered pauses if DynamoDB cancels
-    /// it for a conflict with a concurrent transaction on one of its items. If it still conflicts
-    /// after that, the result is [`StoreError::Unavailable`], not `ConditionFailed`: no condition
-    /// was found false, and a caller must not read a lost race into it (for a quota counter,
-    /// `ConditionFailed` means "limit reached").
+    /// One `TransactWriteItems`, sent again only in two cases:
+    /// - DynamoDB cancels it for a conflict with a concurrent transaction on one of its items: up
+    ///   to three more attempts after short jittered pauses. If it still conflicts, the result is
+    ///   [`StoreError::Unavailable`], not `ConditionFailed`: no condition was found false, and a
+    ///   caller must not read a lost race into it (for a quota counter, `ConditionFailed` means
+    ///   "limit reached").
+    /// - The first failed condition is that of an agent-counter decrement (see [`Decrement`]):
+    ///   the decrement is switched to its other form and the batch sent again, at most four
+    ///   times, after which the counter is taken to be too busy (`Unavailable`).
     ///
     /// A batch that touches one item twice is refused as `Internal` before anything is sent:
     /// DynamoDB rejects such a transaction, and no caller needs one.
@@ -449,45 +580,71 @@ impl Commit for DynamoStore {
                 writes.len()
             )));
         }
-        let mut items = Vec::with_capacity(writes.len());
         let mut seen: HashMap<ItemId, usize> = HashMap::with_capacity(writes.len());
         for (index, write) in writes.iter().enumerate() {
-            let (item, id) = self.transact_item(write)?;
-            if let Some(first) = seen.insert(id, index) {
+            if let Some(first) = seen.insert(item_id(write), index) {
                 return Err(StoreError::Internal(format!(
                     "writes {first} and {index} of the batch touch the same item, which one DynamoDB transaction cannot"
                 )));
             }
-            items.push(item);
         }
 
-        let mut attempt = 1;
+        let mut decrements = vec![Decrement::Subtract; writes.len()];
+        let mut conflicts = 0;
+        let mut switches = 0;
         loop {
-            let sent = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
-            let err = match sent {
+            let items = writes
+                .iter()
+                .zip(&decrements)
+                .map(|(write, decrement)| self.transact_item(write, *decrement))
+                .collect::<StoreResult<Vec<_>>>()?;
+            let err = match self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(err) => err,
             };
-            let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+            let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+                err.as_service_error()
+            else {
                 return Err(sdk_error("TransactWriteItems", err));
             };
             match cancellation(cancelled.cancellation_reasons()) {
-                Cancellation::Condition(index) => return Err(StoreError::ConditionFailed { index }),
-                Cancellation::Conflict(_) if attempt < TRANSACTION_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
+                Cancellation::Condition(index) if is_decrement(&writes[index]) => {
+                    if switches == MAX_DECREMENT_SWITCHES {
+                        return Err(StoreError::Unavailable(format!(
+                            "TransactWriteItems: the agent counter of write {index} kept changing"
+                        )));
+                    }
+                    switches += 1;
+                    decrements[index] = decrements[index].other();
+                }
+                Cancellation::Condition(index) => {
+                    return Err(StoreError::ConditionFailed { index });
                 }
                 Cancellation::Conflict(index) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "TransactWriteItems: write {index} kept conflicting with concurrent transactions \
-                         ({TRANSACTION_ATTEMPTS} attempts)"
-                    )));
+                    conflicts += 1;
+                    if conflicts == TRANSACTION_ATTEMPTS {
+                        return Err(StoreError::Unavailable(format!(
+                            "TransactWriteItems: write {index} kept conflicting with concurrent transactions \
+                             ({TRANSACTION_ATTEMPTS} attempts)"
+                        )));
+                    }
+                    tokio::time::sleep(backoff(conflicts)).await;
                 }
                 Cancellation::Throttled(codes) => {
-                    return Err(StoreError::Unavailable(format!("TransactWriteItems throttled: {codes}")));
+                    return Err(StoreError::Unavailable(format!(
+                        "TransactWriteItems throttled: {codes}"
+                    )));
                 }
                 Cancellation::Other(codes) => {
-                    return Err(StoreError::Internal(format!("TransactWriteItems cancelled: {codes}")));
+                    return Err(StoreError::Internal(format!(
+                        "TransactWriteItems cancelled: {codes}"
+                    )));
                 }
             }
         }
@@ -507,14 +664,23 @@ enum Cancellation {
 /// condition wins over everything else, because it is the answer the caller acts on.
 fn cancellation(reasons: &[CancellationReason]) -> Cancellation {
     let code = |reason: &CancellationReason| reason.code().unwrap_or("None").to_owned();
-    if let Some(index) = reasons.iter().position(|r| r.code() == Some("ConditionalCheckFailed")) {
+    if let Some(index) = reasons
+        .iter()
+        .position(|r| r.code() == Some("ConditionalCheckFailed"))
+    {
         return Cancellation::Condition(index);
     }
-    if let Some(index) = reasons.iter().position(|r| r.code() == Some("TransactionConflict")) {
+    if let Some(index) = reasons
+        .iter()
+        .position(|r| r.code() == Some("TransactionConflict"))
+    {
         return Cancellation::Conflict(index);
     }
     let codes = reasons.iter().map(code).collect::<Vec<_>>().join(", ");
-    if reasons.iter().any(|r| r.code().is_some_and(is_throttling_code)) {
+    if reasons
+        .iter()
+        .any(|r| r.code().is_some_and(is_throttling_code))
+    {
         Cancellation::Throttled(codes)
     } else {
         Cancellation::Other(codes)
@@ -534,7 +700,10 @@ impl OrgReader for DynamoStore {
     /// One consistent `GetItem`.
     async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>> {
         let key = pk_sk(org_id.to_string(), ORG_SK);
-        self.get_item(&self.tables.orgs, key).await?.map(|item| org_from(&item)).transpose()
+        self.get_item(&self.tables.orgs, key)
+            .await?
+            .map(|item| org_from(&item))
+            .transpose()
     }
 
     /// A consistent `Scan` of the orgs table, one request per 1 MB page, keeping the `ORG`
@@ -554,7 +723,10 @@ impl OrgReader for DynamoStore {
             .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|err| sdk_error("Scan", err))?;
-        let mut orgs = items.iter().map(org_from).collect::<StoreResult<Vec<_>>>()?;
+        let mut orgs = items
+            .iter()
+            .map(org_from)
+            .collect::<StoreResult<Vec<_>>>()?;
         orgs.sort_by_key(|org| (org.created_at, org.org_id));
         Ok(orgs)
     }
@@ -581,7 +753,11 @@ impl OrgReader for DynamoStore {
                 .send()
                 .await
                 .map_err(|err| sdk_error("BatchGetItem", err))?;
-            for item in output.responses.and_then(|mut r| r.remove(table)).unwrap_or_default() {
+            for item in output
+                .responses
+                .and_then(|mut r| r.remove(table))
+                .unwrap_or_default()
+            {
                 let reader = ItemReader::new(&item, "usage counter");
                 // A decrement that ran before its increment could leave -1 for a moment; the
                 // usage shown never goes below zero.
@@ -601,7 +777,9 @@ impl OrgReader for DynamoStore {
                 }
             }
         }
-        Err(StoreError::Unavailable("BatchGetItem: keys stayed unprocessed (throttled)".into()))
+        Err(StoreError::Unavailable(
+            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+        ))
     }
 }
 
@@ -610,7 +788,10 @@ impl AgentReader for DynamoStore {
     /// One consistent `GetItem`.
     async fn get_agent(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Option<Agent>> {
         let key = pk_sk(org_id.to_string(), &agent_sk(agent_id));
-        self.get_item(&self.tables.agents, key).await?.map(|item| agent_from(&item)).transpose()
+        self.get_item(&self.tables.agents, key)
+            .await?
+            .map(|item| agent_from(&item))
+            .transpose()
     }
 
     /// A consistent `Query` (begins_with `AGENT#`), one request per 1 MB page.
@@ -626,7 +807,10 @@ impl AgentReader for DynamoStore {
             .expression_attribute_values(":pk", s(org_id.to_string()))
             .expression_attribute_values(":prefix", s(AGENT_SK_PREFIX));
         let items = Self::query_all(query).await?;
-        let mut agents = items.iter().map(agent_from).collect::<StoreResult<Vec<_>>>()?;
+        let mut agents = items
+            .iter()
+            .map(agent_from)
+            .collect::<StoreResult<Vec<_>>>()?;
         agents.sort_by_key(|agent| (agent.created_at, agent.agent_id));
         Ok(agents)
     }
@@ -637,12 +821,20 @@ impl CredentialReader for DynamoStore {
     /// One consistent `GetItem` by client id.
     async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>> {
         let key = HashMap::from([(PK.to_owned(), s(client_id.to_string()))]);
-        self.get_item(&self.tables.credentials, key).await?.map(|item| credential_from(&item)).transpose()
+        self.get_item(&self.tables.credentials, key)
+            .await?
+            .map(|item| credential_from(&item))
+            .transpose()
     }
 
     /// Two round trips: a `Query` of the agent index finds the client id (eventually
     /// consistent), then a consistent `GetItem` reads the authoritative record.
-    async fn get_credential(&self, org_id: Uuid, agent_id: Uuid, credential_id: Uuid) -> StoreResult<Option<Credential>> {
+    async fn get_credential(
+        &self,
+        org_id: Uuid,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<Credential>> {
         let found = self
             .client
             .query()
@@ -661,8 +853,9 @@ impl CredentialReader for DynamoStore {
         };
         let client_id = ItemReader::new(indexed, "credential").uuid(PK)?;
         let credential = self.credential_by_client_id(client_id).await?;
-        Ok(credential
-            .filter(|c| c.org_id == org_id && c.agent_id == agent_id && c.credential_id == credential_id))
+        Ok(credential.filter(|c| {
+            c.org_id == org_id && c.agent_id == agent_id && c.credential_id == credential_id
+        }))
     }
 
     /// A `Query` of the agent index, one request per 1 MB page. Eventually consistent: a
@@ -677,7 +870,10 @@ impl CredentialReader for DynamoStore {
             .expression_attribute_names("#agent", AGENT_KEY)
             .expression_attribute_values(":agent", s(agent_key(org_id, agent_id)));
         let items = Self::query_all(query).await?;
-        let mut credentials = items.iter().map(credential_from).collect::<StoreResult<Vec<_>>>()?;
+        let mut credentials = items
+            .iter()
+            .map(credential_from)
+            .collect::<StoreResult<Vec<_>>>()?;
         credentials.sort_by_key(|c| (c.created_at, c.credential_id));
         Ok(credentials)
     }
@@ -712,21 +908,40 @@ impl AuditReader for DynamoStore {
     /// filter costs few round trips and a page never reads more than about twice what it
     /// evaluates. Usually one round trip.
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
-        let empty = AuditPage { events: Vec::new(), next: None };
+        let empty = AuditPage {
+            events: Vec::new(),
+            next: None,
+        };
         if query.limit == 0 {
             return Ok(empty);
         }
         let org = query.org_id;
         let (index, partition_attribute, partition) = match (query.agent_id, query.action) {
-            (Some(agent_id), _) => (Some(AUDIT_BY_AGENT_INDEX), AGENT_KEY, agent_key(org, agent_id)),
-            (None, Some(action)) => (Some(AUDIT_BY_ACTION_INDEX), ACTION_KEY, action_key(org, action)),
+            (Some(agent_id), _) => (
+                Some(AUDIT_BY_AGENT_INDEX),
+                AGENT_KEY,
+                agent_key(org, agent_id),
+            ),
+            (None, Some(action)) => (
+                Some(AUDIT_BY_ACTION_INDEX),
+                ACTION_KEY,
+                action_key(org, action),
+            ),
             (None, None) => (None, PK, org.to_string()),
         };
         let low = audit_sk_floor(&query.not_before);
         // Upper bound, inclusive (BETWEEN is the only two-sided key condition): the last key of
         // the `until` millisecond, or the cursor's own key, which the loop below skips.
-        let after_key = query.after.map(|after| audit_sk(&after.timestamp, after.event_id));
-        let high = [query.until.as_ref().map(audit_sk_ceiling), after_key.clone()].into_iter().flatten().min();
+        let after_key = query
+            .after
+            .map(|after| audit_sk(&after.timestamp, after.event_id));
+        let high = [
+            query.until.as_ref().map(audit_sk_ceiling),
+            after_key.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
 
         let mut expressions = Expressions::condition(match high {
             Some(_) => "#p = :p AND #sk BETWEEN :low AND :high",
@@ -745,14 +960,20 @@ impl AuditReader for DynamoStore {
         // TTL deletes lazily, so expired events are filtered out here; the exact check below
         // compares the full-precision expiry.
         let mut filters = vec!["#expiresAt > :now"];
-        expressions = expressions.name("#expiresAt", EXPIRES_AT).value(":now", n(query.now.timestamp()));
+        expressions = expressions
+            .name("#expiresAt", EXPIRES_AT)
+            .value(":now", n(query.now.timestamp()));
         if let Some(outcome) = query.outcome {
             filters.push("#outcome = :outcome");
-            expressions = expressions.name("#outcome", OUTCOME).value(":outcome", s(outcome.as_str()));
+            expressions = expressions
+                .name("#outcome", OUTCOME)
+                .value(":outcome", s(outcome.as_str()));
         }
         if let (Some(_), Some(action)) = (query.agent_id, query.action) {
             filters.push("#action = :action");
-            expressions = expressions.name("#action", ACTION).value(":action", s(action.as_str()));
+            expressions = expressions
+                .name("#action", ACTION)
+                .value(":action", s(action.as_str()));
         }
 
         let want = query.limit.saturating_add(1);
@@ -778,7 +999,8 @@ impl AuditReader for DynamoStore {
                 .map_err(|err| sdk_error("Query", err))?;
             for item in output.items() {
                 let event = audit_from(item)?;
-                if after_key.as_deref() == Some(audit_sk(&event.timestamp, event.event_id).as_str()) {
+                if after_key.as_deref() == Some(audit_sk(&event.timestamp, event.event_id).as_str())
+                {
                     continue;
                 }
                 if event_matches(query, &event) {
@@ -792,16 +1014,24 @@ impl AuditReader for DynamoStore {
                 Some(key) => start_key = Some(key),
                 None => break,
             }
-            request_limit = (request_limit * 2).max(want - found.len()).min(MAX_AUDIT_QUERY_LIMIT);
+            request_limit = (request_limit * 2)
+                .max(want - found.len())
+                .min(MAX_AUDIT_QUERY_LIMIT);
         }
 
         let next = if found.len() > query.limit {
             found.truncate(query.limit);
-            found.last().map(|event| AuditPosition { timestamp: event.timestamp, event_id: event.event_id })
+            found.last().map(|event| AuditPosition {
+                timestamp: event.timestamp,
+                event_id: event.event_id,
+            })
         } else {
             None
         };
-        Ok(AuditPage { events: found, next })
+        Ok(AuditPage {
+            events: found,
+            next,
+        })
     }
 
     /// One `Query` of the event-id index (eventually consistent: events never change, so only
@@ -841,7 +1071,9 @@ fn event_matches(query: &AuditQuery, event: &AuditEvent) -> bool {
         && event.expires_at > query.now
         && event.timestamp >= query.not_before
         && query.until.is_none_or(|until| event.timestamp <= until)
-        && query.agent_id.is_none_or(|agent| event.subject_agent_id == Some(agent))
+        && query
+            .agent_id
+            .is_none_or(|agent| event.subject_agent_id == Some(agent))
         && query.action.is_none_or(|action| event.action == action)
         && query.outcome.is_none_or(|outcome| event.outcome == outcome)
 }
@@ -862,11 +1094,19 @@ struct ItemId {
 
 impl ItemId {
     fn new(table: TableRole, partition: String, sort: Option<String>) -> Self {
-        Self { table, partition, sort }
+        Self {
+            table,
+            partition,
+            sort,
+        }
     }
 
     fn key(&self) -> Item {
-        let partition_attribute = if self.table == TableRole::RevokedTokens { JTI } else { PK };
+        let partition_attribute = if self.table == TableRole::RevokedTokens {
+            JTI
+        } else {
+            PK
+        };
         let mut key = HashMap::from([(partition_attribute.to_owned(), s(self.partition.clone()))]);
         if let Some(sort) = &self.sort {
             key.insert(SK.to_owned(), s(sort.clone()));
@@ -919,7 +1159,11 @@ fn audit_sk_ceiling(at: &DateTime<Utc>) -> String {
 /// it has expired.
 fn ttl_seconds(at: &DateTime<Utc>) -> i64 {
     let seconds = at.timestamp();
-    if at.timestamp_subsec_nanos() > 0 { seconds.saturating_add(1) } else { seconds }
+    if at.timestamp_subsec_nanos() > 0 {
+        seconds.saturating_add(1)
+    } else {
+        seconds
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -936,7 +1180,10 @@ struct Expressions {
 
 impl Expressions {
     fn condition(expression: &str) -> Self {
-        Self { condition: Some(expression.to_owned()), ..Self::default() }
+        Self {
+            condition: Some(expression.to_owned()),
+            ..Self::default()
+        }
     }
 
     fn update(mut self, expression: &str) -> Self {
@@ -945,7 +1192,8 @@ impl Expressions {
     }
 
     fn name(mut self, placeholder: &str, attribute: &str) -> Self {
-        self.names.insert(placeholder.to_owned(), attribute.to_owned());
+        self.names
+            .insert(placeholder.to_owned(), attribute.to_owned());
         self
     }
 
@@ -953,68 +1201,104 @@ impl Expressions {
         self.values.insert(placeholder.to_owned(), value);
         self
     }
-
-    /// DynamoDB rejects empty name and value maps, so an absent map is sent as none.
-    fn into_parts(self) -> (Option<String>, Option<String>, Option<HashMap<String, String>>, Option<Item>) {
-        let names = (!self.names.is_empty()).then_some(self.names);
-        let values = (!self.values.is_empty()).then_some(self.values);
-        (self.condition, self.update, names, values)
-    }
 }
 
 /// `PutAgent`/`PutCredential`: a new record must not exist yet; an update must find exactly the
 /// version it read (a missing item has no version, so that fails too).
 fn version_guard(expected: Option<u64>) -> Expressions {
     match expected {
-        None => Expressions::condition("attribute_not_exists(#pk)").name("#pk", PK),
-        Some(version) => Expressions::condition("#version = :expected").name("#version", VERSION).value(":expected", n(version)),
+        None => absent(),
+        Some(version) => Expressions::condition("#version = :expected")
+            .name("#version", VERSION)
+            .value(":expected", n(version)),
     }
 }
 
-/// `ADD` creates the counter at zero plus `delta`. With a limit, the count before must be below
-/// it; a counter never written counts zero, which is below any limit but zero.
-fn counter_update(delta: i64, limit: Option<u64>) -> Expressions {
-    let expressions = Expressions::default().update("ADD #count :delta").name("#count", COUNT).value(":delta", n(delta));
-    match limit {
-        None => expressions,
-        Some(limit) => Expressions {
-            condition: Some(
-                if limit == 0 { "#count < :limit" } else { "attribute_not_exists(#count) OR #count < :limit" }.to_owned(),
-            ),
-            ..expressions.value(":limit", n(limit))
-        },
-    }
+/// `ADD` creates a missing counter at zero plus the increment. The count before must be below
+/// `limit`; a counter never written counts zero, which is below any limit but zero.
+fn counter_increment(increment: u64, limit: u64) -> Expressions {
+    let condition = if limit == 0 {
+        "#count < :limit"
+    } else {
+        "attribute_not_exists(#count) OR #count < :limit"
+    };
+    Expressions::condition(condition)
+        .update("ADD #count :delta")
+        .name("#count", COUNT)
+        .value(":delta", n(increment))
+        .value(":limit", n(limit))
+}
+
+/// One of the two forms of a decrement by `magnitude` (see [`Decrement`]).
+fn counter_decrement(magnitude: u64, decrement: Decrement) -> Expressions {
+    let expressions = match decrement {
+        Decrement::Subtract => Expressions::condition("#count >= :magnitude")
+            .update("ADD #count :delta")
+            .value(":delta", n(format!("-{magnitude}"))),
+        Decrement::Floor => {
+            Expressions::condition("attribute_not_exists(#count) OR #count < :magnitude")
+                .update("SET #count = :zero")
+                .value(":zero", n(0))
+        }
+    };
+    expressions
+        .name("#count", COUNT)
+        .value(":magnitude", n(magnitude))
+}
+
+/// A create: no item with this key exists yet.
+fn absent() -> Expressions {
+    Expressions::condition("attribute_not_exists(#pk)").name("#pk", PK)
+}
+
+/// DynamoDB rejects empty name and value maps, so an empty map is sent as none.
+fn non_empty<V>(map: HashMap<String, V>) -> Option<HashMap<String, V>> {
+    (!map.is_empty()).then_some(map)
 }
 
 fn put(table: &str, item: Item, expressions: Expressions) -> StoreResult<TransactWriteItem> {
-    let (condition, _, names, values) = expressions.into_parts();
+    let Expressions {
+        condition,
+        update: _,
+        names,
+        values,
+    } = expressions;
     let put = Put::builder()
         .table_name(table)
         .set_item(Some(item))
         .set_condition_expression(condition)
-        .set_expression_attribute_names(names)
-        .set_expression_attribute_values(values)
+        .set_expression_attribute_names(non_empty(names))
+        .set_expression_attribute_values(non_empty(values))
         .build()
         .map_err(build_error)?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
 fn update(table: &str, key: Item, expressions: Expressions) -> StoreResult<TransactWriteItem> {
-    let (condition, update, names, values) = expressions.into_parts();
+    let Expressions {
+        condition,
+        update,
+        names,
+        values,
+    } = expressions;
     let update = Update::builder()
         .table_name(table)
         .set_key(Some(key))
         .set_update_expression(update)
         .set_condition_expression(condition)
-        .set_expression_attribute_names(names)
-        .set_expression_attribute_values(values)
+        .set_expression_attribute_names(non_empty(names))
+        .set_expression_attribute_values(non_empty(values))
         .build()
         .map_err(build_error)?;
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
 fn delete(table: &str, key: Item) -> StoreResult<TransactWriteItem> {
-    let delete = Delete::builder().table_name(table).set_key(Some(key)).build().map_err(build_error)?;
+    let delete = Delete::builder()
+        .table_name(table)
+        .set_key(Some(key))
+        .build()
+        .map_err(build_error)?;
     Ok(TransactWriteItem::builder().delete(delete).build())
 }
 
@@ -1073,12 +1357,22 @@ fn agent_item(agent: &Agent) -> Item {
     item.insert("scopes".into(), string_list(&agent.scopes));
     item.insert(
         "metadata".into(),
-        AttributeValue::M(agent.metadata.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect()),
+        AttributeValue::M(
+            agent
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), s(v.clone())))
+                .collect(),
+        ),
     );
     item.insert("status".into(), s(agent.status.as_str()));
     item.insert("createdAt".into(), time(&agent.created_at));
     item.insert("updatedAt".into(), time(&agent.updated_at));
-    insert_opt(&mut item, "decommissionedAt", agent.decommissioned_at.as_ref().map(time));
+    insert_opt(
+        &mut item,
+        "decommissionedAt",
+        agent.decommissioned_at.as_ref().map(time),
+    );
     item.insert("activeCredentials".into(), n(agent.active_credentials));
     item.insert(VERSION.into(), n(agent.version));
     item
@@ -1106,8 +1400,14 @@ fn agent_from(item: &Item) -> StoreResult<Agent> {
 
 fn credential_item(credential: &Credential) -> Item {
     let mut item = HashMap::from([(PK.to_owned(), s(credential.client_id.to_string()))]);
-    item.insert(AGENT_KEY.into(), s(agent_key(credential.org_id, credential.agent_id)));
-    item.insert(CREDENTIAL_ID.into(), s(credential.credential_id.to_string()));
+    item.insert(
+        AGENT_KEY.into(),
+        s(agent_key(credential.org_id, credential.agent_id)),
+    );
+    item.insert(
+        CREDENTIAL_ID.into(),
+        s(credential.credential_id.to_string()),
+    );
     item.insert("orgId".into(), s(credential.org_id.to_string()));
     item.insert("agentId".into(), s(credential.agent_id.to_string()));
     item.insert("secretHash".into(), s(credential.secret_hash.clone()));
@@ -1116,9 +1416,21 @@ fn credential_item(credential: &Credential) -> Item {
     item.insert("createdAt".into(), time(&credential.created_at));
     // A string, so that it could never be taken for a TTL attribute: an expired credential must
     // stay listable as `expired`.
-    insert_opt(&mut item, "expiresAt", credential.expires_at.as_ref().map(time));
-    insert_opt(&mut item, "revokedAt", credential.revoked_at.as_ref().map(time));
-    insert_opt(&mut item, "rotatedAt", credential.rotated_at.as_ref().map(time));
+    insert_opt(
+        &mut item,
+        "expiresAt",
+        credential.expires_at.as_ref().map(time),
+    );
+    insert_opt(
+        &mut item,
+        "revokedAt",
+        credential.revoked_at.as_ref().map(time),
+    );
+    insert_opt(
+        &mut item,
+        "rotatedAt",
+        credential.rotated_at.as_ref().map(time),
+    );
     item.insert(VERSION.into(), n(credential.version));
     item
 }
@@ -1142,24 +1454,48 @@ fn credential_from(item: &Item) -> StoreResult<Credential> {
 }
 
 fn audit_item(event: &AuditEvent) -> Item {
-    let mut item = pk_sk(event.org_id.to_string(), &audit_sk(&event.timestamp, event.event_id));
+    let mut item = pk_sk(
+        event.org_id.to_string(),
+        &audit_sk(&event.timestamp, event.event_id),
+    );
     item.insert(EVENT_ID.into(), s(event.event_id.to_string()));
-    insert_opt(&mut item, AGENT_KEY, event.subject_agent_id.map(|agent| s(agent_key(event.org_id, agent))));
+    insert_opt(
+        &mut item,
+        AGENT_KEY,
+        event
+            .subject_agent_id
+            .map(|agent| s(agent_key(event.org_id, agent))),
+    );
     item.insert(ACTION_KEY.into(), s(action_key(event.org_id, event.action)));
     item.insert("timestamp".into(), time(&event.timestamp));
     item.insert(ACTION.into(), s(event.action.as_str()));
     item.insert(OUTCOME.into(), s(event.outcome.as_str()));
     let mut actor = HashMap::from([("type".to_owned(), s(event.actor.kind.clone()))]);
-    insert_opt(&mut actor, "agentId", event.actor.agent_id.map(|id| s(id.to_string())));
-    insert_opt(&mut actor, "clientId", event.actor.client_id.map(|id| s(id.to_string())));
+    insert_opt(
+        &mut actor,
+        "agentId",
+        event.actor.agent_id.map(|id| s(id.to_string())),
+    );
+    insert_opt(
+        &mut actor,
+        "clientId",
+        event.actor.client_id.map(|id| s(id.to_string())),
+    );
     item.insert("actor".into(), AttributeValue::M(actor));
-    insert_opt(&mut item, "subjectAgentId", event.subject_agent_id.map(|id| s(id.to_string())));
+    insert_opt(
+        &mut item,
+        "subjectAgentId",
+        event.subject_agent_id.map(|id| s(id.to_string())),
+    );
     item.insert("resource".into(), s(event.resource.clone()));
     item.insert("requestId".into(), s(event.request_id.clone()));
     insert_opt(&mut item, "sourceIp", event.source_ip.clone().map(s));
     insert_opt(&mut item, "userAgent", event.user_agent.clone().map(s));
     // JSON text: DynamoDB numbers and maps would not give back every JSON value unchanged.
-    item.insert("details".into(), s(serde_json::Value::Object(event.details.clone()).to_string()));
+    item.insert(
+        "details".into(),
+        s(serde_json::Value::Object(event.details.clone()).to_string()),
+    );
     item.insert(EXPIRES_AT.into(), n(ttl_seconds(&event.expires_at)));
     item.insert("expiresAtTime".into(), time(&event.expires_at));
     item
@@ -1207,11 +1543,16 @@ impl<'a> ItemReader<'a> {
     }
 
     fn malformed(&self, name: &str) -> StoreError {
-        StoreError::Internal(format!("{} item: attribute {name} is missing or malformed", self.what))
+        StoreError::Internal(format!(
+            "{} item: attribute {name} is missing or malformed",
+            self.what
+        ))
     }
 
     fn get(&self, name: &str) -> Option<&'a AttributeValue> {
-        self.item.get(name).filter(|value| !matches!(value, AttributeValue::Null(_)))
+        self.item
+            .get(name)
+            .filter(|value| !matches!(value, AttributeValue::Null(_)))
     }
 
     fn s(&self, name: &str) -> StoreResult<&'a str> {
@@ -1235,7 +1576,9 @@ impl<'a> ItemReader<'a> {
     }
 
     fn opt_uuid(&self, name: &str) -> StoreResult<Option<Uuid>> {
-        self.opt_s(name)?.map(|text| Uuid::parse_str(text).map_err(|_| self.malformed(name))).transpose()
+        self.opt_s(name)?
+            .map(|text| Uuid::parse_str(text).map_err(|_| self.malformed(name)))
+            .transpose()
     }
 
     fn time(&self, name: &str) -> StoreResult<DateTime<Utc>> {
@@ -1245,7 +1588,9 @@ impl<'a> ItemReader<'a> {
     fn opt_time(&self, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
         self.opt_s(name)?
             .map(|text| {
-                DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| self.malformed(name))
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| self.malformed(name))
             })
             .transpose()
     }
@@ -1276,7 +1621,7 @@ impl<'a> ItemReader<'a> {
         match self.get(name) {
             Some(AttributeValue::L(values)) => values
                 .iter()
-                .map(|value| value.as_s().map(Clone::clone).map_err(|_| self.malformed(name)))
+                .map(|value| value.as_s().cloned().map_err(|_| self.malformed(name)))
                 .collect(),
             _ => Err(self.malformed(name)),
         }
@@ -1285,7 +1630,12 @@ impl<'a> ItemReader<'a> {
     fn string_map(&self, name: &str) -> StoreResult<BTreeMap<String, String>> {
         self.map(name)?
             .iter()
-            .map(|(key, value)| Ok((key.clone(), value.as_s().map_err(|_| self.malformed(name))?.clone())))
+            .map(|(key, value)| {
+                Ok((
+                    key.clone(),
+                    value.as_s().map_err(|_| self.malformed(name))?.clone(),
+                ))
+            })
             .collect()
     }
 }
@@ -1372,7 +1722,10 @@ mod tests {
     fn every_key_attribute_is_defined_once() {
         for spec in &TABLE_SPECS {
             let definitions = attribute_definitions(spec).unwrap_or_default();
-            let mut names: Vec<&str> = definitions.iter().map(AttributeDefinition::attribute_name).collect();
+            let mut names: Vec<&str> = definitions
+                .iter()
+                .map(AttributeDefinition::attribute_name)
+                .collect();
             let count = names.len();
             names.dedup();
             assert_eq!(names.len(), count, "{:?}", spec.role);
@@ -1390,10 +1743,23 @@ mod tests {
     #[test]
     fn a_condition_failure_wins_over_a_conflict_and_keeps_its_index() {
         let reason = |code: &str| CancellationReason::builder().code(code).build();
-        let reasons = [reason("None"), reason("TransactionConflict"), reason("ConditionalCheckFailed")];
+        let reasons = [
+            reason("None"),
+            reason("TransactionConflict"),
+            reason("ConditionalCheckFailed"),
+        ];
         assert!(matches!(cancellation(&reasons), Cancellation::Condition(2)));
-        assert!(matches!(cancellation(&reasons[..2]), Cancellation::Conflict(1)));
-        assert!(matches!(cancellation(&[reason("ThrottlingError")]), Cancellation::Throttled(_)));
-        assert!(matches!(cancellation(&[reason("ValidationError")]), Cancellation::Other(_)));
+        assert!(matches!(
+            cancellation(&reasons[..2]),
+            Cancellation::Conflict(1)
+        ));
+        assert!(matches!(
+            cancellation(&[reason("ThrottlingError")]),
+            Cancellation::Throttled(_)
+        ));
+        assert!(matches!(
+            cancellation(&[reason("ValidationError")]),
+            Cancellation::Other(_)
+        ));
     }
 }

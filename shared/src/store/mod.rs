@@ -38,20 +38,42 @@ pub enum Write {
     SetPlan { org_id: Uuid, plan: Plan },
     /// Condition: `expected_version` is `None` and no such agent exists, or the stored agent has
     /// exactly that version. The stored version becomes `agent.version`.
-    PutAgent { agent: Agent, expected_version: Option<u64> },
+    PutAgent {
+        agent: Agent,
+        expected_version: Option<u64>,
+    },
     /// Condition: no non-decommissioned agent of the organization holds this name key.
-    ClaimAgentName { org_id: Uuid, name_key: String, agent_id: Uuid },
+    ClaimAgentName {
+        org_id: Uuid,
+        name_key: String,
+        agent_id: Uuid,
+    },
     /// Unconditional; frees the name for reuse.
     ReleaseAgentName { org_id: Uuid, name_key: String },
     /// Same condition rule as `PutAgent`, on the credential's version.
-    PutCredential { credential: Credential, expected_version: Option<u64> },
+    PutCredential {
+        credential: Credential,
+        expected_version: Option<u64>,
+    },
     /// Moves the organization's count of non-decommissioned agents by `delta`.
     /// Condition when `delta > 0`: the count before is below `limit`.
-    CountAgents { org_id: Uuid, delta: i64, limit: u64 },
+    CountAgents {
+        org_id: Uuid,
+        delta: i64,
+        limit: u64,
+    },
     /// Adds one token request to the month's count. Condition: the count before is below `limit`.
-    CountTokenRequest { org_id: Uuid, month: String, limit: u64 },
+    CountTokenRequest {
+        org_id: Uuid,
+        month: String,
+        limit: u64,
+    },
     /// Unconditional and idempotent; kept until the token would have expired anyway.
-    RevokeToken { jti: String, org_id: Uuid, expires_at: DateTime<Utc> },
+    RevokeToken {
+        jti: String,
+        org_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
     /// Unconditional.
     Audit(AuditEvent),
 }
@@ -89,7 +111,12 @@ pub trait AgentReader: Send + Sync {
 pub trait CredentialReader: Send + Sync {
     /// The token endpoint's lookup: one read, strongly consistent.
     async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>>;
-    async fn get_credential(&self, org_id: Uuid, agent_id: Uuid, credential_id: Uuid) -> StoreResult<Option<Credential>>;
+    async fn get_credential(
+        &self,
+        org_id: Uuid,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<Credential>>;
     /// Every credential of the agent, oldest first.
     async fn list_credentials(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Vec<Credential>>;
 }
@@ -144,6 +171,12 @@ pub trait AuditReader: Send + Sync {
 }
 
 /// Everything at once, for the local server and the operator CLI, which serve every route.
-pub trait Store: Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader {}
+pub trait Store:
+    Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader
+{
+}
 
-impl<T: Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader> Store for T {}
+impl<T: Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader> Store
+    for T
+{
+}

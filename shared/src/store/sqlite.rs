@@ -11,15 +11,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, named_params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, named_params,
+};
 use uuid::Uuid;
 
 use super::{
-    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader,
-    RevocationReader, StoreError, StoreResult, Usage, Write,
+    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader,
+    OrgReader, RevocationReader, StoreError, StoreResult, Usage, Write,
 };
 use crate::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization, Outcome, Plan,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
+    Outcome, Plan,
 };
 
 /// Bumped whenever the schema below changes; a database written by a newer build is refused
@@ -143,7 +146,8 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets readers proceed while the other process writes.
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Internal(format!(
                 "{} cannot use write-ahead logging (journal mode stayed {mode})",
@@ -174,7 +178,9 @@ impl SqliteStore {
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn run<T, F>(&self, op: F) -> StoreResult<T>
@@ -184,9 +190,9 @@ impl SqliteStore {
     {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into()))?;
+            let mut conn = conn.lock().map_err(|_| {
+                StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into())
+            })?;
             op(&mut conn)
         })
         .await
@@ -197,7 +203,9 @@ impl SqliteStore {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(e.to_string())
+            }
             _ => StoreError::Internal(e.to_string()),
         }
     }
@@ -293,7 +301,11 @@ fn below(count: i64, limit: u64) -> bool {
     !u64::try_from(count).is_ok_and(|count| count >= limit)
 }
 
-fn put_agent(tx: &Transaction<'_>, agent: &Agent, expected_version: Option<u64>) -> StoreResult<usize> {
+fn put_agent(
+    tx: &Transaction<'_>,
+    agent: &Agent,
+    expected_version: Option<u64>,
+) -> StoreResult<usize> {
     let org_id = agent.org_id.to_string();
     let agent_id = agent.agent_id.to_string();
     let capabilities = to_json(&agent.capabilities)?;
@@ -340,7 +352,11 @@ fn put_agent(tx: &Transaction<'_>, agent: &Agent, expected_version: Option<u64>)
     )?)
 }
 
-fn put_credential(tx: &Transaction<'_>, credential: &Credential, expected_version: Option<u64>) -> StoreResult<usize> {
+fn put_credential(
+    tx: &Transaction<'_>,
+    credential: &Credential,
+    expected_version: Option<u64>,
+) -> StoreResult<usize> {
     let credential_id = credential.credential_id.to_string();
     let client_id = credential.client_id.to_string();
     let agent_id = credential.agent_id.to_string();
@@ -445,7 +461,11 @@ impl OrgReader for SqliteStore {
         self.run(move |conn| {
             let org_id = org_id.to_string();
             let agents: i64 = conn
-                .query_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
+                .query_row(
+                    "SELECT agents FROM agent_counts WHERE org_id = ?1",
+                    [&org_id],
+                    |row| row.get(0),
+                )
                 .optional()?
                 .unwrap_or(0);
             let token_requests: i64 = conn
@@ -456,7 +476,10 @@ impl OrgReader for SqliteStore {
                 )
                 .optional()?
                 .unwrap_or(0);
-            Ok(Usage { agents: to_u64(agents)?, token_requests: to_u64(token_requests)? })
+            Ok(Usage {
+                agents: to_u64(agents)?,
+                token_requests: to_u64(token_requests)?,
+            })
         })
         .await
     }
@@ -506,14 +529,23 @@ impl CredentialReader for SqliteStore {
         .await
     }
 
-    async fn get_credential(&self, org_id: Uuid, agent_id: Uuid, credential_id: Uuid) -> StoreResult<Option<Credential>> {
+    async fn get_credential(
+        &self,
+        org_id: Uuid,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<Credential>> {
         self.run(move |conn| {
             conn.query_row(
                 &format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials
                      WHERE credential_id = ?1 AND org_id = ?2 AND agent_id = ?3"
                 ),
-                (credential_id.to_string(), org_id.to_string(), agent_id.to_string()),
+                (
+                    credential_id.to_string(),
+                    org_id.to_string(),
+                    agent_id.to_string(),
+                ),
                 raw_credential,
             )
             .optional()?
@@ -529,7 +561,8 @@ impl CredentialReader for SqliteStore {
                 "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org_id = ?1 AND agent_id = ?2
                  ORDER BY created_at_ms, credential_id"
             ))?;
-            let rows = stmt.query_map((org_id.to_string(), agent_id.to_string()), raw_credential)?;
+            let rows =
+                stmt.query_map((org_id.to_string(), agent_id.to_string()), raw_credential)?;
             rows.map(|row| row?.decode()).collect()
         })
         .await
@@ -541,7 +574,11 @@ impl RevocationReader for SqliteStore {
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = jti.to_owned();
         self.run(move |conn| {
-            Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1)", [&jti], |row| row.get(0))?)
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1)",
+                [&jti],
+                |row| row.get(0),
+            )?)
         })
         .await
     }
@@ -552,49 +589,19 @@ impl AuditReader for SqliteStore {
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
         let query = query.clone();
         self.run(move |conn| {
-            // Only the filters that are set become SQL, so the planner sees plain equalities and
-            // can pick the index for them; `(x IS NULL OR col = x)` would defeat it.
-            let mut sql = format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_events
-                 WHERE org_id = ? AND timestamp_ms >= ? AND expires_at_ms > ?"
-            );
-            let mut values = vec![
-                Value::Text(query.org_id.to_string()),
-                Value::Integer(millis(&query.not_before)),
-                Value::Integer(millis(&query.now)),
-            ];
-            if let Some(until) = &query.until {
-                sql.push_str(" AND timestamp_ms <= ?");
-                values.push(Value::Integer(millis(until)));
-            }
-            if let Some(agent_id) = query.agent_id {
-                sql.push_str(" AND subject_agent_id = ?");
-                values.push(Value::Text(agent_id.to_string()));
-            }
-            if let Some(action) = query.action {
-                sql.push_str(" AND action = ?");
-                values.push(Value::Text(action.as_str().to_owned()));
-            }
-            if let Some(outcome) = query.outcome {
-                sql.push_str(" AND outcome = ?");
-                values.push(Value::Text(outcome.as_str().to_owned()));
-            }
-            if let Some(after) = &query.after {
-                sql.push_str(" AND (timestamp_ms, event_id) < (?, ?)");
-                values.push(Value::Integer(millis(&after.timestamp)));
-                values.push(Value::Text(after.event_id.to_string()));
-            }
-            // One row beyond the page tells exactly whether another page exists.
-            sql.push_str(" ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?");
-            values.push(Value::Integer(to_i64(query.limit.saturating_add(1))?));
-
+            let (sql, values) = audit_page_sql(&query)?;
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), raw_audit)?;
-            let mut events = rows.map(|row| row?.decode()).collect::<StoreResult<Vec<_>>>()?;
+            let mut events = rows
+                .map(|row| row?.decode())
+                .collect::<StoreResult<Vec<_>>>()?;
             let more = events.len() > query.limit;
             events.truncate(query.limit);
             let next = if more {
-                events.last().map(|last| AuditPosition { timestamp: last.timestamp, event_id: last.event_id })
+                events.last().map(|last| AuditPosition {
+                    timestamp: last.timestamp,
+                    event_id: last.event_id,
+                })
             } else {
                 None
             };
@@ -627,6 +634,61 @@ impl AuditReader for SqliteStore {
     }
 }
 
+/// The SQL for one page of `query`, fetching one row beyond the page, which tells exactly whether
+/// another page exists.
+fn audit_page_sql(query: &AuditQuery) -> StoreResult<(String, Vec<Value>)> {
+    // Without statistics the planner prefers the plain time index even when a filter narrows far
+    // more, scanning the whole organization's history for a rare agent; so the index is named.
+    // `INDEXED BY` also turns an unusable index into an error rather than a silent scan.
+    let index = if query.agent_id.is_some() {
+        "audit_by_agent"
+    } else if query.action.is_some() {
+        "audit_by_action"
+    } else {
+        "audit_by_time"
+    };
+    // Only the filters that are set become SQL; `(? IS NULL OR col = ?)` would defeat the index.
+    let mut sql = format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_events INDEXED BY {index}
+         WHERE org_id = ? AND timestamp_ms >= ? AND expires_at_ms > ?"
+    );
+    let mut values = vec![
+        Value::Text(query.org_id.to_string()),
+        Value::Integer(millis(&query.not_before)),
+        Value::Integer(millis(&query.now)),
+    ];
+    let until = match (&query.until, &query.after) {
+        // A later page is bounded by its position, which lies inside the window already; two
+        // upper bounds would let the planner pick the looser one and rescan earlier pages.
+        (Some(until), Some(after)) if after.timestamp <= *until => None,
+        (until, _) => until.as_ref(),
+    };
+    if let Some(until) = until {
+        sql.push_str(" AND timestamp_ms <= ?");
+        values.push(Value::Integer(millis(until)));
+    }
+    if let Some(agent_id) = query.agent_id {
+        sql.push_str(" AND subject_agent_id = ?");
+        values.push(Value::Text(agent_id.to_string()));
+    }
+    if let Some(action) = query.action {
+        sql.push_str(" AND action = ?");
+        values.push(Value::Text(action.as_str().to_owned()));
+    }
+    if let Some(outcome) = query.outcome {
+        sql.push_str(" AND outcome = ?");
+        values.push(Value::Text(outcome.as_str().to_owned()));
+    }
+    if let Some(after) = &query.after {
+        sql.push_str(" AND (timestamp_ms, event_id) < (?, ?)");
+        values.push(Value::Integer(millis(&after.timestamp)));
+        values.push(Value::Text(after.event_id.to_string()));
+    }
+    sql.push_str(" ORDER BY timestamp_ms DESC, event_id DESC LIMIT ?");
+    values.push(Value::Integer(to_i64(query.limit.saturating_add(1))?));
+    Ok((sql, values))
+}
+
 // Rows are read in two steps: rusqlite's row closure can only fail with its own error type, so it
 // copies the columns out, and decoding into domain values (which can fail on corrupt text) runs
 // after, reporting `StoreError::Internal`.
@@ -639,7 +701,12 @@ struct RawOrg {
 }
 
 fn raw_org(row: &Row<'_>) -> rusqlite::Result<RawOrg> {
-    Ok(RawOrg { org_id: row.get(0)?, name: row.get(1)?, plan: row.get(2)?, created_at_ms: row.get(3)? })
+    Ok(RawOrg {
+        org_id: row.get(0)?,
+        name: row.get(1)?,
+        plan: row.get(2)?,
+        created_at_ms: row.get(3)?,
+    })
 }
 
 impl RawOrg {
@@ -700,7 +767,8 @@ impl RawAgent {
             capabilities: from_json(&self.capabilities)?,
             scopes: from_json(&self.scopes)?,
             metadata: from_json(&self.metadata)?,
-            status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
+            status: AgentStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("agent status", &self.status))?,
             created_at: time(self.created_at_ms)?,
             updated_at: time(self.updated_at_ms)?,
             decommissioned_at: self.decommissioned_at_ms.map(time).transpose()?,
@@ -750,7 +818,8 @@ impl RawCredential {
             agent_id: uuid(&self.agent_id)?,
             org_id: uuid(&self.org_id)?,
             secret_hash: self.secret_hash,
-            status: CredentialStatus::parse(&self.status).ok_or_else(|| corrupt("credential status", &self.status))?,
+            status: CredentialStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("credential status", &self.status))?,
             agent_status: AgentStatus::parse(&self.agent_status)
                 .ok_or_else(|| corrupt("agent status", &self.agent_status))?,
             created_at: time(self.created_at_ms)?,
@@ -803,8 +872,10 @@ impl RawAuditEvent {
             event_id: uuid(&self.event_id)?,
             org_id: uuid(&self.org_id)?,
             timestamp: time(self.timestamp_ms)?,
-            action: AuditAction::parse(&self.action).ok_or_else(|| corrupt("audit action", &self.action))?,
-            outcome: Outcome::parse(&self.outcome).ok_or_else(|| corrupt("outcome", &self.outcome))?,
+            action: AuditAction::parse(&self.action)
+                .ok_or_else(|| corrupt("audit action", &self.action))?,
+            outcome: Outcome::parse(&self.outcome)
+                .ok_or_else(|| corrupt("outcome", &self.outcome))?,
             actor,
             subject_agent_id: self.subject_agent_id.as_deref().map(uuid).transpose()?,
             resource: self.resource,
@@ -830,7 +901,8 @@ fn uuid(text: &str) -> StoreResult<Uuid> {
 }
 
 fn to_i64<N: TryInto<i64> + Copy + std::fmt::Display>(n: N) -> StoreResult<i64> {
-    n.try_into().map_err(|_| StoreError::Internal(format!("{n} does not fit a sqlite integer")))
+    n.try_into()
+        .map_err(|_| StoreError::Internal(format!("{n} does not fit a sqlite integer")))
 }
 
 fn to_u64(n: i64) -> StoreResult<u64> {
@@ -838,11 +910,13 @@ fn to_u64(n: i64) -> StoreResult<u64> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("cannot encode a stored value: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("cannot encode a stored value: {e}")))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored JSON does not decode: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Internal(format!("stored JSON does not decode: {e}")))
 }
 
 fn corrupt(what: &str, found: &str) -> StoreError {
@@ -869,7 +943,10 @@ mod tests {
             owner: Some("ops@example.com".into()),
             capabilities: vec!["pay".into(), "read".into()],
             scopes: vec!["invoices:write".into()],
-            metadata: BTreeMap::from([("team".into(), "finance".into()), ("empty".into(), String::new())]),
+            metadata: BTreeMap::from([
+                ("team".into(), "finance".into()),
+                ("empty".into(), String::new()),
+            ]),
             status: AgentStatus::Decommissioned,
             created_at: at(1_700_000_000_123),
             updated_at: at(1_700_000_100_456),
@@ -905,8 +982,16 @@ mod tests {
             agent_id,
             org_id,
             secret_hash: "$2b$04$abcdefghijklmnopqrstuv".into(),
-            status: if full { CredentialStatus::Revoked } else { CredentialStatus::Active },
-            agent_status: if full { AgentStatus::Suspended } else { AgentStatus::Active },
+            status: if full {
+                CredentialStatus::Revoked
+            } else {
+                CredentialStatus::Active
+            },
+            agent_status: if full {
+                AgentStatus::Suspended
+            } else {
+                AgentStatus::Active
+            },
             created_at: at(1_700_000_000_001),
             expires_at: full.then(|| at(1_800_000_000_002)),
             revoked_at: full.then(|| at(1_700_000_000_003)),
@@ -919,15 +1004,30 @@ mod tests {
         let mut details = serde_json::Map::new();
         if full {
             details.insert("scopes".into(), serde_json::json!(["a", "b"]));
-            details.insert("nested".into(), serde_json::json!({"n": 1.5, "none": null, "yes": true}));
+            details.insert(
+                "nested".into(),
+                serde_json::json!({"n": 1.5, "none": null, "yes": true}),
+            );
         }
         AuditEvent {
             event_id: Uuid::new_v4(),
             org_id,
             timestamp: at(1_700_000_000_999),
-            action: if full { AuditAction::TokenDenied } else { AuditAction::OrganizationCreated },
-            outcome: if full { Outcome::Failure } else { Outcome::Success },
-            actor: if full { Actor::agent(Uuid::new_v4(), Some(Uuid::new_v4())) } else { Actor::operator() },
+            action: if full {
+                AuditAction::TokenDenied
+            } else {
+                AuditAction::OrganizationCreated
+            },
+            outcome: if full {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            },
+            actor: if full {
+                Actor::agent(Uuid::new_v4(), Some(Uuid::new_v4()))
+            } else {
+                Actor::operator()
+            },
             subject_agent_id: full.then(Uuid::new_v4),
             resource: "token/abc".into(),
             request_id: "req-1".into(),
@@ -941,26 +1041,111 @@ mod tests {
     #[tokio::test]
     async fn every_record_reads_back_equal_to_what_was_written() {
         let store = SqliteStore::in_memory().unwrap();
-        let org = Organization { org_id: Uuid::new_v4(), name: "Acme".into(), plan: Plan::Enterprise, created_at: at(5) };
+        let org = Organization {
+            org_id: Uuid::new_v4(),
+            name: "Acme".into(),
+            plan: Plan::Enterprise,
+            created_at: at(5),
+        };
         let agents = [full_agent(org.org_id), bare_agent(org.org_id)];
-        let credentials = [credential(org.org_id, agents[0].agent_id, true), credential(org.org_id, agents[0].agent_id, false)];
+        let credentials = [
+            credential(org.org_id, agents[0].agent_id, true),
+            credential(org.org_id, agents[0].agent_id, false),
+        ];
         let events = [event(org.org_id, true), event(org.org_id, false)];
         let mut writes = vec![Write::CreateOrg(org.clone())];
-        writes.extend(agents.iter().map(|a| Write::PutAgent { agent: a.clone(), expected_version: None }));
-        writes.extend(credentials.iter().map(|c| Write::PutCredential { credential: c.clone(), expected_version: None }));
+        writes.extend(agents.iter().map(|a| Write::PutAgent {
+            agent: a.clone(),
+            expected_version: None,
+        }));
+        writes.extend(credentials.iter().map(|c| Write::PutCredential {
+            credential: c.clone(),
+            expected_version: None,
+        }));
         writes.extend(events.iter().cloned().map(Write::Audit));
         store.commit(writes).await.unwrap();
 
         assert_eq!(store.get_org(org.org_id).await.unwrap(), Some(org.clone()));
         for agent in &agents {
-            assert_eq!(store.get_agent(org.org_id, agent.agent_id).await.unwrap().as_ref(), Some(agent));
+            assert_eq!(
+                store
+                    .get_agent(org.org_id, agent.agent_id)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(agent)
+            );
         }
         for c in &credentials {
-            assert_eq!(store.credential_by_client_id(c.client_id).await.unwrap().as_ref(), Some(c));
-            assert_eq!(store.get_credential(org.org_id, c.agent_id, c.credential_id).await.unwrap().as_ref(), Some(c));
+            assert_eq!(
+                store
+                    .credential_by_client_id(c.client_id)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(c)
+            );
+            assert_eq!(
+                store
+                    .get_credential(org.org_id, c.agent_id, c.credential_id)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(c)
+            );
         }
         for e in &events {
-            assert_eq!(store.get_audit_event(org.org_id, e.event_id, at(0), at(1)).await.unwrap().as_ref(), Some(e));
+            assert_eq!(
+                store
+                    .get_audit_event(org.org_id, e.event_id, at(0), at(1))
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(e)
+            );
+        }
+    }
+
+    #[test]
+    fn every_combination_of_audit_filters_reads_one_index_in_page_order() {
+        let store = SqliteStore::in_memory().unwrap();
+        let conn = store.conn.lock().unwrap();
+        let now = at(1_700_000_000_000);
+        for combination in 0..32 {
+            let set = |bit: u32| combination & (1 << bit) != 0;
+            let query = AuditQuery {
+                org_id: Uuid::new_v4(),
+                agent_id: set(0).then(Uuid::new_v4),
+                action: set(1).then_some(AuditAction::TokenIssued),
+                outcome: set(2).then_some(Outcome::Failure),
+                not_before: at(0),
+                until: set(3).then_some(now),
+                now,
+                limit: 10,
+                after: set(4).then(|| AuditPosition {
+                    timestamp: now,
+                    event_id: Uuid::new_v4(),
+                }),
+            };
+            let (sql, values) = audit_page_sql(&query).unwrap();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(values), |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // One index search and no sort: the rows come out in page order and stop at the limit.
+            assert_eq!(plan.len(), 1, "{query:?}: {plan:?}");
+            assert!(
+                plan[0].starts_with("SEARCH audit_events USING INDEX audit_by_"),
+                "{query:?}: {plan:?}"
+            );
+            if query.after.is_some() {
+                assert!(
+                    plan[0].contains("(timestamp_ms,event_id)<(?,?)"),
+                    "{query:?}: {plan:?}"
+                );
+            }
         }
     }
 
@@ -972,14 +1157,22 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
 
         let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
 
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Internal(_))));
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Internal(_))
+        ));
     }
 
     #[tokio::test]
@@ -987,16 +1180,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idp.sqlite");
         let store = SqliteStore::open(&path).unwrap();
-        store.conn.lock().unwrap().busy_timeout(Duration::from_millis(10)).unwrap();
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .busy_timeout(Duration::from_millis(10))
+            .unwrap();
 
         let mut other = Connection::open(&path).unwrap();
-        let held = other.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
-        let org = Organization { org_id: Uuid::new_v4(), name: "Acme".into(), plan: Plan::Free, created_at: at(5) };
+        let held = other
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let org = Organization {
+            org_id: Uuid::new_v4(),
+            name: "Acme".into(),
+            plan: Plan::Free,
+            created_at: at(5),
+        };
         let result = store.commit(vec![Write::CreateOrg(org.clone())]).await;
-        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
         held.rollback().unwrap();
 
-        store.commit(vec![Write::CreateOrg(org.clone())]).await.unwrap();
+        store
+            .commit(vec![Write::CreateOrg(org.clone())])
+            .await
+            .unwrap();
         assert_eq!(store.get_org(org.org_id).await.unwrap(), Some(org));
     }
 }

@@ -4,15 +4,21 @@
 //! test apiece for a backend. Every check makes its own organizations (random v4 ids) and reads
 //! only those, so all checks may share a single backend instance, and nothing is cleaned up.
 
-#![expect(clippy::unwrap_used, reason = "a test fails loudly on the first surprise")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentidp_shared::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization, Outcome, Plan,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
+    Outcome, Plan,
 };
-use agentidp_shared::store::{AuditPosition, AuditQuery, Store, StoreError, StoreResult, Usage, Write};
+use agentidp_shared::store::{
+    AuditPosition, AuditQuery, Store, StoreError, StoreResult, Usage, Write,
+};
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Barrier;
 use uuid::Uuid;
@@ -86,7 +92,12 @@ pub fn now_ms() -> DateTime<Utc> {
 }
 
 pub fn org(plan: Plan) -> Organization {
-    Organization { org_id: Uuid::new_v4(), name: format!("Org ✓ {}", Uuid::new_v4()), plan, created_at: now_ms() }
+    Organization {
+        org_id: Uuid::new_v4(),
+        name: format!("Org ✓ {}", Uuid::new_v4()),
+        plan,
+        created_at: now_ms(),
+    }
 }
 
 pub fn agent(org_id: Uuid, name: &str, created_at: DateTime<Utc>) -> Agent {
@@ -138,7 +149,10 @@ pub fn audit_event(
 ) -> AuditEvent {
     let mut details = serde_json::Map::new();
     details.insert("scopes".into(), serde_json::json!(["invoices:read"]));
-    details.insert("reason".into(), serde_json::json!({"code": "quota", "remaining": 0, "note": null}));
+    details.insert(
+        "reason".into(),
+        serde_json::json!({"code": "quota", "remaining": 0, "note": null}),
+    );
     AuditEvent {
         event_id: Uuid::new_v4(),
         org_id,
@@ -175,15 +189,25 @@ pub fn audit_query(org_id: Uuid, now: DateTime<Utc>) -> AuditQuery {
 // Helpers.
 
 fn new_agent(agent: &Agent) -> Write {
-    Write::PutAgent { agent: agent.clone(), expected_version: None }
+    Write::PutAgent {
+        agent: agent.clone(),
+        expected_version: None,
+    }
 }
 
 fn new_credential(credential: &Credential) -> Write {
-    Write::PutCredential { credential: credential.clone(), expected_version: None }
+    Write::PutCredential {
+        credential: credential.clone(),
+        expected_version: None,
+    }
 }
 
 fn claim(org_id: Uuid, name_key: &str) -> Write {
-    Write::ClaimAgentName { org_id, name_key: name_key.to_owned(), agent_id: Uuid::new_v4() }
+    Write::ClaimAgentName {
+        org_id,
+        name_key: name_key.to_owned(),
+        agent_id: Uuid::new_v4(),
+    }
 }
 
 fn assert_condition_failed(result: &StoreResult<()>, index: usize) {
@@ -194,7 +218,10 @@ fn assert_condition_failed(result: &StoreResult<()>, index: usize) {
 }
 
 /// Starts every batch at once and returns their results in the given order.
-async fn race<S: Store + 'static>(store: &Arc<S>, batches: Vec<Vec<Write>>) -> Vec<StoreResult<()>> {
+async fn race<S: Store + 'static>(
+    store: &Arc<S>,
+    batches: Vec<Vec<Write>>,
+) -> Vec<StoreResult<()>> {
     let barrier = Arc::new(Barrier::new(batches.len()));
     let tasks: Vec<_> = batches
         .into_iter()
@@ -216,7 +243,11 @@ async fn race<S: Store + 'static>(store: &Arc<S>, batches: Vec<Vec<Write>>) -> V
 
 /// Asserts that `winners` commits succeeded and every other one failed its only condition.
 fn assert_winners(results: &[StoreResult<()>], winners: usize) {
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), winners, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        winners,
+        "{results:?}"
+    );
     for result in results.iter().filter(|r| r.is_err()) {
         assert_condition_failed(result, 0);
     }
@@ -232,7 +263,9 @@ fn expected_audit(events: &[AuditEvent], query: &AuditQuery) -> Vec<AuditEvent> 
         .iter()
         .filter(|e| {
             e.org_id == query.org_id
-                && query.agent_id.is_none_or(|id| e.subject_agent_id == Some(id))
+                && query
+                    .agent_id
+                    .is_none_or(|id| e.subject_agent_id == Some(id))
                 && query.action.is_none_or(|action| e.action == action)
                 && query.outcome.is_none_or(|outcome| e.outcome == outcome)
                 && e.timestamp >= query.not_before
@@ -248,7 +281,10 @@ fn expected_audit(events: &[AuditEvent], query: &AuditQuery) -> Vec<AuditEvent> 
 async fn record_audit<S: Store>(store: &S, events: &[AuditEvent]) {
     // Small batches: a DynamoDB transaction holds at most 100 items.
     for chunk in events.chunks(20) {
-        store.commit(chunk.iter().cloned().map(Write::Audit).collect()).await.unwrap();
+        store
+            .commit(chunk.iter().cloned().map(Write::Audit).collect())
+            .await
+            .unwrap();
     }
 }
 
@@ -258,13 +294,24 @@ async fn walk_audit<S: Store>(store: &S, query: &AuditQuery) -> Vec<AuditEvent> 
     let mut seen = Vec::new();
     for _ in 0..1000 {
         let page = store.query_audit(&query).await.unwrap();
-        assert!(page.events.len() <= query.limit, "a page of {} exceeds the limit {}", page.events.len(), query.limit);
+        assert!(
+            page.events.len() <= query.limit,
+            "a page of {} exceeds the limit {}",
+            page.events.len(),
+            query.limit
+        );
         seen.extend(page.events.iter().cloned());
         let Some(next) = page.next else {
             return seen;
         };
         let last = page.events.last().unwrap();
-        assert_eq!(next, AuditPosition { timestamp: last.timestamp, event_id: last.event_id });
+        assert_eq!(
+            next,
+            AuditPosition {
+                timestamp: last.timestamp,
+                event_id: last.event_id
+            }
+        );
         query.after = Some(next);
     }
     unreachable!("paging did not end")
@@ -273,13 +320,27 @@ async fn walk_audit<S: Store>(store: &S, query: &AuditQuery) -> Vec<AuditEvent> 
 // ----------------------------------------------------------------------------------------------
 // Organizations.
 
-pub async fn an_organization_reads_back_equal_and_appears_in_the_listing<S: Store + 'static>(store: Arc<S>) {
+pub async fn an_organization_reads_back_equal_and_appears_in_the_listing<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let free = org(Plan::Free);
     let enterprise = org(Plan::Enterprise);
-    store.commit(vec![Write::CreateOrg(free.clone()), Write::CreateOrg(enterprise.clone())]).await.unwrap();
+    store
+        .commit(vec![
+            Write::CreateOrg(free.clone()),
+            Write::CreateOrg(enterprise.clone()),
+        ])
+        .await
+        .unwrap();
 
-    assert_eq!(store.get_org(free.org_id).await.unwrap(), Some(free.clone()));
-    assert_eq!(store.get_org(enterprise.org_id).await.unwrap(), Some(enterprise.clone()));
+    assert_eq!(
+        store.get_org(free.org_id).await.unwrap(),
+        Some(free.clone())
+    );
+    assert_eq!(
+        store.get_org(enterprise.org_id).await.unwrap(),
+        Some(enterprise.clone())
+    );
     assert_eq!(store.get_org(Uuid::new_v4()).await.unwrap(), None);
     let listed = store.list_orgs().await.unwrap();
     assert!(listed.contains(&free) && listed.contains(&enterprise));
@@ -287,29 +348,61 @@ pub async fn an_organization_reads_back_equal_and_appears_in_the_listing<S: Stor
 
 pub async fn an_organization_cannot_be_created_twice<S: Store + 'static>(store: Arc<S>) {
     let first = org(Plan::Free);
-    store.commit(vec![Write::CreateOrg(first.clone())]).await.unwrap();
+    store
+        .commit(vec![Write::CreateOrg(first.clone())])
+        .await
+        .unwrap();
 
-    let again = Organization { name: "Impostor".into(), plan: Plan::Enterprise, ..first.clone() };
+    let again = Organization {
+        name: "Impostor".into(),
+        plan: Plan::Enterprise,
+        ..first.clone()
+    };
     assert_condition_failed(&store.commit(vec![Write::CreateOrg(again)]).await, 0);
     assert_eq!(store.get_org(first.org_id).await.unwrap(), Some(first));
 }
 
 pub async fn a_plan_can_be_set_only_on_an_existing_organization<S: Store + 'static>(store: Arc<S>) {
     let missing = Uuid::new_v4();
-    assert_condition_failed(&store.commit(vec![Write::SetPlan { org_id: missing, plan: Plan::Enterprise }]).await, 0);
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::SetPlan {
+                org_id: missing,
+                plan: Plan::Enterprise,
+            }])
+            .await,
+        0,
+    );
     assert_eq!(store.get_org(missing).await.unwrap(), None);
 
     let existing = org(Plan::Free);
-    store.commit(vec![Write::CreateOrg(existing.clone())]).await.unwrap();
-    store.commit(vec![Write::SetPlan { org_id: existing.org_id, plan: Plan::Enterprise }]).await.unwrap();
-    let expected = Organization { plan: Plan::Enterprise, ..existing };
-    assert_eq!(store.get_org(expected.org_id).await.unwrap(), Some(expected));
+    store
+        .commit(vec![Write::CreateOrg(existing.clone())])
+        .await
+        .unwrap();
+    store
+        .commit(vec![Write::SetPlan {
+            org_id: existing.org_id,
+            plan: Plan::Enterprise,
+        }])
+        .await
+        .unwrap();
+    let expected = Organization {
+        plan: Plan::Enterprise,
+        ..existing
+    };
+    assert_eq!(
+        store.get_org(expected.org_id).await.unwrap(),
+        Some(expected)
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
 // Agents.
 
-pub async fn an_agent_with_metadata_and_capabilities_reads_back_equal<S: Store + 'static>(store: Arc<S>) {
+pub async fn an_agent_with_metadata_and_capabilities_reads_back_equal<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let created = now_ms();
     let mut decommissioned = agent(org_id, "Billing Bot", created);
@@ -318,15 +411,26 @@ pub async fn an_agent_with_metadata_and_capabilities_reads_back_equal<S: Store +
     decommissioned.decommissioned_at = Some(decommissioned.updated_at);
     decommissioned.active_credentials = 7;
     decommissioned.version = 12;
-    let suspended = Agent { status: AgentStatus::Suspended, ..agent(org_id, "Ünïcödé 🤖", created) };
-    store.commit(vec![new_agent(&decommissioned), new_agent(&suspended)]).await.unwrap();
+    let suspended = Agent {
+        status: AgentStatus::Suspended,
+        ..agent(org_id, "Ünïcödé 🤖", created)
+    };
+    store
+        .commit(vec![new_agent(&decommissioned), new_agent(&suspended)])
+        .await
+        .unwrap();
 
     for expected in [decommissioned, suspended] {
-        assert_eq!(store.get_agent(org_id, expected.agent_id).await.unwrap(), Some(expected));
+        assert_eq!(
+            store.get_agent(org_id, expected.agent_id).await.unwrap(),
+            Some(expected)
+        );
     }
 }
 
-pub async fn an_agent_with_every_optional_field_empty_reads_back_equal<S: Store + 'static>(store: Arc<S>) {
+pub async fn an_agent_with_every_optional_field_empty_reads_back_equal<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let bare = Agent {
         description: None,
@@ -337,7 +441,10 @@ pub async fn an_agent_with_every_optional_field_empty_reads_back_equal<S: Store 
         ..agent(org_id, "bare", now_ms())
     };
     store.commit(vec![new_agent(&bare)]).await.unwrap();
-    assert_eq!(store.get_agent(org_id, bare.agent_id).await.unwrap(), Some(bare));
+    assert_eq!(
+        store.get_agent(org_id, bare.agent_id).await.unwrap(),
+        Some(bare)
+    );
 }
 
 pub async fn creating_an_agent_that_already_exists_fails<S: Store + 'static>(store: Arc<S>) {
@@ -345,9 +452,15 @@ pub async fn creating_an_agent_that_already_exists_fails<S: Store + 'static>(sto
     let first = agent(org_id, "first", now_ms());
     store.commit(vec![new_agent(&first)]).await.unwrap();
 
-    let overwrite = Agent { name: "overwrite".into(), ..first.clone() };
+    let overwrite = Agent {
+        name: "overwrite".into(),
+        ..first.clone()
+    };
     assert_condition_failed(&store.commit(vec![new_agent(&overwrite)]).await, 0);
-    assert_eq!(store.get_agent(org_id, first.agent_id).await.unwrap(), Some(first));
+    assert_eq!(
+        store.get_agent(org_id, first.agent_id).await.unwrap(),
+        Some(first)
+    );
 }
 
 pub async fn updating_an_agent_needs_the_version_that_is_stored<S: Store + 'static>(store: Arc<S>) {
@@ -355,35 +468,103 @@ pub async fn updating_an_agent_needs_the_version_that_is_stored<S: Store + 'stat
     let v1 = agent(org_id, "versioned", now_ms());
     store.commit(vec![new_agent(&v1)]).await.unwrap();
 
-    let v2 = Agent { status: AgentStatus::Suspended, version: 2, ..v1.clone() };
-    store.commit(vec![Write::PutAgent { agent: v2.clone(), expected_version: Some(1) }]).await.unwrap();
-    assert_eq!(store.get_agent(org_id, v1.agent_id).await.unwrap(), Some(v2.clone()));
+    let v2 = Agent {
+        status: AgentStatus::Suspended,
+        version: 2,
+        ..v1.clone()
+    };
+    store
+        .commit(vec![Write::PutAgent {
+            agent: v2.clone(),
+            expected_version: Some(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent(org_id, v1.agent_id).await.unwrap(),
+        Some(v2.clone())
+    );
 
-    let stale = Agent { name: "stale".into(), version: 2, ..v1.clone() };
-    assert_condition_failed(&store.commit(vec![Write::PutAgent { agent: stale, expected_version: Some(1) }]).await, 0);
-    let ahead = Agent { name: "ahead".into(), version: 4, ..v1.clone() };
-    assert_condition_failed(&store.commit(vec![Write::PutAgent { agent: ahead, expected_version: Some(3) }]).await, 0);
-    assert_eq!(store.get_agent(org_id, v1.agent_id).await.unwrap(), Some(v2));
+    let stale = Agent {
+        name: "stale".into(),
+        version: 2,
+        ..v1.clone()
+    };
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::PutAgent {
+                agent: stale,
+                expected_version: Some(1),
+            }])
+            .await,
+        0,
+    );
+    let ahead = Agent {
+        name: "ahead".into(),
+        version: 4,
+        ..v1.clone()
+    };
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::PutAgent {
+                agent: ahead,
+                expected_version: Some(3),
+            }])
+            .await,
+        0,
+    );
+    assert_eq!(
+        store.get_agent(org_id, v1.agent_id).await.unwrap(),
+        Some(v2)
+    );
 
     let missing = agent(org_id, "missing", now_ms());
-    assert_condition_failed(&store.commit(vec![Write::PutAgent { agent: missing.clone(), expected_version: Some(1) }]).await, 0);
-    assert_eq!(store.get_agent(org_id, missing.agent_id).await.unwrap(), None);
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::PutAgent {
+                agent: missing.clone(),
+                expected_version: Some(1),
+            }])
+            .await,
+        0,
+    );
+    assert_eq!(
+        store.get_agent(org_id, missing.agent_id).await.unwrap(),
+        None
+    );
 }
 
-pub async fn parallel_updates_of_one_agent_version_let_exactly_one_win<S: Store + 'static>(store: Arc<S>) {
+pub async fn parallel_updates_of_one_agent_version_let_exactly_one_win<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let v1 = agent(org_id, "contended", now_ms());
     store.commit(vec![new_agent(&v1)]).await.unwrap();
 
-    let candidates: Vec<Agent> =
-        (0..16).map(|i| Agent { description: Some(format!("writer {i}")), version: 2, ..v1.clone() }).collect();
-    let batches =
-        candidates.iter().map(|a| vec![Write::PutAgent { agent: a.clone(), expected_version: Some(1) }]).collect();
+    let candidates: Vec<Agent> = (0..16)
+        .map(|i| Agent {
+            description: Some(format!("writer {i}")),
+            version: 2,
+            ..v1.clone()
+        })
+        .collect();
+    let batches = candidates
+        .iter()
+        .map(|a| {
+            vec![Write::PutAgent {
+                agent: a.clone(),
+                expected_version: Some(1),
+            }]
+        })
+        .collect();
     let results = race(&store, batches).await;
 
     assert_winners(&results, 1);
     let winner = results.iter().position(Result::is_ok).unwrap();
-    assert_eq!(store.get_agent(org_id, v1.agent_id).await.unwrap().as_ref(), Some(&candidates[winner]));
+    assert_eq!(
+        store.get_agent(org_id, v1.agent_id).await.unwrap().as_ref(),
+        Some(&candidates[winner])
+    );
 }
 
 pub async fn another_organizations_agent_is_invisible<S: Store + 'static>(store: Arc<S>) {
@@ -392,13 +573,18 @@ pub async fn another_organizations_agent_is_invisible<S: Store + 'static>(store:
     let owned = agent(owner, "owned", now_ms());
     store.commit(vec![new_agent(&owned)]).await.unwrap();
 
-    assert_eq!(store.get_agent(stranger, owned.agent_id).await.unwrap(), None);
+    assert_eq!(
+        store.get_agent(stranger, owned.agent_id).await.unwrap(),
+        None
+    );
     assert_eq!(store.list_agents(stranger).await.unwrap(), Vec::new());
     assert_eq!(store.get_agent(owner, Uuid::new_v4()).await.unwrap(), None);
     assert_eq!(store.list_agents(owner).await.unwrap(), vec![owned]);
 }
 
-pub async fn agents_are_listed_oldest_first_with_ties_broken_by_id<S: Store + 'static>(store: Arc<S>) {
+pub async fn agents_are_listed_oldest_first_with_ties_broken_by_id<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let t = now_ms();
     let mut agents = vec![
@@ -408,8 +594,14 @@ pub async fn agents_are_listed_oldest_first_with_ties_broken_by_id<S: Store + 's
         agent(org_id, "tie-b", t),
         agent(org_id, "tie-c", t),
     ];
-    store.commit(agents.iter().map(new_agent).collect()).await.unwrap();
-    store.commit(vec![new_agent(&agent(Uuid::new_v4(), "elsewhere", t))]).await.unwrap();
+    store
+        .commit(agents.iter().map(new_agent).collect())
+        .await
+        .unwrap();
+    store
+        .commit(vec![new_agent(&agent(Uuid::new_v4(), "elsewhere", t))])
+        .await
+        .unwrap();
 
     agents.sort_by_key(|a| (a.created_at, a.agent_id));
     assert_eq!(store.list_agents(org_id).await.unwrap(), agents);
@@ -420,28 +612,49 @@ pub async fn agents_are_listed_oldest_first_with_ties_broken_by_id<S: Store + 's
 
 pub async fn a_claimed_agent_name_is_taken_until_released<S: Store + 'static>(store: Arc<S>) {
     let org_id = Uuid::new_v4();
-    store.commit(vec![claim(org_id, "billing-bot")]).await.unwrap();
+    store
+        .commit(vec![claim(org_id, "billing-bot")])
+        .await
+        .unwrap();
     assert_condition_failed(&store.commit(vec![claim(org_id, "billing-bot")]).await, 0);
 
     // The key is per organization.
-    store.commit(vec![claim(Uuid::new_v4(), "billing-bot")]).await.unwrap();
-    store.commit(vec![claim(org_id, "billing-bot-2")]).await.unwrap();
+    store
+        .commit(vec![claim(Uuid::new_v4(), "billing-bot")])
+        .await
+        .unwrap();
+    store
+        .commit(vec![claim(org_id, "billing-bot-2")])
+        .await
+        .unwrap();
 
-    let release = Write::ReleaseAgentName { org_id, name_key: "billing-bot".into() };
+    let release = Write::ReleaseAgentName {
+        org_id,
+        name_key: "billing-bot".into(),
+    };
     store.commit(vec![release.clone()]).await.unwrap();
     // Releasing is unconditional, so releasing a free name succeeds too.
     store.commit(vec![release]).await.unwrap();
-    store.commit(vec![claim(org_id, "billing-bot")]).await.unwrap();
+    store
+        .commit(vec![claim(org_id, "billing-bot")])
+        .await
+        .unwrap();
     assert_condition_failed(&store.commit(vec![claim(org_id, "billing-bot")]).await, 0);
 }
 
-pub async fn parallel_claims_of_one_agent_name_let_exactly_one_win<S: Store + 'static>(store: Arc<S>) {
+pub async fn parallel_claims_of_one_agent_name_let_exactly_one_win<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let batches = (0..16)
         .map(|_| {
             let contender = agent(org_id, "Popular", now_ms());
             vec![
-                Write::ClaimAgentName { org_id, name_key: Agent::name_key(&contender.name), agent_id: contender.agent_id },
+                Write::ClaimAgentName {
+                    org_id,
+                    name_key: Agent::name_key(&contender.name),
+                    agent_id: contender.agent_id,
+                },
                 new_agent(&contender),
             ]
         })
@@ -455,11 +668,16 @@ pub async fn parallel_claims_of_one_agent_name_let_exactly_one_win<S: Store + 's
 // ----------------------------------------------------------------------------------------------
 // Credentials.
 
-pub async fn a_credential_reads_back_equal_by_client_id_and_by_its_ids<S: Store + 'static>(store: Arc<S>) {
+pub async fn a_credential_reads_back_equal_by_client_id_and_by_its_ids<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let agent_id = Uuid::new_v4();
     let created = now_ms();
-    let plain = Credential { expires_at: None, ..credential(org_id, agent_id, created) };
+    let plain = Credential {
+        expires_at: None,
+        ..credential(org_id, agent_id, created)
+    };
     let revoked = Credential {
         status: CredentialStatus::Revoked,
         agent_status: AgentStatus::Suspended,
@@ -468,12 +686,26 @@ pub async fn a_credential_reads_back_equal_by_client_id_and_by_its_ids<S: Store 
         version: 9,
         ..credential(org_id, agent_id, created)
     };
-    store.commit(vec![new_credential(&plain), new_credential(&revoked)]).await.unwrap();
+    store
+        .commit(vec![new_credential(&plain), new_credential(&revoked)])
+        .await
+        .unwrap();
 
     for expected in [plain, revoked] {
-        assert_eq!(store.credential_by_client_id(expected.client_id).await.unwrap().as_ref(), Some(&expected));
         assert_eq!(
-            store.get_credential(org_id, agent_id, expected.credential_id).await.unwrap().as_ref(),
+            store
+                .credential_by_client_id(expected.client_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&expected)
+        );
+        assert_eq!(
+            store
+                .get_credential(org_id, agent_id, expected.credential_id)
+                .await
+                .unwrap()
+                .as_ref(),
             Some(&expected)
         );
     }
@@ -483,12 +715,23 @@ pub async fn creating_a_credential_that_already_exists_fails<S: Store + 'static>
     let first = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
     store.commit(vec![new_credential(&first)]).await.unwrap();
 
-    let overwrite = Credential { secret_hash: "$2b$04$other".into(), ..first.clone() };
+    let overwrite = Credential {
+        secret_hash: "$2b$04$other".into(),
+        ..first.clone()
+    };
     assert_condition_failed(&store.commit(vec![new_credential(&overwrite)]).await, 0);
-    assert_eq!(store.credential_by_client_id(first.client_id).await.unwrap(), Some(first));
+    assert_eq!(
+        store
+            .credential_by_client_id(first.client_id)
+            .await
+            .unwrap(),
+        Some(first)
+    );
 }
 
-pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + 'static>(store: Arc<S>) {
+pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let v1 = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
     store.commit(vec![new_credential(&v1)]).await.unwrap();
 
@@ -498,15 +741,36 @@ pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + '
         version: 2,
         ..v1.clone()
     };
-    store.commit(vec![Write::PutCredential { credential: rotated.clone(), expected_version: Some(1) }]).await.unwrap();
-    assert_eq!(store.credential_by_client_id(v1.client_id).await.unwrap(), Some(rotated.clone()));
+    store
+        .commit(vec![Write::PutCredential {
+            credential: rotated.clone(),
+            expected_version: Some(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(rotated.clone())
+    );
 
-    let stale = Credential { status: CredentialStatus::Revoked, version: 2, ..v1.clone() };
+    let stale = Credential {
+        status: CredentialStatus::Revoked,
+        version: 2,
+        ..v1.clone()
+    };
     assert_condition_failed(
-        &store.commit(vec![Write::PutCredential { credential: stale, expected_version: Some(1) }]).await,
+        &store
+            .commit(vec![Write::PutCredential {
+                credential: stale,
+                expected_version: Some(1),
+            }])
+            .await,
         0,
     );
-    assert_eq!(store.credential_by_client_id(v1.client_id).await.unwrap(), Some(rotated.clone()));
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(rotated.clone())
+    );
 
     let revoked = Credential {
         status: CredentialStatus::Revoked,
@@ -514,52 +778,125 @@ pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + '
         version: 3,
         ..rotated
     };
-    store.commit(vec![Write::PutCredential { credential: revoked.clone(), expected_version: Some(2) }]).await.unwrap();
-    assert_eq!(store.credential_by_client_id(v1.client_id).await.unwrap(), Some(revoked));
+    store
+        .commit(vec![Write::PutCredential {
+            credential: revoked.clone(),
+            expected_version: Some(2),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(revoked)
+    );
 
     let missing = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
     assert_condition_failed(
-        &store.commit(vec![Write::PutCredential { credential: missing.clone(), expected_version: Some(1) }]).await,
+        &store
+            .commit(vec![Write::PutCredential {
+                credential: missing.clone(),
+                expected_version: Some(1),
+            }])
+            .await,
         0,
     );
-    assert_eq!(store.credential_by_client_id(missing.client_id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .credential_by_client_id(missing.client_id)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
-pub async fn parallel_updates_of_one_credential_version_let_exactly_one_win<S: Store + 'static>(store: Arc<S>) {
+pub async fn parallel_updates_of_one_credential_version_let_exactly_one_win<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let v1 = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
     store.commit(vec![new_credential(&v1)]).await.unwrap();
 
-    let candidates: Vec<Credential> =
-        (0..16).map(|i| Credential { secret_hash: format!("$2b$04$writer{i}"), version: 2, ..v1.clone() }).collect();
+    let candidates: Vec<Credential> = (0..16)
+        .map(|i| Credential {
+            secret_hash: format!("$2b$04$writer{i}"),
+            version: 2,
+            ..v1.clone()
+        })
+        .collect();
     let batches = candidates
         .iter()
-        .map(|c| vec![Write::PutCredential { credential: c.clone(), expected_version: Some(1) }])
+        .map(|c| {
+            vec![Write::PutCredential {
+                credential: c.clone(),
+                expected_version: Some(1),
+            }]
+        })
         .collect();
     let results = race(&store, batches).await;
 
     assert_winners(&results, 1);
     let winner = results.iter().position(Result::is_ok).unwrap();
-    assert_eq!(store.credential_by_client_id(v1.client_id).await.unwrap().as_ref(), Some(&candidates[winner]));
+    assert_eq!(
+        store
+            .credential_by_client_id(v1.client_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&candidates[winner])
+    );
 }
 
-pub async fn a_credential_is_found_only_under_its_own_organization_and_agent<S: Store + 'static>(store: Arc<S>) {
+pub async fn a_credential_is_found_only_under_its_own_organization_and_agent<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let agent_id = Uuid::new_v4();
     let owned = credential(org_id, agent_id, now_ms());
     store.commit(vec![new_credential(&owned)]).await.unwrap();
 
     let id = owned.credential_id;
-    assert_eq!(store.get_credential(Uuid::new_v4(), agent_id, id).await.unwrap(), None);
-    assert_eq!(store.get_credential(org_id, Uuid::new_v4(), id).await.unwrap(), None);
-    assert_eq!(store.get_credential(org_id, agent_id, Uuid::new_v4()).await.unwrap(), None);
-    assert_eq!(store.list_credentials(Uuid::new_v4(), agent_id).await.unwrap(), Vec::new());
-    assert_eq!(store.credential_by_client_id(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_credential(Uuid::new_v4(), agent_id, id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_credential(org_id, Uuid::new_v4(), id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_credential(org_id, agent_id, Uuid::new_v4())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .list_credentials(Uuid::new_v4(), agent_id)
+            .await
+            .unwrap(),
+        Vec::new()
+    );
+    assert_eq!(
+        store.credential_by_client_id(Uuid::new_v4()).await.unwrap(),
+        None
+    );
     // The credential id is not a client id.
     assert_eq!(store.credential_by_client_id(id).await.unwrap(), None);
-    assert_eq!(store.get_credential(org_id, agent_id, id).await.unwrap(), Some(owned));
+    assert_eq!(
+        store.get_credential(org_id, agent_id, id).await.unwrap(),
+        Some(owned)
+    );
 }
 
-pub async fn credentials_are_listed_oldest_first_and_only_for_their_agent<S: Store + 'static>(store: Arc<S>) {
+pub async fn credentials_are_listed_oldest_first_and_only_for_their_agent<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let agent_id = Uuid::new_v4();
     let other_agent = Uuid::new_v4();
@@ -576,18 +913,39 @@ pub async fn credentials_are_listed_oldest_first_and_only_for_their_agent<S: Sto
     store.commit(writes).await.unwrap();
 
     mine.sort_by_key(|c| (c.created_at, c.credential_id));
-    assert_eq!(store.list_credentials(org_id, agent_id).await.unwrap(), mine);
-    assert_eq!(store.list_credentials(org_id, other_agent).await.unwrap(), vec![theirs]);
-    assert_eq!(store.list_credentials(org_id, Uuid::new_v4()).await.unwrap(), Vec::new());
+    assert_eq!(
+        store.list_credentials(org_id, agent_id).await.unwrap(),
+        mine
+    );
+    assert_eq!(
+        store.list_credentials(org_id, other_agent).await.unwrap(),
+        vec![theirs]
+    );
+    assert_eq!(
+        store
+            .list_credentials(org_id, Uuid::new_v4())
+            .await
+            .unwrap(),
+        Vec::new()
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
 // Counters.
 
-pub async fn the_agent_count_stops_at_the_limit_and_moves_both_ways<S: Store + 'static>(store: Arc<S>) {
+pub async fn the_agent_count_stops_at_the_limit_and_moves_both_ways<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
-    let count = |delta: i64, limit: u64| vec![Write::CountAgents { org_id, delta, limit }];
-    let agents = |store: Arc<S>| async move { store.usage(org_id, "2026-03").await.unwrap().agents };
+    let count = |delta: i64, limit: u64| {
+        vec![Write::CountAgents {
+            org_id,
+            delta,
+            limit,
+        }]
+    };
+    let agents =
+        |store: Arc<S>| async move { store.usage(org_id, "2026-03").await.unwrap().agents };
 
     for _ in 0..3 {
         store.commit(count(1, 3)).await.unwrap();
@@ -613,32 +971,88 @@ pub async fn the_agent_count_stops_at_the_limit_and_moves_both_ways<S: Store + '
 
 pub async fn the_agent_count_never_goes_below_zero<S: Store + 'static>(store: Arc<S>) {
     let org_id = Uuid::new_v4();
-    store.commit(vec![Write::CountAgents { org_id, delta: -1, limit: 10 }]).await.unwrap();
+    store
+        .commit(vec![Write::CountAgents {
+            org_id,
+            delta: -1,
+            limit: 10,
+        }])
+        .await
+        .unwrap();
     assert_eq!(store.usage(org_id, "2026-03").await.unwrap().agents, 0);
 
-    store.commit(vec![Write::CountAgents { org_id, delta: 1, limit: 10 }]).await.unwrap();
-    store.commit(vec![Write::CountAgents { org_id, delta: -1, limit: 10 }]).await.unwrap();
-    store.commit(vec![Write::CountAgents { org_id, delta: -1, limit: 10 }]).await.unwrap();
+    store
+        .commit(vec![Write::CountAgents {
+            org_id,
+            delta: 1,
+            limit: 10,
+        }])
+        .await
+        .unwrap();
+    store
+        .commit(vec![Write::CountAgents {
+            org_id,
+            delta: -1,
+            limit: 10,
+        }])
+        .await
+        .unwrap();
+    store
+        .commit(vec![Write::CountAgents {
+            org_id,
+            delta: -1,
+            limit: 10,
+        }])
+        .await
+        .unwrap();
     assert_eq!(store.usage(org_id, "2026-03").await.unwrap().agents, 0);
-    store.commit(vec![Write::CountAgents { org_id, delta: 1, limit: 10 }]).await.unwrap();
+    store
+        .commit(vec![Write::CountAgents {
+            org_id,
+            delta: 1,
+            limit: 10,
+        }])
+        .await
+        .unwrap();
     assert_eq!(store.usage(org_id, "2026-03").await.unwrap().agents, 1);
 }
 
 pub async fn parallel_agent_counts_at_the_limit_never_exceed_it<S: Store + 'static>(store: Arc<S>) {
     let org_id = Uuid::new_v4();
-    let batches = (0..20).map(|_| vec![Write::CountAgents { org_id, delta: 1, limit: 5 }]).collect();
+    let batches = (0..20)
+        .map(|_| {
+            vec![Write::CountAgents {
+                org_id,
+                delta: 1,
+                limit: 5,
+            }]
+        })
+        .collect();
     let results = race(&store, batches).await;
 
     assert_winners(&results, 5);
-    assert_eq!(store.usage(org_id, "2026-03").await.unwrap(), Usage { agents: 5, token_requests: 0 });
+    assert_eq!(
+        store.usage(org_id, "2026-03").await.unwrap(),
+        Usage {
+            agents: 5,
+            token_requests: 0
+        }
+    );
 }
 
-pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_limit<S: Store + 'static>(
+pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_limit<
+    S: Store + 'static,
+>(
     store: Arc<S>,
 ) {
     let org_id = Uuid::new_v4();
-    let request =
-        |org_id: Uuid, month: &str| vec![Write::CountTokenRequest { org_id, month: month.to_owned(), limit: 3 }];
+    let request = |org_id: Uuid, month: &str| {
+        vec![Write::CountTokenRequest {
+            org_id,
+            month: month.to_owned(),
+            limit: 3,
+        }]
+    };
 
     for _ in 0..3 {
         store.commit(request(org_id, "2026-03")).await.unwrap();
@@ -648,57 +1062,130 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
     let other_org = Uuid::new_v4();
     store.commit(request(other_org, "2026-03")).await.unwrap();
 
-    assert_eq!(store.usage(org_id, "2026-03").await.unwrap(), Usage { agents: 0, token_requests: 3 });
-    assert_eq!(store.usage(org_id, "2026-04").await.unwrap(), Usage { agents: 0, token_requests: 1 });
-    assert_eq!(store.usage(org_id, "2026-05").await.unwrap(), Usage { agents: 0, token_requests: 0 });
-    assert_eq!(store.usage(other_org, "2026-03").await.unwrap(), Usage { agents: 0, token_requests: 1 });
+    assert_eq!(
+        store.usage(org_id, "2026-03").await.unwrap(),
+        Usage {
+            agents: 0,
+            token_requests: 3
+        }
+    );
+    assert_eq!(
+        store.usage(org_id, "2026-04").await.unwrap(),
+        Usage {
+            agents: 0,
+            token_requests: 1
+        }
+    );
+    assert_eq!(
+        store.usage(org_id, "2026-05").await.unwrap(),
+        Usage {
+            agents: 0,
+            token_requests: 0
+        }
+    );
+    assert_eq!(
+        store.usage(other_org, "2026-03").await.unwrap(),
+        Usage {
+            agents: 0,
+            token_requests: 1
+        }
+    );
 }
 
-pub async fn parallel_token_requests_at_the_limit_never_exceed_it<S: Store + 'static>(store: Arc<S>) {
+pub async fn parallel_token_requests_at_the_limit_never_exceed_it<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
-    let batches =
-        (0..20).map(|_| vec![Write::CountTokenRequest { org_id, month: "2026-03".into(), limit: 5 }]).collect();
+    let batches = (0..20)
+        .map(|_| {
+            vec![Write::CountTokenRequest {
+                org_id,
+                month: "2026-03".into(),
+                limit: 5,
+            }]
+        })
+        .collect();
     let results = race(&store, batches).await;
 
     assert_winners(&results, 5);
-    assert_eq!(store.usage(org_id, "2026-03").await.unwrap(), Usage { agents: 0, token_requests: 5 });
+    assert_eq!(
+        store.usage(org_id, "2026-03").await.unwrap(),
+        Usage {
+            agents: 0,
+            token_requests: 5
+        }
+    );
 }
 
 pub async fn an_organization_without_counters_has_zero_usage<S: Store + 'static>(store: Arc<S>) {
     let created = org(Plan::Free);
-    store.commit(vec![Write::CreateOrg(created.clone())]).await.unwrap();
-    assert_eq!(store.usage(created.org_id, "2026-03").await.unwrap(), Usage::default());
-    assert_eq!(store.usage(Uuid::new_v4(), "2026-03").await.unwrap(), Usage::default());
+    store
+        .commit(vec![Write::CreateOrg(created.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.usage(created.org_id, "2026-03").await.unwrap(),
+        Usage::default()
+    );
+    assert_eq!(
+        store.usage(Uuid::new_v4(), "2026-03").await.unwrap(),
+        Usage::default()
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
 // Revoked tokens.
 
-pub async fn a_revoked_token_is_reported_and_revoking_it_again_is_harmless<S: Store + 'static>(store: Arc<S>) {
+pub async fn a_revoked_token_is_reported_and_revoking_it_again_is_harmless<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let jti = Uuid::new_v4().to_string();
-    let revoke = Write::RevokeToken { jti: jti.clone(), org_id: Uuid::new_v4(), expires_at: now_ms() + Duration::hours(1) };
+    let revoke = Write::RevokeToken {
+        jti: jti.clone(),
+        org_id: Uuid::new_v4(),
+        expires_at: now_ms() + Duration::hours(1),
+    };
     assert!(!store.is_token_revoked(&jti).await.unwrap());
 
     store.commit(vec![revoke.clone()]).await.unwrap();
     assert!(store.is_token_revoked(&jti).await.unwrap());
     store.commit(vec![revoke]).await.unwrap();
     assert!(store.is_token_revoked(&jti).await.unwrap());
-    assert!(!store.is_token_revoked(&Uuid::new_v4().to_string()).await.unwrap());
+    assert!(
+        !store
+            .is_token_revoked(&Uuid::new_v4().to_string())
+            .await
+            .unwrap()
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
 // Atomic batches.
 
-pub async fn a_failed_name_claim_leaves_neither_the_agent_nor_the_audit_event<S: Store + 'static>(store: Arc<S>) {
+pub async fn a_failed_name_claim_leaves_neither_the_agent_nor_the_audit_event<
+    S: Store + 'static,
+>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     store.commit(vec![claim(org_id, "taken")]).await.unwrap();
 
     let late = agent(org_id, "Taken", now_ms());
-    let event = audit_event(org_id, late.created_at, AuditAction::AgentCreated, Outcome::Success, Some(late.agent_id));
+    let event = audit_event(
+        org_id,
+        late.created_at,
+        AuditAction::AgentCreated,
+        Outcome::Success,
+        Some(late.agent_id),
+    );
     let result = store
         .commit(vec![
             new_agent(&late),
-            Write::ClaimAgentName { org_id, name_key: Agent::name_key(&late.name), agent_id: late.agent_id },
+            Write::ClaimAgentName {
+                org_id,
+                name_key: Agent::name_key(&late.name),
+                agent_id: late.agent_id,
+            },
             Write::Audit(event.clone()),
         ])
         .await;
@@ -708,8 +1195,21 @@ pub async fn a_failed_name_claim_leaves_neither_the_agent_nor_the_audit_event<S:
     assert_eq!(store.list_agents(org_id).await.unwrap(), Vec::new());
     let now = now_ms();
     let not_before = now - Duration::days(1);
-    assert_eq!(store.get_audit_event(org_id, event.event_id, not_before, now).await.unwrap(), None);
-    assert_eq!(store.query_audit(&audit_query(org_id, now)).await.unwrap().events, Vec::new());
+    assert_eq!(
+        store
+            .get_audit_event(org_id, event.event_id, not_before, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .query_audit(&audit_query(org_id, now))
+            .await
+            .unwrap()
+            .events,
+        Vec::new()
+    );
 }
 
 /// State with one of everything, and a batch that touches all of it with every kind of write.
@@ -738,28 +1238,81 @@ async fn fixture<S: Store>(store: &S) -> Fixture {
         .unwrap();
 
     let new_credential = self::credential(org.org_id, agent.agent_id, now_ms());
-    let event = audit_event(org.org_id, now_ms(), AuditAction::AgentUpdated, Outcome::Success, Some(agent.agent_id));
+    let event = audit_event(
+        org.org_id,
+        now_ms(),
+        AuditAction::AgentUpdated,
+        Outcome::Success,
+        Some(agent.agent_id),
+    );
     let jti = Uuid::new_v4().to_string();
     let batch = vec![
-        Write::SetPlan { org_id: org.org_id, plan: Plan::Enterprise },
-        Write::PutAgent { agent: Agent { name: "renamed".into(), version: 2, ..agent.clone() }, expected_version: Some(1) },
+        Write::SetPlan {
+            org_id: org.org_id,
+            plan: Plan::Enterprise,
+        },
+        Write::PutAgent {
+            agent: Agent {
+                name: "renamed".into(),
+                version: 2,
+                ..agent.clone()
+            },
+            expected_version: Some(1),
+        },
         claim(org.org_id, "renamed"),
-        Write::ReleaseAgentName { org_id: org.org_id, name_key: "held".into() },
+        Write::ReleaseAgentName {
+            org_id: org.org_id,
+            name_key: "held".into(),
+        },
         Write::PutCredential {
-            credential: Credential { status: CredentialStatus::Revoked, version: 2, ..credential.clone() },
+            credential: Credential {
+                status: CredentialStatus::Revoked,
+                version: 2,
+                ..credential.clone()
+            },
             expected_version: Some(1),
         },
         self::new_credential(&new_credential),
-        Write::CountAgents { org_id: org.org_id, delta: 1, limit: 10 },
-        Write::CountTokenRequest { org_id: org.org_id, month: "2026-03".into(), limit: 10 },
-        Write::RevokeToken { jti: jti.clone(), org_id: org.org_id, expires_at: now_ms() + Duration::hours(1) },
+        Write::CountAgents {
+            org_id: org.org_id,
+            delta: 1,
+            limit: 10,
+        },
+        Write::CountTokenRequest {
+            org_id: org.org_id,
+            month: "2026-03".into(),
+            limit: 10,
+        },
+        Write::RevokeToken {
+            jti: jti.clone(),
+            org_id: org.org_id,
+            expires_at: now_ms() + Duration::hours(1),
+        },
         Write::Audit(event.clone()),
     ];
-    Fixture { org, agent, credential, new_credential, event, jti, batch }
+    Fixture {
+        org,
+        agent,
+        credential,
+        new_credential,
+        event,
+        jti,
+        batch,
+    }
 }
 
-pub async fn a_failed_last_write_undoes_every_kind_of_earlier_write<S: Store + 'static>(store: Arc<S>) {
-    let Fixture { org, agent, credential, new_credential, event, jti, mut batch } = fixture(&*store).await;
+pub async fn a_failed_last_write_undoes_every_kind_of_earlier_write<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let Fixture {
+        org,
+        agent,
+        credential,
+        new_credential,
+        event,
+        jti,
+        mut batch,
+    } = fixture(&*store).await;
     batch.push(Write::CreateOrg(org.clone()));
     let last = batch.len() - 1;
 
@@ -767,68 +1320,170 @@ pub async fn a_failed_last_write_undoes_every_kind_of_earlier_write<S: Store + '
 
     let org_id = org.org_id;
     assert_eq!(store.get_org(org_id).await.unwrap(), Some(org));
-    assert_eq!(store.get_agent(org_id, agent.agent_id).await.unwrap(), Some(agent));
-    assert_eq!(store.credential_by_client_id(credential.client_id).await.unwrap(), Some(credential));
-    assert_eq!(store.credential_by_client_id(new_credential.client_id).await.unwrap(), None);
-    assert_eq!(store.usage(org_id, "2026-03").await.unwrap(), Usage::default());
+    assert_eq!(
+        store.get_agent(org_id, agent.agent_id).await.unwrap(),
+        Some(agent)
+    );
+    assert_eq!(
+        store
+            .credential_by_client_id(credential.client_id)
+            .await
+            .unwrap(),
+        Some(credential)
+    );
+    assert_eq!(
+        store
+            .credential_by_client_id(new_credential.client_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.usage(org_id, "2026-03").await.unwrap(),
+        Usage::default()
+    );
     assert!(!store.is_token_revoked(&jti).await.unwrap());
     let now = now_ms();
-    assert_eq!(store.get_audit_event(org_id, event.event_id, now - Duration::days(1), now).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_audit_event(org_id, event.event_id, now - Duration::days(1), now)
+            .await
+            .unwrap(),
+        None
+    );
     // The claim made by the batch is free, and the one it released is still held.
     store.commit(vec![claim(org_id, "renamed")]).await.unwrap();
     assert_condition_failed(&store.commit(vec![claim(org_id, "held")]).await, 0);
 }
 
 pub async fn a_batch_of_every_kind_of_write_lands_together<S: Store + 'static>(store: Arc<S>) {
-    let Fixture { org, agent, credential, new_credential, event, jti, batch } = fixture(&*store).await;
+    let Fixture {
+        org,
+        agent,
+        credential,
+        new_credential,
+        event,
+        jti,
+        batch,
+    } = fixture(&*store).await;
 
     store.commit(batch).await.unwrap();
 
     let org_id = org.org_id;
-    assert_eq!(store.get_org(org_id).await.unwrap().map(|o| o.plan), Some(Plan::Enterprise));
-    let renamed = Agent { name: "renamed".into(), version: 2, ..agent.clone() };
-    assert_eq!(store.get_agent(org_id, agent.agent_id).await.unwrap(), Some(renamed));
-    let revoked = Credential { status: CredentialStatus::Revoked, version: 2, ..credential.clone() };
-    assert_eq!(store.credential_by_client_id(credential.client_id).await.unwrap(), Some(revoked));
-    assert_eq!(store.credential_by_client_id(new_credential.client_id).await.unwrap(), Some(new_credential));
-    assert_eq!(store.usage(org_id, "2026-03").await.unwrap(), Usage { agents: 1, token_requests: 1 });
+    assert_eq!(
+        store.get_org(org_id).await.unwrap().map(|o| o.plan),
+        Some(Plan::Enterprise)
+    );
+    let renamed = Agent {
+        name: "renamed".into(),
+        version: 2,
+        ..agent.clone()
+    };
+    assert_eq!(
+        store.get_agent(org_id, agent.agent_id).await.unwrap(),
+        Some(renamed)
+    );
+    let revoked = Credential {
+        status: CredentialStatus::Revoked,
+        version: 2,
+        ..credential.clone()
+    };
+    assert_eq!(
+        store
+            .credential_by_client_id(credential.client_id)
+            .await
+            .unwrap(),
+        Some(revoked)
+    );
+    assert_eq!(
+        store
+            .credential_by_client_id(new_credential.client_id)
+            .await
+            .unwrap(),
+        Some(new_credential)
+    );
+    assert_eq!(
+        store.usage(org_id, "2026-03").await.unwrap(),
+        Usage {
+            agents: 1,
+            token_requests: 1
+        }
+    );
     assert!(store.is_token_revoked(&jti).await.unwrap());
     let now = now_ms();
-    assert_eq!(store.get_audit_event(org_id, event.event_id, now - Duration::days(1), now).await.unwrap(), Some(event));
+    assert_eq!(
+        store
+            .get_audit_event(org_id, event.event_id, now - Duration::days(1), now)
+            .await
+            .unwrap(),
+        Some(event)
+    );
     assert_condition_failed(&store.commit(vec![claim(org_id, "renamed")]).await, 0);
     store.commit(vec![claim(org_id, "held")]).await.unwrap();
 }
 
-pub async fn the_first_failed_condition_is_reported_at_its_index<S: Store + 'static>(store: Arc<S>) {
+pub async fn the_first_failed_condition_is_reported_at_its_index<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     store.commit(vec![claim(org_id, "taken")]).await.unwrap();
-    let harmless = || Write::RevokeToken { jti: Uuid::new_v4().to_string(), org_id, expires_at: now_ms() };
+    let harmless = || Write::RevokeToken {
+        jti: Uuid::new_v4().to_string(),
+        org_id,
+        expires_at: now_ms(),
+    };
 
     for failing in 0..4 {
         let mut batch: Vec<Write> = (0..4).map(|_| harmless()).collect();
         batch[failing] = claim(org_id, "taken");
         assert_condition_failed(&store.commit(batch).await, failing);
     }
-    let two_failures =
-        vec![harmless(), Write::SetPlan { org_id: Uuid::new_v4(), plan: Plan::Free }, claim(org_id, "taken")];
+    let two_failures = vec![
+        harmless(),
+        Write::SetPlan {
+            org_id: Uuid::new_v4(),
+            plan: Plan::Free,
+        },
+        claim(org_id, "taken"),
+    ];
     assert_condition_failed(&store.commit(two_failures).await, 1);
 }
 
 // ----------------------------------------------------------------------------------------------
 // Audit.
 
-pub async fn an_audit_event_with_details_and_actor_reads_back_equal<S: Store + 'static>(store: Arc<S>) {
+pub async fn an_audit_event_with_details_and_actor_reads_back_equal<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let now = now_ms();
-    let event = audit_event(org_id, now - Duration::minutes(1), AuditAction::TokenDenied, Outcome::Failure, Some(Uuid::new_v4()));
+    let event = audit_event(
+        org_id,
+        now - Duration::minutes(1),
+        AuditAction::TokenDenied,
+        Outcome::Failure,
+        Some(Uuid::new_v4()),
+    );
     record_audit(&*store, std::slice::from_ref(&event)).await;
 
-    let got = store.get_audit_event(org_id, event.event_id, now - Duration::days(1), now).await.unwrap();
+    let got = store
+        .get_audit_event(org_id, event.event_id, now - Duration::days(1), now)
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), Some(&event));
-    assert_eq!(store.query_audit(&audit_query(org_id, now)).await.unwrap().events, vec![event]);
+    assert_eq!(
+        store
+            .query_audit(&audit_query(org_id, now))
+            .await
+            .unwrap()
+            .events,
+        vec![event]
+    );
 }
 
-pub async fn an_audit_event_with_every_optional_field_empty_reads_back_equal<S: Store + 'static>(store: Arc<S>) {
+pub async fn an_audit_event_with_every_optional_field_empty_reads_back_equal<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let now = now_ms();
     let event = AuditEvent {
@@ -837,27 +1492,52 @@ pub async fn an_audit_event_with_every_optional_field_empty_reads_back_equal<S: 
         user_agent: None,
         details: serde_json::Map::new(),
         resource: format!("organization/{org_id}"),
-        ..audit_event(org_id, now - Duration::minutes(1), AuditAction::OrganizationCreated, Outcome::Success, None)
+        ..audit_event(
+            org_id,
+            now - Duration::minutes(1),
+            AuditAction::OrganizationCreated,
+            Outcome::Success,
+            None,
+        )
     };
     let client = AuditEvent {
         actor: Actor::client(None),
-        ..audit_event(org_id, now - Duration::minutes(2), AuditAction::TokenDenied, Outcome::Failure, None)
+        ..audit_event(
+            org_id,
+            now - Duration::minutes(2),
+            AuditAction::TokenDenied,
+            Outcome::Failure,
+            None,
+        )
     };
     record_audit(&*store, &[event.clone(), client.clone()]).await;
 
     for expected in [event, client] {
-        let got = store.get_audit_event(org_id, expected.event_id, now - Duration::days(1), now).await.unwrap();
+        let got = store
+            .get_audit_event(org_id, expected.event_id, now - Duration::days(1), now)
+            .await
+            .unwrap();
         assert_eq!(got, Some(expected));
     }
 }
 
-pub async fn audit_events_come_newest_first_with_ties_broken_by_event_id<S: Store + 'static>(store: Arc<S>) {
+pub async fn audit_events_come_newest_first_with_ties_broken_by_event_id<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let now = now_ms();
     let t = now - Duration::hours(1);
     let events: Vec<AuditEvent> = [0, 5, 5, 5, 1, 3, 5, 0]
         .into_iter()
-        .map(|ms| audit_event(org_id, t + Duration::milliseconds(ms), AuditAction::TokenIssued, Outcome::Success, None))
+        .map(|ms| {
+            audit_event(
+                org_id,
+                t + Duration::milliseconds(ms),
+                AuditAction::TokenIssued,
+                Outcome::Success,
+                None,
+            )
+        })
         .collect();
     record_audit(&*store, &events).await;
 
@@ -868,7 +1548,9 @@ pub async fn audit_events_come_newest_first_with_ties_broken_by_event_id<S: Stor
     assert_eq!(page.next, None);
 }
 
-pub async fn paging_through_57_audit_events_ten_at_a_time_yields_each_exactly_once<S: Store + 'static>(
+pub async fn paging_through_57_audit_events_ten_at_a_time_yields_each_exactly_once<
+    S: Store + 'static,
+>(
     store: Arc<S>,
 ) {
     let org_id = Uuid::new_v4();
@@ -882,7 +1564,10 @@ pub async fn paging_through_57_audit_events_ten_at_a_time_yields_each_exactly_on
         .collect();
     record_audit(&*store, &events).await;
 
-    let query = AuditQuery { limit: 10, ..audit_query(org_id, now) };
+    let query = AuditQuery {
+        limit: 10,
+        ..audit_query(org_id, now)
+    };
     let first = store.query_audit(&query).await.unwrap();
     assert_eq!(first.events.len(), 10);
     assert!(first.next.is_some());
@@ -892,32 +1577,62 @@ pub async fn paging_through_57_audit_events_ten_at_a_time_yields_each_exactly_on
     assert_eq!(walked.len(), 57);
 }
 
-pub async fn paging_a_filtered_audit_query_skips_and_repeats_nothing<S: Store + 'static>(store: Arc<S>) {
+pub async fn paging_a_filtered_audit_query_skips_and_repeats_nothing<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let now = now_ms();
     let watched = Uuid::new_v4();
     let other = Uuid::new_v4();
-    let actions = [AuditAction::TokenIssued, AuditAction::TokenDenied, AuditAction::AgentUpdated];
+    let actions = [
+        AuditAction::TokenIssued,
+        AuditAction::TokenDenied,
+        AuditAction::AgentUpdated,
+    ];
     let events: Vec<AuditEvent> = (0..60)
         .map(|i| {
             let at = now - Duration::minutes(10) + Duration::milliseconds(i / 4);
             let subject = if i % 2 == 0 { watched } else { other };
-            let outcome = if i % 5 == 0 { Outcome::Failure } else { Outcome::Success };
+            let outcome = if i % 5 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
             audit_event(org_id, at, actions[i as usize % 3], outcome, Some(subject))
         })
         .collect();
     record_audit(&*store, &events).await;
 
-    let base = AuditQuery { limit: 4, ..audit_query(org_id, now) };
+    let base = AuditQuery {
+        limit: 4,
+        ..audit_query(org_id, now)
+    };
     let queries = [
-        AuditQuery { agent_id: Some(watched), ..base.clone() },
-        AuditQuery { action: Some(AuditAction::TokenDenied), ..base.clone() },
-        AuditQuery { outcome: Some(Outcome::Failure), limit: 3, ..base.clone() },
-        AuditQuery { agent_id: Some(other), action: Some(AuditAction::TokenIssued), ..base.clone() },
+        AuditQuery {
+            agent_id: Some(watched),
+            ..base.clone()
+        },
+        AuditQuery {
+            action: Some(AuditAction::TokenDenied),
+            ..base.clone()
+        },
+        AuditQuery {
+            outcome: Some(Outcome::Failure),
+            limit: 3,
+            ..base.clone()
+        },
+        AuditQuery {
+            agent_id: Some(other),
+            action: Some(AuditAction::TokenIssued),
+            ..base.clone()
+        },
     ];
     for query in queries {
         let expected = expected_audit(&events, &query);
-        assert!(expected.len() > query.limit, "the filter must span several pages");
+        assert!(
+            expected.len() > query.limit,
+            "the filter must span several pages"
+        );
         assert_eq!(walk_audit(&*store, &query).await, expected, "{query:?}");
     }
 }
@@ -926,7 +1641,11 @@ pub async fn audit_queries_filter_by_agent_action_and_outcome<S: Store + 'static
     let org_id = Uuid::new_v4();
     let now = now_ms();
     let agents = [Some(Uuid::new_v4()), Some(Uuid::new_v4()), None];
-    let actions = [AuditAction::AgentCreated, AuditAction::TokenIssued, AuditAction::TokenDenied];
+    let actions = [
+        AuditAction::AgentCreated,
+        AuditAction::TokenIssued,
+        AuditAction::TokenDenied,
+    ];
     let outcomes = [Outcome::Success, Outcome::Failure];
     let mut events = Vec::new();
     let mut at = now - Duration::hours(1);
@@ -943,13 +1662,22 @@ pub async fn audit_queries_filter_by_agent_action_and_outcome<S: Store + 'static
     let base = audit_query(org_id, now);
     let mut queries = vec![base.clone()];
     for subject in agents.iter().flatten() {
-        queries.push(AuditQuery { agent_id: Some(*subject), ..base.clone() });
+        queries.push(AuditQuery {
+            agent_id: Some(*subject),
+            ..base.clone()
+        });
     }
     for action in actions {
-        queries.push(AuditQuery { action: Some(action), ..base.clone() });
+        queries.push(AuditQuery {
+            action: Some(action),
+            ..base.clone()
+        });
     }
     for outcome in outcomes {
-        queries.push(AuditQuery { outcome: Some(outcome), ..base.clone() });
+        queries.push(AuditQuery {
+            outcome: Some(outcome),
+            ..base.clone()
+        });
     }
     queries.push(AuditQuery {
         agent_id: agents[0],
@@ -957,8 +1685,14 @@ pub async fn audit_queries_filter_by_agent_action_and_outcome<S: Store + 'static
         outcome: Some(Outcome::Failure),
         ..base.clone()
     });
-    queries.push(AuditQuery { agent_id: Some(Uuid::new_v4()), ..base.clone() });
-    queries.push(AuditQuery { action: Some(AuditAction::CredentialRotated), ..base.clone() });
+    queries.push(AuditQuery {
+        agent_id: Some(Uuid::new_v4()),
+        ..base.clone()
+    });
+    queries.push(AuditQuery {
+        action: Some(AuditAction::CredentialRotated),
+        ..base.clone()
+    });
 
     for query in queries {
         let page = store.query_audit(&query).await.unwrap();
@@ -967,12 +1701,22 @@ pub async fn audit_queries_filter_by_agent_action_and_outcome<S: Store + 'static
     }
 }
 
-pub async fn audit_queries_keep_to_the_not_before_and_until_window<S: Store + 'static>(store: Arc<S>) {
+pub async fn audit_queries_keep_to_the_not_before_and_until_window<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let org_id = Uuid::new_v4();
     let now = now_ms();
     let t = now - Duration::hours(1);
     let events: Vec<AuditEvent> = (-2..=2)
-        .map(|s| audit_event(org_id, t + Duration::seconds(s), AuditAction::TokenIssued, Outcome::Success, None))
+        .map(|s| {
+            audit_event(
+                org_id,
+                t + Duration::seconds(s),
+                AuditAction::TokenIssued,
+                Outcome::Success,
+                None,
+            )
+        })
         .collect();
     record_audit(&*store, &events).await;
 
@@ -985,18 +1729,43 @@ pub async fn audit_queries_keep_to_the_not_before_and_until_window<S: Store + 's
     assert_eq!(got, expected_audit(&events, &window));
     assert_eq!(got.len(), 3, "both ends of the window are inclusive");
 
-    let open_ended = AuditQuery { not_before: t, ..audit_query(org_id, now) };
-    assert_eq!(store.query_audit(&open_ended).await.unwrap().events, expected_audit(&events, &open_ended));
-    let upper = AuditQuery { until: Some(t), ..audit_query(org_id, now) };
-    assert_eq!(store.query_audit(&upper).await.unwrap().events, expected_audit(&events, &upper));
+    let open_ended = AuditQuery {
+        not_before: t,
+        ..audit_query(org_id, now)
+    };
+    assert_eq!(
+        store.query_audit(&open_ended).await.unwrap().events,
+        expected_audit(&events, &open_ended)
+    );
+    let upper = AuditQuery {
+        until: Some(t),
+        ..audit_query(org_id, now)
+    };
+    assert_eq!(
+        store.query_audit(&upper).await.unwrap().events,
+        expected_audit(&events, &upper)
+    );
     let paged = AuditQuery { limit: 1, ..window };
-    assert_eq!(walk_audit(&*store, &paged).await, expected_audit(&events, &paged));
+    assert_eq!(
+        walk_audit(&*store, &paged).await,
+        expected_audit(&events, &paged)
+    );
 
     let before_retention = events[1].event_id;
-    assert_eq!(store.get_audit_event(org_id, before_retention, t, now).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_audit_event(org_id, before_retention, t, now)
+            .await
+            .unwrap(),
+        None
+    );
     let at_retention_start = &events[2];
     assert_eq!(
-        store.get_audit_event(org_id, at_retention_start.event_id, t, now).await.unwrap().as_ref(),
+        store
+            .get_audit_event(org_id, at_retention_start.event_id, t, now)
+            .await
+            .unwrap()
+            .as_ref(),
         Some(at_retention_start)
     );
 }
@@ -1006,44 +1775,122 @@ pub async fn audit_events_past_their_expiry_are_never_returned<S: Store + 'stati
     let now = now_ms();
     let expiring_at = |expires_at: DateTime<Utc>| AuditEvent {
         expires_at,
-        ..audit_event(org_id, now - Duration::days(2), AuditAction::TokenIssued, Outcome::Success, None)
+        ..audit_event(
+            org_id,
+            now - Duration::days(2),
+            AuditAction::TokenIssued,
+            Outcome::Success,
+            None,
+        )
     };
     let expired = expiring_at(now - Duration::milliseconds(1));
     let expiring_now = expiring_at(now);
     let kept = expiring_at(now + Duration::milliseconds(1));
-    record_audit(&*store, &[expired.clone(), expiring_now.clone(), kept.clone()]).await;
+    record_audit(
+        &*store,
+        &[expired.clone(), expiring_now.clone(), kept.clone()],
+    )
+    .await;
 
     let query = audit_query(org_id, now);
-    assert_eq!(store.query_audit(&query).await.unwrap().events, vec![kept.clone()]);
+    assert_eq!(
+        store.query_audit(&query).await.unwrap().events,
+        vec![kept.clone()]
+    );
     let not_before = now - Duration::days(30);
-    assert_eq!(store.get_audit_event(org_id, expired.event_id, not_before, now).await.unwrap(), None);
-    assert_eq!(store.get_audit_event(org_id, expiring_now.event_id, not_before, now).await.unwrap(), None);
-    assert_eq!(store.get_audit_event(org_id, kept.event_id, not_before, now).await.unwrap(), Some(kept.clone()));
+    assert_eq!(
+        store
+            .get_audit_event(org_id, expired.event_id, not_before, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_audit_event(org_id, expiring_now.event_id, not_before, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_audit_event(org_id, kept.event_id, not_before, now)
+            .await
+            .unwrap(),
+        Some(kept.clone())
+    );
 
     // Seen from before the expiry, the same events are all there.
     let earlier = now - Duration::days(1);
     let from_earlier = audit_query(org_id, earlier);
-    assert_eq!(store.query_audit(&from_earlier).await.unwrap().events.len(), 3);
-    assert_eq!(store.get_audit_event(org_id, expired.event_id, not_before, earlier).await.unwrap(), Some(expired));
+    assert_eq!(
+        store.query_audit(&from_earlier).await.unwrap().events.len(),
+        3
+    );
+    assert_eq!(
+        store
+            .get_audit_event(org_id, expired.event_id, not_before, earlier)
+            .await
+            .unwrap(),
+        Some(expired)
+    );
 }
 
-pub async fn another_organizations_audit_events_are_never_returned<S: Store + 'static>(store: Arc<S>) {
+pub async fn another_organizations_audit_events_are_never_returned<S: Store + 'static>(
+    store: Arc<S>,
+) {
     let mine = Uuid::new_v4();
     let theirs = Uuid::new_v4();
     let now = now_ms();
     let subject = Uuid::new_v4();
     let at = now - Duration::minutes(5);
-    let my_event = audit_event(mine, at, AuditAction::TokenIssued, Outcome::Success, Some(subject));
-    let their_event = audit_event(theirs, at, AuditAction::TokenIssued, Outcome::Success, Some(subject));
+    let my_event = audit_event(
+        mine,
+        at,
+        AuditAction::TokenIssued,
+        Outcome::Success,
+        Some(subject),
+    );
+    let their_event = audit_event(
+        theirs,
+        at,
+        AuditAction::TokenIssued,
+        Outcome::Success,
+        Some(subject),
+    );
     record_audit(&*store, &[my_event.clone(), their_event.clone()]).await;
 
     let not_before = now - Duration::days(1);
-    assert_eq!(store.get_audit_event(mine, their_event.event_id, not_before, now).await.unwrap(), None);
-    assert_eq!(store.get_audit_event(theirs, my_event.event_id, not_before, now).await.unwrap(), None);
-    let by_agent = AuditQuery { agent_id: Some(subject), ..audit_query(mine, now) };
-    assert_eq!(store.query_audit(&by_agent).await.unwrap().events, vec![my_event.clone()]);
-    let by_action = AuditQuery { action: Some(AuditAction::TokenIssued), ..audit_query(mine, now) };
-    assert_eq!(store.query_audit(&by_action).await.unwrap().events, vec![my_event]);
+    assert_eq!(
+        store
+            .get_audit_event(mine, their_event.event_id, not_before, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_audit_event(theirs, my_event.event_id, not_before, now)
+            .await
+            .unwrap(),
+        None
+    );
+    let by_agent = AuditQuery {
+        agent_id: Some(subject),
+        ..audit_query(mine, now)
+    };
+    assert_eq!(
+        store.query_audit(&by_agent).await.unwrap().events,
+        vec![my_event.clone()]
+    );
+    let by_action = AuditQuery {
+        action: Some(AuditAction::TokenIssued),
+        ..audit_query(mine, now)
+    };
+    assert_eq!(
+        store.query_audit(&by_action).await.unwrap().events,
+        vec![my_event]
+    );
     let nobody = audit_query(Uuid::new_v4(), now);
     assert_eq!(store.query_audit(&nobody).await.unwrap().events, Vec::new());
 }
