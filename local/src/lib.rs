@@ -1,0 +1,171 @@
+//! The local server and the operator CLI: the same handlers as the Lambda functions, served
+//! over plain HTTP, on the embedded store by default or on DynamoDB.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentidp_shared::api::{self, ApiRequest};
+use agentidp_shared::config::Config;
+use agentidp_shared::domain::audit::RequestContext;
+use agentidp_shared::domain::time::SystemClock;
+use agentidp_shared::service::Idp;
+use agentidp_shared::service::orgs::BootstrappedOrg;
+use agentidp_shared::signing::{KeySource, SecretsManagerKeys};
+use agentidp_shared::store::Store;
+use agentidp_shared::store::dynamo::{DynamoStore, TableNames, client_from_env, ensure_tables};
+use agentidp_shared::store::sqlite::SqliteStore;
+use axum::extract::{ConnectInfo, State};
+use serde_json::json;
+
+pub const DEFAULT_DATA_DIR: &str = ".agentidp";
+pub const DATABASE_FILE: &str = "agentidp.db";
+pub const KEYS_FILE: &str = "signing-keys.json";
+pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
+/// Table names the local server uses on DynamoDB when `AGENTIDP_*_TABLE` are not set.
+pub const LOCAL_TABLE_PREFIX: &str = "agentidp-local-";
+/// Bodies are read up to this much before the API's own 64 KiB limit answers 413.
+const READ_LIMIT: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// SQLite in the data directory: durable, no services needed.
+    Embedded,
+    /// DynamoDB, as the SDK's environment configures it (`AWS_ENDPOINT_URL_DYNAMODB` for
+    /// DynamoDB Local). Missing tables are created.
+    Dynamodb,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub kind: StoreKind,
+    pub data_dir: PathBuf,
+}
+
+pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
+    match options.kind {
+        StoreKind::Embedded => {
+            std::fs::create_dir_all(&options.data_dir)
+                .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
+            let store = SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Dynamodb => {
+            let names = TableNames::from_env()
+                .unwrap_or_else(|_| TableNames::with_prefix(LOCAL_TABLE_PREFIX));
+            let client = client_from_env().await;
+            ensure_tables(&client, &names)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(DynamoStore::new(client, names)))
+        }
+    }
+}
+
+/// Signing keys: Secrets Manager when `AGENTIDP_SIGNING_KEY_SECRET_ID` is set, else the data
+/// directory's key file, generated on first start.
+pub async fn key_source(config: &Config, data_dir: &Path) -> Result<KeySource, String> {
+    match std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID") {
+        Ok(secret_id) => {
+            let sdk = agentidp_shared::aws::sdk_config().await;
+            let client = agentidp_shared::aws::SecretsManagerClient::new(&sdk);
+            Ok(KeySource::SecretsManager(SecretsManagerKeys::new(
+                client,
+                secret_id,
+                agentidp_shared::aws::KEY_REFRESH,
+            )))
+        }
+        Err(_) => {
+            KeySource::load_or_create_file(&data_dir.join(KEYS_FILE), config.signing_algorithm)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+pub async fn build_idp(config: Config, options: &StoreOptions) -> Result<Arc<Idp>, String> {
+    let store = open_store(options).await?;
+    let keys = key_source(&config, &options.data_dir).await?;
+    let idp = Idp::new(config, store, keys, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+    Ok(Arc::new(idp))
+}
+
+/// The credential file an operator reads after first start.
+pub fn bootstrap_json(bootstrapped: &BootstrappedOrg) -> serde_json::Value {
+    json!({
+        "orgId": bootstrapped.org.org_id,
+        "clientId": bootstrapped.admin.credential.client_id,
+        "clientSecret": bootstrapped.admin.client_secret.expose(),
+    })
+}
+
+/// On first start, with no organization yet, creates the default one and keeps its bootstrap
+/// admin credential in `<data-dir>/bootstrap.json` (mode 0600).
+pub async fn bootstrap_if_empty(
+    idp: &Arc<Idp>,
+    data_dir: &Path,
+) -> Result<Option<BootstrappedOrg>, String> {
+    if !idp.list_orgs().await.map_err(|e| e.to_string())?.is_empty() {
+        return Ok(None);
+    }
+    let bootstrapped = idp
+        .create_org("default", agentidp_shared::domain::Plan::Free)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text =
+        serde_json::to_string_pretty(&bootstrap_json(&bootstrapped)).map_err(|e| e.to_string())?;
+    agentidp_shared::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", data_dir.join(BOOTSTRAP_FILE).display()))?;
+    Ok(Some(bootstrapped))
+}
+
+async fn forward(
+    State(idp): State<Arc<Idp>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let response = match axum::body::to_bytes(body, READ_LIMIT).await {
+        Ok(body) => {
+            let user_agent = parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let request = ApiRequest {
+                method: parts.method,
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                headers: parts.headers,
+                body: body.to_vec(),
+                context: RequestContext {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    source_ip: Some(peer.ip().to_string()),
+                    user_agent,
+                },
+            };
+            api::handle(&idp, None, request).await
+        }
+        Err(_) => api::ApiError::PayloadTooLarge.into_response(),
+    };
+    let (parts, body) = response.into_parts();
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+pub fn router(idp: Arc<Idp>) -> axum::Router {
+    axum::Router::new().fallback(forward).with_state(idp)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    idp: Arc<Idp>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(idp).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

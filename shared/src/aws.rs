@@ -1,0 +1,26 @@
+//! AWS SDK set-up shared by the functions, the local server and the CLI.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+pub use aws_config::SdkConfig;
+use aws_config::timeout::TimeoutConfig;
+pub use aws_sdk_secretsmanager::Client as SecretsManagerClient;
+
+/// How long a warm instance uses the signing keys it read before reading them again, so a
+/// rotation reaches every instance within this time.
+pub const KEY_REFRESH: Duration = Duration::from_secs(300);
+
+/// The SDK configuration from the environment, with timeouts short enough that an unreachable
+/// dependency fails a request quickly (503) instead of hanging until Lambda's own timeout.
+pub async fn sdk_config() -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(12))
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await
+}

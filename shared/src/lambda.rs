@@ -1,0 +1,58 @@
+//! The Lambda front end: API Gateway HTTP API (payload 2.0) events in, responses out. Each
+//! function's `main` builds an [`Idp`] once per cold start and hands every event here.
+
+use std::sync::Arc;
+
+use lambda_http::request::RequestContext as GatewayContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use crate::api::{self, ApiRequest, FunctionGroup};
+use crate::domain::audit::RequestContext;
+use crate::service::Idp;
+
+/// Turns an API Gateway event into the request every endpoint takes.
+pub fn api_request(request: Request) -> ApiRequest {
+    let (request_id, source_ip, gateway_user_agent) = match request.request_context_ref() {
+        Some(GatewayContext::ApiGatewayV2(context)) => (
+            context.request_id.clone(),
+            context.http.source_ip.clone(),
+            context.http.user_agent.clone(),
+        ),
+        _ => (None, None, None),
+    };
+    let (parts, body) = request.into_parts();
+    let user_agent = gateway_user_agent.or_else(|| {
+        parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts.headers,
+        body: body.to_vec(),
+        context: RequestContext {
+            request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            source_ip,
+            user_agent,
+        },
+    }
+}
+
+pub async fn handle(
+    idp: &Arc<Idp>,
+    group: FunctionGroup,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let response = api::handle(idp, Some(group), api_request(request)).await;
+    let (parts, body) = response.into_parts();
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Text(String::from_utf8_lossy(&body).into_owned())
+    };
+    Ok(Response::from_parts(parts, body))
+}
