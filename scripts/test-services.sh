@@ -219,5 +219,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     echo "export AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB AGENTIDP_TEST_MOTO_ENDPOINT=$AGENTIDP_TEST_MOTO_ENDPOINT" \
         "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true"
     echo "Services are up; press Ctrl-C to stop them."
-    while true; do sleep 3600; done
+    # Waiting on a background sleep, not a foreground one, lets the INT/TERM trap run at once;
+    # stop_test_services ends the sleep along with the services.
+    sleep infinity &
+    _AGENTIDP_SERVICES_PIDS="$_AGENTIDP_SERVICES_PIDS $!"
+    wait
 fi

@@ -56,3 +56,30 @@ pub async fn handle(
     };
     Ok(Response::from_parts(parts, body))
 }
+
+/// Everything a function needs, from its environment: the configuration, DynamoDB tables named
+/// by `AGENTIDP_*_TABLE`, and signing keys from the Secrets Manager secret
+/// `AGENTIDP_SIGNING_KEY_SECRET_ID`. The keys are read lazily, so a cold start with Secrets
+/// Manager unreachable still starts, answers 503, and recovers on a later call.
+pub async fn idp_from_env() -> Result<Arc<Idp>, String> {
+    let config = crate::config::Config::from_env().map_err(|e| e.to_string())?;
+    let tables = crate::store::dynamo::TableNames::from_env()?;
+    let secret_id = std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID").map_err(|_| {
+        "environment variable AGENTIDP_SIGNING_KEY_SECRET_ID is required but not set".to_owned()
+    })?;
+    let sdk = crate::aws::sdk_config().await;
+    let store = crate::store::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+    let keys = crate::signing::KeySource::SecretsManager(crate::signing::SecretsManagerKeys::new(
+        crate::aws::SecretsManagerClient::new(&sdk),
+        secret_id,
+        crate::aws::KEY_REFRESH,
+    ));
+    let idp = Idp::new(
+        config,
+        Arc::new(store),
+        keys,
+        Arc::new(crate::domain::time::SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(idp))
+}

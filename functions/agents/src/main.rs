@@ -1,1 +1,15 @@
-fn main() {}
+//! The agents function: a thin binary over the shared handlers. `main` only initialises; the
+//! handler borrows what it built for every event of this warm instance.
+
+use agentidp_shared::api::FunctionGroup;
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    agentidp_shared::telemetry::init(true);
+    let idp = agentidp_shared::lambda::idp_from_env().await?;
+    run(service_fn(|request| {
+        agentidp_shared::lambda::handle(&idp, FunctionGroup::Agents, request)
+    }))
+    .await
+}
