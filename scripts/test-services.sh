@@ -38,6 +38,16 @@ _agentidp_log() {
     echo "test-services: $*" >&2
 }
 
+# Whether the process runs. A service that has exited can stay a zombie until something reaps
+# it (the shell that started it has moved on), and kill -0 still succeeds on a zombie.
+_agentidp_alive() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    # The state letter follows the command name, which is in parentheses.
+    stat="${stat##*) }"
+    [ "${stat:0:1}" != Z ]
+}
+
 # A port that was free a moment ago. The service is started on it right away, and a start that
 # loses the race for it is retried on another (see _agentidp_start_with_retries).
 _agentidp_free_port() {
@@ -98,7 +108,7 @@ _agentidp_ensure_moto() {
 _agentidp_wait_http() {
     local pid=$1 port=$2 name=$3 i code
     for i in $(seq 1 300); do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! _agentidp_alive "$pid"; then
             return 1
         fi
         code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null)"
@@ -195,10 +205,10 @@ stop_test_services() {
     for pid in ${_AGENTIDP_SERVICES_PIDS:-}; do
         kill "$pid" 2>/dev/null || continue
         for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
+            _agentidp_alive "$pid" || break
             sleep 0.1
         done
-        kill -9 "$pid" 2>/dev/null
+        _agentidp_alive "$pid" && kill -9 "$pid" 2>/dev/null
     done
     _AGENTIDP_SERVICES_PIDS=""
     if [ -n "${_AGENTIDP_SERVICES_LOGS:-}" ]; then

@@ -1,0 +1,247 @@
+//! The end-to-end harness: a real local server on a loopback port, over the embedded store or
+//! DynamoDB Local, called over real HTTP. The clock is a manual one, so expiry is testable.
+
+
+use std::sync::{Arc, LazyLock};
+
+use agentidp_shared::config::Config;
+use agentidp_shared::domain::Plan;
+use agentidp_shared::domain::time::ManualClock;
+use agentidp_shared::service::Idp;
+use agentidp_shared::signing::{KeySet, KeySetDocument, KeySource, SigningAlgorithm};
+use agentidp_shared::store::Store;
+use agentidp_shared::store::dynamo::{DynamoStore, TableNames, ensure_tables};
+use agentidp_shared::store::sqlite::SqliteStore;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+pub const TEST_BCRYPT_COST: u32 = 4;
+
+pub async fn embedded_store() -> Arc<dyn Store> {
+    Arc::new(SqliteStore::in_memory().unwrap())
+}
+
+static TABLES: LazyLock<TableNames> = LazyLock::new(|| TableNames::with_prefix(&format!("e2e-{}-", uuid::Uuid::new_v4().simple())));
+static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
+
+/// DynamoDB Local, as `scripts/test.sh` starts it. Without it the test fails: it never passes
+/// without having run.
+pub async fn dynamodb_store() -> Arc<dyn Store> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .unwrap_or_else(|_| panic!("AWS_ENDPOINT_URL_DYNAMODB is not set: run scripts/test.sh, which starts DynamoDB Local"));
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "e2e"))
+        .endpoint_url(endpoint)
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    TABLES_CREATED.get_or_init(|| async { ensure_tables(&client, &TABLES).await.unwrap() }).await;
+    Arc::new(DynamoStore::new(client, TABLES.clone()))
+}
+
+/// A key set made once per test process: RSA key generation is the slow part of start-up.
+static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| {
+    let document = KeySetDocument::generate(SigningAlgorithm::RS256, chrono::Utc::now()).unwrap();
+    Arc::new(KeySet::from_document(&document).unwrap())
+});
+
+pub struct Admin {
+    pub org_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+
+    pub fn oauth_error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_default()
+    }
+
+    pub fn str(&self, field: &str) -> String {
+        self.body[field].as_str().unwrap_or_else(|| panic!("no string {field} in {}", self.text)).to_owned()
+    }
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub idp: Arc<Idp>,
+    pub clock: ManualClock,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(store: Arc<dyn Store>) -> Self {
+        Self::start_with(store, |_| {}).await
+    }
+
+    pub async fn start_with(store: Arc<dyn Store>, adjust: impl FnOnce(&mut Config)) -> Self {
+        agentidp_shared::telemetry::init(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = Config::from_lookup(|name| match name {
+            "AGENTIDP_ISSUER" => Some(base.clone()),
+            "AGENTIDP_BCRYPT_COST" => Some(TEST_BCRYPT_COST.to_string()),
+            _ => None,
+        })
+        .unwrap();
+        adjust(&mut config);
+        let clock = ManualClock::starting_at(chrono::Utc::now());
+        let idp = Arc::new(Idp::new(config, store, KeySource::Fixed(KEYS.clone()), Arc::new(clock.clone())).unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = idp.clone();
+        tokio::spawn(async move {
+            agentidp_local::serve(listener, served, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { base, idp, clock, http: reqwest::Client::new(), shutdown: Some(tx) }
+    }
+
+    /// A new organization with its bootstrap admin, as `agentidp-admin create-org` makes it.
+    pub async fn new_org(&self, name: &str) -> Admin {
+        let created = self.idp.create_org(name, Plan::Free).await.unwrap();
+        Admin {
+            org_id: created.org.org_id.to_string(),
+            client_id: created.admin.credential.client_id.to_string(),
+            client_secret: created.admin.client_secret.expose().to_owned(),
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Response {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) };
+        Response { status, headers, body, text }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// A management call with an optional bearer token and JSON body.
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
+        let mut request = self.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    /// `POST /token` with client_secret_basic.
+    pub async fn token_request(&self, client_id: &str, secret: &str, scope: Option<&str>) -> Response {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        self.send(self.request(Method::POST, "/api/v1/token").basic_auth(client_id, Some(secret)).form(&form)).await
+    }
+
+    pub async fn token(&self, client_id: &str, secret: &str) -> String {
+        let response = self.token_request(client_id, secret, None).await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        response.str("access_token")
+    }
+
+    pub async fn admin_token(&self, admin: &Admin) -> String {
+        self.token(&admin.client_id, &admin.client_secret).await
+    }
+
+    pub async fn introspect(&self, caller_token: &str, token: &str) -> Value {
+        let response = self
+            .send(self.request(Method::POST, "/api/v1/token/introspect").bearer_auth(caller_token).form(&[("token", token)]))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        response.body
+    }
+
+    /// Registers an agent and returns its id.
+    pub async fn create_agent(&self, token: &str, name: &str, scopes: &[&str]) -> String {
+        let response =
+            self.call(Method::POST, "/api/v1/agents", Some(token), Some(serde_json::json!({"name": name, "scopes": scopes}))).await;
+        assert_eq!(response.status, 201, "{}", response.text);
+        response.str("agentId")
+    }
+
+    /// Generates a credential and returns (credentialId, clientId, clientSecret).
+    pub async fn create_credential(&self, token: &str, agent_id: &str) -> (String, String, String) {
+        let response =
+            self.call(Method::POST, &format!("/api/v1/agents/{agent_id}/credentials"), Some(token), Some(serde_json::json!({}))).await;
+        assert_eq!(response.status, 201, "{}", response.text);
+        (response.str("credentialId"), response.str("clientId"), response.str("clientSecret"))
+    }
+
+    /// Every audit event of the caller's organization, newest first, following cursors.
+    pub async fn audit_events(&self, token: &str, query: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/audit?limit=200{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let response = self.call(Method::GET, &path, Some(token), None).await;
+            assert_eq!(response.status, 200, "{}", response.text);
+            events.extend(response.body["data"].as_array().unwrap().iter().cloned());
+            match response.body["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return events,
+            }
+        }
+    }
+}
+
+/// Expands the given async test functions, each taking a `TestServer`-making store, into one
+/// test per store: `embedded` and `dynamodb` modules.
+#[macro_export]
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::embedded_store().await).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::dynamodb_store().await).await;
+                }
+            )*
+        }
+    };
+}
