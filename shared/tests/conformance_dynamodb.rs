@@ -36,12 +36,10 @@ static TABLES: LazyLock<TableNames> = LazyLock::new(|| {
 static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
 
 fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL_DYNAMODB is not set. These tests need DynamoDB Local: run scripts/test.sh, \
-             or `source scripts/test-services.sh && start_test_services` and then cargo test."
-        )
-    })
+    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect(
+        "AWS_ENDPOINT_URL_DYNAMODB is not set. These tests need DynamoDB Local: run scripts/test.sh, \
+         or `source scripts/test-services.sh && start_test_services` and then cargo test",
+    )
 }
 
 /// A client for `endpoint` with dummy credentials, which DynamoDB Local accepts. Built per test:

@@ -48,7 +48,6 @@ static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| {
 });
 
 pub struct Admin {
-    pub org_id: String,
     pub client_id: String,
     pub client_secret: String,
 }
@@ -100,7 +99,6 @@ impl TestServer {
     }
 
     pub async fn start_with(store: Arc<dyn Store>, adjust: impl FnOnce(&mut Config)) -> Self {
-        agentidp_shared::telemetry::init(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = Config::from_lookup(|name| match name {
@@ -128,7 +126,6 @@ impl TestServer {
     pub async fn new_org(&self, name: &str) -> Admin {
         let created = self.idp.create_org(name, Plan::Free).await.unwrap();
         Admin {
-            org_id: created.org.org_id.to_string(),
             client_id: created.admin.credential.client_id.to_string(),
             client_secret: created.admin.client_secret.expose().to_owned(),
         }
@@ -244,4 +241,11 @@ macro_rules! per_store {
             )*
         }
     };
+}
+
+impl TestServer {
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        use agentidp_shared::domain::time::Clock;
+        self.clock.now()
+    }
 }

@@ -21,7 +21,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete,
     GlobalSecondaryIndex, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType,
-    Put, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+    Put, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    TransactWriteItem, Update,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
@@ -270,53 +271,81 @@ pub async fn client_from_env() -> Client {
     Client::new(&config)
 }
 
-/// Creates every table of `names` that does not exist yet, with its keys, indexes and TTL, and
-/// waits until it is active. Existing tables are left as they are.
+/// Creates every table of `names` that does not exist yet, with its keys and indexes, waits
+/// until it is active, and turns its TTL on if it is not. Existing tables keep their keys.
 pub async fn ensure_tables(client: &Client, names: &TableNames) -> StoreResult<()> {
     for spec in &TABLE_SPECS {
         let name = names.name(spec.role);
-        match client.describe_table().table_name(name).send().await {
-            Ok(_) => continue,
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
-            Err(err) => return Err(sdk_error("DescribeTable", err)),
-        }
-        let created = client
-            .create_table()
-            .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .set_attribute_definitions(Some(attribute_definitions(spec)?))
-            .set_key_schema(Some(key_schema(&spec.key)?))
-            .set_global_secondary_indexes(global_secondary_indexes(spec)?)
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            // Another process created it between our describe and create.
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-            Err(err) => return Err(sdk_error("CreateTable", err)),
-        }
+        create_table_if_missing(client, spec, name).await?;
         wait_until_active(client, name).await?;
         if let Some(attribute) = spec.ttl_attribute {
-            let ttl = TimeToLiveSpecification::builder()
-                .enabled(true)
-                .attribute_name(attribute)
-                .build()
-                .map_err(build_error)?;
-            client
-                .update_time_to_live()
-                .table_name(name)
-                .time_to_live_specification(ttl)
-                .send()
-                .await
-                .map_err(|err| sdk_error("UpdateTimeToLive", err))?;
+            enable_ttl(client, name, attribute).await?;
         }
     }
+    Ok(())
+}
+
+async fn create_table_if_missing(client: &Client, spec: &TableSpec, name: &str) -> StoreResult<()> {
+    match client.describe_table().table_name(name).send().await {
+        Ok(_) => return Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+        Err(err) => return Err(sdk_error("DescribeTable", err)),
+    }
+    let created = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(attribute_definitions(spec)?))
+        .set_key_schema(Some(key_schema(&spec.key)?))
+        .set_global_secondary_indexes(global_secondary_indexes(spec)?)
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another process created it between the describe and the create.
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(sdk_error("CreateTable", err)),
+    }
+}
+
+/// Checked first, because DynamoDB refuses to enable a TTL that is already on.
+async fn enable_ttl(client: &Client, name: &str, attribute: &str) -> StoreResult<()> {
+    let described = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await
+        .map_err(|err| sdk_error("DescribeTimeToLive", err))?;
+    let status = described
+        .time_to_live_description()
+        .and_then(|ttl| ttl.time_to_live_status());
+    if matches!(
+        status,
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ) {
+        return Ok(());
+    }
+    let ttl = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(attribute)
+        .build()
+        .map_err(build_error)?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+        .map_err(|err| sdk_error("UpdateTimeToLive", err))?;
     Ok(())
 }
 
