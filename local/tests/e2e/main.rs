@@ -1,8 +1,16 @@
 //! End-to-end tests over real HTTP against the local server, each on the embedded store and on
 //! DynamoDB Local (started by `scripts/test.sh`).
 
-#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test fails loudly on the first surprise")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 mod support;
 
 mod credentials;
+mod lifecycle;
+mod oauth;
+mod scopes;

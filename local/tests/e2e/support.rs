@@ -1,7 +1,6 @@
 //! The end-to-end harness: a real local server on a loopback port, over the embedded store or
 //! DynamoDB Local, called over real HTTP. The clock is a manual one, so expiry is testable.
 
-
 use std::sync::{Arc, LazyLock};
 
 use agentidp_shared::config::Config;
@@ -22,22 +21,30 @@ pub async fn embedded_store() -> Arc<dyn Store> {
     Arc::new(SqliteStore::in_memory().unwrap())
 }
 
-static TABLES: LazyLock<TableNames> = LazyLock::new(|| TableNames::with_prefix(&format!("e2e-{}-", uuid::Uuid::new_v4().simple())));
+static TABLES: LazyLock<TableNames> =
+    LazyLock::new(|| TableNames::with_prefix(&format!("e2e-{}-", uuid::Uuid::new_v4().simple())));
 static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
 
 /// DynamoDB Local, as `scripts/test.sh` starts it. Without it the test fails: it never passes
 /// without having run.
 pub async fn dynamodb_store() -> Arc<dyn Store> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .unwrap_or_else(|_| panic!("AWS_ENDPOINT_URL_DYNAMODB is not set: run scripts/test.sh, which starts DynamoDB Local"));
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL_DYNAMODB is not set: run scripts/test.sh, which starts DynamoDB Local"
+        )
+    });
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "e2e"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "e2e",
+        ))
         .endpoint_url(endpoint)
         .build();
     let client = aws_sdk_dynamodb::Client::from_conf(config);
-    TABLES_CREATED.get_or_init(|| async { ensure_tables(&client, &TABLES).await.unwrap() }).await;
+    TABLES_CREATED
+        .get_or_init(|| async { ensure_tables(&client, &TABLES).await.unwrap() })
+        .await;
     Arc::new(DynamoStore::new(client, TABLES.clone()))
 }
 
@@ -73,7 +80,10 @@ impl Response {
     }
 
     pub fn str(&self, field: &str) -> String {
-        self.body[field].as_str().unwrap_or_else(|| panic!("no string {field} in {}", self.text)).to_owned()
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {field} in {}", self.text))
+            .to_owned()
     }
 }
 
@@ -109,7 +119,15 @@ impl TestServer {
         .unwrap();
         adjust(&mut config);
         let clock = ManualClock::starting_at(chrono::Utc::now());
-        let idp = Arc::new(Idp::new(config, store, KeySource::Fixed(KEYS.clone()), Arc::new(clock.clone())).unwrap());
+        let idp = Arc::new(
+            Idp::new(
+                config,
+                store,
+                KeySource::Fixed(KEYS.clone()),
+                Arc::new(clock.clone()),
+            )
+            .unwrap(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = idp.clone();
         tokio::spawn(async move {
@@ -119,7 +137,13 @@ impl TestServer {
             .await
             .unwrap();
         });
-        Self { base, idp, clock, http: reqwest::Client::new(), shutdown: Some(tx) }
+        Self {
+            base,
+            idp,
+            clock,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+        }
     }
 
     /// A new organization with its bootstrap admin, as `agentidp-admin create-org` makes it.
@@ -136,8 +160,17 @@ impl TestServer {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) };
-        Response { status, headers, body, text }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        Response {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -145,7 +178,13 @@ impl TestServer {
     }
 
     /// A management call with an optional bearer token and JSON body.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
         let mut request = self.request(method, path);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -157,12 +196,22 @@ impl TestServer {
     }
 
     /// `POST /token` with client_secret_basic.
-    pub async fn token_request(&self, client_id: &str, secret: &str, scope: Option<&str>) -> Response {
+    pub async fn token_request(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Response {
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(scope) = scope {
             form.push(("scope", scope));
         }
-        self.send(self.request(Method::POST, "/api/v1/token").basic_auth(client_id, Some(secret)).form(&form)).await
+        self.send(
+            self.request(Method::POST, "/api/v1/token")
+                .basic_auth(client_id, Some(secret))
+                .form(&form),
+        )
+        .await
     }
 
     pub async fn token(&self, client_id: &str, secret: &str) -> String {
@@ -177,7 +226,11 @@ impl TestServer {
 
     pub async fn introspect(&self, caller_token: &str, token: &str) -> Value {
         let response = self
-            .send(self.request(Method::POST, "/api/v1/token/introspect").bearer_auth(caller_token).form(&[("token", token)]))
+            .send(
+                self.request(Method::POST, "/api/v1/token/introspect")
+                    .bearer_auth(caller_token)
+                    .form(&[("token", token)]),
+            )
             .await;
         assert_eq!(response.status, 200, "{}", response.text);
         response.body
@@ -185,18 +238,34 @@ impl TestServer {
 
     /// Registers an agent and returns its id.
     pub async fn create_agent(&self, token: &str, name: &str, scopes: &[&str]) -> String {
-        let response =
-            self.call(Method::POST, "/api/v1/agents", Some(token), Some(serde_json::json!({"name": name, "scopes": scopes}))).await;
+        let response = self
+            .call(
+                Method::POST,
+                "/api/v1/agents",
+                Some(token),
+                Some(serde_json::json!({"name": name, "scopes": scopes})),
+            )
+            .await;
         assert_eq!(response.status, 201, "{}", response.text);
         response.str("agentId")
     }
 
     /// Generates a credential and returns (credentialId, clientId, clientSecret).
     pub async fn create_credential(&self, token: &str, agent_id: &str) -> (String, String, String) {
-        let response =
-            self.call(Method::POST, &format!("/api/v1/agents/{agent_id}/credentials"), Some(token), Some(serde_json::json!({}))).await;
+        let response = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/agents/{agent_id}/credentials"),
+                Some(token),
+                Some(serde_json::json!({})),
+            )
+            .await;
         assert_eq!(response.status, 201, "{}", response.text);
-        (response.str("credentialId"), response.str("clientId"), response.str("clientSecret"))
+        (
+            response.str("credentialId"),
+            response.str("clientId"),
+            response.str("clientSecret"),
+        )
     }
 
     /// Every audit event of the caller's organization, newest first, following cursors.

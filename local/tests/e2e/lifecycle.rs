@@ -1,0 +1,340 @@
+//! Agents through their lifecycle: register, read, change, suspend, reactivate, decommission.
+
+use std::sync::Arc;
+
+use agentidp_shared::store::Store;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::TestServer;
+
+async fn registering_an_agent_returns_every_field_and_names_are_unique(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let body = json!({
+        "name": "invoice-reader",
+        "description": "Reads invoices",
+        "owner": "finance@acme.example",
+        "capabilities": ["invoices.read", "summarize"],
+        "scopes": ["invoices:read"],
+        "metadata": {"team": "finance"}
+    });
+    let created = server
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(&token),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    for field in [
+        "name",
+        "description",
+        "owner",
+        "capabilities",
+        "scopes",
+        "metadata",
+    ] {
+        assert_eq!(created.body[field], body[field], "{field}");
+    }
+    assert_eq!(created.body["status"], "active");
+    assert_eq!(created.body["decommissionedAt"], json!(null));
+    let agent_id = created.str("agentId");
+
+    let fetched = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(fetched.body, created.body);
+
+    let same_name = server
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(&token),
+            Some(json!({"name": "Invoice-Reader"})),
+        )
+        .await;
+    assert_eq!(
+        (same_name.status, same_name.code()),
+        (409, "AGENT_NAME_TAKEN")
+    );
+
+    let listed = server
+        .call(
+            Method::GET,
+            "/api/v1/agents?status=active",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    // The bootstrap admin agent and the new one.
+    assert_eq!(listed.body["total"], 2);
+}
+
+async fn invalid_agent_bodies_are_refused_field_by_field(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    for (body, field) in [
+        (json!({}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "a".repeat(129)}), "name"),
+        (json!({"name": "a\u{202E}b"}), "name"),
+        (json!({"name": 7}), "name"),
+        (json!({"name": "ok", "scopes": ["has space"]}), "scopes[0]"),
+        (json!({"name": "ok", "capabilities": "x"}), "capabilities"),
+        (json!({"name": "ok", "metadata": {"k": 1}}), "metadata.k"),
+        (json!({"name": "ok", "colour": "red"}), "colour"),
+    ] {
+        let refused = server
+            .call(
+                Method::POST,
+                "/api/v1/agents",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (400, "VALIDATION_ERROR"),
+            "{body}"
+        );
+        assert_eq!(
+            refused.body["details"][0]["field"], field,
+            "{body}: {}",
+            refused.text
+        );
+    }
+    let not_json = server
+        .send(
+            server
+                .request(Method::POST, "/api/v1/agents")
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await;
+    assert_eq!(
+        (not_json.status, not_json.code()),
+        (400, "VALIDATION_ERROR")
+    );
+    let wrong_type = server
+        .send(
+            server
+                .request(Method::POST, "/api/v1/agents")
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(
+        (wrong_type.status, wrong_type.code()),
+        (415, "UNSUPPORTED_MEDIA_TYPE")
+    );
+    let too_large = server
+        .send(
+            server
+                .request(Method::POST, "/api/v1/agents")
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(format!("{{\"name\":\"{}\"}}", "a".repeat(70 * 1024))),
+        )
+        .await;
+    assert_eq!(
+        (too_large.status, too_large.code()),
+        (413, "PAYLOAD_TOO_LARGE")
+    );
+    let listed = server
+        .call(Method::GET, "/api/v1/agents", Some(&token), None)
+        .await;
+    assert_eq!(listed.body["total"], 1, "nothing was written");
+}
+
+async fn patch_changes_fields_and_renames_free_the_old_name(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&token, "alpha", &[]).await;
+    let path = format!("/api/v1/agents/{agent}");
+    let changed = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"name": "beta", "description": "second", "metadata": {"a": "b"}})),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    assert_eq!(
+        (
+            changed.body["name"].as_str(),
+            changed.body["description"].as_str()
+        ),
+        (Some("beta"), Some("second"))
+    );
+    let cleared = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"description": null})),
+        )
+        .await;
+    assert_eq!(cleared.body["description"], json!(null));
+    // The old name is free again; the new one is taken.
+    server.create_agent(&token, "alpha", &[]).await;
+    let taken = server
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(&token),
+            Some(json!({"name": "beta"})),
+        )
+        .await;
+    assert_eq!(taken.code(), "AGENT_NAME_TAKEN");
+    let bad = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"status": "decommissioned"})),
+        )
+        .await;
+    assert_eq!((bad.status, bad.code()), (400, "VALIDATION_ERROR"));
+}
+
+async fn a_suspended_agent_gets_no_tokens_and_its_tokens_are_inactive_until_reactivated(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&token, "bot", &["data:read"]).await;
+    let (_, client_id, secret) = server.create_credential(&token, &agent).await;
+    let agent_token = server.token(&client_id, &secret).await;
+    let path = format!("/api/v1/agents/{agent}");
+
+    let suspended = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"status": "suspended"})),
+        )
+        .await;
+    assert_eq!(
+        (suspended.status, suspended.body["status"].as_str()),
+        (200, Some("suspended"))
+    );
+    assert_eq!(
+        server.token_request(&client_id, &secret, None).await.status,
+        401
+    );
+    assert_eq!(
+        server.introspect(&token, &agent_token).await,
+        json!({"active": false})
+    );
+
+    let reactivated = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(reactivated.body["status"], "active");
+    assert_eq!(
+        server.introspect(&token, &agent_token).await["active"],
+        true
+    );
+    assert_eq!(
+        server.token_request(&client_id, &secret, None).await.status,
+        200
+    );
+}
+
+async fn decommissioning_revokes_every_credential_for_good_and_keeps_the_record(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&token, "bot", &[]).await;
+    let (_, client_a, secret_a) = server.create_credential(&token, &agent).await;
+    let (_, client_b, secret_b) = server.create_credential(&token, &agent).await;
+    let agent_token = server.token(&client_a, &secret_a).await;
+    let path = format!("/api/v1/agents/{agent}");
+
+    let deleted = server.call(Method::DELETE, &path, Some(&token), None).await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        server
+            .token_request(&client_a, &secret_a, None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        server
+            .token_request(&client_b, &secret_b, None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        server.introspect(&token, &agent_token).await,
+        json!({"active": false})
+    );
+
+    let kept = server.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(kept.body["status"], "decommissioned");
+    assert!(kept.body["decommissionedAt"].is_string());
+    let credentials = server
+        .call(
+            Method::GET,
+            &format!("{path}/credentials?status=revoked"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(credentials.body["total"], 2);
+
+    for (method, body) in [
+        (Method::PATCH, Some(json!({"status": "active"}))),
+        (Method::DELETE, None),
+    ] {
+        let refused = server.call(method, &path, Some(&token), body).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (409, "INVALID_STATUS_TRANSITION")
+        );
+    }
+    let renamed = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"name": "other"})),
+        )
+        .await;
+    assert_eq!((renamed.status, renamed.code()), (409, "AGENT_NOT_ACTIVE"));
+    // Its name is free for a new agent.
+    server.create_agent(&token, "bot", &[]).await;
+}
+
+crate::per_store!(
+    registering_an_agent_returns_every_field_and_names_are_unique,
+    invalid_agent_bodies_are_refused_field_by_field,
+    patch_changes_fields_and_renames_free_the_old_name,
+    a_suspended_agent_gets_no_tokens_and_its_tokens_are_inactive_until_reactivated,
+    decommissioning_revokes_every_credential_for_good_and_keeps_the_record,
+);
