@@ -13,18 +13,26 @@
 
 mod conformance;
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use agentidp_shared::domain::Plan;
+use agentidp_shared::domain::{AuditAction, Outcome, Plan};
 use agentidp_shared::store::dynamo::{
     DynamoStore, MAX_TRANSACTION_ITEMS, TABLE_SPECS, TableNames, client_from_env, ensure_tables,
 };
-use agentidp_shared::store::{Commit, OrgReader, StoreError, Write};
+use agentidp_shared::store::{
+    AgentReader, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader, RevocationReader,
+    StoreError, Write,
+};
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::config::{
+    self, BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+};
+use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::TimeToLiveStatus;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -42,10 +50,11 @@ fn endpoint() -> String {
     )
 }
 
-/// A client for `endpoint` with dummy credentials, which DynamoDB Local accepts. Built per test:
-/// a client's connections belong to the runtime that opened them, and each test has its own.
-fn client(endpoint: &str, timeouts: TimeoutConfig, retries: RetryConfig) -> Client {
-    let config = aws_sdk_dynamodb::Config::builder()
+/// Configuration for `endpoint` with dummy credentials, which DynamoDB Local accepts. Clients
+/// are built per test: a client's connections belong to the runtime that opened them, and each
+/// test has its own.
+fn config(endpoint: &str, timeouts: TimeoutConfig, retries: RetryConfig) -> config::Builder {
+    aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
@@ -58,16 +67,18 @@ fn client(endpoint: &str, timeouts: TimeoutConfig, retries: RetryConfig) -> Clie
         .endpoint_url(endpoint)
         .timeout_config(timeouts)
         .retry_config(retries)
-        .build();
-    Client::from_conf(config)
 }
 
-fn local_client() -> Client {
+fn local_config() -> config::Builder {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))
         .operation_attempt_timeout(Duration::from_secs(20))
         .build();
-    client(&endpoint(), timeouts, RetryConfig::standard())
+    config(&endpoint(), timeouts, RetryConfig::standard())
+}
+
+fn local_client() -> Client {
+    Client::from_conf(local_config().build())
 }
 
 async fn dynamo_store() -> DynamoStore {
@@ -80,6 +91,151 @@ async fn dynamo_store() -> DynamoStore {
 }
 
 conformance::conformance_suite!(dynamo_store());
+
+/// Counts the HTTP requests a client sends (every attempt), to check the round trips that
+/// `docs/dynamodb-tables.md` gives for each operation.
+#[derive(Debug, Clone, Default)]
+struct RequestCounter(Arc<AtomicUsize>);
+
+impl RequestCounter {
+    fn take(&self) -> usize {
+        self.0.swap(0, Ordering::SeqCst)
+    }
+}
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn counted_store() -> (DynamoStore, RequestCounter) {
+    dynamo_store().await;
+    let counter = RequestCounter::default();
+    let client = Client::from_conf(local_config().interceptor(counter.clone()).build());
+    (DynamoStore::new(client, TABLES.clone()), counter)
+}
+
+#[tokio::test]
+async fn each_read_takes_the_round_trips_the_table_design_gives() {
+    let (store, requests) = counted_store().await;
+    let org = conformance::org(Plan::Free);
+    let agent = conformance::agent(org.org_id, "counted", conformance::now_ms());
+    let credential = conformance::credential(org.org_id, agent.agent_id, conformance::now_ms());
+    store
+        .commit(vec![
+            Write::CreateOrg(org.clone()),
+            Write::PutAgent {
+                agent: agent.clone(),
+                expected_version: None,
+            },
+            Write::PutCredential {
+                credential: credential.clone(),
+                expected_version: None,
+            },
+            Write::CountAgents {
+                org_id: org.org_id,
+                delta: 1,
+                limit: 10,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 1, "commit");
+
+    store.get_org(org.org_id).await.unwrap();
+    assert_eq!(requests.take(), 1, "get_org");
+    store.usage(org.org_id, "2026-03").await.unwrap();
+    assert_eq!(requests.take(), 1, "usage");
+    store.get_agent(org.org_id, agent.agent_id).await.unwrap();
+    assert_eq!(requests.take(), 1, "get_agent");
+    store.list_agents(org.org_id).await.unwrap();
+    assert_eq!(requests.take(), 1, "list_agents");
+    store
+        .credential_by_client_id(credential.client_id)
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 1, "credential_by_client_id");
+    let id = credential.credential_id;
+    store
+        .get_credential(org.org_id, agent.agent_id, id)
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 2, "get_credential");
+    store
+        .list_credentials(org.org_id, agent.agent_id)
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 1, "list_credentials");
+    store.is_token_revoked("no-such-jti").await.unwrap();
+    assert_eq!(requests.take(), 1, "is_token_revoked");
+    store.commit(Vec::new()).await.unwrap();
+    assert_eq!(requests.take(), 0, "an empty commit");
+}
+
+#[tokio::test]
+async fn an_audit_page_takes_one_request_and_a_filtered_one_a_few() {
+    let (store, requests) = counted_store().await;
+    let org_id = Uuid::new_v4();
+    let now = conformance::now_ms();
+    // Every tenth event failed.
+    let events: Vec<_> = (0..100)
+        .map(|i| {
+            let at = now - chrono::Duration::minutes(10) + chrono::Duration::milliseconds(i);
+            let outcome = if i % 10 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            conformance::audit_event(org_id, at, AuditAction::TokenIssued, outcome, None)
+        })
+        .collect();
+    for chunk in events.chunks(25) {
+        store
+            .commit(chunk.iter().cloned().map(Write::Audit).collect())
+            .await
+            .unwrap();
+    }
+    requests.take();
+
+    let mut query = AuditQuery {
+        limit: 10,
+        ..conformance::audit_query(org_id, now)
+    };
+    let mut pages = 0;
+    loop {
+        let page = store.query_audit(&query).await.unwrap();
+        pages += 1;
+        assert_eq!(requests.take(), 1, "page {pages}");
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 10);
+
+    // Three failures (and the one that decides `next`) are spread over the newest 40 events:
+    // requests of 4, 8, 16 and 32 items.
+    let failures = AuditQuery {
+        limit: 3,
+        outcome: Some(Outcome::Failure),
+        ..conformance::audit_query(org_id, now)
+    };
+    let page = store.query_audit(&failures).await.unwrap();
+    assert_eq!(page.events.len(), 3);
+    assert!(page.next.is_some());
+    assert_eq!(requests.take(), 4);
+}
 
 #[tokio::test]
 async fn ensure_tables_creates_the_keys_indexes_and_ttl_of_the_schema_and_can_run_again() {
@@ -225,14 +381,9 @@ async fn a_closed_port_makes_reads_and_writes_unavailable_quickly() {
         .connect_timeout(Duration::from_millis(500))
         .operation_timeout(Duration::from_secs(3))
         .build();
-    let store = DynamoStore::new(
-        client(
-            &closed,
-            timeouts,
-            RetryConfig::standard().with_max_attempts(2),
-        ),
-        TABLES.clone(),
-    );
+    let retries = RetryConfig::standard().with_max_attempts(2);
+    let client = Client::from_conf(config(&closed, timeouts, retries).build());
+    let store = DynamoStore::new(client, TABLES.clone());
 
     let started = Instant::now();
     let read = store.get_org(Uuid::new_v4()).await;

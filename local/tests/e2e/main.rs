@@ -11,6 +11,7 @@
 mod support;
 
 mod credentials;
+mod isolation;
 mod lifecycle;
 mod oauth;
 mod scopes;

@@ -132,14 +132,20 @@ fn service_error(e: ServiceError) -> ApiResponse {
             set(&mut response, header::WWW_AUTHENTICATE, &challenge);
             response
         }
-        ServiceError::InsufficientScope(scope) => {
+        ServiceError::InsufficientScope { missing, to_grant } => {
+            let message = if to_grant {
+                format!("A caller cannot grant scopes it does not hold: {missing}.")
+            } else {
+                format!("The access token lacks the required scope: {missing}.")
+            };
             let mut response = management(
                 StatusCode::FORBIDDEN,
                 "INSUFFICIENT_SCOPE",
-                &format!("The access token lacks the required scope: {scope}."),
+                &message,
                 json!([]),
             );
-            let scope_attr: String = scope.chars().filter(|c| *c != '"' && *c != '\\').collect();
+            // Scope tokens exclude `"` and `\`, so the attribute needs no escaping.
+            let scope_attr = missing;
             set(
                 &mut response,
                 header::WWW_AUTHENTICATE,

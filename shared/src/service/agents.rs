@@ -51,10 +51,10 @@ fn refuse_ungrantable_scopes(caller: &Caller, scopes: &[String]) -> ServiceResul
     if beyond.is_empty() {
         Ok(())
     } else {
-        Err(ServiceError::InsufficientScope(format!(
-            "cannot grant scopes the caller does not hold: {}",
-            beyond.join(" ")
-        )))
+        Err(ServiceError::InsufficientScope {
+            missing: beyond.join(" "),
+            to_grant: true,
+        })
     }
 }
 

@@ -46,8 +46,10 @@ pub enum ServiceError {
     /// A missing, malformed, expired, revoked or foreign token, or one whose agent is not active.
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
-    #[error("insufficient scope: {0}")]
-    InsufficientScope(String),
+    /// The token lacks `missing` (space-separated scope tokens). `to_grant` says the caller
+    /// tried to give these to an agent, rather than to call an endpoint that needs them.
+    #[error("insufficient scope: {missing}")]
+    InsufficientScope { missing: String, to_grant: bool },
     #[error("agent not found")]
     AgentNotFound,
     #[error("credential not found")]
@@ -104,7 +106,10 @@ impl Caller {
         if self.scopes.permits(scope) {
             Ok(())
         } else {
-            Err(ServiceError::InsufficientScope(scope.as_str().to_owned()))
+            Err(ServiceError::InsufficientScope {
+                missing: scope.as_str().to_owned(),
+                to_grant: false,
+            })
         }
     }
 

@@ -1008,7 +1008,11 @@ impl AuditReader for DynamoStore {
         let want = query.limit.saturating_add(1);
         let mut found: Vec<AuditEvent> = Vec::with_capacity(want.min(MAX_AUDIT_QUERY_LIMIT));
         let mut start_key = None;
-        let mut request_limit = want.min(MAX_AUDIT_QUERY_LIMIT);
+        // With a cursor, the cursor's own item is read and skipped: one more item, so that a page
+        // after the first still takes one request.
+        let mut request_limit = want
+            .saturating_add(usize::from(after_key.is_some()))
+            .min(MAX_AUDIT_QUERY_LIMIT);
         'pages: loop {
             let output = self
                 .client

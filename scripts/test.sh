@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command: on a fresh machine it installs and starts what the tests need
+# (DynamoDB Local, moto_server), runs every check and test, and stops what it started.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -- ARGS    # passes ARGS to `cargo test` (e.g. a test name filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo_test_args=()
+if [[ "${1:-}" == "--" ]]; then
+    shift
+    cargo_test_args=("$@")
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "starting DynamoDB Local and moto_server"
+# shellcheck source=scripts/test-services.sh
+source scripts/test-services.sh
+start_test_services
+
+step "cargo test (unit, conformance on both stores, end-to-end on both stores)"
+cargo test --workspace --locked "${cargo_test_args[@]}"
