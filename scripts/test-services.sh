@@ -106,8 +106,8 @@ _agentidp_ensure_moto() {
 
 # Waits until something answers HTTP on the port, or the process has died, or 60 s have passed.
 _agentidp_wait_http() {
-    local pid=$1 port=$2 name=$3 i code
-    for i in $(seq 1 300); do
+    local pid=$1 port=$2 name=$3 code deadline=$((SECONDS + 60))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if ! _agentidp_alive "$pid"; then
             return 1
         fi
@@ -201,10 +201,11 @@ start_test_services() {
 }
 
 stop_test_services() {
-    local pid i
+    local pid tries
     for pid in ${_AGENTIDP_SERVICES_PIDS:-}; do
         kill "$pid" 2>/dev/null || continue
-        for i in $(seq 1 50); do
+        # Up to 5 s to exit cleanly, then SIGKILL.
+        for ((tries = 50; tries > 0; tries--)); do
             _agentidp_alive "$pid" || break
             sleep 0.1
         done
