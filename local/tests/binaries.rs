@@ -1,0 +1,227 @@
+//! The shipped binaries as an operator runs them: `agentidp-local` on a data directory, and
+//! `agentidp-admin` on the same directory while the server runs.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server(data_dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_agentidp-local"))
+        // A fixed issuer: the port changes between starts, and tokens must outlive a restart.
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--issuer",
+            "http://localhost:3000",
+        ])
+        .env("AGENTIDP_BCRYPT_COST", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agentidp-local did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, base }
+}
+
+fn admin(data_dir: &Path, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentidp-admin"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("AGENTIDP_BCRYPT_COST", "4")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "agentidp-admin {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn token(base: &str, client_id: &str, secret: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/token"))
+        .basic_auth(client_id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+}
+
+fn bootstrap(data_dir: &Path) -> (String, String) {
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(data_dir.join("bootstrap.json")).unwrap())
+            .unwrap();
+    (
+        file["clientId"].as_str().unwrap().to_owned(),
+        file["clientSecret"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn first_start_writes_a_private_bootstrap_credential_that_gets_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let (client_id, secret) = bootstrap(dir.path());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["bootstrap.json", "signing-keys.json"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+    }
+    let response = token(&server.base, &client_id, &secret).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn data_and_keys_survive_a_restart_and_no_second_bootstrap_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_id, secret, access_token) = {
+        let server = start_server(dir.path());
+        let (client_id, secret) = bootstrap(dir.path());
+        let body: Value = token(&server.base, &client_id, &secret)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (
+            client_id,
+            secret,
+            body["access_token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let before = std::fs::read_to_string(dir.path().join("bootstrap.json")).unwrap();
+    let server = start_server(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bootstrap.json")).unwrap(),
+        before
+    );
+    assert_eq!(
+        admin(dir.path(), &["list-orgs"]).as_array().unwrap().len(),
+        1
+    );
+    let introspection: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/token/introspect", server.base))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[("token", access_token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        introspection["active"], true,
+        "a token from before the restart still verifies"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_cli_works_on_the_data_directory_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let created = admin(
+        dir.path(),
+        &["create-org", "--name", "acme", "--plan", "free"],
+    );
+    for field in ["orgId", "clientId", "clientSecret"] {
+        assert!(created[field].is_string(), "{field}: {created}");
+    }
+    assert!(
+        created["clientSecret"]
+            .as_str()
+            .unwrap()
+            .starts_with("sk_live_")
+    );
+    let response = token(
+        &server.base,
+        created["clientId"].as_str().unwrap(),
+        created["clientSecret"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let scope = response.json::<Value>().await.unwrap()["scope"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(scope, "agents:read agents:write audit:read");
+
+    let org_id = created["orgId"].as_str().unwrap();
+    let orgs = admin(dir.path(), &["list-orgs"]);
+    assert_eq!(orgs.as_array().unwrap().len(), 2);
+    let changed = admin(
+        dir.path(),
+        &["set-plan", "--org", org_id, "--plan", "enterprise"],
+    );
+    assert_eq!(changed["plan"], "enterprise");
+
+    let reissued = admin(dir.path(), &["issue-bootstrap-credential", "--org", org_id]);
+    let response = token(
+        &server.base,
+        reissued["clientId"].as_str().unwrap(),
+        reissued["clientSecret"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn the_cli_refuses_an_unknown_plan_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agentidp-admin"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["create-org", "--name", "x", "--plan", "platinum"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown plan"));
+    assert!(!dir.path().join("agentidp.db").exists());
+}
