@@ -225,3 +225,151 @@ fn the_cli_refuses_an_unknown_plan_without_writing() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown plan"));
     assert!(!dir.path().join("agentidp.db").exists());
 }
+
+/// Every secret and token a full run handles, and the log it wrote at the most verbose level:
+/// none of the former may appear in the latter.
+#[tokio::test]
+async fn no_secret_hash_or_token_reaches_the_log_of_a_full_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_agentidp-local"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .env("AGENTIDP_BCRYPT_COST", "4")
+        .env("AGENTIDP_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agentidp-local did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let http = reqwest::Client::new();
+    let base = server.base.clone();
+    let (admin_id, admin_secret) = bootstrap(dir.path());
+    let mut handled: Vec<String> = vec![admin_secret.clone()];
+    let admin_token = token(&base, &admin_id, &admin_secret)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    handled.push(admin_token.clone());
+    let agent: Value = http
+        .post(format!("{base}/api/v1/agents"))
+        .bearer_auth(&admin_token)
+        .json(&serde_json::json!({"name": "log-probe", "scopes": ["x:y"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_id = agent["agentId"].as_str().unwrap();
+    let credential: Value = http
+        .post(format!("{base}/api/v1/agents/{agent_id}/credentials"))
+        .bearer_auth(&admin_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (credential_id, client_id) = (
+        credential["credentialId"].as_str().unwrap(),
+        credential["clientId"].as_str().unwrap(),
+    );
+    handled.push(credential["clientSecret"].as_str().unwrap().to_owned());
+    let agent_token = token(
+        &base,
+        client_id,
+        credential["clientSecret"].as_str().unwrap(),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    handled.push(agent_token.clone());
+    // A wrong secret, by both methods, and a garbage bearer token.
+    let wrong = "sk_live_ffffffffffffffffffffffffffffffff";
+    handled.push(wrong.to_owned());
+    token(&base, client_id, wrong).await;
+    http.post(format!("{base}/api/v1/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", wrong),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let rotated: Value = http
+        .post(format!(
+            "{base}/api/v1/agents/{agent_id}/credentials/{credential_id}/rotate"
+        ))
+        .bearer_auth(&admin_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    handled.push(rotated["clientSecret"].as_str().unwrap().to_owned());
+    http.post(format!("{base}/api/v1/token/introspect"))
+        .bearer_auth(&admin_token)
+        .form(&[("token", agent_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/api/v1/token/revoke"))
+        .bearer_auth(&admin_token)
+        .form(&[("token", agent_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    http.get(format!("{base}/api/v1/agents"))
+        .bearer_auth(format!("{agent_token}x"))
+        .send()
+        .await
+        .unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("request served"), "the log was captured");
+    for value in &handled {
+        assert!(
+            !log.contains(value.as_str()),
+            "a secret or token reached the log"
+        );
+        // A token's signature alone is as good as the token for spotting a leak.
+        if let Some(signature) = value.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(
+                !log.contains(signature),
+                "a token signature reached the log"
+            );
+        }
+    }
+    assert!(!log.contains("$2b$"), "a bcrypt hash reached the log");
+}

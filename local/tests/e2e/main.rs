@@ -10,8 +10,10 @@
 
 mod support;
 
+mod audit_trail;
 mod credentials;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod oauth;
 mod scopes;
