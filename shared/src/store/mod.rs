@@ -80,7 +80,8 @@ pub enum Write {
 
 #[async_trait]
 pub trait Commit: Send + Sync {
-    /// Applies every write, or none of them.
+    /// Applies every write, or none of them. A batch touches each stored item at most once
+    /// (DynamoDB refuses a transaction that names an item twice), and holds at most 100 writes.
     async fn commit(&self, writes: Vec<Write>) -> StoreResult<()>;
 }
 

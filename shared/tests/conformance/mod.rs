@@ -1313,7 +1313,9 @@ pub async fn a_failed_last_write_undoes_every_kind_of_earlier_write<S: Store + '
         jti,
         mut batch,
     } = fixture(&*store).await;
-    batch.push(Write::CreateOrg(org.clone()));
+    // A write on an item the batch has not touched (a batch touches each item at most once),
+    // whose condition fails: an agent that does not exist at version 1.
+    batch.push(Write::PutAgent { agent: self::agent(org.org_id, "ghost", now_ms()), expected_version: Some(1) });
     let last = batch.len() - 1;
 
     assert_condition_failed(&store.commit(batch).await, last);
