@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod files;
 pub mod lambda;
+pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod signing;

@@ -165,6 +165,7 @@ async fn each_state_change_leaves_exactly_its_one_event(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(event["details"]["name"], "subject");
+    assert_eq!(event["timestamp"], response.body["createdAt"], "{event}");
     assert_eq!(
         event["details"]["scopes"],
         json!(["weather:read", "weather:write"])
@@ -280,6 +281,7 @@ async fn each_state_change_leaves_exactly_its_one_event(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(event["details"]["clientId"], client_id.as_str());
+    assert_eq!(event["timestamp"], response.body["createdAt"], "{event}");
 
     // credential.rotated
     let before = tick(&server, t).await;
@@ -905,7 +907,9 @@ async fn cursor_pagination_yields_each_event_once_newest_first(store: Arc<dyn St
     let org = org(&server, "pages").await;
     let t = org.token.as_str();
     let agent = server.create_agent(t, "subject", &[]).await;
-    // 25 updates; some share an instant, so ties on the timestamp must page correctly too.
+    let (_, client_id, _) = server.create_credential(t, &agent).await;
+    // 25 updates; some share an instant, so ties on the timestamp must page correctly too. Three
+    // failures in between, for the filters that select few events among many.
     for i in 0..25 {
         if i % 3 != 0 {
             server.clock.advance(chrono::Duration::seconds(1));
@@ -919,6 +923,12 @@ async fn cursor_pagination_yields_each_event_once_newest_first(store: Arc<dyn St
             )
             .await;
         assert_eq!(response.status, 200, "{}", response.text);
+        if i % 8 == 4 {
+            assert_eq!(
+                server.token_request(&client_id, "wrong", None).await.status,
+                401
+            );
+        }
     }
     let all = server.audit_events(t, "&action=agent.updated").await;
     assert_eq!(all.len(), 25);
@@ -954,6 +964,27 @@ async fn cursor_pagination_yields_each_event_once_newest_first(store: Arc<dyn St
     let paged = pages(&server, t, "", 10).await;
     assert_eq!(paged.concat(), everything);
     assert_eq!(paged.len(), everything.len().div_ceil(10));
+
+    // Filters that select a few events among many, or many of one agent, page the same way.
+    for (query, limit, sizes) in [
+        ("&outcome=failure".to_owned(), 1, vec![1, 1, 1]),
+        (format!("&agentId={agent}&outcome=failure"), 2, vec![2, 1]),
+        (
+            format!("&agentId={agent}&action=token.denied"),
+            2,
+            vec![2, 1],
+        ),
+        (format!("&agentId={agent}"), 7, vec![7, 7, 7, 7, 2]),
+    ] {
+        let whole = server.audit_events(t, &query).await;
+        let paged = pages(&server, t, &query, limit).await;
+        assert_eq!(
+            paged.iter().map(Vec::len).collect::<Vec<_>>(),
+            sizes,
+            "{query}"
+        );
+        assert_eq!(paged.concat(), whole, "{query}");
+    }
 
     // Events written while paging do not disturb the pages already promised.
     let first = server

@@ -671,6 +671,14 @@ async fn a_refused_grant_names_only_real_scopes_in_its_challenge(store: Arc<dyn 
         .await;
     assert_eq!(response.status, 403, "{}", response.text);
     assert_challenge_names_only_scopes(&response, "create");
+    assert!(
+        response
+            .header("www-authenticate")
+            .unwrap()
+            .contains(r#"scope="audit:read""#),
+        "the challenge names the scope that cannot be granted: {:?}",
+        response.header("www-authenticate")
+    );
     let response = server
         .call(
             Method::PATCH,
@@ -681,6 +689,40 @@ async fn a_refused_grant_names_only_real_scopes_in_its_challenge(store: Arc<dyn 
         .await;
     assert_eq!(response.status, 403, "{}", response.text);
     assert_challenge_names_only_scopes(&response, "patch");
+}
+
+async fn a_token_requested_with_fewer_scopes_is_held_to_them(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let (_, admin_token, ids) = setup(&server).await;
+    let agent = server
+        .create_agent(
+            &admin_token,
+            "narrowed",
+            &["agents:read", "agents:write", "audit:read"],
+        )
+        .await;
+    let (_, client_id, secret) = server.create_credential(&admin_token, &agent).await;
+    let response = server
+        .token_request(&client_id, &secret, Some("agents:read"))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.body["scope"], "agents:read");
+    let reader = response.str("access_token");
+    let before = snapshot(&server, &admin_token, &ids).await;
+    for ((method, path, body), scope) in endpoints(&ids).into_iter().zip(REQUIRED) {
+        let what = format!("{method} {path}");
+        let response = server.call(method, &path, Some(&reader), body).await;
+        if scope == "agents:read" {
+            assert_eq!(response.status, 200, "{what}: {}", response.text);
+        } else {
+            assert_insufficient_scope(&response, scope, &what);
+        }
+    }
+    assert_eq!(
+        snapshot(&server, &admin_token, &ids).await,
+        before,
+        "a refused call changed something"
+    );
 }
 
 async fn a_suspended_agents_token_cannot_call_the_management_api(store: Arc<dyn Store>) {
@@ -764,5 +806,6 @@ crate::per_store!(
     a_token_with_no_management_scope_is_refused_everywhere,
     a_caller_cannot_grant_a_management_scope_it_lacks,
     a_refused_grant_names_only_real_scopes_in_its_challenge,
+    a_token_requested_with_fewer_scopes_is_held_to_them,
     a_suspended_agents_token_cannot_call_the_management_api,
 );
