@@ -21,6 +21,29 @@ pub struct Config {
     pub bcrypt_cost: u32,
     pub signing_algorithm: SigningAlgorithm,
     pub free_limits: PlanLimits,
+    pub throttle: ThrottleLimits,
+}
+
+/// Brute-force and rate limits, counted in the store so they hold across instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    /// The fixed window failed authentications are counted in; a lockout lifts when it ends.
+    pub lockout_window_seconds: i64,
+    /// Failed authentications of one client id in a window before it is locked out.
+    pub client_failures: u64,
+    /// Failed authentications from one source address in a window before it is locked out.
+    pub address_failures: u64,
+    /// Management requests of one organization per minute.
+    pub org_requests_per_minute: u64,
+}
+
+impl ThrottleLimits {
+    pub const DEFAULT: ThrottleLimits = ThrottleLimits {
+        lockout_window_seconds: 900,
+        client_failures: 10,
+        address_failures: 100,
+        org_requests_per_minute: 600,
+    };
 }
 
 /// bcrypt cost 10 takes about 55 ms per verify on one core here: OWASP's floor, and slow enough
@@ -91,6 +114,36 @@ impl Config {
                     free.audit_retention_days,
                     1,
                     3650,
+                )?,
+            },
+            throttle: ThrottleLimits {
+                lockout_window_seconds: number(
+                    &lookup,
+                    "AGENTIDP_LOCKOUT_WINDOW_SECONDS",
+                    ThrottleLimits::DEFAULT.lockout_window_seconds,
+                    1,
+                    86_400,
+                )?,
+                client_failures: number(
+                    &lookup,
+                    "AGENTIDP_LOCKOUT_CLIENT_FAILURES",
+                    ThrottleLimits::DEFAULT.client_failures,
+                    1,
+                    1_000_000,
+                )?,
+                address_failures: number(
+                    &lookup,
+                    "AGENTIDP_LOCKOUT_ADDRESS_FAILURES",
+                    ThrottleLimits::DEFAULT.address_failures,
+                    1,
+                    1_000_000,
+                )?,
+                org_requests_per_minute: number(
+                    &lookup,
+                    "AGENTIDP_ORG_REQUESTS_PER_MINUTE",
+                    ThrottleLimits::DEFAULT.org_requests_per_minute,
+                    1,
+                    10_000_000,
                 )?,
             },
             issuer,

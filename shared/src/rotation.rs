@@ -329,9 +329,9 @@ impl Rotator {
         // The current signing key has signed tokens that are still alive: it must stay.
         if let Some(signing) = current.keys.first() {
             let current_keys = KeySet::from_document(&current)?;
-            let old = current_keys
-                .sign(&claims)
-                .map_err(|e| RotationError::TestFailed(format!("signing with {}: {e}", signing.kid)))?;
+            let old = current_keys.sign(&claims).map_err(|e| {
+                RotationError::TestFailed(format!("signing with {}: {e}", signing.kid))
+            })?;
             pending_keys.verify(&old, &policy, now).map_err(|e| {
                 RotationError::TestFailed(format!(
                     "a token of the current key {} does not verify: {e}",

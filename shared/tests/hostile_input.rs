@@ -1,7 +1,11 @@
 //! Property tests: whatever a client sends, the request parsers answer with a documented 4xx
 //! (or success), never a 5xx or a panic, and the body keeps its documented shape.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::sync::{Arc, LazyLock};
 
@@ -24,7 +28,11 @@ struct World {
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (idp, token, agent_id) = runtime.block_on(async {
         let config = Config::from_lookup(|name| match name {
             "AGENTIDP_ISSUER" => Some("http://localhost:3000".into()),
@@ -32,28 +40,83 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             _ => None,
         })
         .unwrap();
-        let keys = KeySet::from_document(&KeySetDocument::generate(SigningAlgorithm::RS256, chrono::Utc::now()).unwrap()).unwrap();
+        let keys = KeySet::from_document(
+            &KeySetDocument::generate(SigningAlgorithm::RS256, chrono::Utc::now()).unwrap(),
+        )
+        .unwrap();
         let idp = Arc::new(
-            Idp::new(config, Arc::new(SqliteStore::in_memory().unwrap()), KeySource::Fixed(Arc::new(keys)), Arc::new(SystemClock)).unwrap(),
+            Idp::new(
+                config,
+                Arc::new(SqliteStore::in_memory().unwrap()),
+                KeySource::Fixed(Arc::new(keys)),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
         );
-        let org = idp.create_org("fuzz", agentidp_shared::domain::Plan::Free).await.unwrap();
-        let basic = base64_basic(&org.admin.credential.client_id.to_string(), org.admin.client_secret.expose());
-        let response = call(&idp, Method::POST, "/api/v1/token", "", Some(&basic), Some("application/x-www-form-urlencoded"), b"grant_type=client_credentials").await;
-        let token = serde_json::from_slice::<Value>(response.body()).unwrap()["access_token"].as_str().unwrap().to_owned();
+        let org = idp
+            .create_org("fuzz", agentidp_shared::domain::Plan::Free)
+            .await
+            .unwrap();
+        let basic = base64_basic(
+            &org.admin.credential.client_id.to_string(),
+            org.admin.client_secret.expose(),
+        );
+        let response = call(
+            &idp,
+            Method::POST,
+            "/api/v1/token",
+            "",
+            Some(&basic),
+            Some("application/x-www-form-urlencoded"),
+            b"grant_type=client_credentials",
+        )
+        .await;
+        let token = serde_json::from_slice::<Value>(response.body()).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let bearer = format!("Bearer {token}");
-        let created = call(&idp, Method::POST, "/api/v1/agents", "", Some(&bearer), Some("application/json"), br#"{"name":"target"}"#).await;
-        let agent_id = serde_json::from_slice::<Value>(created.body()).unwrap()["agentId"].as_str().unwrap().to_owned();
+        let created = call(
+            &idp,
+            Method::POST,
+            "/api/v1/agents",
+            "",
+            Some(&bearer),
+            Some("application/json"),
+            br#"{"name":"target"}"#,
+        )
+        .await;
+        let agent_id = serde_json::from_slice::<Value>(created.body()).unwrap()["agentId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         (idp, token, agent_id)
     });
-    World { runtime, idp, token, agent_id }
+    World {
+        runtime,
+        idp,
+        token,
+        agent_id,
+    }
 });
 
 fn base64_basic(id: &str, secret: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
 }
 
-async fn call(idp: &Arc<Idp>, method: Method, path: &str, query: &str, authorization: Option<&str>, content_type: Option<&str>, body: &[u8]) -> api::ApiResponse {
+async fn call(
+    idp: &Arc<Idp>,
+    method: Method,
+    path: &str,
+    query: &str,
+    authorization: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> api::ApiResponse {
     let mut headers = HeaderMap::new();
     if let Some(value) = authorization.and_then(|v| HeaderValue::from_str(v).ok()) {
         headers.insert(http::header::AUTHORIZATION, value);
@@ -67,7 +130,11 @@ async fn call(idp: &Arc<Idp>, method: Method, path: &str, query: &str, authoriza
         query: query.to_owned(),
         headers,
         body: body.to_vec(),
-        context: RequestContext { request_id: "prop".into(), source_ip: None, user_agent: None },
+        context: RequestContext {
+            request_id: "prop".into(),
+            source_ip: None,
+            user_agent: None,
+        },
     };
     api::handle(idp, None, request).await
 }
@@ -75,14 +142,26 @@ async fn call(idp: &Arc<Idp>, method: Method, path: &str, query: &str, authoriza
 /// A status below 500, and a body of the documented shape for its kind of endpoint.
 fn assert_answer_is_documented(response: &api::ApiResponse, oauth: bool) {
     let status = response.status().as_u16();
-    assert!(status < 500, "status {status}: {}", String::from_utf8_lossy(response.body()));
+    assert!(
+        status < 500,
+        "status {status}: {}",
+        String::from_utf8_lossy(response.body())
+    );
     if status >= 400 {
         let body: Value = serde_json::from_slice(response.body()).expect("error bodies are JSON");
         if oauth {
-            assert!(body["error"].is_string() && body["error_description"].is_string(), "{body}");
+            assert!(
+                body["error"].is_string() && body["error_description"].is_string(),
+                "{body}"
+            );
             assert_eq!(response.headers().get("cache-control").unwrap(), "no-store");
         } else {
-            assert!(body["code"].is_string() && body["message"].is_string() && body["details"].is_array(), "{body}");
+            assert!(
+                body["code"].is_string()
+                    && body["message"].is_string()
+                    && body["details"].is_array(),
+                "{body}"
+            );
         }
     }
 }
@@ -123,9 +202,14 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
         "[a-zA-Z_]{1,12}",
     ];
     prop_oneof![
-        prop::collection::btree_map(keys.clone(), json_value, 0..6).prop_map(|m| serde_json::to_vec(&m).unwrap()),
-        prop::collection::vec((keys, ".{0,30}"), 0..6)
-            .prop_map(|pairs| form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish().into_bytes()),
+        prop::collection::btree_map(keys.clone(), json_value, 0..6)
+            .prop_map(|m| serde_json::to_vec(&m).unwrap()),
+        prop::collection::vec((keys, ".{0,30}"), 0..6).prop_map(|pairs| {
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish()
+                .into_bytes()
+        }),
         prop::collection::vec(any::<u8>(), 0..300),
     ]
 }
@@ -141,8 +225,14 @@ fn paths(agent_id: String) -> impl Strategy<Value = (Method, String)> {
             (Method::DELETE, format!("/api/v1/agents/{c}")),
             (Method::POST, format!("/api/v1/agents/{a}/credentials")),
             (Method::GET, format!("/api/v1/agents/{a}/credentials")),
-            (Method::POST, format!("/api/v1/agents/{a}/credentials/{c}/rotate")),
-            (Method::DELETE, format!("/api/v1/agents/{a}/credentials/{c}")),
+            (
+                Method::POST,
+                format!("/api/v1/agents/{a}/credentials/{c}/rotate"),
+            ),
+            (
+                Method::DELETE,
+                format!("/api/v1/agents/{a}/credentials/{c}"),
+            ),
             (Method::POST, "/api/v1/token".to_owned()),
             (Method::POST, "/api/v1/token/introspect".to_owned()),
             (Method::POST, "/api/v1/token/revoke".to_owned()),

@@ -11,6 +11,7 @@
 mod support;
 
 mod audit_trail;
+mod brute_force;
 mod credentials;
 mod isolation;
 mod lifecycle;

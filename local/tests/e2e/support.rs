@@ -117,6 +117,9 @@ impl TestServer {
             _ => None,
         })
         .unwrap();
+        // Every test calls from 127.0.0.1, and on DynamoDB they share the tables: an address
+        // lockout would leak between tests. The tests of that lockout lower it again.
+        config.throttle.address_failures = 1_000_000;
         adjust(&mut config);
         let clock = ManualClock::starting_at(chrono::Utc::now());
         let idp = Arc::new(
@@ -155,11 +158,63 @@ impl TestServer {
         }
     }
 
+    /// Sends the request. When `AGENTIDP_E2E_RESPONSE_LOG` names a file, appends one JSON line
+    /// per exchange to it (method, path, query, status, the headers the OpenAPI spec describes,
+    /// the body as text), which `tests/docs/` checks against `docs/openapi.yaml`.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Response {
-        let response = request.send().await.unwrap();
+        let (client, request) = request.build_split();
+        let request = request.unwrap();
+        let log = std::env::var_os("AGENTIDP_E2E_RESPONSE_LOG")
+            .filter(|path| !path.is_empty())
+            .map(|path| {
+                (
+                    path,
+                    request.method().as_str().to_owned(),
+                    request.url().path().to_owned(),
+                    request.url().query().unwrap_or_default().to_owned(),
+                )
+            });
+        let response = client.execute(request).await.unwrap();
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
+        if let Some((log_path, method, path, query)) = log {
+            use std::io::Write;
+            let logged_headers: serde_json::Map<String, Value> = [
+                "content-type",
+                "cache-control",
+                "pragma",
+                "www-authenticate",
+                "retry-after",
+                "allow",
+                "x-request-id",
+            ]
+            .into_iter()
+            .filter_map(|name| {
+                headers
+                    .get(name)
+                    .map(|v| (name.to_owned(), Value::from(v.to_str().unwrap())))
+            })
+            .collect();
+            let mut line = serde_json::to_vec(&serde_json::json!({
+                "method": method,
+                "path": path,
+                "query": query,
+                "status": status,
+                "headers": logged_headers,
+                "body": text,
+            }))
+            .unwrap();
+            line.push(b'\n');
+            // One write of one line with O_APPEND: lines of concurrent tests never interleave.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .unwrap()
+                .write_all(&line)
+                .unwrap();
+        }
         let body = if text.is_empty() {
             Value::Null
         } else {

@@ -206,6 +206,16 @@ fn service_error(e: ServiceError) -> ApiResponse {
             ),
             limit_details(&limit),
         ),
+        ServiceError::RateLimited { retry_after } => {
+            let mut response = management(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "The organization is sending requests too fast; retry after the time given.",
+                json!([]),
+            );
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
+            response
+        }
         ServiceError::Contended => management(
             StatusCode::CONFLICT,
             "CONFLICT",
@@ -247,20 +257,6 @@ fn oauth_body(status: StatusCode, error: &str, description: &str, extra: Value) 
     response
 }
 
-/// Seconds until the next calendar month (UTC), when a monthly quota resets.
-fn seconds_until_next_month() -> i64 {
-    use chrono::{Datelike, TimeZone, Utc};
-    let now = Utc::now();
-    let (year, month) = if now.month() == 12 {
-        (now.year() + 1, 1)
-    } else {
-        (now.year(), now.month() + 1)
-    };
-    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
-        .single()
-        .map_or(3600, |start| (start - now).num_seconds().max(1))
-}
-
 fn oauth_error(e: OAuthError) -> ApiResponse {
     match e {
         OAuthError::InvalidRequest(description) => oauth_body(
@@ -297,7 +293,7 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             "Only the client_credentials grant is supported.",
             json!({}),
         ),
-        OAuthError::QuotaExceeded(limit) => {
+        OAuthError::QuotaExceeded { limit, retry_after } => {
             let mut response = oauth_body(
                 StatusCode::TOO_MANY_REQUESTS,
                 "quota_exceeded",
@@ -307,11 +303,17 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
                 ),
                 json!({ "limit": limit.limit, "max": limit.max, "current": limit.current }),
             );
-            set(
-                &mut response,
-                header::RETRY_AFTER,
-                &seconds_until_next_month().to_string(),
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
+            response
+        }
+        OAuthError::RateLimited { retry_after } => {
+            let mut response = oauth_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "Too many failed authentications; retry after the time given.",
+                json!({}),
             );
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
             response
         }
         OAuthError::Unavailable(detail) => {

@@ -138,6 +138,7 @@ pub(super) async fn serve(
         .await?;
     // Scope before input: a caller without the right gets 403 whatever it sent.
     caller.require(required_scope(endpoint))?;
+    idp.admit_org_request(&caller).await?;
     let now = idp.now();
     match endpoint {
         Endpoint::CreateAgent => {

@@ -60,6 +60,24 @@ pub fn usage_month(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m").to_string()
 }
 
+/// Whole seconds from `now` to the start of the next calendar month (UTC), at least one: when a
+/// monthly quota resets.
+pub fn seconds_until_next_month(now: DateTime<Utc>) -> u64 {
+    use chrono::{Datelike, TimeZone};
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .map_or(3600, |start| {
+            u64::try_from((start - now).num_seconds())
+                .unwrap_or(1)
+                .max(1)
+        })
+}
+
 /// Serde helpers so every timestamp in a response has the documented shape.
 pub mod millis {
     use super::*;
@@ -96,5 +114,26 @@ pub mod millis {
             })
             .transpose()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_month_starts_at_midnight_utc_on_the_first_and_december_rolls_the_year() {
+        let late_december = parse_timestamp("2026-12-31T23:59:00.000Z").unwrap();
+        assert_eq!(seconds_until_next_month(late_december), 60);
+        let mid_november = parse_timestamp("2026-11-15T00:00:00.000Z").unwrap();
+        assert_eq!(seconds_until_next_month(mid_november), 16 * 86_400);
+    }
+
+    #[test]
+    fn usage_months_are_calendar_months_in_utc() {
+        assert_eq!(
+            usage_month(&parse_timestamp("2026-11-30T23:59:59.999-01:00").unwrap()),
+            "2026-12"
+        );
     }
 }

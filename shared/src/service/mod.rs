@@ -23,6 +23,7 @@ pub mod agents;
 pub mod audit;
 pub mod credentials;
 pub mod orgs;
+pub mod throttle;
 pub mod tokens;
 
 /// Optimistic writes re-read and retry when another writer got there first. Twenty callers
@@ -69,6 +70,8 @@ pub enum ServiceError {
     },
     #[error("plan limit exceeded")]
     PlanLimit(LimitExceeded),
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     #[error("too many concurrent changes")]
     Contended,
     #[error("unavailable: {0}")]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::throttle::Lockout;
 use super::{Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details};
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
@@ -40,7 +41,15 @@ pub enum OAuthError {
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
     #[error("quota exceeded")]
-    QuotaExceeded(LimitExceeded),
+    /// The month's token quota is used up; `retry_after` counts (by the service's clock) to
+    /// the start of the next calendar month, when it resets.
+    QuotaExceeded {
+        limit: LimitExceeded,
+        retry_after: u64,
+    },
+    /// Too many failed authentications of this client or from this address.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
@@ -98,15 +107,37 @@ pub enum EndpointAuth {
 /// Why a client authentication failed, for the audit trail. The client is never told.
 #[derive(Debug, Clone, Copy)]
 enum Denial {
+    UnknownClient,
     WrongSecret,
     CredentialRevoked,
     CredentialExpired,
     AgentNotActive,
 }
 
+/// Why a client authentication was refused, as far as the caller is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientRefusal {
+    Denied,
+    Locked { retry_after: u64 },
+}
+
+impl ClientRefusal {
+    fn into_oauth(self, basic: bool) -> OAuthError {
+        match self {
+            ClientRefusal::Denied => OAuthError::InvalidClient { basic },
+            ClientRefusal::Locked { retry_after } => OAuthError::RateLimited { retry_after },
+        }
+    }
+}
+
 impl Denial {
+    fn is_guess(self) -> bool {
+        matches!(self, Denial::UnknownClient | Denial::WrongSecret)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
+            Denial::UnknownClient => "unknown_client",
             Denial::WrongSecret => "invalid_client_secret",
             Denial::CredentialRevoked => "credential_revoked",
             Denial::CredentialExpired => "credential_expired",
@@ -145,10 +176,39 @@ impl Idp {
     async fn authenticate_client(
         self: &Arc<Self>,
         auth: &ClientAuthentication,
-    ) -> ServiceResult<Result<Credential, (Option<Credential>, Denial)>> {
-        let credential = match Uuid::parse_str(&auth.client_id) {
-            Ok(client_id) => self.store.credential_by_client_id(client_id).await?,
-            Err(_) => None,
+        context: &RequestContext,
+    ) -> ServiceResult<Result<Credential, ClientRefusal>> {
+        let client_id = Uuid::parse_str(&auth.client_id).ok();
+        let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
+        // A locked-out client or address costs a read and a counter write, never bcrypt.
+        if let Lockout::Locked { retry_after, first } = self.lockout(&counters).await? {
+            let mut writes = counters.tallies();
+            let credential = match (first, client_id) {
+                (true, Some(id)) => self.store.credential_by_client_id(id).await?,
+                _ => None,
+            };
+            if let Some(credential) = credential {
+                let until = crate::domain::time::format_timestamp(&counters.window.ends_at);
+                let threshold = self.config.throttle.client_failures;
+                writes.push(Write::Audit(
+                    self.denial_event(
+                        &credential,
+                        "locked_out",
+                        context,
+                        [
+                            ("lockedUntil", json!(until)),
+                            ("failures", json!(threshold)),
+                        ],
+                    )
+                    .await?,
+                ));
+            }
+            self.store.commit(writes).await?;
+            return Ok(Err(ClientRefusal::Locked { retry_after }));
+        }
+        let credential = match client_id {
+            Some(client_id) => self.store.credential_by_client_id(client_id).await?,
+            None => None,
         };
         let matches = self
             .secret_matches(
@@ -156,43 +216,62 @@ impl Idp {
                 credential.as_ref().map(|c| c.secret_hash.clone()),
             )
             .await?;
-        let Some(credential) = credential else {
-            return Ok(Err((None, Denial::WrongSecret)));
-        };
         let now = self.now();
-        let denial = if !matches {
-            Some(Denial::WrongSecret)
-        } else if credential.status == crate::domain::CredentialStatus::Revoked {
-            Some(Denial::CredentialRevoked)
-        } else if credential.is_expired_at(now) {
-            Some(Denial::CredentialExpired)
-        } else if !credential.agent_status.may_obtain_tokens() {
-            Some(Denial::AgentNotActive)
-        } else {
-            None
+        let denial = match &credential {
+            None => Some(Denial::UnknownClient),
+            Some(_) if !matches => Some(Denial::WrongSecret),
+            Some(c) if c.status == crate::domain::CredentialStatus::Revoked => {
+                Some(Denial::CredentialRevoked)
+            }
+            Some(c) if c.is_expired_at(now) => Some(Denial::CredentialExpired),
+            Some(c) if !c.agent_status.may_obtain_tokens() => Some(Denial::AgentNotActive),
+            Some(_) => None,
         };
-        Ok(match denial {
-            None => Ok(credential),
-            Some(denial) => Err((Some(credential), denial)),
-        })
+        let denial = match (denial, credential) {
+            (None, Some(credential)) => return Ok(Ok(credential)),
+            (None, None) => {
+                return Err(ServiceError::Internal(
+                    "a client without a credential passed authentication".into(),
+                ));
+            }
+            (Some(denial), credential) => (denial, credential),
+        };
+        let (denial, credential) = denial;
+        // Guesses count towards a lockout; a right secret for a credential that may not be
+        // used is no guess.
+        let mut writes = if denial.is_guess() {
+            counters.tallies()
+        } else {
+            Vec::new()
+        };
+        match credential {
+            Some(credential) => writes.push(Write::Audit(
+                self.denial_event(&credential, denial.as_str(), context, [])
+                    .await?,
+            )),
+            // No organization to file it under: an unknown client id goes to the log only.
+            None => tracing::info!(reason = denial.as_str(), "client authentication denied"),
+        }
+        self.store.commit(writes).await?;
+        Ok(Err(ClientRefusal::Denied))
     }
 
-    async fn audit_denial(
+    async fn denial_event<const N: usize>(
         &self,
         credential: &Credential,
         reason: &str,
         context: &RequestContext,
-        extra: Option<(&str, serde_json::Value)>,
-    ) -> ServiceResult<()> {
+        extra: [(&str, serde_json::Value); N],
+    ) -> ServiceResult<crate::domain::AuditEvent> {
         let limits = self.limits(credential.org_id).await?;
         let mut detail = details([
             ("reason", json!(reason)),
             ("clientId", json!(credential.client_id)),
         ]);
-        if let Some((k, v)) = extra {
+        for (k, v) in extra {
             detail.insert(k.to_owned(), v);
         }
-        let event = EventDraft {
+        Ok(EventDraft {
             org_id: credential.org_id,
             action: AuditAction::TokenDenied,
             outcome: Outcome::Failure,
@@ -201,7 +280,19 @@ impl Idp {
             resource: format!("credential/{}", credential.credential_id),
             details: detail,
         }
-        .at(self.now(), &limits, context);
+        .at(self.now(), &limits, context))
+    }
+
+    async fn audit_denial<const N: usize>(
+        &self,
+        credential: &Credential,
+        reason: &str,
+        context: &RequestContext,
+        extra: [(&str, serde_json::Value); N],
+    ) -> ServiceResult<()> {
+        let event = self
+            .denial_event(credential, reason, context, extra)
+            .await?;
         self.store.commit(vec![Write::Audit(event)]).await?;
         Ok(())
     }
@@ -214,19 +305,9 @@ impl Idp {
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
-        let credential = match self.authenticate_client(&auth).await? {
+        let credential = match self.authenticate_client(&auth, context).await? {
             Ok(credential) => credential,
-            Err((credential, denial)) => {
-                match credential {
-                    Some(credential) => {
-                        self.audit_denial(&credential, denial.as_str(), context, None)
-                            .await?
-                    }
-                    // No organization to file it under: an unknown client id goes to the log only.
-                    None => tracing::info!(reason = "unknown_client", "token request denied"),
-                }
-                return Err(OAuthError::InvalidClient { basic });
-            }
+            Err(refusal) => return Err(refusal.into_oauth(basic)),
         };
         let agent = self
             .store
@@ -239,7 +320,7 @@ impl Idp {
                 ))
             })?;
         if !agent.status.may_obtain_tokens() {
-            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, None)
+            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, [])
                 .await?;
             return Err(OAuthError::InvalidClient { basic });
         }
@@ -253,7 +334,7 @@ impl Idp {
                         &credential,
                         "scope_not_allowed",
                         context,
-                        Some(("requestedScope", json!(requested.to_string()))),
+                        [("requestedScope", json!(requested.to_string()))],
                     )
                     .await?;
                     return Err(OAuthError::InvalidScope(
@@ -310,13 +391,16 @@ impl Idp {
             }),
             Err(StoreError::ConditionFailed { index: 0 }) => {
                 let usage = self.store.usage(credential.org_id, &month).await?;
-                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, None)
+                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, [])
                     .await?;
-                Err(OAuthError::QuotaExceeded(LimitExceeded {
-                    limit: "monthlyTokenRequests",
-                    max: limits.monthly_token_requests,
-                    current: usage.token_requests,
-                }))
+                Err(OAuthError::QuotaExceeded {
+                    limit: LimitExceeded {
+                        limit: "monthlyTokenRequests",
+                        max: limits.monthly_token_requests,
+                        current: usage.token_requests,
+                    },
+                    retry_after: crate::domain::time::seconds_until_next_month(self.now()),
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -381,18 +465,20 @@ impl Idp {
         context: &RequestContext,
     ) -> Result<Caller, OAuthError> {
         match auth {
-            EndpointAuth::Client(client) => match self.authenticate_client(client).await? {
-                Ok(credential) => Ok(Caller {
-                    org_id: credential.org_id,
-                    agent_id: credential.agent_id,
-                    client_id: Some(credential.client_id),
-                    scopes: ScopeSet::default(),
-                    context: context.clone(),
-                }),
-                Err(_) => Err(OAuthError::InvalidClient {
-                    basic: client.method == ClientAuthMethod::Basic,
-                }),
-            },
+            EndpointAuth::Client(client) => {
+                match self.authenticate_client(client, context).await? {
+                    Ok(credential) => Ok(Caller {
+                        org_id: credential.org_id,
+                        agent_id: credential.agent_id,
+                        client_id: Some(credential.client_id),
+                        scopes: ScopeSet::default(),
+                        context: context.clone(),
+                    }),
+                    Err(refusal) => {
+                        Err(refusal.into_oauth(client.method == ClientAuthMethod::Basic))
+                    }
+                }
+            }
             EndpointAuth::Bearer(token) => self
                 .authenticate_bearer(Some(token), context.clone())
                 .await

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::{
     AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader,
-    OrgReader, RevocationReader, StoreError, StoreResult, Usage, Write,
+    OrgReader, RevocationReader, StoreError, StoreResult, ThrottleReader, Usage, Write,
 };
 use crate::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
@@ -70,6 +70,7 @@ pub enum TableRole {
     Credentials,
     Audit,
     RevokedTokens,
+    Throttle,
 }
 
 /// A key: partition attribute and optional sort attribute. Every key attribute is a string (S).
@@ -100,7 +101,7 @@ pub struct TableSpec {
     pub ttl_attribute: Option<&'static str>,
 }
 
-pub const TABLE_SPECS: [TableSpec; 5] = [
+pub const TABLE_SPECS: [TableSpec; 6] = [
     TableSpec {
         role: TableRole::Orgs,
         env_var: "AGENTIDP_ORGS_TABLE",
@@ -184,6 +185,17 @@ pub const TABLE_SPECS: [TableSpec; 5] = [
         indexes: &[],
         ttl_attribute: Some(EXPIRES_AT),
     },
+    TableSpec {
+        role: TableRole::Throttle,
+        env_var: "AGENTIDP_THROTTLE_TABLE",
+        suffix: "throttle",
+        key: KeySchema {
+            partition: PK,
+            sort: None,
+        },
+        indexes: &[],
+        ttl_attribute: Some(EXPIRES_AT),
+    },
 ];
 
 // Sort-key shapes.
@@ -216,6 +228,7 @@ pub struct TableNames {
     pub credentials: String,
     pub audit: String,
     pub revoked_tokens: String,
+    pub throttle: String,
 }
 
 impl TableNames {
@@ -234,13 +247,14 @@ impl TableNames {
     }
 
     fn build<E>(mut name: impl FnMut(&TableSpec) -> Result<String, E>) -> Result<Self, E> {
-        let [orgs, agents, credentials, audit, revoked_tokens] = &TABLE_SPECS;
+        let [orgs, agents, credentials, audit, revoked_tokens, throttle] = &TABLE_SPECS;
         Ok(Self {
             orgs: name(orgs)?,
             agents: name(agents)?,
             credentials: name(credentials)?,
             audit: name(audit)?,
             revoked_tokens: name(revoked_tokens)?,
+            throttle: name(throttle)?,
         })
     }
 
@@ -251,6 +265,7 @@ impl TableNames {
             TableRole::Credentials => &self.credentials,
             TableRole::Audit => &self.audit,
             TableRole::RevokedTokens => &self.revoked_tokens,
+            TableRole::Throttle => &self.throttle,
         }
     }
 }
@@ -527,6 +542,17 @@ impl DynamoStore {
                 put(&tables.revoked_tokens, item, Expressions::default())
             }
             Write::Audit(event) => put(&tables.audit, audit_item(event), Expressions::default()),
+            Write::Tally { expires_at, .. } => {
+                let expressions = Expressions::default()
+                    .update("ADD #count :one SET #ttl = :ttl, #time = :time")
+                    .name("#count", COUNT)
+                    .name("#ttl", EXPIRES_AT)
+                    .name("#time", "expiresAtTime")
+                    .value(":one", n(1))
+                    .value(":ttl", n(ttl_seconds(expires_at)))
+                    .value(":time", time(expires_at));
+                update(&tables.throttle, id.key(), expressions)
+            }
         }
     }
 }
@@ -553,6 +579,7 @@ fn item_id(write: &Write) -> ItemId {
         Write::CountAgents { org_id, .. } => org_item(org_id, AGENT_COUNTER_SK.into()),
         Write::CountTokenRequest { org_id, month, .. } => org_item(org_id, token_counter_sk(month)),
         Write::RevokeToken { jti, .. } => ItemId::new(TableRole::RevokedTokens, jti.clone(), None),
+        Write::Tally { key, .. } => ItemId::new(TableRole::Throttle, key.clone(), None),
         Write::Audit(event) => ItemId::new(
             TableRole::Audit,
             event.org_id.to_string(),
@@ -924,6 +951,65 @@ impl RevocationReader for DynamoStore {
             .await
             .map_err(|err| sdk_error("GetItem", err))?;
         Ok(output.item.is_some())
+    }
+}
+
+#[async_trait]
+impl ThrottleReader for DynamoStore {
+    /// One consistent `BatchGetItem` of every key (repeated only for keys DynamoDB returns
+    /// unprocessed under throttling). TTL deletes lazily, so expired counters are skipped here.
+    async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
+        let table = &self.tables.throttle;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut request_keys = KeysAndAttributes::builder().consistent_read(true);
+        for key in unique {
+            request_keys = request_keys.keys(HashMap::from([(PK.to_owned(), s(key.clone()))]));
+        }
+        let mut request =
+            HashMap::from([(table.clone(), request_keys.build().map_err(build_error)?)]);
+        for attempt in 1..=BATCH_GET_ATTEMPTS {
+            let output = self
+                .client
+                .batch_get_item()
+                .set_request_items(Some(request))
+                .send()
+                .await
+                .map_err(|err| sdk_error("BatchGetItem", err))?;
+            for item in output
+                .responses
+                .and_then(|mut r| r.remove(table))
+                .unwrap_or_default()
+            {
+                let reader = ItemReader::new(&item, "failure counter");
+                if reader.time("expiresAtTime")? > now {
+                    counts.insert(
+                        reader.s(PK)?.to_owned(),
+                        u64::try_from(reader.i64(COUNT)?).unwrap_or(0),
+                    );
+                }
+            }
+            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
+                None => {
+                    return Ok(keys
+                        .iter()
+                        .map(|k| counts.get(k).copied().unwrap_or(0))
+                        .collect());
+                }
+                Some(unprocessed) => {
+                    request = unprocessed;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+        ))
     }
 }
 

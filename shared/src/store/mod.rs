@@ -76,6 +76,13 @@ pub enum Write {
     },
     /// Unconditional.
     Audit(AuditEvent),
+    /// Adds one to a throttle counter (failed authentications of a client or an address, or
+    /// requests of an organization), which lives until `expires_at`, the end of the window its
+    /// key names. Unconditional.
+    Tally {
+        key: String,
+        expires_at: DateTime<Utc>,
+    },
 }
 
 #[async_trait]
@@ -127,6 +134,13 @@ pub trait RevocationReader: Send + Sync {
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool>;
 }
 
+#[async_trait]
+pub trait ThrottleReader: Send + Sync {
+    /// The throttle counters of `keys`, in order: 0 for one that is absent or has expired.
+    /// One read round trip.
+    async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>>;
+}
+
 /// Filters of `GET /audit`. The window `[not_before, until]` always applies: `not_before` is the
 /// later of the caller's `from` and the start of the organization's retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,11 +187,23 @@ pub trait AuditReader: Send + Sync {
 
 /// Everything at once, for the local server and the operator CLI, which serve every route.
 pub trait Store:
-    Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader
+    Commit
+    + OrgReader
+    + AgentReader
+    + CredentialReader
+    + RevocationReader
+    + AuditReader
+    + ThrottleReader
 {
 }
 
-impl<T: Commit + OrgReader + AgentReader + CredentialReader + RevocationReader + AuditReader> Store
-    for T
+impl<T> Store for T where
+    T: Commit
+        + OrgReader
+        + AgentReader
+        + CredentialReader
+        + RevocationReader
+        + AuditReader
+        + ThrottleReader
 {
 }

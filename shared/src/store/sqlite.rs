@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{
     AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader,
-    OrgReader, RevocationReader, StoreError, StoreResult, Usage, Write,
+    OrgReader, RevocationReader, StoreError, StoreResult, ThrottleReader, Usage, Write,
 };
 use crate::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS token_request_counts (
 CREATE TABLE IF NOT EXISTS revoked_tokens (
     jti           TEXT PRIMARY KEY NOT NULL,
     org_id        TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS tallies (
+    key           TEXT PRIMARY KEY NOT NULL,
+    count         INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 
@@ -293,6 +299,12 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<bool> {
             return Ok(true);
         }
         Write::Audit(event) => insert_audit(tx, event)?,
+        // Keys name their window, so a counter never outlives the window it counts.
+        Write::Tally { key, expires_at } => tx.execute(
+            "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms",
+            (key, millis(expires_at)),
+        )?,
     };
     Ok(changed == 1)
 }
@@ -579,6 +591,27 @@ impl RevocationReader for SqliteStore {
                 [&jti],
                 |row| row.get(0),
             )?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ThrottleReader for SqliteStore {
+    async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
+        let keys = keys.to_vec();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT count FROM tallies WHERE key = ?1 AND expires_at_ms > ?2",
+            )?;
+            keys.iter()
+                .map(|key| {
+                    let count: Option<i64> = stmt
+                        .query_row((key, millis(&now)), |row| row.get(0))
+                        .optional()?;
+                    Ok(count.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
+                })
+                .collect()
         })
         .await
     }

@@ -17,7 +17,7 @@ use agentidp_shared::domain::{
     Outcome, Plan,
 };
 use agentidp_shared::store::{
-    AuditPosition, AuditQuery, Store, StoreError, StoreResult, Usage, Write,
+    AuditPosition, AuditQuery, Store, StoreError, StoreResult, ThrottleReader, Usage, Write,
 };
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Barrier;
@@ -38,6 +38,8 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance::conformance_suite!(@each $make;
             an_organization_reads_back_equal_and_appears_in_the_listing,
+            failure_counters_add_up_per_key_and_read_zero_when_absent_or_expired,
+            parallel_failures_are_all_counted,
             an_organization_cannot_be_created_twice,
             a_plan_can_be_set_only_on_an_existing_organization,
             an_agent_with_metadata_and_capabilities_reads_back_equal,
@@ -1315,7 +1317,10 @@ pub async fn a_failed_last_write_undoes_every_kind_of_earlier_write<S: Store + '
     } = fixture(&*store).await;
     // A write on an item the batch has not touched (a batch touches each item at most once),
     // whose condition fails: an agent that does not exist at version 1.
-    batch.push(Write::PutAgent { agent: self::agent(org.org_id, "ghost", now_ms()), expected_version: Some(1) });
+    batch.push(Write::PutAgent {
+        agent: self::agent(org.org_id, "ghost", now_ms()),
+        expected_version: Some(1),
+    });
     let last = batch.len() - 1;
 
     assert_condition_failed(&store.commit(batch).await, last);
@@ -1895,4 +1900,70 @@ pub async fn another_organizations_audit_events_are_never_returned<S: Store + 's
     );
     let nobody = audit_query(Uuid::new_v4(), now);
     assert_eq!(store.query_audit(&nobody).await.unwrap().events, Vec::new());
+}
+
+pub async fn failure_counters_add_up_per_key_and_read_zero_when_absent_or_expired<
+    S: Store + 'static,
+>(
+    store: Arc<S>,
+) {
+    let now = now_ms();
+    let (a, b, gone, never) = (
+        format!("client:{}", Uuid::new_v4()),
+        format!("ip:{}", Uuid::new_v4()),
+        format!("client:{}", Uuid::new_v4()),
+        format!("client:{}", Uuid::new_v4()),
+    );
+    let later = now + Duration::minutes(15);
+    for _ in 0..3 {
+        store
+            .commit(vec![Write::Tally {
+                key: a.clone(),
+                expires_at: later,
+            }])
+            .await
+            .unwrap();
+    }
+    store
+        .commit(vec![
+            Write::Tally {
+                key: b.clone(),
+                expires_at: later,
+            },
+            Write::Tally {
+                key: gone.clone(),
+                expires_at: now - Duration::seconds(1),
+            },
+        ])
+        .await
+        .unwrap();
+    let counts = store
+        .tallies(&[never.clone(), a.clone(), gone, b.clone()], now)
+        .await
+        .unwrap();
+    assert_eq!(counts, vec![0, 3, 0, 1]);
+    assert_eq!(
+        store.tallies(&[a], later).await.unwrap(),
+        vec![0],
+        "a counter ends with its window"
+    );
+}
+
+pub async fn parallel_failures_are_all_counted<S: Store + 'static>(store: Arc<S>) {
+    let key = format!("client:{}", Uuid::new_v4());
+    let expires_at = now_ms() + Duration::minutes(15);
+    let barrier = Arc::new(Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, key, barrier) = (store.clone(), key.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.commit(vec![Write::Tally { key, expires_at }]).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.tallies(&[key], now_ms()).await.unwrap(), vec![20]);
 }
