@@ -183,21 +183,27 @@ fn the_events_tokens_are_the_fixtures() {
             }
         }
         for token in tokens {
-            let header = jsonwebtoken::decode_header(&token)
-                .unwrap_or_else(|e| panic!("events/{}: not a JWT: {e}", case.name));
+            let Ok(header) = jsonwebtoken::decode_header(&token) else {
+                assert!(
+                    case.name.contains("malformed"),
+                    "events/{}: the token is not a JWT",
+                    case.name
+                );
+                continue;
+            };
             assert!(header.kid.is_some(), "events/{}", case.name);
             let claims = match keys.verify(&token, &policy, Utc::now()) {
                 Ok(claims) => claims,
                 Err(TokenRejection::Expired) => {
-                    // Checked below against the fixture's own expired token.
-                    let far_future = Utc::now() - chrono::Duration::days(365 * 100);
-                    keys.verify(&token, &policy, far_future)
-                        .unwrap_or_else(|e| {
-                            panic!(
-                                "events/{}: expired token fails otherwise too: {e}",
-                                case.name
-                            )
-                        })
+                    // Valid in its own hour; the claims are compared with the fixture below.
+                    let then =
+                        chrono::DateTime::from_timestamp(fixture::ISSUED_AT + 60, 0).unwrap();
+                    keys.verify(&token, &policy, then).unwrap_or_else(|e| {
+                        panic!(
+                            "events/{}: expired token fails otherwise too: {e}",
+                            case.name
+                        )
+                    })
                 }
                 Err(e) => panic!(
                     "events/{}: token refused by the fixture keys: {e}",
@@ -298,9 +304,12 @@ async fn every_rotation_event_succeeds_or_fails_as_expected_on_moto() {
     );
     // The rotation events together made a real rotation: the fixture's key still verifies, and
     // a new one signs.
+    // The stage is named: moto answers a read without one with the version the secret was
+    // created with, not with AWSCURRENT as Secrets Manager does.
     let current = client
         .get_secret_value()
         .secret_id(&name)
+        .version_stage("AWSCURRENT")
         .send()
         .await
         .unwrap();

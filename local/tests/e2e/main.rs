@@ -17,4 +17,5 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod oauth;
+mod races;
 mod scopes;

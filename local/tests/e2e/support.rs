@@ -55,6 +55,7 @@ static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| {
 });
 
 pub struct Admin {
+    pub org_id: String,
     pub client_id: String,
     pub client_secret: String,
 }
@@ -153,6 +154,7 @@ impl TestServer {
     pub async fn new_org(&self, name: &str) -> Admin {
         let created = self.idp.create_org(name, Plan::Free).await.unwrap();
         Admin {
+            org_id: created.org.org_id.to_string(),
             client_id: created.admin.credential.client_id.to_string(),
             client_secret: created.admin.client_secret.expose().to_owned(),
         }
