@@ -13,6 +13,7 @@ mod support;
 mod audit_trail;
 mod brute_force;
 mod credentials;
+mod faults;
 mod isolation;
 mod lifecycle;
 mod limits;

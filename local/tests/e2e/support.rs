@@ -21,8 +21,14 @@ pub async fn embedded_store() -> Arc<dyn Store> {
     Arc::new(SqliteStore::in_memory().unwrap())
 }
 
-static TABLES: LazyLock<TableNames> =
-    LazyLock::new(|| TableNames::with_prefix(&format!("e2e-{}-", uuid::Uuid::new_v4().simple())));
+static PREFIX: LazyLock<String> =
+    LazyLock::new(|| format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+static TABLES: LazyLock<TableNames> = LazyLock::new(|| TableNames::with_prefix(&PREFIX));
+
+/// The prefix of this test process's DynamoDB tables.
+pub fn dynamodb_prefix() -> String {
+    PREFIX.clone()
+}
 static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
 
 /// DynamoDB Local, as `scripts/test.sh` starts it. Without it the test fails: it never passes
@@ -110,6 +116,14 @@ impl TestServer {
     }
 
     pub async fn start_with(store: Arc<dyn Store>, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_keys(store, KeySource::Fixed(KEYS.clone()), adjust).await
+    }
+
+    pub async fn start_with_keys(
+        store: Arc<dyn Store>,
+        keys: KeySource,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = Config::from_lookup(|name| match name {
@@ -123,15 +137,7 @@ impl TestServer {
         config.throttle.address_failures = 1_000_000;
         adjust(&mut config);
         let clock = ManualClock::starting_at(chrono::Utc::now());
-        let idp = Arc::new(
-            Idp::new(
-                config,
-                store,
-                KeySource::Fixed(KEYS.clone()),
-                Arc::new(clock.clone()),
-            )
-            .unwrap(),
-        );
+        let idp = Arc::new(Idp::new(config, store, keys, Arc::new(clock.clone())).unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = idp.clone();
         tokio::spawn(async move {

@@ -1,0 +1,360 @@
+//! Failing dependencies: DynamoDB unreachable mid-run, Secrets Manager unreachable at cold start.
+//! A switchable TCP proxy stands between the service and DynamoDB Local (or moto), so a test can
+//! cut the connection and restore it without restarting anything.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentidp_shared::signing::{KeySetDocument, KeySource, SecretsManagerKeys, SigningAlgorithm};
+use agentidp_shared::store::dynamo::DynamoStore;
+use agentidp_shared::store::{AgentReader, AuditQuery, AuditReader, CredentialReader, Store};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::support::{Response, TestServer};
+
+/// Forwards loopback connections to `target` while up; while down, refuses new ones and has
+/// cut the open ones.
+struct Proxy {
+    address: SocketAddr,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr, up: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let flag = Arc::new(AtomicBool::new(up));
+        let open: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (accept_flag, accept_open) = (flag.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accept_open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            address,
+            up: flag,
+            open,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            for task in self.open.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+fn target_of(env: &str) -> SocketAddr {
+    let url =
+        std::env::var(env).unwrap_or_else(|_| panic!("{env} is not set: run scripts/test.sh"));
+    let host_port = url.trim_start_matches("http://").trim_end_matches('/');
+    host_port.parse().unwrap()
+}
+
+/// A DynamoDB client that gives up fast, so an outage answers within a second or two.
+fn quick_dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{
+        BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
+    };
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "faults"))
+        .endpoint_url(endpoint)
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .operation_timeout(Duration::from_secs(3))
+                .build(),
+        )
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// What the organization holds, read past the proxy.
+async fn snapshot(store: &dyn Store, org_id: uuid::Uuid) -> Value {
+    let agents = store.list_agents(org_id).await.unwrap();
+    let mut credentials = Vec::new();
+    for agent in &agents {
+        for c in store
+            .list_credentials(org_id, agent.agent_id)
+            .await
+            .unwrap()
+        {
+            credentials.push(json!([
+                c.credential_id,
+                c.status.as_str(),
+                c.secret_hash,
+                c.version
+            ]));
+        }
+    }
+    let now = chrono::Utc::now();
+    let audit = store
+        .query_audit(&AuditQuery {
+            org_id,
+            agent_id: None,
+            action: None,
+            outcome: None,
+            not_before: now - chrono::Duration::days(1),
+            until: None,
+            now,
+            limit: 1000,
+            after: None,
+        })
+        .await
+        .unwrap();
+    json!({
+        "agents": agents.iter().map(|a| json!([a.agent_id, a.name, a.status.as_str(), a.version])).collect::<Vec<_>>(),
+        "credentials": credentials,
+        "audit": audit.events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+    })
+}
+
+fn assert_unavailable(response: &Response, what: &str) {
+    assert_eq!(response.status, 503, "{what}: {}", response.text);
+    assert!(
+        response.header("retry-after").is_some(),
+        "{what}: Retry-After"
+    );
+    let documented = response.code() == "SERVICE_UNAVAILABLE"
+        || response.oauth_error() == "temporarily_unavailable";
+    assert!(documented, "{what}: {}", response.text);
+    assert!(
+        !response.text.contains("dispatch") && !response.text.contains("127.0.0.1"),
+        "{what}: no internal detail leaks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_half_written() {
+    let direct = crate::support::dynamodb_store().await;
+    let proxy = Proxy::start(target_of("AWS_ENDPOINT_URL_DYNAMODB"), true).await;
+    let tables =
+        agentidp_shared::store::dynamo::TableNames::with_prefix(&crate::support::dynamodb_prefix());
+    let proxied: Arc<dyn Store> = Arc::new(DynamoStore::new(quick_dynamodb(&proxy.url()), tables));
+    let server = TestServer::start(proxied).await;
+    let admin = server.new_org("faulty").await;
+    let org_id: uuid::Uuid = admin.org_id.parse().unwrap();
+    let token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&token, "bot", &["x:y"]).await;
+    let (credential_id, client_id, secret) = server.create_credential(&token, &agent).await;
+    let agent_token = server.token(&client_id, &secret).await;
+    let before = snapshot(&*direct, org_id).await;
+
+    proxy.set_up(false);
+    let agents = format!("/api/v1/agents/{agent}");
+    let credentials = format!("{agents}/credentials");
+    let credential = format!("{credentials}/{credential_id}");
+    let event_id = uuid::Uuid::new_v4();
+    let calls: Vec<(&str, Response)> = vec![
+        (
+            "create agent",
+            server
+                .call(
+                    Method::POST,
+                    "/api/v1/agents",
+                    Some(&token),
+                    Some(json!({"name": "n"})),
+                )
+                .await,
+        ),
+        (
+            "list agents",
+            server
+                .call(Method::GET, "/api/v1/agents", Some(&token), None)
+                .await,
+        ),
+        (
+            "get agent",
+            server.call(Method::GET, &agents, Some(&token), None).await,
+        ),
+        (
+            "patch agent",
+            server
+                .call(
+                    Method::PATCH,
+                    &agents,
+                    Some(&token),
+                    Some(json!({"description": "d"})),
+                )
+                .await,
+        ),
+        (
+            "delete agent",
+            server
+                .call(Method::DELETE, &agents, Some(&token), None)
+                .await,
+        ),
+        (
+            "generate",
+            server
+                .call(Method::POST, &credentials, Some(&token), Some(json!({})))
+                .await,
+        ),
+        (
+            "list credentials",
+            server
+                .call(Method::GET, &credentials, Some(&token), None)
+                .await,
+        ),
+        (
+            "rotate",
+            server
+                .call(
+                    Method::POST,
+                    &format!("{credential}/rotate"),
+                    Some(&token),
+                    Some(json!({})),
+                )
+                .await,
+        ),
+        (
+            "revoke credential",
+            server
+                .call(Method::DELETE, &credential, Some(&token), None)
+                .await,
+        ),
+        (
+            "token",
+            server.token_request(&client_id, &secret, None).await,
+        ),
+        (
+            "introspect",
+            server
+                .send(
+                    server
+                        .request(Method::POST, "/api/v1/token/introspect")
+                        .bearer_auth(&token)
+                        .form(&[("token", agent_token.as_str())]),
+                )
+                .await,
+        ),
+        (
+            "revoke token",
+            server
+                .send(
+                    server
+                        .request(Method::POST, "/api/v1/token/revoke")
+                        .bearer_auth(&token)
+                        .form(&[("token", agent_token.as_str())]),
+                )
+                .await,
+        ),
+        (
+            "list audit",
+            server
+                .call(Method::GET, "/api/v1/audit", Some(&token), None)
+                .await,
+        ),
+        (
+            "get audit",
+            server
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/audit/{event_id}"),
+                    Some(&token),
+                    None,
+                )
+                .await,
+        ),
+    ];
+    for (what, response) in &calls {
+        assert_unavailable(response, what);
+    }
+
+    proxy.set_up(true);
+    assert_eq!(
+        snapshot(&*direct, org_id).await,
+        before,
+        "the outage changed nothing"
+    );
+    // And the service recovers without a restart.
+    let listed = server
+        .call(Method::GET, "/api/v1/agents", Some(&token), None)
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(
+        server.introspect(&token, &agent_token).await["active"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_secrets_manager_unreachable_at_cold_start_tokens_answer_503_then_recover() {
+    let moto = target_of("AGENTIDP_TEST_MOTO_ENDPOINT");
+    let proxy = Proxy::start(moto, false).await;
+    let sdk = |endpoint: String| {
+        aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::Config::builder()
+                .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+                .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                    "test", "test", None, None, "faults",
+                ))
+                .endpoint_url(endpoint)
+                .retry_config(
+                    aws_sdk_secretsmanager::config::retry::RetryConfig::standard()
+                        .with_max_attempts(1),
+                )
+                .build(),
+        )
+    };
+    let secret_id = format!("agentidp-faults-{}", uuid::Uuid::new_v4().simple());
+    let document = KeySetDocument::generate(SigningAlgorithm::RS256, chrono::Utc::now()).unwrap();
+    sdk(format!("http://{moto}"))
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(document.to_json().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let keys = KeySource::SecretsManager(SecretsManagerKeys::new(
+        sdk(proxy.url()),
+        secret_id,
+        Duration::from_secs(300),
+    ));
+    let server =
+        TestServer::start_with_keys(crate::support::embedded_store().await, keys, |_| {}).await;
+    let admin = server.new_org("cold").await;
+
+    let refused = server
+        .token_request(&admin.client_id, &admin.client_secret, None)
+        .await;
+    assert_unavailable(&refused, "token at cold start");
+    let jwks = server
+        .send(server.request(Method::GET, "/.well-known/jwks.json"))
+        .await;
+    assert_unavailable(&jwks, "jwks at cold start");
+
+    proxy.set_up(true);
+    let token = server.admin_token(&admin).await;
+    let listed = server
+        .call(Method::GET, "/api/v1/agents", Some(&token), None)
+        .await;
+    assert_eq!(listed.status, 200, "recovered without a restart");
+}
