@@ -331,7 +331,72 @@ async fn decommissioning_revokes_every_credential_for_good_and_keeps_the_record(
     server.create_agent(&token, "bot", &[]).await;
 }
 
+async fn a_scope_taken_from_an_agent_stops_opening_the_management_api_at_once(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let manager = server
+        .create_agent(&token, "manager", &["agents:read", "agents:write"])
+        .await;
+    let (_, client_id, secret) = server.create_credential(&token, &manager).await;
+    let manager_token = server.token(&client_id, &secret).await;
+    assert_eq!(
+        server
+            .call(
+                Method::POST,
+                "/api/v1/agents",
+                Some(&manager_token),
+                Some(json!({"name": "a"}))
+            )
+            .await
+            .status,
+        201
+    );
+
+    let narrowed = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{manager}"),
+            Some(&token),
+            Some(json!({"scopes": ["agents:read"]})),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200);
+    let refused = server
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(&manager_token),
+            Some(json!({"name": "b"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "INSUFFICIENT_SCOPE"),
+        "the issued token no longer writes"
+    );
+    let regrant = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{manager}"),
+            Some(&manager_token),
+            Some(json!({"scopes": ["agents:write"]})),
+        )
+        .await;
+    assert_eq!(regrant.status, 403, "nor can it give itself the scope back");
+    assert_eq!(
+        server
+            .call(Method::GET, "/api/v1/agents", Some(&manager_token), None)
+            .await
+            .status,
+        200
+    );
+}
+
 crate::per_store!(
+    a_scope_taken_from_an_agent_stops_opening_the_management_api_at_once,
     registering_an_agent_returns_every_field_and_names_are_unique,
     invalid_agent_bodies_are_refused_field_by_field,
     patch_changes_fields_and_renames_free_the_old_name,

@@ -11,6 +11,7 @@
 mod support;
 
 mod audit_trail;
+mod bad_input;
 mod brute_force;
 mod credentials;
 mod faults;

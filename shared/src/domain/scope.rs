@@ -19,6 +19,12 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        [Scope::AgentsRead, Scope::AgentsWrite, Scope::AuditRead]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::AgentsRead => AGENTS_READ,
@@ -64,12 +70,18 @@ impl ScopeSet {
     }
 
     /// The management scopes in `self` that `holder` lacks: a caller can never grant these.
+    /// Holding `agents:write` permits granting `agents:read`, as it permits reading.
     pub fn management_scopes_beyond(&self, holder: &ScopeSet) -> Vec<String> {
         self.0
             .iter()
-            .filter(|s| MANAGEMENT_SCOPES.contains(&s.as_str()) && !holder.contains(s))
+            .filter(|s| Scope::parse(s).is_some_and(|scope| !holder.permits(scope)))
             .cloned()
             .collect()
+    }
+
+    /// The scopes in both sets.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.intersection(&other.0).cloned().collect())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +126,20 @@ mod tests {
         assert_eq!(
             wanted.management_scopes_beyond(&holder),
             vec!["audit:read".to_owned()]
+        );
+    }
+
+    #[test]
+    fn agents_write_may_grant_agents_read() {
+        let wanted = ScopeSet::parse("agents:read");
+        assert!(
+            wanted
+                .management_scopes_beyond(&ScopeSet::parse("agents:write"))
+                .is_empty()
+        );
+        assert_eq!(
+            wanted.management_scopes_beyond(&ScopeSet::parse("audit:read")),
+            vec!["agents:read".to_owned()]
         );
     }
 

@@ -95,6 +95,8 @@ pub struct ActiveToken {
     pub org_id: Uuid,
     pub agent_id: Uuid,
     pub client_id: Option<Uuid>,
+    /// The agent's scopes now, which may be fewer than when the token was issued.
+    pub agent_scopes: ScopeSet,
 }
 
 /// How an introspection or revocation caller proves who it is.
@@ -430,6 +432,7 @@ impl Idp {
                     org_id,
                     agent_id,
                     client_id,
+                    agent_scopes: ScopeSet::from_list(agent.scopes),
                 }))
             }
             _ => Ok(None),
@@ -453,7 +456,9 @@ impl Idp {
             org_id: active.org_id,
             agent_id: active.agent_id,
             client_id: active.client_id,
-            scopes: ScopeSet::parse(&active.claims.scope),
+            // A scope taken from the agent stops working at once on the management API, not
+            // when the token expires; the token never grants more than it was issued with.
+            scopes: ScopeSet::parse(&active.claims.scope).intersection(&active.agent_scopes),
             context,
         })
     }
