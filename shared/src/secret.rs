@@ -1,8 +1,13 @@
 //! Client secrets: generated from the OS CSPRNG, stored only as bcrypt hashes, compared in
 //! constant time, and never printed.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -65,6 +70,92 @@ pub struct SecretHasher {
     /// unknown client costs the same time as a wrong secret.
     dummy_hash: String,
     verifications: AtomicU64,
+    verified: VerifiedSecretCache,
+}
+
+/// How many credentials a warm instance remembers a verified secret for, and for how long.
+pub const VERIFIED_CACHE_CAPACITY: usize = 10_000;
+pub const VERIFIED_CACHE_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Makes bcrypt rare, not cheap: after a secret passes bcrypt against a credential's stored hash,
+/// the instance keeps an HMAC of (credential id, stored hash, secret) under a random key that
+/// exists only in this process's memory. A later request presenting the same secret while the
+/// stored hash is unchanged matches that digest in constant time and skips bcrypt. A rotation
+/// changes the stored hash and so misses; revocation, expiry and the agent's status are checked
+/// on the record read for every request, outside this cache. See docs/security.md.
+pub struct VerifiedSecretCache {
+    key: aws_lc_rs::hmac::Key,
+    entries: Mutex<HashMap<Uuid, (aws_lc_rs::hmac::Tag, Instant)>>,
+    capacity: usize,
+    lifetime: Duration,
+}
+
+impl fmt::Debug for VerifiedSecretCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedSecretCache")
+            .field("capacity", &self.capacity)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedSecretCache {
+    pub fn new(capacity: usize, lifetime: Duration) -> Result<Self, SecretError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| SecretError::Randomness)?;
+        Ok(Self {
+            key,
+            entries: Mutex::new(HashMap::new()),
+            capacity,
+            lifetime,
+        })
+    }
+
+    fn digest(
+        &self,
+        credential_id: Uuid,
+        stored_hash: &str,
+        secret: &ClientSecret,
+    ) -> aws_lc_rs::hmac::Tag {
+        let mut context = aws_lc_rs::hmac::Context::with_key(&self.key);
+        context.update(credential_id.as_bytes());
+        // Lengths keep the three fields from running into each other.
+        context.update(&(stored_hash.len() as u64).to_be_bytes());
+        context.update(stored_hash.as_bytes());
+        context.update(&(secret.expose().len() as u64).to_be_bytes());
+        context.update(secret.expose().as_bytes());
+        context.sign()
+    }
+
+    pub fn contains(&self, credential_id: Uuid, stored_hash: &str, secret: &ClientSecret) -> bool {
+        let digest = self.digest(credential_id, stored_hash, secret);
+        let Ok(entries) = self.entries.lock() else {
+            return false;
+        };
+        entries.get(&credential_id).is_some_and(|(tag, at)| {
+            at.elapsed() < self.lifetime && constant_time_eq(tag.as_ref(), digest.as_ref())
+        })
+    }
+
+    pub fn remember(&self, credential_id: Uuid, stored_hash: &str, secret: &ClientSecret) {
+        let digest = self.digest(credential_id, stored_hash, secret);
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.capacity && !entries.contains_key(&credential_id) {
+            entries.retain(|_, (_, at)| at.elapsed() < self.lifetime);
+            if entries.len() >= self.capacity
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(id, _)| *id)
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(credential_id, (digest, Instant::now()));
+    }
 }
 
 impl SecretHasher {
@@ -72,10 +163,12 @@ impl SecretHasher {
         let throwaway = ClientSecret::generate()?;
         let dummy_hash =
             bcrypt::hash(throwaway.expose(), cost).map_err(|e| SecretError::Hash(e.to_string()))?;
+        let verified = VerifiedSecretCache::new(VERIFIED_CACHE_CAPACITY, VERIFIED_CACHE_LIFETIME)?;
         Ok(Self {
             cost,
             dummy_hash,
             verifications: AtomicU64::new(0),
+            verified,
         })
     }
 
@@ -96,6 +189,35 @@ impl SecretHasher {
         }
         self.verifications.fetch_add(1, Ordering::Relaxed);
         bcrypt::verify(presented.expose(), stored_hash).unwrap_or(false)
+    }
+
+    /// Whether this instance verified exactly this secret against exactly this hash recently:
+    /// then bcrypt need not run again.
+    pub fn recently_verified(
+        &self,
+        credential_id: Uuid,
+        presented: &ClientSecret,
+        stored_hash: &str,
+    ) -> bool {
+        presented.expose().len() <= MAX_PRESENTED_SECRET_BYTES
+            && self
+                .verified
+                .contains(credential_id, stored_hash, presented)
+    }
+
+    /// bcrypt, remembering a success for [`SecretHasher::recently_verified`].
+    pub fn verify_and_remember(
+        &self,
+        credential_id: Uuid,
+        presented: &ClientSecret,
+        stored_hash: &str,
+    ) -> bool {
+        let matches = self.verify(presented, stored_hash);
+        if matches {
+            self.verified
+                .remember(credential_id, stored_hash, presented);
+        }
+        matches
     }
 
     /// Spends one verification's time for a client that does not exist.
@@ -171,6 +293,60 @@ mod tests {
     fn a_malformed_stored_hash_is_a_mismatch() {
         let hasher = SecretHasher::new(4).unwrap();
         assert!(!hasher.verify(&ClientSecret::presented("x".into()), "not-a-hash"));
+    }
+
+    #[test]
+    fn a_verified_secret_is_recognised_without_bcrypt_until_the_hash_changes() {
+        let hasher = SecretHasher::new(4).unwrap();
+        let id = Uuid::new_v4();
+        let secret = ClientSecret::generate().unwrap();
+        let hash = hasher.hash(&secret).unwrap();
+        assert!(!hasher.recently_verified(id, &secret, &hash));
+        assert!(hasher.verify_and_remember(id, &secret, &hash));
+        assert!(hasher.recently_verified(id, &secret, &hash));
+        assert_eq!(hasher.verifications(), 1);
+        let wrong = ClientSecret::generate().unwrap();
+        assert!(
+            !hasher.recently_verified(id, &wrong, &hash),
+            "another secret misses"
+        );
+        let rotated = hasher.hash(&ClientSecret::generate().unwrap()).unwrap();
+        assert!(
+            !hasher.recently_verified(id, &secret, &rotated),
+            "a new stored hash misses"
+        );
+        assert!(
+            !hasher.recently_verified(Uuid::new_v4(), &secret, &hash),
+            "another credential misses"
+        );
+    }
+
+    #[test]
+    fn a_wrong_secret_is_never_remembered() {
+        let hasher = SecretHasher::new(4).unwrap();
+        let id = Uuid::new_v4();
+        let hash = hasher.hash(&ClientSecret::generate().unwrap()).unwrap();
+        let wrong = ClientSecret::generate().unwrap();
+        assert!(!hasher.verify_and_remember(id, &wrong, &hash));
+        assert!(!hasher.recently_verified(id, &wrong, &hash));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_forgets_after_its_lifetime() {
+        let cache = VerifiedSecretCache::new(2, Duration::from_millis(50)).unwrap();
+        let secret = ClientSecret::generate().unwrap();
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            cache.remember(*id, "h", &secret);
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), 2);
+        assert!(
+            !cache.contains(ids[0], "h", &secret),
+            "the oldest was evicted"
+        );
+        assert!(cache.contains(ids[2], "h", &secret));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!cache.contains(ids[2], "h", &secret), "entries expire");
     }
 
     #[test]

@@ -383,7 +383,85 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
     assert_eq!(n.len(), 256, "a 2048-bit modulus");
 }
 
+async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache(
+    store: Arc<dyn Store>,
+) {
+    let (server, admin_token, agent, client_id, secret) = setup(store).await;
+    let before = server.idp.hasher.verifications();
+    for _ in 0..20 {
+        assert_eq!(
+            server.token_request(&client_id, &secret, None).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        server.idp.hasher.verifications() - before,
+        1,
+        "one bcrypt verification for twenty requests"
+    );
+
+    let credential_id = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/credentials"),
+            Some(&admin_token),
+            None,
+        )
+        .await
+        .body["data"][0]["credentialId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rotated = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/credentials/{credential_id}/rotate"),
+            Some(&admin_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        server.token_request(&client_id, &secret, None).await.status,
+        401,
+        "the cached old secret no longer works"
+    );
+    let new_secret = rotated.str("clientSecret");
+    assert_eq!(
+        server
+            .token_request(&client_id, &new_secret, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .token_request(&client_id, &new_secret, None)
+            .await
+            .status,
+        200
+    );
+
+    let revoked = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/agents/{agent}/credentials/{credential_id}"),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204);
+    assert_eq!(
+        server
+            .token_request(&client_id, &new_secret, None)
+            .await
+            .status,
+        401,
+        "a cached secret of a revoked credential is refused"
+    );
+}
+
 crate::per_store!(
+    a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache,
     both_client_authentication_methods_get_a_token_with_the_documented_shape,
     failed_client_authentication_never_says_why,
     malformed_token_requests_get_rfc_6749_errors,

@@ -161,12 +161,20 @@ impl Idp {
     async fn secret_matches(
         self: &Arc<Self>,
         secret: &ClientSecret,
-        stored_hash: Option<String>,
+        credential: Option<&Credential>,
     ) -> ServiceResult<bool> {
+        if let Some(c) = credential
+            && self
+                .hasher
+                .recently_verified(c.credential_id, secret, &c.secret_hash)
+        {
+            return Ok(true);
+        }
         let idp = self.clone();
         let presented = ClientSecret::presented(secret.expose().to_owned());
-        tokio::task::spawn_blocking(move || match stored_hash {
-            Some(hash) => idp.hasher.verify(&presented, &hash),
+        let stored = credential.map(|c| (c.credential_id, c.secret_hash.clone()));
+        tokio::task::spawn_blocking(move || match stored {
+            Some((id, hash)) => idp.hasher.verify_and_remember(id, &presented, &hash),
             None => idp.hasher.verify_against_dummy(&presented),
         })
         .await
@@ -213,10 +221,7 @@ impl Idp {
             None => None,
         };
         let matches = self
-            .secret_matches(
-                &auth.secret,
-                credential.as_ref().map(|c| c.secret_hash.clone()),
-            )
+            .secret_matches(&auth.secret, credential.as_ref())
             .await?;
         let now = self.now();
         let denial = match &credential {
