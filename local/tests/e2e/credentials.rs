@@ -413,7 +413,7 @@ async fn unknown_and_malformed_ids_answer_not_found(store: Arc<dyn Store>) {
         ),
         (
             Method::GET,
-            format!("/api/v1/agents/not-a-uuid/credentials"),
+            "/api/v1/agents/not-a-uuid/credentials".to_owned(),
             "AGENT_NOT_FOUND",
         ),
         (

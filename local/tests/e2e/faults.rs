@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentidp_shared::signing::{KeySetDocument, KeySource, SecretsManagerKeys, SigningAlgorithm};
 use agentidp_shared::store::dynamo::DynamoStore;
-use agentidp_shared::store::{AgentReader, AuditQuery, AuditReader, CredentialReader, Store};
+use agentidp_shared::store::{AuditQuery, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};

@@ -360,7 +360,7 @@ macro_rules! per_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::support::embedded_store().await).await;
+                    super::$name($crate::support::embedded_store().await).await;
                 }
             )*
         }
@@ -368,7 +368,7 @@ macro_rules! per_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::support::dynamodb_store().await).await;
+                    super::$name($crate::support::dynamodb_store().await).await;
                 }
             )*
         }

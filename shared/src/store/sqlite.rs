@@ -958,7 +958,6 @@ fn corrupt(what: &str, found: &str) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
     use std::collections::BTreeMap;

@@ -17,7 +17,7 @@ use agentidp_shared::domain::{
     Outcome, Plan,
 };
 use agentidp_shared::store::{
-    AuditPosition, AuditQuery, Store, StoreError, StoreResult, ThrottleReader, Usage, Write,
+    AuditPosition, AuditQuery, Store, StoreError, StoreResult, Usage, Write,
 };
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Barrier;
