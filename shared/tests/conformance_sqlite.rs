@@ -1,11 +1,5 @@
 //! The SQLite store against the shared conformance suite, plus what only a file can show.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test fails loudly on the first surprise"
-)]
-
 mod conformance;
 
 use agentidp_shared::domain::{AuditAction, Outcome, Plan};
