@@ -90,11 +90,20 @@ async fn a_client_is_locked_out_after_repeated_failures_even_with_the_right_secr
 async fn an_address_guessing_many_client_ids_is_locked_out(store: Arc<dyn Store>) {
     let server = TestServer::start_with(store, |c| c.throttle.address_failures = 5).await;
     let admin = server.new_org("acme").await;
-    for _ in 0..5 {
+    // Every test calls from 127.0.0.1 and the DynamoDB run shares its tables, so this address
+    // may carry others' failures already: it must be locked within five guesses, not at
+    // exactly five.
+    let mut guesses = 0;
+    loop {
         let guess = server
             .token_request(&uuid::Uuid::new_v4().to_string(), WRONG, None)
             .await;
+        if guess.status == 429 {
+            break;
+        }
         assert_eq!(guess.status, 401);
+        guesses += 1;
+        assert!(guesses <= 5, "still not locked after {guesses} failures");
     }
     let locked = server
         .token_request(&admin.client_id, &admin.client_secret, None)

@@ -64,6 +64,8 @@ pub struct Credential {
     /// A copy of the agent's status, kept in step on every agent transition, so the token
     /// endpoint learns both from one read.
     pub agent_status: AgentStatus,
+    /// A copy of the agent's scopes, kept in step like `agent_status`, for the same reason.
+    pub agent_scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Credential {
             .field("secret_hash", &"[redacted]")
             .field("status", &self.status)
             .field("agent_status", &self.agent_status)
+            .field("agent_scopes", &self.agent_scopes)
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
@@ -136,6 +139,7 @@ mod tests {
                 secret_hash: "$2b$04$hash".into(),
                 status,
                 agent_status: agent,
+                agent_scopes: Vec::new(),
                 created_at: now,
                 expires_at: expires_in.map(|d| now + d),
                 revoked_at: None,

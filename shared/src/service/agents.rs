@@ -58,10 +58,11 @@ fn refuse_ungrantable_scopes(caller: &Caller, scopes: &[String]) -> ServiceResul
     }
 }
 
-/// Rewrites each active credential's copy of the agent's status, conditional on its version.
-pub(crate) fn credential_status_writes(
+/// Rewrites each active credential's copy of the agent's status and scopes, conditional on its
+/// version.
+pub(crate) fn credential_sync_writes(
     credentials: &[Credential],
-    agent_status: AgentStatus,
+    agent: &Agent,
     revoke_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Vec<Write> {
     credentials
@@ -69,7 +70,8 @@ pub(crate) fn credential_status_writes(
         .filter(|c| c.status == CredentialStatus::Active)
         .map(|c| {
             let mut next = c.clone();
-            next.agent_status = agent_status;
+            next.agent_status = agent.status;
+            next.agent_scopes = agent.scopes.clone();
             if let Some(at) = revoke_at {
                 next.status = CredentialStatus::Revoked;
                 next.revoked_at = Some(at);
@@ -291,9 +293,9 @@ impl Idp {
                 });
                 writes.len() - 2
             });
-            if let Some(status) = status_change {
+            if status_change.is_some() || next.scopes != current.scopes {
                 let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
-                let rewrites = credential_status_writes(&credentials, status, None);
+                let rewrites = credential_sync_writes(&credentials, &next, None);
                 if !listing_is_complete(&rewrites, &current).await {
                     continue;
                 }
@@ -344,9 +346,14 @@ impl Idp {
                 });
             }
             let now = self.now();
+            let mut next = current.clone();
+            next.status = AgentStatus::Decommissioned;
+            next.decommissioned_at = Some(now);
+            next.updated_at = now;
+            next.active_credentials = 0;
+            next.version += 1;
             let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
-            let revocations =
-                credential_status_writes(&credentials, AgentStatus::Decommissioned, Some(now));
+            let revocations = credential_sync_writes(&credentials, &next, Some(now));
             if !listing_is_complete(&revocations, &current).await {
                 continue;
             }
@@ -359,12 +366,6 @@ impl Idp {
                     _ => None,
                 })
                 .collect();
-            let mut next = current.clone();
-            next.status = AgentStatus::Decommissioned;
-            next.decommissioned_at = Some(now);
-            next.updated_at = now;
-            next.active_credentials = 0;
-            next.version += 1;
             let mut writes = vec![
                 Write::PutAgent {
                     agent: next,

@@ -108,6 +108,7 @@ impl Idp {
                 secret_hash: hash.clone(),
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
+                agent_scopes: agent.scopes.clone(),
                 created_at: now,
                 expires_at,
                 revoked_at: None,

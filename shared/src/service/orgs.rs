@@ -69,6 +69,7 @@ impl Idp {
                 secret_hash: hash,
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
+                agent_scopes: agent.scopes.clone(),
                 created_at: self.now(),
                 expires_at: None,
                 revoked_at: None,

@@ -316,22 +316,9 @@ impl Idp {
             Ok(credential) => credential,
             Err(refusal) => return Err(refusal.into_oauth(basic)),
         };
-        let agent = self
-            .store
-            .get_agent(credential.org_id, credential.agent_id)
-            .await?
-            .ok_or_else(|| {
-                OAuthError::Internal(format!(
-                    "credential {} has no agent",
-                    credential.credential_id
-                ))
-            })?;
-        if !agent.status.may_obtain_tokens() {
-            self.audit_denial(&credential, Denial::AgentNotActive.as_str(), context, [])
-                .await?;
-            return Err(OAuthError::InvalidClient { basic });
-        }
-        let allowed = ScopeSet::from_list(agent.scopes.iter().cloned());
+        // The credential carries the agent's status (checked above) and scopes, kept in step on
+        // every change of the agent, so the agent record need not be read here.
+        let allowed = ScopeSet::from_list(credential.agent_scopes.iter().cloned());
         let granted = match requested_scope {
             None => allowed,
             Some(text) => {
@@ -356,7 +343,7 @@ impl Idp {
         let policy = self.token_policy();
         let claims = AccessTokenClaims {
             iss: policy.issuer.clone(),
-            sub: agent.agent_id.to_string(),
+            sub: credential.agent_id.to_string(),
             aud: policy.audience.clone(),
             exp: now.timestamp() + policy.lifetime_seconds,
             iat: now.timestamp(),
@@ -374,7 +361,7 @@ impl Idp {
             action: AuditAction::TokenIssued,
             outcome: Outcome::Success,
             actor: Actor::client(Some(credential.client_id)),
-            subject_agent_id: Some(agent.agent_id),
+            subject_agent_id: Some(credential.agent_id),
             resource: format!("token/{}", claims.jti),
             details: details([
                 ("scope", json!(claims.scope)),

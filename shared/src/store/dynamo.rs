@@ -1532,6 +1532,7 @@ fn credential_item(credential: &Credential) -> Item {
     item.insert("secretHash".into(), s(credential.secret_hash.clone()));
     item.insert("status".into(), s(credential.status.as_str()));
     item.insert("agentStatus".into(), s(credential.agent_status.as_str()));
+    item.insert("agentScopes".into(), string_list(&credential.agent_scopes));
     item.insert("createdAt".into(), time(&credential.created_at));
     // A string, so that it could never be taken for a TTL attribute: an expired credential must
     // stay listable as `expired`.
@@ -1564,6 +1565,7 @@ fn credential_from(item: &Item) -> StoreResult<Credential> {
         secret_hash: r.s("secretHash")?.to_owned(),
         status: r.parse("status", CredentialStatus::parse)?,
         agent_status: r.parse("agentStatus", AgentStatus::parse)?,
+        agent_scopes: r.string_list("agentScopes")?,
         created_at: r.time("createdAt")?,
         expires_at: r.opt_time("expiresAt")?,
         revoked_at: r.opt_time("revokedAt")?,

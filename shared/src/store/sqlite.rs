@@ -27,7 +27,16 @@ use crate::domain::{
 
 /// Bumped whenever the schema below changes; a database written by a newer build is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 keeps a copy of the agent's scopes on each credential; a version-1 file gets the
+/// column, filled from its agents.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE credentials ADD COLUMN agent_scopes TEXT NOT NULL DEFAULT '[]';
+UPDATE credentials SET agent_scopes = (
+    SELECT scopes FROM agents WHERE agents.org_id = credentials.org_id AND agents.agent_id = credentials.agent_id
+) WHERE EXISTS (SELECT 1 FROM agents WHERE agents.org_id = credentials.org_id AND agents.agent_id = credentials.agent_id);
+";
 
 /// Long enough for the operator CLI's short transactions to finish while the server holds the
 /// write lock, short enough that a stuck writer surfaces as `Unavailable` instead of a hang.
@@ -77,6 +86,7 @@ CREATE TABLE IF NOT EXISTS credentials (
     secret_hash   TEXT NOT NULL,
     status        TEXT NOT NULL,
     agent_status  TEXT NOT NULL,
+    agent_scopes  TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER,
     revoked_at_ms INTEGER,
@@ -136,7 +146,7 @@ const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabil
      created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version";
 
 const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
-     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version";
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes";
 
 const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
      request_id, source_ip, user_agent, details, expires_at_ms";
@@ -180,6 +190,9 @@ impl SqliteStore {
             return Err(StoreError::Internal(format!(
                 "database schema version {found} is newer than this build's {SCHEMA_VERSION}"
             )));
+        }
+        if found == 1 {
+            tx.execute_batch(MIGRATE_1_TO_2)?;
         }
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -374,6 +387,7 @@ fn put_credential(
     let agent_id = credential.agent_id.to_string();
     let org_id = credential.org_id.to_string();
     let version = to_i64(credential.version)?;
+    let agent_scopes = to_json(&credential.agent_scopes)?;
     let values = named_params! {
         ":credential_id": credential_id,
         ":client_id": client_id,
@@ -387,6 +401,7 @@ fn put_credential(
         ":revoked_at_ms": credential.revoked_at.as_ref().map(millis),
         ":rotated_at_ms": credential.rotated_at.as_ref().map(millis),
         ":version": version,
+        ":agent_scopes": agent_scopes,
     };
     let Some(expected) = expected_version else {
         // A client id already taken by another credential also leaves nothing inserted: the
@@ -395,7 +410,7 @@ fn put_credential(
             &format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
                  :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
-                 :rotated_at_ms, :version) ON CONFLICT DO NOTHING"
+                 :rotated_at_ms, :version, :agent_scopes) ON CONFLICT DO NOTHING"
             ),
             values,
         )?);
@@ -409,7 +424,7 @@ fn put_credential(
         "UPDATE OR IGNORE credentials SET client_id = :client_id, agent_id = :agent_id, org_id = :org_id, \
          secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
          created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
-         rotated_at_ms = :rotated_at_ms, version = :version \
+         rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes \
          WHERE credential_id = :credential_id AND version = :expected_version",
         with_expected.as_slice(),
     )?)
@@ -824,6 +839,7 @@ struct RawCredential {
     revoked_at_ms: Option<i64>,
     rotated_at_ms: Option<i64>,
     version: i64,
+    agent_scopes: String,
 }
 
 fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
@@ -840,6 +856,7 @@ fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
         revoked_at_ms: row.get(9)?,
         rotated_at_ms: row.get(10)?,
         version: row.get(11)?,
+        agent_scopes: row.get(12)?,
     })
 }
 
@@ -860,6 +877,7 @@ impl RawCredential {
             revoked_at: self.revoked_at_ms.map(time).transpose()?,
             rotated_at: self.rotated_at_ms.map(time).transpose()?,
             version: to_u64(self.version)?,
+            agent_scopes: from_json(&self.agent_scopes)?,
         })
     }
 }
@@ -1023,6 +1041,11 @@ mod tests {
                 AgentStatus::Suspended
             } else {
                 AgentStatus::Active
+            },
+            agent_scopes: if full {
+                vec!["a:b".into(), "c".into()]
+            } else {
+                Vec::new()
             },
             created_at: at(1_700_000_000_001),
             expires_at: full.then(|| at(1_800_000_000_002)),

@@ -134,6 +134,7 @@ pub fn credential(org_id: Uuid, agent_id: Uuid, created_at: DateTime<Utc>) -> Cr
         secret_hash: "$2b$04$abcdefghijklmnopqrstuuM4nbmC7/Ws9h7K4G0QwTX0xJ5T0Wv2".into(),
         status: CredentialStatus::Active,
         agent_status: AgentStatus::Active,
+        agent_scopes: vec!["weather:read".into(), "agents:read".into()],
         created_at,
         expires_at: Some(created_at + Duration::days(30)),
         revoked_at: None,
