@@ -26,8 +26,20 @@ step "starting DynamoDB Local and moto_server"
 source scripts/test-services.sh
 start_test_services
 
+# The end-to-end tests log every response they receive; scripts/check-docs.sh checks each
+# against docs/openapi.yaml. A fresh log per run, so a stale one can never pass.
+export AGENTIDP_E2E_RESPONSE_LOG="$PWD/.tools/e2e-responses.jsonl"
+mkdir -p .tools && rm -f "$AGENTIDP_E2E_RESPONSE_LOG"
+
 step "cargo test (unit, conformance on both stores, end-to-end on both stores)"
 cargo test --workspace --locked "${cargo_test_args[@]}"
+
+step "developer docs and OpenAPI spec (scripts/check-docs.sh)"
+if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
+    # A filtered cargo test may not have run the end-to-end tests: check-docs runs them itself.
+    unset AGENTIDP_E2E_RESPONSE_LOG
+fi
+scripts/check-docs.sh
 
 # Checks beyond cargo test run here, each from its own script (packaging: issue 4; docs and
 # OpenAPI: issue 5).
