@@ -413,11 +413,12 @@ impl Idp {
         let (Some(org_id), Some(agent_id)) = (claims.org_uuid(), claims.agent_id()) else {
             return Ok(None);
         };
-        if self.store.is_token_revoked(&claims.jti).await? {
-            return Ok(None);
-        }
-        match self.store.get_agent(org_id, agent_id).await? {
-            Some(agent) if agent.status.tokens_are_honoured() => {
+        match self
+            .store
+            .token_standing(&claims.jti, org_id, agent_id)
+            .await?
+        {
+            (false, Some(agent)) if agent.status.tokens_are_honoured() => {
                 let client_id = claims.client_uuid();
                 Ok(Some(ActiveToken {
                     claims,

@@ -937,6 +937,62 @@ impl CredentialReader for DynamoStore {
 
 #[async_trait]
 impl RevocationReader for DynamoStore {
+    /// One consistent `BatchGetItem` over the revoked-tokens and agents tables (repeated only
+    /// for keys DynamoDB returns unprocessed under throttling).
+    async fn token_standing(
+        &self,
+        jti: &str,
+        org_id: Uuid,
+        agent_id: Uuid,
+    ) -> StoreResult<(bool, Option<Agent>)> {
+        let revoked_table = &self.tables.revoked_tokens;
+        let agents_table = &self.tables.agents;
+        let revoked_keys = KeysAndAttributes::builder()
+            .keys(HashMap::from([(JTI.to_owned(), s(jti))]))
+            .consistent_read(true)
+            .build()
+            .map_err(build_error)?;
+        let agent_keys = KeysAndAttributes::builder()
+            .keys(pk_sk(org_id.to_string(), &agent_sk(agent_id)))
+            .consistent_read(true)
+            .build()
+            .map_err(build_error)?;
+        let mut request = HashMap::from([
+            (revoked_table.clone(), revoked_keys),
+            (agents_table.clone(), agent_keys),
+        ]);
+        let (mut revoked, mut agent) = (false, None);
+        for attempt in 1..=BATCH_GET_ATTEMPTS {
+            let output = self
+                .client
+                .batch_get_item()
+                .set_request_items(Some(request))
+                .send()
+                .await
+                .map_err(|err| sdk_error("BatchGetItem", err))?;
+            let mut responses = output.responses.unwrap_or_default();
+            revoked |= responses
+                .remove(revoked_table)
+                .is_some_and(|items| !items.is_empty());
+            if let Some(item) = responses
+                .remove(agents_table)
+                .and_then(|items| items.into_iter().next())
+            {
+                agent = Some(agent_from(&item)?);
+            }
+            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
+                None => return Ok((revoked, agent)),
+                Some(unprocessed) => {
+                    request = unprocessed;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+        ))
+    }
+
     /// One consistent `GetItem` that projects only the key.
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         let output = self

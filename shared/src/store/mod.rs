@@ -132,6 +132,14 @@ pub trait CredentialReader: Send + Sync {
 #[async_trait]
 pub trait RevocationReader: Send + Sync {
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool>;
+    /// What an access token's validity depends on besides its signature: whether its id is
+    /// revoked, and its agent. One read round trip (introspection and every management call).
+    async fn token_standing(
+        &self,
+        jti: &str,
+        org_id: Uuid,
+        agent_id: Uuid,
+    ) -> StoreResult<(bool, Option<Agent>)>;
 }
 
 #[async_trait]

@@ -598,6 +598,18 @@ impl CredentialReader for SqliteStore {
 
 #[async_trait]
 impl RevocationReader for SqliteStore {
+    async fn token_standing(
+        &self,
+        jti: &str,
+        org_id: Uuid,
+        agent_id: Uuid,
+    ) -> StoreResult<(bool, Option<Agent>)> {
+        Ok((
+            self.is_token_revoked(jti).await?,
+            self.get_agent(org_id, agent_id).await?,
+        ))
+    }
+
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = jti.to_owned();
         self.run(move |conn| {

@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
         $crate::conformance::conformance_suite!(@each $make;
             an_organization_reads_back_equal_and_appears_in_the_listing,
             failure_counters_add_up_per_key_and_read_zero_when_absent_or_expired,
+            a_tokens_standing_reads_its_revocation_and_its_agent_together,
             parallel_failures_are_all_counted,
             an_organization_cannot_be_created_twice,
             a_plan_can_be_set_only_on_an_existing_organization,
@@ -1159,6 +1160,51 @@ pub async fn a_revoked_token_is_reported_and_revoking_it_again_is_harmless<S: St
             .is_token_revoked(&Uuid::new_v4().to_string())
             .await
             .unwrap()
+    );
+}
+
+pub async fn a_tokens_standing_reads_its_revocation_and_its_agent_together<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let agent = self::agent(org_id, "standing", now_ms());
+    store
+        .commit(vec![Write::PutAgent {
+            agent: agent.clone(),
+            expected_version: None,
+        }])
+        .await
+        .unwrap();
+    let jti = Uuid::new_v4().to_string();
+    assert_eq!(
+        store
+            .token_standing(&jti, org_id, agent.agent_id)
+            .await
+            .unwrap(),
+        (false, Some(agent.clone()))
+    );
+    store
+        .commit(vec![Write::RevokeToken {
+            jti: jti.clone(),
+            org_id,
+            expires_at: now_ms() + Duration::hours(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .token_standing(&jti, org_id, agent.agent_id)
+            .await
+            .unwrap(),
+        (true, Some(agent.clone()))
+    );
+    assert_eq!(
+        store
+            .token_standing(&jti, Uuid::new_v4(), agent.agent_id)
+            .await
+            .unwrap(),
+        (true, None),
+        "another organization's agent is not found"
     );
 }
 
