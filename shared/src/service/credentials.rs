@@ -67,37 +67,43 @@ impl Idp {
         caller.require(Scope::AgentsWrite)?;
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
-        // Cheap refusals first, so an inactive agent or a full plan costs no bcrypt.
-        let agent = self
+        // Cheap refusals first, so an inactive agent or a full plan costs no bcrypt; the record
+        // read for them also serves the first attempt to write.
+        let refusal = |agent: &crate::domain::Agent| {
+            if !agent.status.may_receive_credentials() {
+                Some(ServiceError::AgentNotActive(format!(
+                    "the agent is {}",
+                    agent.status.as_str()
+                )))
+            } else if agent.active_credentials >= limits.max_active_credentials_per_agent {
+                Some(ServiceError::PlanLimit(LimitExceeded {
+                    limit: "maxActiveCredentialsPerAgent",
+                    max: limits.max_active_credentials_per_agent,
+                    current: agent.active_credentials,
+                }))
+            } else {
+                None
+            }
+        };
+        let mut agent = self
             .store
             .get_agent(caller.org_id, agent_id)
             .await?
             .ok_or(ServiceError::AgentNotFound)?;
-        if !agent.status.may_receive_credentials() {
-            return Err(ServiceError::AgentNotActive(format!(
-                "the agent is {}",
-                agent.status.as_str()
-            )));
+        if let Some(refused) = refusal(&agent) {
+            return Err(refused);
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let agent = self
-                .store
-                .get_agent(caller.org_id, agent_id)
-                .await?
-                .ok_or(ServiceError::AgentNotFound)?;
-            if !agent.status.may_receive_credentials() {
-                return Err(ServiceError::AgentNotActive(format!(
-                    "the agent is {}",
-                    agent.status.as_str()
-                )));
-            }
-            if agent.active_credentials >= limits.max_active_credentials_per_agent {
-                return Err(ServiceError::PlanLimit(LimitExceeded {
-                    limit: "maxActiveCredentialsPerAgent",
-                    max: limits.max_active_credentials_per_agent,
-                    current: agent.active_credentials,
-                }));
+        for attempt in 0..MAX_WRITE_ATTEMPTS {
+            if attempt > 0 {
+                agent = self
+                    .store
+                    .get_agent(caller.org_id, agent_id)
+                    .await?
+                    .ok_or(ServiceError::AgentNotFound)?;
+                if let Some(refused) = refusal(&agent) {
+                    return Err(refused);
+                }
             }
             let now = self.now();
             let credential = Credential {
@@ -218,18 +224,23 @@ impl Idp {
         caller.require(Scope::AgentsWrite)?;
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
-        if !self
-            .credential_of(caller, agent_id, credential_id)
-            .await?
-            .may_be_rotated()
-        {
+        let mut current = self.credential_of(caller, agent_id, credential_id).await?;
+        if !current.may_be_rotated() {
             return Err(ServiceError::CredentialRevoked);
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let current = self.credential_of(caller, agent_id, credential_id).await?;
-            if !current.may_be_rotated() {
-                return Err(ServiceError::CredentialRevoked);
+        for attempt in 0..MAX_WRITE_ATTEMPTS {
+            if attempt > 0 {
+                // Another writer got there first: re-read by client id, the one consistent read.
+                current = self
+                    .store
+                    .credential_by_client_id(current.client_id)
+                    .await?
+                    .filter(|c| c.org_id == caller.org_id && c.agent_id == agent_id)
+                    .ok_or(ServiceError::CredentialNotFound)?;
+                if !current.may_be_rotated() {
+                    return Err(ServiceError::CredentialRevoked);
+                }
             }
             let now = self.now();
             let mut next = current.clone();

@@ -90,13 +90,18 @@ impl Idp {
         }
     }
 
-    /// Whether the attempt may run at all. Costs one read round trip, and never runs bcrypt.
-    pub(crate) async fn lockout(&self, counters: &AuthCounters) -> ServiceResult<Lockout> {
-        let keys = counters.keys();
-        if keys.is_empty() {
-            return Ok(Lockout::Open);
-        }
-        let counts = self.store.tallies(&keys, self.now()).await?;
+    /// The client id's credential and whether the attempt may run at all, from one read round
+    /// trip. A locked-out attempt never runs bcrypt.
+    pub(crate) async fn client_standing(
+        &self,
+        client_id: Option<Uuid>,
+        counters: &AuthCounters,
+    ) -> ServiceResult<(Option<crate::domain::Credential>, Lockout)> {
+        let now = self.now();
+        let (credential, counts) = self
+            .store
+            .client_standing(client_id, &counters.keys(), now)
+            .await?;
         let limits = self.config.throttle;
         let mut counts = counts.into_iter();
         let client = counters
@@ -109,14 +114,15 @@ impl Idp {
             .as_ref()
             .and_then(|_| counts.next())
             .unwrap_or(0);
-        if client >= limits.client_failures || address >= limits.address_failures {
-            Ok(Lockout::Locked {
-                retry_after: counters.window.retry_after(self.now()),
+        let lockout = if client >= limits.client_failures || address >= limits.address_failures {
+            Lockout::Locked {
+                retry_after: counters.window.retry_after(now),
                 first: client == limits.client_failures,
-            })
+            }
         } else {
-            Ok(Lockout::Open)
-        }
+            Lockout::Open
+        };
+        Ok((credential, lockout))
     }
 
     /// Counts one management request of the caller's organization, refusing it past the
@@ -125,24 +131,14 @@ impl Idp {
         let now = self.now();
         let window = Window::containing(now, 60);
         let key = format!("org-requests#{}#{}", caller.org_id, window.index);
-        let count = self
-            .store
-            .tallies(std::slice::from_ref(&key), now)
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        if count >= self.config.throttle.org_requests_per_minute {
+        // Counting first and checking the new value is one round trip; a refused request is
+        // counted too, which only keeps a flooding organization refused.
+        let count = self.store.add_tally(&key, window.ends_at).await?;
+        if count > self.config.throttle.org_requests_per_minute {
             return Err(ServiceError::RateLimited {
                 retry_after: window.retry_after(now),
             });
         }
-        self.store
-            .commit(vec![Write::Tally {
-                key,
-                expires_at: window.ends_at,
-            }])
-            .await?;
         Ok(())
     }
 }

@@ -190,19 +190,16 @@ impl Idp {
     ) -> ServiceResult<Result<Credential, ClientRefusal>> {
         let client_id = Uuid::parse_str(&auth.client_id).ok();
         let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
+        let (credential, lockout) = self.client_standing(client_id, &counters).await?;
         // A locked-out client or address costs a read and a counter write, never bcrypt.
-        if let Lockout::Locked { retry_after, first } = self.lockout(&counters).await? {
+        if let Lockout::Locked { retry_after, first } = lockout {
             let mut writes = counters.tallies();
-            let credential = match (first, client_id) {
-                (true, Some(id)) => self.store.credential_by_client_id(id).await?,
-                _ => None,
-            };
-            if let Some(credential) = credential {
+            if let Some(credential) = credential.as_ref().filter(|_| first) {
                 let until = crate::domain::time::format_timestamp(&counters.window.ends_at);
                 let threshold = self.config.throttle.client_failures;
                 writes.push(Write::Audit(
                     self.denial_event(
-                        &credential,
+                        credential,
                         "locked_out",
                         context,
                         [
@@ -216,10 +213,6 @@ impl Idp {
             self.store.commit(writes).await?;
             return Ok(Err(ClientRefusal::Locked { retry_after }));
         }
-        let credential = match client_id {
-            Some(client_id) => self.store.credential_by_client_id(client_id).await?,
-            None => None,
-        };
         let matches = self
             .secret_matches(&auth.secret, credential.as_ref())
             .await?;

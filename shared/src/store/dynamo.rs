@@ -1012,23 +1012,73 @@ impl RevocationReader for DynamoStore {
 
 #[async_trait]
 impl ThrottleReader for DynamoStore {
-    /// One consistent `BatchGetItem` of every key (repeated only for keys DynamoDB returns
-    /// unprocessed under throttling). TTL deletes lazily, so expired counters are skipped here.
+    /// One `UpdateItem` that adds and returns the new count.
+    async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64> {
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.tables.throttle)
+            .key(PK, s(key))
+            .update_expression("ADD #count :one SET #ttl = :ttl, #time = :time")
+            .expression_attribute_names("#count", COUNT)
+            .expression_attribute_names("#ttl", EXPIRES_AT)
+            .expression_attribute_names("#time", "expiresAtTime")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(ttl_seconds(&expires_at)))
+            .expression_attribute_values(":time", time(&expires_at))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|err| sdk_error("UpdateItem", err))?;
+        let attributes = output.attributes.unwrap_or_default();
+        let reader = ItemReader::new(&attributes, "throttle counter");
+        Ok(u64::try_from(reader.i64(COUNT)?).unwrap_or(0))
+    }
+
+    /// As [`ThrottleReader::client_standing`] without a credential.
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
-        let table = &self.tables.throttle;
-        let mut counts: HashMap<String, u64> = HashMap::new();
+        Ok(self.client_standing(None, keys, now).await?.1)
+    }
+
+    /// One consistent `BatchGetItem` over the credentials and throttle tables (repeated only
+    /// for keys DynamoDB returns unprocessed under throttling). TTL deletes lazily, so expired
+    /// counters are skipped here.
+    async fn client_standing(
+        &self,
+        client_id: Option<Uuid>,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
+        let throttle_table = &self.tables.throttle;
+        let credentials_table = &self.tables.credentials;
         let mut unique: Vec<&String> = keys.iter().collect();
         unique.sort();
         unique.dedup();
-        if unique.is_empty() {
-            return Ok(Vec::new());
+        let mut request = HashMap::new();
+        if !unique.is_empty() {
+            let mut throttle_keys = KeysAndAttributes::builder().consistent_read(true);
+            for key in unique {
+                throttle_keys =
+                    throttle_keys.keys(HashMap::from([(PK.to_owned(), s(key.clone()))]));
+            }
+            request.insert(
+                throttle_table.clone(),
+                throttle_keys.build().map_err(build_error)?,
+            );
         }
-        let mut request_keys = KeysAndAttributes::builder().consistent_read(true);
-        for key in unique {
-            request_keys = request_keys.keys(HashMap::from([(PK.to_owned(), s(key.clone()))]));
+        if let Some(id) = client_id {
+            let credential_keys = KeysAndAttributes::builder()
+                .keys(HashMap::from([(PK.to_owned(), s(id.to_string()))]))
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            request.insert(credentials_table.clone(), credential_keys);
         }
-        let mut request =
-            HashMap::from([(table.clone(), request_keys.build().map_err(build_error)?)]);
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut credential = None;
+        if request.is_empty() {
+            return Ok((None, vec![0; keys.len()]));
+        }
         for attempt in 1..=BATCH_GET_ATTEMPTS {
             let output = self
                 .client
@@ -1037,12 +1087,9 @@ impl ThrottleReader for DynamoStore {
                 .send()
                 .await
                 .map_err(|err| sdk_error("BatchGetItem", err))?;
-            for item in output
-                .responses
-                .and_then(|mut r| r.remove(table))
-                .unwrap_or_default()
-            {
-                let reader = ItemReader::new(&item, "failure counter");
+            let mut responses = output.responses.unwrap_or_default();
+            for item in responses.remove(throttle_table).unwrap_or_default() {
+                let reader = ItemReader::new(&item, "throttle counter");
                 if reader.time("expiresAtTime")? > now {
                     counts.insert(
                         reader.s(PK)?.to_owned(),
@@ -1050,12 +1097,19 @@ impl ThrottleReader for DynamoStore {
                     );
                 }
             }
+            if let Some(item) = responses
+                .remove(credentials_table)
+                .and_then(|items| items.into_iter().next())
+            {
+                credential = Some(credential_from(&item)?);
+            }
             match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
                 None => {
-                    return Ok(keys
+                    let counts = keys
                         .iter()
                         .map(|k| counts.get(k).copied().unwrap_or(0))
-                        .collect());
+                        .collect();
+                    return Ok((credential, counts));
                 }
                 Some(unprocessed) => {
                     request = unprocessed;

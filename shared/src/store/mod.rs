@@ -147,6 +147,17 @@ pub trait ThrottleReader: Send + Sync {
     /// The throttle counters of `keys`, in order: 0 for one that is absent or has expired.
     /// One read round trip.
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>>;
+    /// Adds one to a throttle counter outside any batch and returns its new value: the request
+    /// rate check, in one round trip.
+    async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64>;
+    /// The token endpoint's one read: the credential of `client_id` (when it is a UUID) and
+    /// the throttle counters of `keys`, as [`ThrottleReader::tallies`] gives them.
+    async fn client_standing(
+        &self,
+        client_id: Option<Uuid>,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Option<Credential>, Vec<u64>)>;
 }
 
 /// Filters of `GET /audit`. The window `[not_before, until]` always applies: `not_before` is the

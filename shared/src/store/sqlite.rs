@@ -625,6 +625,34 @@ impl RevocationReader for SqliteStore {
 
 #[async_trait]
 impl ThrottleReader for SqliteStore {
+    async fn client_standing(
+        &self,
+        client_id: Option<Uuid>,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
+        let credential = match client_id {
+            Some(id) => self.credential_by_client_id(id).await?,
+            None => None,
+        };
+        Ok((credential, self.tallies(keys, now).await?))
+    }
+
+    async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64> {
+        let key = key.to_owned();
+        self.run(move |conn| {
+            let count: i64 = conn.query_row(
+                "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms \
+                 RETURNING count",
+                (&key, millis(&expires_at)),
+                |row| row.get(0),
+            )?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
         let keys = keys.to_vec();
         self.run(move |conn| {

@@ -40,6 +40,8 @@ macro_rules! conformance_suite {
             an_organization_reads_back_equal_and_appears_in_the_listing,
             failure_counters_add_up_per_key_and_read_zero_when_absent_or_expired,
             a_tokens_standing_reads_its_revocation_and_its_agent_together,
+            adding_to_a_tally_returns_its_new_count_and_the_batch_form_agrees,
+            a_clients_standing_reads_its_credential_and_counters_together,
             parallel_failures_are_all_counted,
             an_organization_cannot_be_created_twice,
             a_plan_can_be_set_only_on_an_existing_organization,
@@ -1993,6 +1995,67 @@ pub async fn failure_counters_add_up_per_key_and_read_zero_when_absent_or_expire
         store.tallies(&[a], later).await.unwrap(),
         vec![0],
         "a counter ends with its window"
+    );
+}
+
+pub async fn adding_to_a_tally_returns_its_new_count_and_the_batch_form_agrees<
+    S: Store + 'static,
+>(
+    store: Arc<S>,
+) {
+    let key = format!("org-requests#{}", Uuid::new_v4());
+    let expires_at = now_ms() + Duration::minutes(1);
+    assert_eq!(store.add_tally(&key, expires_at).await.unwrap(), 1);
+    assert_eq!(store.add_tally(&key, expires_at).await.unwrap(), 2);
+    store
+        .commit(vec![Write::Tally {
+            key: key.clone(),
+            expires_at,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.add_tally(&key, expires_at).await.unwrap(), 4);
+    assert_eq!(store.tallies(&[key], now_ms()).await.unwrap(), vec![4]);
+}
+
+pub async fn a_clients_standing_reads_its_credential_and_counters_together<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let (org_id, agent_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let credential = self::credential(org_id, agent_id, now_ms());
+    store
+        .commit(vec![Write::PutCredential {
+            credential: credential.clone(),
+            expected_version: None,
+        }])
+        .await
+        .unwrap();
+    let key = format!("auth-client#{}", Uuid::new_v4());
+    store
+        .commit(vec![Write::Tally {
+            key: key.clone(),
+            expires_at: now_ms() + Duration::minutes(5),
+        }])
+        .await
+        .unwrap();
+    let absent = format!("auth-address#{}", Uuid::new_v4());
+    let (found, counts) = store
+        .client_standing(
+            Some(credential.client_id),
+            &[key.clone(), absent.clone()],
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((found, counts), (Some(credential), vec![1, 0]));
+    let (found, counts) = store
+        .client_standing(Some(Uuid::new_v4()), &[absent], now_ms())
+        .await
+        .unwrap();
+    assert_eq!((found, counts), (None, vec![0]));
+    assert_eq!(
+        store.client_standing(None, &[], now_ms()).await.unwrap(),
+        (None, vec![])
     );
 }
 
