@@ -20,4 +20,5 @@ mod lifecycle;
 mod limits;
 mod oauth;
 mod races;
+mod round_trips;
 mod scopes;
