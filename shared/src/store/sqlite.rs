@@ -11,9 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, named_params,
-};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, named_params};
 use uuid::Uuid;
 
 use super::{
@@ -153,6 +151,17 @@ const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, ac
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    commits: Arc<Mutex<CommitQueue>>,
+}
+
+/// Group commit: batches that arrive while a transaction is being written wait, and the next
+/// transaction carries all of them, each in its own savepoint, so one fsync serves many callers
+/// and a batch whose condition fails rolls back alone.
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<(Vec<Write>, tokio::sync::oneshot::Sender<StoreResult<()>>)>,
+    /// A writer task is running; new batches only need to join the queue.
+    writing: bool,
 }
 
 impl SqliteStore {
@@ -199,6 +208,7 @@ impl SqliteStore {
         tx.commit()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            commits: Arc::default(),
         })
     }
 
@@ -233,23 +243,97 @@ impl From<rusqlite::Error> for StoreError {
 #[async_trait]
 impl Commit for SqliteStore {
     async fn commit(&self, writes: Vec<Write>) -> StoreResult<()> {
-        self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for (index, write) in writes.iter().enumerate() {
-                if !apply(&tx, write)? {
-                    // Dropping `tx` rolls back whatever earlier writes did.
-                    return Err(StoreError::ConditionFailed { index });
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.commits.lock().map_err(|_| {
+                StoreError::Internal("sqlite commit queue poisoned by an earlier panic".into())
+            })?;
+            queue.waiting.push((writes, reply));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if lead {
+            let (conn, commits) = (Arc::clone(&self.conn), Arc::clone(&self.commits));
+            tokio::task::spawn_blocking(move || write_queued(&conn, &commits));
+        }
+        answer.await.map_err(|_| {
+            StoreError::Internal("the sqlite writer stopped before answering".into())
+        })?
     }
 }
 
+/// Writes queued batches, a group per transaction, until the queue is empty.
+fn write_queued(conn: &Mutex<Connection>, commits: &Mutex<CommitQueue>) {
+    loop {
+        let group = match commits.lock() {
+            Ok(mut queue) if queue.waiting.is_empty() => {
+                queue.writing = false;
+                return;
+            }
+            Ok(mut queue) => std::mem::take(&mut queue.waiting),
+            // Dropping the senders answers every waiter with an error.
+            Err(_) => return,
+        };
+        let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let results = match conn.lock() {
+            Ok(mut conn) => write_group(&mut conn, &batches),
+            Err(_) => Err(StoreError::Internal(
+                "sqlite connection lock poisoned by an earlier panic".into(),
+            )),
+        };
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let unavailable = matches!(e, StoreError::Unavailable(_));
+                for reply in replies {
+                    let _ = reply.send(Err(if unavailable {
+                        StoreError::Unavailable(message.clone())
+                    } else {
+                        StoreError::Internal(message.clone())
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the group; each batch in a savepoint, so its failed condition undoes
+/// only its own writes. `Err` when the transaction itself fails: then nothing was written.
+fn write_group(conn: &mut Connection, batches: &[Vec<Write>]) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batches.len());
+    for writes in batches {
+        let savepoint = tx.savepoint()?;
+        let mut outcome = Ok(());
+        for (index, write) in writes.iter().enumerate() {
+            match apply(&savepoint, write) {
+                Ok(true) => {}
+                Ok(false) => {
+                    outcome = Err(StoreError::ConditionFailed { index });
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            savepoint.commit()?;
+        }
+        // A savepoint dropped without commit rolls back to where it began.
+        results.push(outcome);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
 /// Performs one write inside the batch's transaction; `false` when its condition does not hold.
-fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<bool> {
+fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
     let changed = match write {
         Write::CreateOrg(org) => tx.execute(
             "INSERT INTO organizations (org_id, name, plan, created_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -326,11 +410,7 @@ fn below(count: i64, limit: u64) -> bool {
     !u64::try_from(count).is_ok_and(|count| count >= limit)
 }
 
-fn put_agent(
-    tx: &Transaction<'_>,
-    agent: &Agent,
-    expected_version: Option<u64>,
-) -> StoreResult<usize> {
+fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> StoreResult<usize> {
     let org_id = agent.org_id.to_string();
     let agent_id = agent.agent_id.to_string();
     let capabilities = to_json(&agent.capabilities)?;
@@ -378,7 +458,7 @@ fn put_agent(
 }
 
 fn put_credential(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     credential: &Credential,
     expected_version: Option<u64>,
 ) -> StoreResult<usize> {
@@ -430,7 +510,7 @@ fn put_credential(
     )?)
 }
 
-fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> StoreResult<usize> {
+fn insert_audit(tx: &Connection, event: &AuditEvent) -> StoreResult<usize> {
     let actor = to_json(&event.actor)?;
     let details = to_json(&event.details)?;
     Ok(tx.execute(
@@ -1018,6 +1098,50 @@ fn corrupt(what: &str, found: &str) -> StoreError {
 mod tests {
 
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_batches_share_transactions_and_a_failed_one_undoes_only_itself() {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let org_id = Uuid::new_v4();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    // Every odd batch claims a name that an even one claims too.
+                    let name_key = format!("name-{}", i / 2);
+                    store
+                        .commit(vec![
+                            Write::Tally {
+                                key: format!("k-{i}"),
+                                expires_at: at(4_000_000_000_000),
+                            },
+                            Write::ClaimAgentName {
+                                org_id,
+                                name_key,
+                                agent_id: Uuid::new_v4(),
+                            },
+                        ])
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(StoreError::ConditionFailed { index: 1 }) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(won, 20);
+        let keys: Vec<String> = (0..40).map(|i| format!("k-{i}")).collect();
+        let counts = store.tallies(&keys, at(1_000)).await.unwrap();
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            20,
+            "a lost batch's first write was undone with it"
+        );
+    }
     use std::collections::BTreeMap;
 
     fn at(ms: i64) -> DateTime<Utc> {
