@@ -119,6 +119,28 @@ fn read_expiry(request: &ApiRequest) -> Result<Option<chrono::DateTime<chrono::U
     Ok(expires_at)
 }
 
+/// `page` and `limit` of the offset-paginated lists.
+fn pagination(query: &mut QueryParams) -> (u32, u32) {
+    (
+        query.number("page", 1, 1, 1_000_000),
+        query.number("limit", DEFAULT_PAGE_LIMIT, 1, limits::PAGE_LIMIT_MAX),
+    )
+}
+
+/// An optional `status` filter, refused with `expected` when it does not parse.
+fn status_filter<T>(
+    query: &mut QueryParams,
+    parse: fn(&str) -> Option<T>,
+    expected: &str,
+) -> Option<T> {
+    let text = query.get("status")?;
+    let status = parse(&text);
+    if status.is_none() {
+        query.errors.push(FieldError::new("status", expected));
+    }
+    status
+}
+
 fn required_scope(endpoint: Endpoint) -> Scope {
     match endpoint {
         Endpoint::ListAgents | Endpoint::GetAgent => Scope::AgentsRead,
@@ -150,21 +172,12 @@ pub(super) async fn serve(
         }
         Endpoint::ListAgents => {
             let mut query = QueryParams::parse(&request.query);
-            let page = query.number("page", 1, 1, 1_000_000);
-            let limit = query.number("limit", DEFAULT_PAGE_LIMIT, 1, limits::PAGE_LIMIT_MAX);
-            let status = match query.get("status") {
-                None => None,
-                Some(text) => {
-                    let status = AgentStatus::parse(&text);
-                    if status.is_none() {
-                        query.errors.push(FieldError::new(
-                            "status",
-                            "must be active, suspended or decommissioned",
-                        ));
-                    }
-                    status
-                }
-            };
+            let (page, limit) = pagination(&mut query);
+            let status = status_filter(
+                &mut query,
+                AgentStatus::parse,
+                "must be active, suspended or decommissioned",
+            );
             query.finish().map_err(validation)?;
             let listed = idp.list_agents(&caller, status, page, limit).await?;
             let data = listed.agents.iter().map(AgentView::from).collect();
@@ -210,21 +223,12 @@ pub(super) async fn serve(
         Endpoint::ListCredentials => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
             let mut query = QueryParams::parse(&request.query);
-            let page = query.number("page", 1, 1, 1_000_000);
-            let limit = query.number("limit", DEFAULT_PAGE_LIMIT, 1, limits::PAGE_LIMIT_MAX);
-            let status = match query.get("status") {
-                None => None,
-                Some(text) => {
-                    let status = EffectiveCredentialStatus::parse(&text);
-                    if status.is_none() {
-                        query.errors.push(FieldError::new(
-                            "status",
-                            "must be active, expired or revoked",
-                        ));
-                    }
-                    status
-                }
-            };
+            let (page, limit) = pagination(&mut query);
+            let status = status_filter(
+                &mut query,
+                EffectiveCredentialStatus::parse,
+                "must be active, expired or revoked",
+            );
             query.finish().map_err(validation)?;
             let listed = idp
                 .list_credentials(&caller, agent_id, status, page, limit)

@@ -474,6 +474,37 @@ impl DynamoStore {
         Ok(output.item)
     }
 
+    /// Runs a `BatchGetItem` to completion: keys DynamoDB returns unprocessed (throttling) are
+    /// asked for again after a short pause, a bounded number of times. Items by table name.
+    async fn batch_get(
+        &self,
+        mut request: HashMap<String, KeysAndAttributes>,
+    ) -> StoreResult<HashMap<String, Vec<Item>>> {
+        let mut found: HashMap<String, Vec<Item>> = HashMap::new();
+        for attempt in 1..=BATCH_GET_ATTEMPTS {
+            let output = self
+                .client
+                .batch_get_item()
+                .set_request_items(Some(request))
+                .send()
+                .await
+                .map_err(|err| sdk_error("BatchGetItem", err))?;
+            for (table, items) in output.responses.unwrap_or_default() {
+                found.entry(table).or_default().extend(items);
+            }
+            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
+                None => return Ok(found),
+                Some(unprocessed) => {
+                    request = unprocessed;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+        ))
+    }
+
     /// Every item a query matches, one request per 1 MB page.
     async fn query_all(query: QueryFluentBuilder) -> StoreResult<Vec<Item>> {
         query
@@ -799,43 +830,23 @@ impl OrgReader for DynamoStore {
             .consistent_read(true)
             .build()
             .map_err(build_error)?;
-        let mut request = HashMap::from([(table.clone(), keys)]);
+        let mut found = self
+            .batch_get(HashMap::from([(table.clone(), keys)]))
+            .await?;
         let mut usage = Usage::default();
-        for attempt in 1..=BATCH_GET_ATTEMPTS {
-            let output = self
-                .client
-                .batch_get_item()
-                .set_request_items(Some(request))
-                .send()
-                .await
-                .map_err(|err| sdk_error("BatchGetItem", err))?;
-            for item in output
-                .responses
-                .and_then(|mut r| r.remove(table))
-                .unwrap_or_default()
-            {
-                let reader = ItemReader::new(&item, "usage counter");
-                // A decrement that ran before its increment could leave -1 for a moment; the
-                // usage shown never goes below zero.
-                let count = u64::try_from(reader.i64(COUNT)?).unwrap_or(0);
-                let sk = reader.s(SK)?;
-                if sk == agents_sk {
-                    usage.agents = count;
-                } else if sk == tokens_sk {
-                    usage.token_requests = count;
-                }
-            }
-            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
-                None => return Ok(usage),
-                Some(unprocessed) => {
-                    request = unprocessed;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+        for item in found.remove(table).unwrap_or_default() {
+            let reader = ItemReader::new(&item, "usage counter");
+            // A decrement that ran before its increment could leave -1 for a moment; the usage
+            // shown never goes below zero.
+            let count = u64::try_from(reader.i64(COUNT)?).unwrap_or(0);
+            let sk = reader.s(SK)?;
+            if sk == agents_sk {
+                usage.agents = count;
+            } else if sk == tokens_sk {
+                usage.token_requests = count;
             }
         }
-        Err(StoreError::Unavailable(
-            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
-        ))
+        Ok(usage)
     }
 }
 
@@ -957,40 +968,21 @@ impl RevocationReader for DynamoStore {
             .consistent_read(true)
             .build()
             .map_err(build_error)?;
-        let mut request = HashMap::from([
-            (revoked_table.clone(), revoked_keys),
-            (agents_table.clone(), agent_keys),
-        ]);
-        let (mut revoked, mut agent) = (false, None);
-        for attempt in 1..=BATCH_GET_ATTEMPTS {
-            let output = self
-                .client
-                .batch_get_item()
-                .set_request_items(Some(request))
-                .send()
-                .await
-                .map_err(|err| sdk_error("BatchGetItem", err))?;
-            let mut responses = output.responses.unwrap_or_default();
-            revoked |= responses
-                .remove(revoked_table)
-                .is_some_and(|items| !items.is_empty());
-            if let Some(item) = responses
-                .remove(agents_table)
-                .and_then(|items| items.into_iter().next())
-            {
-                agent = Some(agent_from(&item)?);
-            }
-            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
-                None => return Ok((revoked, agent)),
-                Some(unprocessed) => {
-                    request = unprocessed;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(
-            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
-        ))
+        let mut found = self
+            .batch_get(HashMap::from([
+                (revoked_table.clone(), revoked_keys),
+                (agents_table.clone(), agent_keys),
+            ]))
+            .await?;
+        let revoked = found
+            .remove(revoked_table)
+            .is_some_and(|items| !items.is_empty());
+        let agent = found
+            .remove(agents_table)
+            .and_then(|items| items.into_iter().next())
+            .map(|item| agent_from(&item))
+            .transpose()?;
+        Ok((revoked, agent))
     }
 
     /// One consistent `GetItem` that projects only the key.
@@ -1074,51 +1066,30 @@ impl ThrottleReader for DynamoStore {
                 .map_err(build_error)?;
             request.insert(credentials_table.clone(), credential_keys);
         }
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        let mut credential = None;
         if request.is_empty() {
             return Ok((None, vec![0; keys.len()]));
         }
-        for attempt in 1..=BATCH_GET_ATTEMPTS {
-            let output = self
-                .client
-                .batch_get_item()
-                .set_request_items(Some(request))
-                .send()
-                .await
-                .map_err(|err| sdk_error("BatchGetItem", err))?;
-            let mut responses = output.responses.unwrap_or_default();
-            for item in responses.remove(throttle_table).unwrap_or_default() {
-                let reader = ItemReader::new(&item, "throttle counter");
-                if reader.time("expiresAtTime")? > now {
-                    counts.insert(
-                        reader.s(PK)?.to_owned(),
-                        u64::try_from(reader.i64(COUNT)?).unwrap_or(0),
-                    );
-                }
-            }
-            if let Some(item) = responses
-                .remove(credentials_table)
-                .and_then(|items| items.into_iter().next())
-            {
-                credential = Some(credential_from(&item)?);
-            }
-            match output.unprocessed_keys.filter(|keys| !keys.is_empty()) {
-                None => {
-                    let counts = keys
-                        .iter()
-                        .map(|k| counts.get(k).copied().unwrap_or(0))
-                        .collect();
-                    return Ok((credential, counts));
-                }
-                Some(unprocessed) => {
-                    request = unprocessed;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+        let mut found = self.batch_get(request).await?;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for item in found.remove(throttle_table).unwrap_or_default() {
+            let reader = ItemReader::new(&item, "throttle counter");
+            if reader.time("expiresAtTime")? > now {
+                counts.insert(
+                    reader.s(PK)?.to_owned(),
+                    u64::try_from(reader.i64(COUNT)?).unwrap_or(0),
+                );
             }
         }
-        Err(StoreError::Unavailable(
-            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+        let credential = found
+            .remove(credentials_table)
+            .and_then(|items| items.into_iter().next())
+            .map(|item| credential_from(&item))
+            .transpose()?;
+        Ok((
+            credential,
+            keys.iter()
+                .map(|k| counts.get(k).copied().unwrap_or(0))
+                .collect(),
         ))
     }
 }
