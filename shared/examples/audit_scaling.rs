@@ -29,7 +29,12 @@ impl Intercept for Requests {
         "Requests"
     }
 
-    fn read_before_attempt(&self, _: &BeforeTransmitInterceptorContextRef<'_>, _: &RuntimeComponents, _: &mut ConfigBag) -> Result<(), BoxError> {
+    fn read_before_attempt(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -39,9 +44,18 @@ impl Intercept for Requests {
 /// the rest are issued tokens of other agents, spread over 85 days.
 fn event(org_id: Uuid, watched: Uuid, i: usize, total: usize) -> AuditEvent {
     let now = Utc::now();
-    let timestamp = now - Span::milliseconds(((total - i) as i64) * (85 * 86_400_000 / total as i64));
-    let action = if i % 100 == 0 { AuditAction::AgentCreated } else { AuditAction::TokenIssued };
-    let outcome = if i % 20 == 7 { Outcome::Failure } else { Outcome::Success };
+    let timestamp =
+        now - Span::milliseconds(((total - i) as i64) * (85 * 86_400_000 / total as i64));
+    let action = if i % 100 == 0 {
+        AuditAction::AgentCreated
+    } else {
+        AuditAction::TokenIssued
+    };
+    let outcome = if i % 20 == 7 {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
     let subject = if i % 50 == 3 { watched } else { Uuid::new_v4() };
     AuditEvent {
         event_id: Uuid::new_v4(),
@@ -60,11 +74,24 @@ fn event(org_id: Uuid, watched: Uuid, i: usize, total: usize) -> AuditEvent {
     }
 }
 
-async fn load(store: &DynamoStore, org_id: Uuid, watched: Uuid, from: usize, to: usize, total: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn load(
+    store: &DynamoStore,
+    org_id: Uuid,
+    watched: Uuid,
+    from: usize,
+    to: usize,
+    total: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut i = from;
     while i < to {
         let end = (i + 100).min(to);
-        store.commit((i..end).map(|n| Write::Audit(event(org_id, watched, n, total))).collect()).await?;
+        store
+            .commit(
+                (i..end)
+                    .map(|n| Write::Audit(event(org_id, watched, n, total)))
+                    .collect(),
+            )
+            .await?;
         i = end;
     }
     Ok(())
@@ -85,14 +112,43 @@ fn queries(org_id: Uuid, watched: Uuid) -> Vec<(&'static str, AuditQuery)> {
     };
     vec![
         ("newest 50, no filter", base.clone()),
-        ("action=agent.created (1%)", AuditQuery { action: Some(AuditAction::AgentCreated), ..base.clone() }),
-        ("agentId=<one agent> (2%)", AuditQuery { agent_id: Some(watched), ..base.clone() }),
-        ("outcome=failure (5%)", AuditQuery { outcome: Some(Outcome::Failure), ..base.clone() }),
-        ("last 7 days", AuditQuery { not_before: now - Span::days(7), ..base }),
+        (
+            "action=agent.created (1%)",
+            AuditQuery {
+                action: Some(AuditAction::AgentCreated),
+                ..base.clone()
+            },
+        ),
+        (
+            "agentId=<one agent> (2%)",
+            AuditQuery {
+                agent_id: Some(watched),
+                ..base.clone()
+            },
+        ),
+        (
+            "outcome=failure (5%)",
+            AuditQuery {
+                outcome: Some(Outcome::Failure),
+                ..base.clone()
+            },
+        ),
+        (
+            "last 7 days",
+            AuditQuery {
+                not_before: now - Span::days(7),
+                ..base
+            },
+        ),
     ]
 }
 
-async fn measure(store: &DynamoStore, requests: &Requests, label: usize, list: &[(&'static str, AuditQuery)]) -> Result<(), Box<dyn std::error::Error>> {
+async fn measure(
+    store: &DynamoStore,
+    requests: &Requests,
+    label: usize,
+    list: &[(&'static str, AuditQuery)],
+) -> Result<(), Box<dyn std::error::Error>> {
     for (name, query) in list {
         let mut times = Vec::new();
         let mut per_query = 0;
@@ -107,7 +163,10 @@ async fn measure(store: &DynamoStore, requests: &Requests, label: usize, list: &
         }
         times.sort();
         let median: Duration = times[times.len() / 2];
-        println!("| {label:>7} | {name:<28} | {:>7.2} ms | {per_query} | {returned} |", median.as_secs_f64() * 1000.0);
+        println!(
+            "| {label:>7} | {name:<28} | {:>7.2} ms | {per_query} | {returned} |",
+            median.as_secs_f64() * 1000.0
+        );
     }
     Ok(())
 }
@@ -117,12 +176,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let small: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let large: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").map_err(|_| "AWS_ENDPOINT_URL_DYNAMODB is not set: start DynamoDB Local first")?;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .map_err(|_| "AWS_ENDPOINT_URL_DYNAMODB is not set: start DynamoDB Local first")?;
     let requests = Requests::default();
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "audit-scaling"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "audit-scaling",
+        ))
         .endpoint_url(endpoint)
         .interceptor(requests.clone())
         .build();
@@ -138,7 +204,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (org_id, watched) = (Uuid::new_v4(), Uuid::new_v4());
         let started = Instant::now();
         load(&store, org_id, watched, 0, size, size).await?;
-        eprintln!("loaded {size} events in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "loaded {size} events in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         measure(&store, &requests, size, &queries(org_id, watched)).await?;
     }
     Ok(())
