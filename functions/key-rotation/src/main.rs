@@ -3,8 +3,18 @@
 //! `agentidp_shared::rotation`; this binary only reads its event and reports the outcome.
 
 use agentidp_shared::rotation::Rotator;
-use aws_lambda_events::event::secretsmanager::SecretsManagerSecretRotationEvent;
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
+use serde::Deserialize;
+
+/// What Secrets Manager sends. It also sends `RotationToken`, which only a function that
+/// rotates a secret in another account needs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RotationEvent {
+    step: String,
+    secret_id: String,
+    client_request_token: String,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -15,33 +25,30 @@ async fn main() -> Result<(), Error> {
         agentidp_shared::aws::SecretsManagerClient::new(&sdk),
         algorithm,
     );
-    run(service_fn(
-        |event: LambdaEvent<SecretsManagerSecretRotationEvent>| {
-            let rotator = &rotator;
-            async move {
-                let SecretsManagerSecretRotationEvent {
-                    step,
-                    secret_id,
-                    client_request_token,
-                    ..
-                } = event.payload;
-                // A failed step is returned as the invocation's error: Secrets Manager then
-                // retries the rotation and AWSCURRENT stays where it was.
-                match rotator
-                    .run(&step, &secret_id, &client_request_token, chrono::Utc::now())
-                    .await
-                {
-                    Ok(outcome) => {
-                        tracing::info!(step = %step, version = %client_request_token, outcome = ?outcome, "rotation step done");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::error!(step = %step, version = %client_request_token, error = %e, "rotation step failed");
-                        Err(Error::from(e.to_string()))
-                    }
+    lambda_runtime::run(service_fn(|event: LambdaEvent<RotationEvent>| {
+        let rotator = &rotator;
+        async move {
+            let RotationEvent {
+                step,
+                secret_id,
+                client_request_token,
+            } = event.payload;
+            // A failed step is the invocation's error: Secrets Manager then retries the rotation
+            // later, and AWSCURRENT stays where it was.
+            match rotator
+                .run(&step, &secret_id, &client_request_token, chrono::Utc::now())
+                .await
+            {
+                Ok(outcome) => {
+                    tracing::info!(step = %step, version = %client_request_token, outcome = ?outcome, "rotation step done");
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(step = %step, version = %client_request_token, error = %e, "rotation step failed");
+                    Err(Error::from(e.to_string()))
                 }
             }
-        },
-    ))
+        }
+    }))
     .await
 }

@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# Load benchmark: agentidp-local against panva's oidc-provider (bench/oidc-provider), side by
+# side, with wrk on this machine's loopback. Prints a table of req/s, p50 and p99 per scenario and
+# concurrency, and the AgentIdP / oidc-provider throughput ratio of this one run.
+#
+#   bench/load.sh                                   # everything, ~15 minutes on 2 cores
+#   DURATION=5 ROUNDS=1 CONCURRENCY="8" bench/load.sh
+#
+# Scenarios (each at every concurrency in CONCURRENCY, the two servers alternating):
+#   token-warm    POST /token, one client whose secret the server has already verified
+#   token-many    POST /token, COLD_CLIENTS distinct clients in turn, each new to the server:
+#                 AgentIdP is restarted before each of these runs, so every client's first
+#                 request runs bcrypt (oidc-provider compares static secrets in plain text)
+#   introspect    POST /token/introspect of a valid token, client_secret_basic
+#   agents-list   GET /api/v1/agents?limit=20 (AgentIdP only; oidc-provider has no equivalent)
+#   audit-query   GET /api/v1/audit?limit=50 (AgentIdP only)
+#
+# Needs: wrk, curl, jq (Debian: apt-get install -y wrk curl jq), node >= 20 and npm, and a release
+# build (cargo build --release --bin agentidp-local; built here if missing). oidc-provider is
+# installed from bench/oidc-provider/package-lock.json with `npm ci` when node_modules is missing.
+#
+# Environment:
+#   DURATION=10         seconds per measured run
+#   ROUNDS=2            rounds per scenario and concurrency; the order of the two servers
+#                       alternates between rounds (AgentIdP first in odd rounds)
+#   CONCURRENCY="1 8 32"
+#   SCENARIOS="token-warm token-many introspect agents-list audit-query"
+#   COLD_CLIENTS=500    distinct credentials for token-many (created before the runs)
+#   A_PORT=3900 O_PORT=3901
+#   BCRYPT_FLOOR_MS=30  a token or introspection request that took at least this long inside
+#                       AgentIdP is counted as one that may have run bcrypt (cost 10 verifies in
+#                       ~55 ms here); see "bcrypt<=" in the output
+#   RESULTS=FILE        also write the table there (default .tools/bench/results-DATE.md)
+#   KEEP=1              keep the run's data directory and server logs
+#   NICE=0              niceness of both servers and wrk; as root, NICE=-10 keeps other work on a
+#                       shared machine (builds, tests) from taking the cores mid-run
+#
+# The servers and wrk share the machine's cores; the output says how busy each was.
+# AgentIdP runs with limits raised so a load run is not refused (printed below):
+#   AGENTIDP_ORG_REQUESTS_PER_MINUTE, AGENTIDP_FREE_MONTHLY_TOKEN_REQUESTS, AGENTIDP_FREE_MAX_AGENTS.
+# Everything else, bcrypt cost 10 included, is the default.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+CONCURRENCY=${CONCURRENCY:-"1 8 32"}
+SCENARIOS=${SCENARIOS:-"token-warm token-many introspect agents-list audit-query"}
+COLD_CLIENTS=${COLD_CLIENTS:-500}
+A_PORT=${A_PORT:-3900}
+O_PORT=${O_PORT:-3901}
+BCRYPT_FLOOR_MS=${BCRYPT_FLOOR_MS:-30}
+BIN=${AGENTIDP_BIN:-$ROOT/target/release/agentidp-local}
+NICE=${NICE:-0}
+OIDC_DIR=$ROOT/bench/oidc-provider
+mkdir -p "$ROOT/.tools/bench"
+RESULTS=${RESULTS:-$ROOT/.tools/bench/results-$(date -u +%Y%m%dT%H%M%SZ).md}
+
+# The limits a load run would otherwise hit. Printed with the results.
+BENCH_ENV=(
+  AGENTIDP_ORG_REQUESTS_PER_MINUTE=10000000
+  AGENTIDP_FREE_MONTHLY_TOKEN_REQUESTS=1000000000000
+  AGENTIDP_FREE_MAX_AGENTS=100000
+)
+
+die() { echo "load.sh: $*" >&2; exit 1; }
+
+for tool in wrk curl jq node npm; do
+  command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install -y wrk curl jq; node >= 20 with npm)"
+done
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+  || die "node >= 20 is needed for oidc-provider 8.8.1"
+if [[ ! -x $BIN ]]; then
+  echo "building $BIN (release, LTO: several minutes on 2 cores)" >&2
+  (cd "$ROOT" && cargo build --release --bin agentidp-local) || die "the release build failed"
+fi
+if [[ ! -d $OIDC_DIR/node_modules/oidc-provider ]]; then
+  (cd "$OIDC_DIR" && npm ci --no-audit --no-fund >/dev/null) || die "npm ci in $OIDC_DIR failed"
+fi
+for port in "$A_PORT" "$O_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "port $port is in use; set A_PORT / O_PORT"
+  fi
+done
+
+WORK=$(mktemp -d "$ROOT/.tools/bench/run.XXXXXX")
+A_PID=""
+O_PID=""
+cleanup() {
+  for pid in $A_PID $O_PID; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in $A_PID $O_PID; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP:-0} == 1 ]]; then
+    echo "kept $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+wait_port() {
+  local port=$1 i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "nothing listens on $port"
+}
+
+A=http://127.0.0.1:$A_PORT
+O=http://127.0.0.1:$O_PORT
+
+start_agentidp() {
+  env "${BENCH_ENV[@]}" NO_COLOR=1 nice -n "$NICE" "$BIN" --data-dir "$WORK/agentidp" --port "$A_PORT" \
+    >>"$WORK/agentidp.out" 2>>"$WORK/agentidp.log" &
+  A_PID=$!
+  wait_port "$A_PORT"
+}
+
+stop_agentidp() {
+  kill "$A_PID"
+  wait "$A_PID" 2>/dev/null || true
+  A_PID=""
+}
+
+start_oidc() {
+  nice -n "$NICE" node "$OIDC_DIR/server.mjs" --port "$O_PORT" --clients "$WORK/clients.txt" \
+    >>"$WORK/oidc.out" 2>>"$WORK/oidc.log" &
+  O_PID=$!
+  wait_port "$O_PORT"
+}
+
+# --- The machine ---------------------------------------------------------------------------
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+NPROC=$(nproc)
+# Latency of one synchronous 4 KiB write where AgentIdP keeps its database: the floor of a commit.
+mkdir -p "$WORK/agentidp"
+# The file is written first, then overwritten in place, as SQLite's WAL is once it has wrapped.
+dd if=/dev/zero of="$WORK/agentidp/dsync.test" bs=4k count=200 2>/dev/null
+sync
+DSYNC_S=$( { dd if=/dev/zero of="$WORK/agentidp/dsync.test" bs=4k count=200 oflag=dsync conv=notrunc 2>&1 >/dev/null; } \
+  | awk '/copied/ {print $(NF-3)}')
+rm -f "$WORK/agentidp/dsync.test"
+FSYNC_MS=$(awk -v s="$DSYNC_S" 'BEGIN {printf "%.2f", s * 1000 / 200}')
+
+# --- AgentIdP setup ------------------------------------------------------------------------
+start_agentidp
+BOOT=$WORK/agentidp/bootstrap.json
+for _ in $(seq 1 100); do [[ -s $BOOT ]] && break; sleep 0.05; done
+ADMIN_ID=$(jq -r .clientId "$BOOT")
+ADMIN_SECRET=$(jq -r .clientSecret "$BOOT")
+
+token_for() { # client_id secret -> access token from AgentIdP
+  curl -sf -u "$1:$2" -d grant_type=client_credentials "$A/api/v1/token" | jq -r .access_token
+}
+ADMIN_TOKEN=$(token_for "$ADMIN_ID" "$ADMIN_SECRET")
+[[ -n $ADMIN_TOKEN && $ADMIN_TOKEN != null ]] || die "no admin token from AgentIdP"
+
+api() { # METHOD PATH [JSON]
+  curl -sf -X "$1" "$A$2" -H "Authorization: Bearer $ADMIN_TOKEN" \
+    -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+new_agent() { api POST /api/v1/agents "{\"name\":\"$1\",\"scopes\":[\"agents:read\"]}" | jq -r .agentId; }
+new_credential() { api POST "/api/v1/agents/$1/credentials" '{}' | jq -r '"\(.clientId):\(.clientSecret)"'; }
+
+WARM_AGENT=$(new_agent bench-warm)
+WARM=$(new_credential "$WARM_AGENT")
+echo "$WARM" >"$WORK/clients.txt"
+echo "creating $COLD_CLIENTS credentials for token-many ..." >&2
+: >"$WORK/cold.txt"
+made=0
+agent_no=0
+while ((made < COLD_CLIENTS)); do
+  agent_no=$((agent_no + 1))
+  agent=$(new_agent "bench-cold-$agent_no")
+  # Ten active credentials per agent is the free plan's limit; made in parallel (bcrypt each).
+  batch=$((COLD_CLIENTS - made < 10 ? COLD_CLIENTS - made : 10))
+  pids=()
+  for i in $(seq 1 "$batch"); do
+    new_credential "$agent" >"$WORK/cred.$i" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for i in $(seq 1 "$batch"); do cat "$WORK/cred.$i" >>"$WORK/cold.txt"; done
+  made=$((made + batch))
+done
+rm -f "$WORK"/cred.*
+grep -c ':sk_live_' "$WORK/cold.txt" | grep -qx "$COLD_CLIENTS" || die "credential creation failed"
+cat "$WORK/cold.txt" >>"$WORK/clients.txt"
+
+basic() { printf 'Basic %s' "$(printf '%s' "$1" | base64 -w0)"; }
+WARM_BASIC=$(basic "$WARM")
+while read -r line; do basic "$line"; echo; done <"$WORK/cold.txt" >"$WORK/cold-basic.txt"
+
+A_TOKEN=$(token_for "${WARM%%:*}" "${WARM#*:}")
+[[ -n $A_TOKEN && $A_TOKEN != null ]] || die "no token for the warm client from AgentIdP"
+
+# --- oidc-provider setup -------------------------------------------------------------------
+start_oidc
+O_TOKEN=$(curl -sf -u "$WARM" -d grant_type=client_credentials -d resource=urn:agentidp-bench:opaque \
+  -d scope=agents:read "$O/token" | jq -r .access_token)
+[[ -n $O_TOKEN && $O_TOKEN != null ]] || die "no token from oidc-provider"
+curl -sf -u "$WARM" -d grant_type=client_credentials "$O/token" | jq -e '.access_token' >/dev/null \
+  || die "oidc-provider issues no JWT access token"
+curl -sf -u "$WARM" -d "token=$O_TOKEN" "$O/token/introspection" | jq -e '.active == true' >/dev/null \
+  || die "oidc-provider does not introspect its token"
+curl -sf -u "$WARM" -d "token=$A_TOKEN" "$A/api/v1/token/introspect" | jq -e '.active == true' >/dev/null \
+  || die "AgentIdP does not introspect its token"
+
+# --- wrk scripts ---------------------------------------------------------------------------
+DONE_LUA='
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end'
+
+static_lua() { # FILE METHOD BODY AUTHORIZATION
+  cat >"$1" <<EOF
+wrk.method = "$2"
+wrk.body = "$3"
+wrk.headers["Authorization"] = "$4"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+$DONE_LUA
+EOF
+}
+
+many_lua() { # FILE THREADS: each wrk thread walks its own share of the distinct clients
+  cat >"$1" <<EOF
+local creds = {}
+for line in io.lines("$WORK/cold-basic.txt") do creds[#creds + 1] = line end
+local threads, n = $2, 0
+local counter = 0
+setup = function(thread) thread:set("tid", n); n = n + 1 end
+request = function()
+  local i = ((tid or 0) + counter * threads) % #creds + 1
+  counter = counter + 1
+  return wrk.format("POST", nil, {
+    ["Authorization"] = creds[i],
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+  }, "grant_type=client_credentials")
+end
+$DONE_LUA
+EOF
+}
+
+static_lua "$WORK/a-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
+static_lua "$WORK/o-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
+static_lua "$WORK/a-introspect.lua" POST "token=$A_TOKEN" "$WARM_BASIC"
+static_lua "$WORK/o-introspect.lua" POST "token=$O_TOKEN" "$WARM_BASIC"
+static_lua "$WORK/a-get.lua" GET "" "Bearer $ADMIN_TOKEN"
+
+# --- measuring -----------------------------------------------------------------------------
+cpu_ticks() { # PID -> utime + stime of the process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+machine_busy() { # -> busy and total jiffies of all cores
+  awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; total = busy + $5 + $6; print busy, total}' /proc/stat
+}
+TICKS=$(getconf CLK_TCK)
+
+# One measured run. Prints: rps p50_ms p99_ms errors server_cores machine_cores cpu_ms_per_req bcrypt
+run() { # SERVER(a|o) URL LUA CONCURRENCY
+  local server=$1 url=$2 lua=$3 c=$4 pid threads out before after log_from line
+  pid=$([[ $server == a ]] && echo "$A_PID" || echo "$O_PID")
+  threads=$((c < NPROC ? c : NPROC))
+  log_from=$(wc -l <"$WORK/agentidp.log")
+  before=$(cpu_ticks "$pid")
+  read -r busy0 total0 < <(machine_busy)
+  times >"$WORK/times.0" # this shell's children's CPU so far: wrk's share is the difference
+  out=$(nice -n "$NICE" wrk -t "$threads" -c "$c" -d "${DURATION}s" --timeout 10s -s "$lua" "$url" 2>&1) \
+    || die "wrk failed: $out"
+  times >"$WORK/times.1"
+  read -r busy1 total1 < <(machine_busy)
+  local wrk_s
+  wrk_s=$(cat "$WORK/times.0" "$WORK/times.1" | awk '
+    function secs(t) { split(t, p, "m"); sub("s", "", p[2]); return p[1] * 60 + p[2] }
+    NR == 2 { before = secs($1) + secs($2) } NR == 4 { after = secs($1) + secs($2) }
+    END { printf "%.3f", after - before }')
+  after=$(cpu_ticks "$pid")
+  line=$(grep '^RESULT' <<<"$out") || die "wrk printed no result: $out"
+  local bcrypt=-
+  if [[ $server == a ]]; then
+    # Requests that took long enough inside the server to have run bcrypt: an upper bound on
+    # bcrypt verifications (queueing behind other requests counts too).
+    bcrypt=$(tail -n "+$((log_from + 1))" "$WORK/agentidp.log" | sed 's/\x1b\[[0-9;]*m//g' \
+      | grep -E 'path=/api/v1/token(/introspect)?[}: ]' | grep -o 'elapsed_ms=[0-9]*' \
+      | awk -F= -v floor="$BCRYPT_FLOOR_MS" '$2 >= floor {n++} END {print n + 0}')
+  fi
+  awk -v r="$line" -v cpu=$((after - before)) -v tck="$TICKS" -v nproc="$NPROC" -v wrk="$wrk_s" \
+    -v busy=$((busy1 - busy0)) -v total=$((total1 - total0)) -v bcrypt="$bcrypt" 'BEGIN {
+      split(r, f, " ")
+      requests = f[2]; secs = f[3] / 1e6
+      printf "%.1f %.2f %.2f %d %.2f %.2f %.2f %s %.2f\n", requests / secs, f[4] / 1000, f[5] / 1000,
+        f[6] + f[7], cpu / tck / secs, busy / total * nproc, requests ? cpu / tck * 1000 / requests : 0,
+        bcrypt, wrk / secs
+    }'
+}
+
+ROWS=$WORK/rows.txt
+: >"$ROWS"
+scenario_url() { # SCENARIO SERVER -> url and lua, or nothing when the server has no such endpoint
+  case "$1/$2" in
+    token-warm/a) echo "$A/api/v1/token $WORK/a-token.lua" ;;
+    token-warm/o) echo "$O/token $WORK/o-token.lua" ;;
+    token-many/a) echo "$A/api/v1/token $WORK/many.lua" ;;
+    token-many/o) echo "$O/token $WORK/many.lua" ;;
+    introspect/a) echo "$A/api/v1/token/introspect $WORK/a-introspect.lua" ;;
+    introspect/o) echo "$O/token/introspection $WORK/o-introspect.lua" ;;
+    agents-list/a) echo "$A/api/v1/agents?limit=20 $WORK/a-get.lua" ;;
+    audit-query/a) echo "$A/api/v1/audit?limit=50 $WORK/a-get.lua" ;;
+  esac
+}
+
+# A short unmeasured run per scenario and server first: JIT, caches, connection pools.
+warm_up() { # SCENARIO
+  local server spec
+  for server in a o; do
+    spec=$(scenario_url "$1" "$server")
+    [[ -n $spec ]] || continue
+    [[ $1 == token-many ]] && continue
+    nice -n "$NICE" wrk -t 2 -c 8 -d 2s -s "${spec#* }" "${spec%% *}" >/dev/null 2>&1 || true
+  done
+}
+
+echo "measuring: scenarios [$SCENARIOS], concurrency [$CONCURRENCY], ${DURATION}s x $ROUNDS rounds" >&2
+for scenario in $SCENARIOS; do
+  warm_up "$scenario"
+  for c in $CONCURRENCY; do
+    [[ $scenario == token-many ]] && many_lua "$WORK/many.lua" $((c < NPROC ? c : NPROC))
+    for round in $(seq 1 "$ROUNDS"); do
+      order="a o"
+      ((round % 2 == 0)) && order="o a"
+      for server in $order; do
+        spec=$(scenario_url "$scenario" "$server")
+        [[ -n $spec ]] || continue
+        if [[ $scenario == token-many && $server == a ]]; then
+          # A fresh instance: no client's secret has been verified yet.
+          stop_agentidp
+          start_agentidp
+        fi
+        result=$(run "$server" "${spec%% *}" "${spec#* }" "$c")
+        echo "$scenario $c $round $server $result" | tee -a "$ROWS" >&2
+      done
+    done
+  done
+done
+
+# --- report --------------------------------------------------------------------------------
+{
+  echo "## Load run $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "- machine: $NPROC cores, $CPU_MODEL; $(uname -sr)"
+  echo "- synchronous 4 KiB write (dd oflag=dsync) in the data directory: $FSYNC_MS ms"
+  echo "- wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'), node $(node --version), oidc-provider $(jq -r .version "$OIDC_DIR/node_modules/oidc-provider/package.json"), agentidp $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- shared local 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "- niceness of the servers and wrk: $NICE"
+  echo "- ${DURATION}s per run, $ROUNDS rounds alternating the servers; figures are the mean over rounds (p99: the worst round)"
+  echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) under .tools/bench, info logs to a file; ${BENCH_ENV[*]}"
+  echo "- token-many: $COLD_CLIENTS distinct clients; AgentIdP restarted before each run"
+  echo
+  echo "| scenario | c | AgentIdP req/s | p50 ms | p99 ms | oidc-provider req/s | p50 ms | p99 ms | ratio | CPU ms/req AgentIdP / oidc-provider | cores in AgentIdP's runs: server / wrk / rest | cores in oidc-provider's runs: server / wrk / rest | AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  awk '
+    {
+      key = $1 " " $2; s = $4
+      if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+      k = key " " s
+      cnt[k]++; rps[k] += $5; p50[k] += $6; if ($7 > p99[k]) p99[k] = $7
+      err[k] += $8; cores[k] += $9; busy[k] += $10; cpr[k] += $11; wrk[k] += $13
+      if (s == "a") slow[k] += $12
+    }
+    function cell(k, what) {
+      if (!(k in cnt)) return "n/a"
+      if (what == "rps") return sprintf("%.0f%s", rps[k] / cnt[k], err[k] ? " (" err[k] " errors)" : "")
+      if (what == "p50") return sprintf("%.2f", p50[k] / cnt[k])
+      if (what == "p99") return sprintf("%.2f", p99[k])
+      if (what == "cpr") return sprintf("%.2f", cpr[k] / cnt[k])
+      if (what == "cores") return sprintf("%.2f / %.2f / %.2f", cores[k] / cnt[k], wrk[k] / cnt[k],
+        (busy[k] - cores[k] - wrk[k]) / cnt[k])
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        key = order[i]; split(key, kk, " "); a = key " a"; o = key " o"
+        ratio = (o in cnt && rps[o] > 0) ? sprintf("%.2f", (rps[a] / cnt[a]) / (rps[o] / cnt[o])) : "n/a"
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %d |\n", kk[1], kk[2],
+          cell(a, "rps"), cell(a, "p50"), cell(a, "p99"), cell(o, "rps"), cell(o, "p50"), cell(o, "p99"),
+          ratio, cell(a, "cpr"), cell(o, "cpr"), cell(a, "cores"), cell(o, "cores"), slow[a]
+      }
+    }' "$ROWS"
+  echo
+  awk '
+    { k = $1 " " $2 " " $4; cnt[k]++; rps[k] += $5; if ($7 > p99[k]) p99[k] = $7 }
+    function verdict(ok) { return ok ? "met" : "NOT met" }
+    END {
+      a = "token-warm 8 a"; o = "token-warm 8 o"
+      if ((a in cnt) && (o in cnt)) {
+        r = (rps[a] / cnt[a]) / (rps[o] / cnt[o])
+        printf "Goal, token endpoint, warm client, c=8: ratio %.2f (>= 1), p99 %.2f ms (< 10): %s\n",
+          r, p99[a], verdict(r >= 1 && p99[a] < 10)
+      }
+      a = "introspect 8 a"; o = "introspect 8 o"
+      if ((a in cnt) && (o in cnt)) {
+        r = (rps[a] / cnt[a]) / (rps[o] / cnt[o])
+        printf "Goal, introspection, c=8: ratio %.2f (>= 1): %s\n", r, verdict(r >= 1)
+      }
+    }' "$ROWS"
+  echo
+  echo "ratio: AgentIdP req/s / oidc-provider req/s. rest: cores busy with anything else on the machine."
+  echo "AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms: token or introspection requests that took that long inside the"
+  echo "server, by its log; an upper bound on bcrypt verifications (cost 10 takes ~55 ms), exact only"
+  echo "when nothing queues (c=1). The criterion bench counts them exactly (docs/performance.md)."
+  echo
+  echo "Per run (scenario, c, round, server, req/s, p50 ms, p99 ms, errors, server cores, machine cores,"
+  echo "server CPU ms/req, requests >= ${BCRYPT_FLOOR_MS} ms, wrk cores):"
+  echo
+  echo '```'
+  cat "$ROWS"
+  echo '```'
+} | tee "$RESULTS"
+echo "written to $RESULTS" >&2

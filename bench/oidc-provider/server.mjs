@@ -1,0 +1,107 @@
+// panva's oidc-provider, configured as the reference for bench/load.sh: the client_credentials
+// grant, static confidential clients (client_secret_basic), introspection and revocation, access
+// tokens signed with RS256 (a fresh 2048-bit RSA key per start, like AgentIdP's default).
+//
+//   node server.mjs --port 3901 --clients FILE
+//
+// FILE holds the static clients, one `client_id:client_secret` a line (bench/load.sh gives it the
+// same ids and secrets it created on AgentIdP, so both servers get identical requests).
+//
+// Two resource servers, because oidc-provider does not store JWT access tokens and so can only
+// introspect opaque ones:
+//   urn:agentidp-bench:jwt     (the default) RS256 JWT access tokens (RFC 9068 `at+jwt`): what
+//                              the token endpoint comparison measures;
+//   urn:agentidp-bench:opaque  opaque tokens kept in the in-memory adapter: what introspection
+//                              looks up.
+// Nothing is durable (the default in-memory adapter) and client secrets are compared in plain
+// text: that is oidc-provider's behaviour for a static client, not a shortcut of this file.
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const { values } = parseArgs({
+  options: {
+    port: { type: 'string', default: '3901' },
+    host: { type: 'string', default: '127.0.0.1' },
+    clients: { type: 'string' },
+  },
+});
+if (!values.clients) {
+  console.error('usage: node server.mjs [--port N] [--host ADDR] --clients FILE');
+  process.exit(2);
+}
+
+const port = Number(values.port);
+const issuer = `http://${values.host}:${port}`;
+
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = {
+  ...privateKey.export({ format: 'jwk' }),
+  kid: `bench-${randomBytes(4).toString('hex')}`,
+  alg: 'RS256',
+  use: 'sig',
+};
+
+const JWT_RESOURCE = 'urn:agentidp-bench:jwt';
+const OPAQUE_RESOURCE = 'urn:agentidp-bench:opaque';
+
+const clients = [];
+for (const line of readFileSync(values.clients, 'utf8').split('\n')) {
+  const at = line.indexOf(':');
+  if (at > 0) {
+    clients.push({
+      client_id: line.slice(0, at),
+      client_secret: line.slice(at + 1).trim(),
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: 'agents:read',
+    });
+  }
+}
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys: [jwk] },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  scopes: ['agents:read'],
+  ttl: { ClientCredentials: 3600 },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => JWT_RESOURCE,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => {
+        if (resource === JWT_RESOURCE) {
+          return {
+            scope: 'agents:read',
+            audience: issuer,
+            accessTokenTTL: 3600,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        }
+        if (resource === OPAQUE_RESOURCE) {
+          return { scope: 'agents:read', accessTokenTTL: 3600, accessTokenFormat: 'opaque' };
+        }
+        throw new Error('unknown resource');
+      },
+    },
+  },
+});
+
+const server = provider.listen(port, values.host, () => {
+  console.log(JSON.stringify({ issuer, clients: clients.length }));
+});
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
