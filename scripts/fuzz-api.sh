@@ -4,12 +4,13 @@
 # body must be the ones the spec declares for the operation.
 #
 #   scripts/fuzz-api.sh                 # the CI run (bounded, seeded)
-#   FUZZ_MAX_EXAMPLES=300 FUZZ_SEED=7 scripts/fuzz-api.sh     # a longer or another run
+#   FUZZ_MAX_EXAMPLES=300 FUZZ_AUX_EXAMPLES=60 FUZZ_SEED=7 scripts/fuzz-api.sh  # longer, other
 #
 # On a fresh machine it makes the virtual environment .tools/venv-fuzz (gitignored) from the
 # pinned tests/fuzz-requirements.txt, builds the debug agentidp-local, starts it on a free
 # loopback port with a temporary data directory, takes a bearer token from the bootstrap admin
-# credential, runs `schemathesis run`, stops the server and exits non-zero on any failure.
+# credential, runs `schemathesis run` (four passes, see below), stops the server and exits
+# non-zero on any failure, printing one summary line.
 # Schemathesis' cache, JUnit reports and logs (one per pass) and the server's log are left in
 # .tools/fuzz/ (from there, `../venv-fuzz/bin/st replay <Test Case ID>` replays a failure
 # against a running server).
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 
 # Bounded to fit CI (the whole run takes a few minutes on 2 cores): at most this many examples
-# per operation and phase in the authenticated pass, and in the two shorter ones (see below).
+# per operation and phase in the authenticated pass, and in the three shorter ones (see below).
 max_examples="${FUZZ_MAX_EXAMPLES:-150}"
 aux_examples="${FUZZ_AUX_EXAMPLES:-30}"
 seed="${FUZZ_SEED:-20260328}"
@@ -49,6 +50,7 @@ cargo build --locked --bin agentidp-local
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentidp-fuzz.XXXXXX")"
 server_pid=""
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
         kill "$server_pid" 2>/dev/null || true
@@ -130,12 +132,25 @@ revoked_token="$(curl -fsS -u "$client_id:$client_secret" -d grant_type=client_c
 curl -fsS -o /dev/null -u "$client_id:$client_secret" --data-urlencode "token=$revoked_token" \
     "$base_url/api/v1/token/revoke"
 
+# An agent that may only read agents, with a credential and a token: the fourth pass.
+reader_agent_id="$(curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"name": "fuzz-reader", "scopes": ["agents:read"]}' \
+    "$base_url/api/v1/agents" | json_field agentId)"
+reader_credential="$(curl -fsS -X POST -H "Authorization: Bearer $token" \
+    "$base_url/api/v1/agents/$reader_agent_id/credentials")"
+reader_client_id="$(json_field clientId <<<"$reader_credential")"
+reader_client_secret="$(json_field clientSecret <<<"$reader_credential")"
+reader_token="$(curl -fsS -u "$reader_client_id:$reader_client_secret" \
+    -d grant_type=client_credentials "$base_url/api/v1/token" | json_field access_token)"
+
 # Credentials go to Schemathesis through the environment, not the command line. It applies
 # them by the spec's security schemes: a bearer token where an operation accepts `agentidp`
 # (every management endpoint), HTTP Basic with the bootstrap credential where it accepts
 # `clientSecretBasic` (token, introspection, revocation: the first alternative they list).
 export FUZZ_BEARER_TOKEN="$token" FUZZ_REVOKED_TOKEN="$revoked_token"
 export FUZZ_CLIENT_ID="$client_id" FUZZ_CLIENT_SECRET="$client_secret"
+export FUZZ_READER_TOKEN="$reader_token"
+export FUZZ_READER_CLIENT_ID="$reader_client_id" FUZZ_READER_CLIENT_SECRET="$reader_client_secret"
 export FUZZ_ADMIN_AGENT_ID="$admin_agent_id" FUZZ_DECOY_AGENT_ID="$decoy_agent_id"
 cat >"$work/authenticated.toml" <<'EOF'
 [auth.openapi.agentidp]
@@ -149,6 +164,14 @@ EOF
 cat >"$work/revoked.toml" <<'EOF'
 [auth.openapi.agentidp]
 bearer = "${FUZZ_REVOKED_TOKEN}"
+EOF
+cat >"$work/read-only.toml" <<'EOF'
+[auth.openapi.agentidp]
+bearer = "${FUZZ_READER_TOKEN}"
+
+[auth.openapi.clientSecretBasic]
+username = "${FUZZ_READER_CLIENT_ID}"
+password = "${FUZZ_READER_CLIENT_SECRET}"
 EOF
 
 # Two hooks (Python, run inside Schemathesis before and after each request):
@@ -233,17 +256,22 @@ checks_excluded="positive_data_acceptance,use_after_free"
 mkdir -p .tools/fuzz
 rm -rf .tools/fuzz/report .tools/fuzz/*.log
 
-# Three passes, on the same server, with the same seed and checks:
+# Four passes, on the same server, with the same seed and checks:
 #   authenticated  every phase (examples in the spec, coverage of each schema's edges, random
 #                  fuzzing, stateful sequences linked by the ids the API returns), with valid
 #                  credentials: where the behaviour is;
 #   anonymous      no credentials at all: every management endpoint's 401 and its
 #                  `WWW-Authenticate: Bearer realm="agentidp"`, the OAuth endpoints' 401
 #                  `invalid_client` (with made-up Basic credentials or none);
-#   revoked        a revoked bearer token: the 401 with `error="invalid_token"`.
+#   revoked        a revoked bearer token: the 401 with `error="invalid_token"`;
+#   read-only      the token and credential of an agent with `agents:read` only: the 403
+#                  `INSUFFICIENT_SCOPE` of every other endpoint and its `WWW-Authenticate`,
+#                  and the OAuth endpoints for a client that is not the admin.
 # Schemathesis sends no credentials of its own for an `oauth2` scheme (it only generates HTTP
-# and API-key ones), so without the last two no 401 of the management API would be checked.
-# They are shorter: only the authentication in front of the endpoints differs.
+# and API-key ones), so without the last three no 401 or 403 of the management API would be
+# checked. They are shorter: only the authentication in front of the endpoints differs (the
+# read-only agent is made before the authenticated pass, which may change it like any agent,
+# hence it runs first).
 #
 # Each pass runs in .tools/fuzz, so that Schemathesis' cache (.schemathesis/) stays out of the
 # work tree. One worker: the run is reproducible from its seed, as far as the ids and times the
@@ -284,6 +312,7 @@ run_pass() {
 }
 # In the two passes without valid credentials, Schemathesis' warnings only say what they are
 # meant to do (every management request is refused): not shown.
+run_pass read-only coverage,fuzzing "$aux_examples" --warnings off
 run_pass authenticated examples,coverage,fuzzing,stateful "$max_examples"
 run_pass anonymous coverage,fuzzing "$aux_examples" --warnings off
 run_pass revoked coverage,fuzzing "$aux_examples" --warnings off
@@ -304,6 +333,10 @@ operations="$(sed -n 's/^ *Tested: *\([0-9]*\).*/\1/p' .tools/fuzz/authenticated
 result=passed
 [[ "$status" == 0 ]] || result=FAILED
 echo
+passes=""
+for summary in "${summaries[@]}"; do
+    passes+="${passes:+; }$summary"
+done
 printf 'fuzz-api: %s: %s operations, %s test cases in %ss (seed %s; %s)\n' "$result" \
-    "${operations:-?}" "$total_cases" "$elapsed" "$seed" "$(IFS=';'; echo "${summaries[*]}" | sed 's/;/; /g')"
+    "${operations:-?}" "$total_cases" "$elapsed" "$seed" "$passes"
 exit "$status"

@@ -41,5 +41,8 @@ if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
 fi
 scripts/check-docs.sh
 
+step "API fuzzing against docs/openapi.yaml (scripts/fuzz-api.sh)"
+scripts/fuzz-api.sh
+
 # Checks beyond cargo test run here, each from its own script (packaging: issue 4; docs and
 # OpenAPI: issue 5).
