@@ -32,6 +32,10 @@
 #                       ~55 ms here); see "bcrypt<=" in the output
 #   RESULTS=FILE        also write the table there (default .tools/bench/results-DATE.md)
 #   KEEP=1              keep the run's data directory and server logs
+#   DATA_PARENT=DIR     where AgentIdP's data directory goes (default: under .tools/bench, on the
+#                       repository's disk). DATA_PARENT=/dev/shm puts SQLite on tmpfs, where fsync
+#                       costs nothing: an experiment that shows what durability costs, not a
+#                       configuration to quote
 #   NICE=0              niceness of both servers and wrk; as root, NICE=-10 keeps other work on a
 #                       shared machine (builds, tests) from taking the cores mid-run
 #
@@ -85,6 +89,11 @@ for port in "$A_PORT" "$O_PORT"; do
 done
 
 WORK=$(mktemp -d "$ROOT/.tools/bench/run.XXXXXX")
+if [[ -n ${DATA_PARENT:-} ]]; then
+  DATA=$(mktemp -d "$DATA_PARENT/agentidp-bench.XXXXXX")
+else
+  DATA=$WORK/agentidp
+fi
 A_PID=""
 O_PID=""
 cleanup() {
@@ -97,7 +106,7 @@ cleanup() {
   if [[ ${KEEP:-0} == 1 ]]; then
     echo "kept $WORK" >&2
   else
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$DATA"
   fi
 }
 trap cleanup EXIT
@@ -115,7 +124,7 @@ A=http://127.0.0.1:$A_PORT
 O=http://127.0.0.1:$O_PORT
 
 start_agentidp() {
-  env "${BENCH_ENV[@]}" NO_COLOR=1 nice -n "$NICE" "$BIN" --data-dir "$WORK/agentidp" --port "$A_PORT" \
+  env "${BENCH_ENV[@]}" NO_COLOR=1 nice -n "$NICE" "$BIN" --data-dir "$DATA" --port "$A_PORT" \
     >>"$WORK/agentidp.out" 2>>"$WORK/agentidp.log" &
   A_PID=$!
   wait_port "$A_PORT"
@@ -138,18 +147,18 @@ start_oidc() {
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 NPROC=$(nproc)
 # Latency of one synchronous 4 KiB write where AgentIdP keeps its database: the floor of a commit.
-mkdir -p "$WORK/agentidp"
+mkdir -p "$DATA"
 # The file is written first, then overwritten in place, as SQLite's WAL is once it has wrapped.
-dd if=/dev/zero of="$WORK/agentidp/dsync.test" bs=4k count=200 2>/dev/null
+dd if=/dev/zero of="$DATA/dsync.test" bs=4k count=200 2>/dev/null
 sync
-DSYNC_S=$( { dd if=/dev/zero of="$WORK/agentidp/dsync.test" bs=4k count=200 oflag=dsync conv=notrunc 2>&1 >/dev/null; } \
+DSYNC_S=$( { dd if=/dev/zero of="$DATA/dsync.test" bs=4k count=200 oflag=dsync conv=notrunc 2>&1 >/dev/null; } \
   | awk '/copied/ {print $(NF-3)}')
-rm -f "$WORK/agentidp/dsync.test"
+rm -f "$DATA/dsync.test"
 FSYNC_MS=$(awk -v s="$DSYNC_S" 'BEGIN {printf "%.2f", s * 1000 / 200}')
 
 # --- AgentIdP setup ------------------------------------------------------------------------
 start_agentidp
-BOOT=$WORK/agentidp/bootstrap.json
+BOOT=$DATA/bootstrap.json
 for _ in $(seq 1 100); do [[ -s $BOOT ]] && break; sleep 0.05; done
 ADMIN_ID=$(jq -r .clientId "$BOOT")
 ADMIN_SECRET=$(jq -r .clientSecret "$BOOT")
@@ -359,7 +368,8 @@ done
   echo "- wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'), node $(node --version), oidc-provider $(jq -r .version "$OIDC_DIR/node_modules/oidc-provider/package.json"), agentidp $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- shared local 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "- niceness of the servers and wrk: $NICE"
   echo "- ${DURATION}s per run, $ROUNDS rounds alternating the servers; figures are the mean over rounds (p99: the worst round)"
-  echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) under .tools/bench, info logs to a file; ${BENCH_ENV[*]}"
+  echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) in $(df --output=fstype "$DATA" | tail -1) at ${DATA_PARENT:-.tools/bench}, info logs to a file; ${BENCH_ENV[*]}"
+  env | grep '^AGENTIDP_' | sort | sed 's/^/- set by the caller: /' || true
   echo "- token-many: $COLD_CLIENTS distinct clients; AgentIdP restarted before each run"
   echo
   echo "| scenario | c | AgentIdP req/s | p50 ms | p99 ms | oidc-provider req/s | p50 ms | p99 ms | ratio | CPU ms/req AgentIdP / oidc-provider | cores in AgentIdP's runs: server / wrk / rest | cores in oidc-provider's runs: server / wrk / rest | AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms |"
@@ -411,7 +421,7 @@ done
   echo
   echo "ratio: AgentIdP req/s / oidc-provider req/s. rest: cores busy with anything else on the machine."
   echo "AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms: token or introspection requests that took that long inside the"
-  echo "server, by its log; an upper bound on bcrypt verifications (cost 10 takes ~55 ms), exact only"
+  echo "server, by its log; an upper bound on bcrypt verifications (cost 10 takes ~70 ms here), exact only"
   echo "when nothing queues (c=1). The criterion bench counts them exactly (docs/performance.md)."
   echo
   echo "Per run (scenario, c, round, server, req/s, p50 ms, p99 ms, errors, server cores, machine cores,"
