@@ -46,7 +46,7 @@ fn event(org_id: Uuid, watched: Uuid, i: usize, total: usize) -> AuditEvent {
     let now = Utc::now();
     let timestamp =
         now - Span::milliseconds(((total - i) as i64) * (85 * 86_400_000 / total as i64));
-    let action = if i % 100 == 0 {
+    let action = if i.is_multiple_of(100) {
         AuditAction::AgentCreated
     } else {
         AuditAction::TokenIssued

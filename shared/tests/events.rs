@@ -15,12 +15,15 @@
 //! signs the events' bearer tokens again.
 
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "a test fails loudly on the first surprise"
 )]
 
+#[expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test fails loudly on the first surprise"
+)]
 mod fixture;
 
 use std::collections::BTreeSet;
