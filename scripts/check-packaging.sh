@@ -104,7 +104,7 @@ if [ "$skip_build" = 0 ]; then
         read -r name binary <<<"$entry"
         release_bins+=(--bin "$binary")
     done
-    cargo lambda build --release --arm64 "${release_bins[@]}"
+    cargo lambda build --locked --release --arm64 "${release_bins[@]}"
     AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" sam build
     for entry in "${functions[@]}"; do
         read -r name binary <<<"$entry"
@@ -132,7 +132,7 @@ measure_cold_starts() {
         read -r name binary <<<"$entry"
         bins+=(--bin "$binary")
     done
-    cargo build --release --quiet "${bins[@]}"
+    cargo build --locked --release --quiet "${bins[@]}"
     local mport
     mport="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     set -m
@@ -280,11 +280,11 @@ PY
 export AGENTIDP_SIGNING_KEY_SECRET_ID
 
 echo "    agentidp-admin --store dynamodb create-org (creates the tables, then the organization)"
-cargo build --quiet --bin agentidp-admin
+cargo build --locked --quiet --bin agentidp-admin
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 "$target_dir/debug/agentidp-admin" --store dynamodb create-org --name packaging-check --plan free >"$work/org.json"
 echo "    the events' fixture (fixed ids) into the same tables"
-cargo test --quiet -p agentidp-shared --test events -- --ignored --exact seed_dynamodb_fixture >/dev/null
+cargo test --locked --quiet -p agentidp-shared --test events -- --ignored --exact seed_dynamodb_fixture >/dev/null
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 # Its own process group, so that cleanup ends the functions it starts too.

@@ -67,8 +67,10 @@ pub enum SecretError {
 pub struct SecretHasher {
     cost: u32,
     /// A hash of a random secret, verified against when a client id is unknown so that an
-    /// unknown client costs the same time as a wrong secret.
-    dummy_hash: String,
+    /// unknown client costs the same time as a wrong secret. Made on first use, not at start-up:
+    /// a cold start of a function that never meets an unknown client should not pay a bcrypt
+    /// hash (about 200 ms of init at 512 MB).
+    dummy_hash: std::sync::OnceLock<String>,
     verifications: AtomicU64,
     verified: VerifiedSecretCache,
 }
@@ -160,13 +162,10 @@ impl VerifiedSecretCache {
 
 impl SecretHasher {
     pub fn new(cost: u32) -> Result<Self, SecretError> {
-        let throwaway = ClientSecret::generate()?;
-        let dummy_hash =
-            bcrypt::hash(throwaway.expose(), cost).map_err(|e| SecretError::Hash(e.to_string()))?;
         let verified = VerifiedSecretCache::new(VERIFIED_CACHE_CAPACITY, VERIFIED_CACHE_LIFETIME)?;
         Ok(Self {
             cost,
-            dummy_hash,
+            dummy_hash: std::sync::OnceLock::new(),
             verifications: AtomicU64::new(0),
             verified,
         })
@@ -222,8 +221,15 @@ impl SecretHasher {
 
     /// Spends one verification's time for a client that does not exist.
     pub fn verify_against_dummy(&self, presented: &ClientSecret) -> bool {
-        let dummy = self.dummy_hash.clone();
-        let _ = self.verify(presented, &dummy);
+        let dummy = self.dummy_hash.get_or_init(|| {
+            // A random secret's hash; should the OS refuse randomness, a fixed string hashes just
+            // as slowly, and nothing can match a dummy either way.
+            let throwaway = ClientSecret::generate()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default();
+            bcrypt::hash(throwaway, self.cost).unwrap_or_default()
+        });
+        let _ = self.verify(presented, dummy);
         false
     }
 

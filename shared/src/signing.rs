@@ -491,6 +491,7 @@ impl SecretsManagerKeys {
             .client
             .get_secret_value()
             .secret_id(&self.secret_id)
+            .version_stage("AWSCURRENT")
             .send()
             .await
             .map_err(|e| {
@@ -501,9 +502,15 @@ impl SecretsManagerKeys {
         let json = out
             .secret_string()
             .ok_or_else(|| KeyError::Malformed("the secret holds no string".into()))?;
-        Ok(Arc::new(KeySet::from_document(&KeySetDocument::parse(
-            json,
-        )?)?))
+        match KeySet::from_document(&KeySetDocument::parse(json)?) {
+            Ok(keys) => Ok(Arc::new(keys)),
+            // A new stack's secret holds no key until its first rotation: not ready yet (503),
+            // rather than broken (500).
+            Err(KeyError::Empty) => Err(KeyError::Unavailable(
+                "the signing-key secret holds no key yet".into(),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get(&self) -> Result<Arc<KeySet>, KeyError> {
