@@ -79,6 +79,14 @@ if [[ ! -x $BIN ]]; then
   echo "building $BIN (release, LTO: several minutes on 2 cores)" >&2
   (cd "$ROOT" && cargo build --release --bin agentidp-local) || die "the release build failed"
 fi
+# The revision measured, and whether the binary is older than the code it should be built from.
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+git -C "$ROOT" diff --quiet HEAD -- shared local 2>/dev/null || REV="$REV + uncommitted changes"
+BUILT=$(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)
+if [[ -n $(find "$ROOT/shared/src" "$ROOT/local/src" -newer "$BIN" -name '*.rs' -print -quit) ]]; then
+  echo "warning: $BIN is older than sources in shared/src or local/src; rebuild to measure them" >&2
+  BUILT="$BUILT (older than the sources)"
+fi
 if [[ ! -d $OIDC_DIR/node_modules/oidc-provider ]]; then
   (cd "$OIDC_DIR" && npm ci --no-audit --no-fund >/dev/null) || die "npm ci in $OIDC_DIR failed"
 fi
@@ -365,7 +373,7 @@ done
   echo
   echo "- machine: $NPROC cores, $CPU_MODEL; $(uname -sr)"
   echo "- synchronous 4 KiB write (dd oflag=dsync) in the data directory: $FSYNC_MS ms"
-  echo "- wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'), node $(node --version), oidc-provider $(jq -r .version "$OIDC_DIR/node_modules/oidc-provider/package.json"), agentidp $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- shared local 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "- wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'), node $(node --version), oidc-provider $(jq -r .version "$OIDC_DIR/node_modules/oidc-provider/package.json"), agentidp at $REV, binary built $BUILT"
   echo "- niceness of the servers and wrk: $NICE"
   echo "- ${DURATION}s per run, $ROUNDS rounds alternating the servers; figures are the mean over rounds (p99: the worst round)"
   echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) in $(df --output=fstype "$DATA" | tail -1) at ${DATA_PARENT:-.tools/bench}, info logs to a file; ${BENCH_ENV[*]}"
