@@ -429,7 +429,7 @@ done
   echo
   echo "ratio: AgentIdP req/s / oidc-provider req/s. rest: cores busy with anything else on the machine."
   echo "AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms: token or introspection requests that took that long inside the"
-  echo "server, by its log; an upper bound on bcrypt verifications (cost 10 takes ~70 ms here), exact only"
+  echo "server, by its log; an upper bound on bcrypt verifications (cost 10 takes ~60 ms here), exact only"
   echo "when nothing queues (c=1). The criterion bench counts them exactly (docs/performance.md)."
   echo
   echo "Per run (scenario, c, round, server, req/s, p50 ms, p99 ms, errors, server cores, machine cores,"
