@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -257,9 +257,53 @@ pub struct PublicJwk {
 struct LoadedKey {
     kid: String,
     alg: SigningAlgorithm,
-    encoding: EncodingKey,
+    signer: Signer,
+    /// The JWS protected header, base64url, made once: it is the same in every token.
+    encoded_header: String,
     decoding: DecodingKey,
     jwk: PublicJwk,
+}
+
+/// A private key parsed once when the key set loads. Signing through `jsonwebtoken` re-parses
+/// the PEM on every call, which for RSA cost more than the signature itself (685 µs against
+/// 252 µs in `cargo bench --bench signing`).
+enum Signer {
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let failed = |e: aws_lc_rs::error::Unspecified| KeyError::Signing(e.to_string());
+        match self {
+            Signer::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    message,
+                    &mut signature,
+                )
+                .map_err(failed)?;
+                Ok(signature)
+            }
+            // The FIXED encoding is r || s, which is what JWS (RFC 7518 §3.4) asks for.
+            Signer::Ecdsa(pair) => Ok(pair
+                .sign(&SystemRandom::new(), message)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()),
+            Signer::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ProtectedHeader<'a> {
+    alg: &'static str,
+    typ: &'static str,
+    kid: &'a str,
 }
 
 fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
@@ -276,12 +320,10 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
         x: None,
         y: None,
     };
-    let (encoding, decoding, jwk) = match stored.alg {
+    let (signer, decoding, jwk) = match stored.alg {
         SigningAlgorithm::RS256 => {
             let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|e| malformed(&e))?;
             let components: aws_lc_rs::rsa::PublicKeyComponents<Vec<u8>> = pair.public_key().into();
-            let encoding = EncodingKey::from_rsa_pem(stored.private_key_pem.as_bytes())
-                .map_err(|e| malformed(&e))?;
             let decoding = DecodingKey::from_rsa_raw_components(&components.n, &components.e);
             let jwk = PublicJwk {
                 kty: "RSA".into(),
@@ -289,7 +331,7 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
                 e: Some(URL_SAFE_NO_PAD.encode(&components.e)),
                 ..base
             };
-            (encoding, decoding, jwk)
+            (Signer::Rsa(pair), decoding, jwk)
         }
         SigningAlgorithm::ES256 => {
             let pair = EcdsaKeyPair::from_pkcs8(
@@ -304,7 +346,6 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
             }
             let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
             let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
-            let encoding = EncodingKey::from_ec_der(&pkcs8);
             let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| malformed(&e))?;
             let jwk = PublicJwk {
                 kty: "EC".into(),
@@ -313,12 +354,11 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
                 y: Some(y),
                 ..base
             };
-            (encoding, decoding, jwk)
+            (Signer::Ecdsa(pair), decoding, jwk)
         }
         SigningAlgorithm::EdDSA => {
             let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| malformed(&e))?;
             let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-            let encoding = EncodingKey::from_ed_der(&pkcs8);
             let decoding = DecodingKey::from_ed_components(&x).map_err(|e| malformed(&e))?;
             let jwk = PublicJwk {
                 kty: "OKP".into(),
@@ -326,13 +366,20 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
                 x: Some(x),
                 ..base
             };
-            (encoding, decoding, jwk)
+            (Signer::Ed25519(pair), decoding, jwk)
         }
     };
+    let header = serde_json::to_vec(&ProtectedHeader {
+        alg: stored.alg.as_str(),
+        typ: ACCESS_TOKEN_TYPE,
+        kid: &stored.kid,
+    })
+    .map_err(|e| malformed(&e))?;
     Ok(LoadedKey {
         kid: stored.kid.clone(),
         alg: stored.alg,
-        encoding,
+        signer,
+        encoded_header: URL_SAFE_NO_PAD.encode(header),
         decoding,
         jwk,
     })
@@ -392,13 +439,18 @@ impl KeySet {
         algs
     }
 
+    /// A JWS compact serialization (RFC 7515 §7.1): header, claims and signature, base64url.
     pub fn sign(&self, claims: &AccessTokenClaims) -> Result<String, KeyError> {
         let key = self.current()?;
-        let mut header = Header::new(key.alg.jwt_algorithm());
-        header.typ = Some(ACCESS_TOKEN_TYPE.into());
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|e| KeyError::Signing(e.to_string()))
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Signing(e.to_string()))?;
+        let mut token = String::with_capacity(1024);
+        token.push_str(&key.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = key.signer.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 
     pub fn jwks(&self) -> Jwks {
