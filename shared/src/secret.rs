@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -73,6 +74,7 @@ pub struct SecretHasher {
     dummy_hash: std::sync::OnceLock<String>,
     verifications: AtomicU64,
     verified: VerifiedSecretCache,
+    pub in_flight: InFlightVerifications,
 }
 
 /// How many credentials a warm instance remembers a verified secret for, and for how long.
@@ -114,24 +116,31 @@ impl VerifiedSecretCache {
         })
     }
 
-    fn digest(
+    fn digest(&self, parts: &[&[u8]]) -> aws_lc_rs::hmac::Tag {
+        let mut context = aws_lc_rs::hmac::Context::with_key(&self.key);
+        for part in parts {
+            // Lengths keep the fields from running into each other.
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        context.sign()
+    }
+
+    fn entry_digest(
         &self,
         credential_id: Uuid,
         stored_hash: &str,
         secret: &ClientSecret,
     ) -> aws_lc_rs::hmac::Tag {
-        let mut context = aws_lc_rs::hmac::Context::with_key(&self.key);
-        context.update(credential_id.as_bytes());
-        // Lengths keep the three fields from running into each other.
-        context.update(&(stored_hash.len() as u64).to_be_bytes());
-        context.update(stored_hash.as_bytes());
-        context.update(&(secret.expose().len() as u64).to_be_bytes());
-        context.update(secret.expose().as_bytes());
-        context.sign()
+        self.digest(&[
+            credential_id.as_bytes(),
+            stored_hash.as_bytes(),
+            secret.expose().as_bytes(),
+        ])
     }
 
     pub fn contains(&self, credential_id: Uuid, stored_hash: &str, secret: &ClientSecret) -> bool {
-        let digest = self.digest(credential_id, stored_hash, secret);
+        let digest = self.entry_digest(credential_id, stored_hash, secret);
         let Ok(entries) = self.entries.lock() else {
             return false;
         };
@@ -141,7 +150,7 @@ impl VerifiedSecretCache {
     }
 
     pub fn remember(&self, credential_id: Uuid, stored_hash: &str, secret: &ClientSecret) {
-        let digest = self.digest(credential_id, stored_hash, secret);
+        let digest = self.entry_digest(credential_id, stored_hash, secret);
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -160,6 +169,59 @@ impl VerifiedSecretCache {
     }
 }
 
+/// Which verification a request needs: a keyed digest of the client id as presented, the stored
+/// hash it is checked against (none for an unknown client) and the secret. Keyed like the
+/// verified-secret cache, so the map of running verifications holds nothing a memory dump could
+/// test guesses against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerificationKey([u8; 32]);
+
+/// Verifications running now. Requests that need the same one wait for its answer instead of
+/// each running bcrypt: without this, N requests from one client arriving together before the
+/// first verification ends cost N verifications, and the cache only helps the ones after.
+#[derive(Default)]
+pub struct InFlightVerifications {
+    running: Mutex<HashMap<VerificationKey, Arc<tokio::sync::OnceCell<bool>>>>,
+}
+
+impl fmt::Debug for InFlightVerifications {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlightVerifications")
+            .finish_non_exhaustive()
+    }
+}
+
+impl InFlightVerifications {
+    /// Runs `verify`, or waits for the identical verification already running. A failed run
+    /// (`Err`) is shared with no one: each waiter then tries for itself.
+    pub async fn share<F, Fut, E>(&self, key: VerificationKey, verify: F) -> Result<bool, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<bool, E>>,
+    {
+        let shared = self
+            .running
+            .lock()
+            .map(|mut running| running.entry(key).or_default().clone())
+            .ok();
+        let Some(cell) = shared else {
+            return verify().await;
+        };
+        let outcome = cell.get_or_try_init(verify).await.copied();
+        if let Ok(mut running) = self.running.lock()
+            && running.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            running.remove(&key);
+        }
+        outcome
+    }
+
+    /// How many distinct verifications are running or awaited now.
+    pub fn running(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or_default()
+    }
+}
+
 impl SecretHasher {
     pub fn new(cost: u32) -> Result<Self, SecretError> {
         let verified = VerifiedSecretCache::new(VERIFIED_CACHE_CAPACITY, VERIFIED_CACHE_LIFETIME)?;
@@ -168,7 +230,25 @@ impl SecretHasher {
             dummy_hash: std::sync::OnceLock::new(),
             verifications: AtomicU64::new(0),
             verified,
+            in_flight: InFlightVerifications::default(),
         })
+    }
+
+    pub fn verification_key(
+        &self,
+        client_id: &str,
+        stored_hash: Option<&str>,
+        presented: &ClientSecret,
+    ) -> VerificationKey {
+        let tag = self.verified.digest(&[
+            b"in-flight",
+            client_id.as_bytes(),
+            stored_hash.unwrap_or_default().as_bytes(),
+            presented.expose().as_bytes(),
+        ]);
+        let mut key = [0; 32];
+        key.copy_from_slice(tag.as_ref());
+        VerificationKey(key)
     }
 
     pub fn cost(&self) -> u32 {
@@ -353,6 +433,32 @@ mod tests {
         assert!(cache.contains(ids[2], "h", &secret));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!cache.contains(ids[2], "h", &secret), "entries expire");
+    }
+
+    #[tokio::test]
+    async fn identical_verifications_running_together_share_one_run_and_different_ones_do_not() {
+        let hasher = SecretHasher::new(4).unwrap();
+        let secret = ClientSecret::generate().unwrap();
+        let same = hasher.verification_key("client-a", Some("$2b$hash"), &secret);
+        let other = hasher.verification_key("client-b", Some("$2b$hash"), &secret);
+        let runs = AtomicU64::new(0);
+        let verify = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, ()>(true)
+        };
+        let answers = futures_util::future::join_all((0..10).map(|i| {
+            hasher
+                .in_flight
+                .share(if i < 9 { same } else { other }, verify)
+        }))
+        .await;
+        assert!(answers.iter().all(|a| *a == Ok(true)));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(hasher.in_flight.running(), 0);
+        // Once the shared run is over, the next request verifies afresh.
+        assert_eq!(hasher.in_flight.share(same, verify).await, Ok(true));
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The OAuth endpoints as the RFCs describe them: token (6749 §4.4), introspection (7662),
 //! revocation (7009), JWKS (7517) and metadata (8414), with RFC 9068 access tokens.
 
+use futures_util::future::join_all;
 use std::sync::Arc;
 
 use agentidp_shared::store::Store;
@@ -383,6 +384,34 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
     assert_eq!(n.len(), 256, "a 2048-bit modulus");
 }
 
+async fn simultaneous_first_requests_from_one_client_share_one_bcrypt_verification(
+    store: Arc<dyn Store>,
+) {
+    // At cost 12 a verification takes about 200 ms, long enough for every
+    // request sent together to arrive while the first one's bcrypt still runs.
+    let server = TestServer::start_with(store, |c| c.bcrypt_cost = 12).await;
+    let admin = server.new_org("acme").await;
+    let token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&token, "bot", &[]).await;
+    let (_, client_id, secret) = server.create_credential(&token, &agent).await;
+    let before = server.idp.hasher.verifications();
+    let wrong =
+        join_all((0..8).map(|_| server.token_request(&client_id, "sk_live_wrong", None))).await;
+    assert!(wrong.iter().all(|r| r.status == 401));
+    let right = join_all((0..16).map(|_| server.token_request(&client_id, &secret, None))).await;
+    assert!(right.iter().all(|r| r.status == 200));
+    assert_eq!(
+        server.idp.hasher.verifications() - before,
+        2,
+        "one verification for the eight wrong secrets sent together, one for the sixteen right"
+    );
+    assert_eq!(
+        server.idp.hasher.in_flight.running(),
+        0,
+        "nothing is left behind"
+    );
+}
+
 async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache(
     store: Arc<dyn Store>,
 ) {
@@ -462,6 +491,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
 
 crate::per_store!(
     a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache,
+    simultaneous_first_requests_from_one_client_share_one_bcrypt_verification,
     both_client_authentication_methods_get_a_token_with_the_documented_shape,
     failed_client_authentication_never_says_why,
     malformed_token_requests_get_rfc_6749_errors,

@@ -160,6 +160,7 @@ impl Idp {
     /// Runs bcrypt off the async workers: it takes tens of milliseconds by design.
     async fn secret_matches(
         self: &Arc<Self>,
+        client_id: &str,
         secret: &ClientSecret,
         credential: Option<&Credential>,
     ) -> ServiceResult<bool> {
@@ -170,15 +171,25 @@ impl Idp {
         {
             return Ok(true);
         }
-        let idp = self.clone();
-        let presented = ClientSecret::presented(secret.expose().to_owned());
-        let stored = credential.map(|c| (c.credential_id, c.secret_hash.clone()));
-        tokio::task::spawn_blocking(move || match stored {
-            Some((id, hash)) => idp.hasher.verify_and_remember(id, &presented, &hash),
-            None => idp.hasher.verify_against_dummy(&presented),
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("verification task failed: {e}")))
+        let key = self.hasher.verification_key(
+            client_id,
+            credential.map(|c| c.secret_hash.as_str()),
+            secret,
+        );
+        let verify = || {
+            let idp = self.clone();
+            let presented = ClientSecret::presented(secret.expose().to_owned());
+            let stored = credential.map(|c| (c.credential_id, c.secret_hash.clone()));
+            async move {
+                tokio::task::spawn_blocking(move || match stored {
+                    Some((id, hash)) => idp.hasher.verify_and_remember(id, &presented, &hash),
+                    None => idp.hasher.verify_against_dummy(&presented),
+                })
+                .await
+                .map_err(|e| ServiceError::Internal(format!("verification task failed: {e}")))
+            }
+        };
+        self.hasher.in_flight.share(key, verify).await
     }
 
     /// Checks a client's credentials. An unknown client costs one bcrypt verification against a
@@ -214,7 +225,7 @@ impl Idp {
             return Ok(Err(ClientRefusal::Locked { retry_after }));
         }
         let matches = self
-            .secret_matches(&auth.secret, credential.as_ref())
+            .secret_matches(&auth.client_id, &auth.secret, credential.as_ref())
             .await?;
         let now = self.now();
         let denial = match &credential {
