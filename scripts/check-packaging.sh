@@ -110,8 +110,12 @@ if [ "$skip_build" = 0 ]; then
         read -r name binary <<<"$entry"
         bootstrap=".aws-sam/build/$name/bootstrap"
         [ -x "$bootstrap" ] || fail "sam build made no $bootstrap"
-        file -b "$bootstrap" | grep -q 'ARM aarch64' || fail "$bootstrap is not an arm64 executable: $(file -b "$bootstrap")"
-        printf '    %-22s %-24s %8s bytes  %s\n' "$name" "$binary" "$(stat -c %s "$bootstrap")" "$(file -b "$bootstrap" | cut -d, -f1-2)"
+        # An ELF file (7f 45 4c 46) whose e_machine, at byte 18, is EM_AARCH64 (0xb7). Read with
+        # od rather than file(1), which a fresh machine may not have.
+        [ "$(od -An -tx1 -N4 "$bootstrap" | tr -d ' ')" = 7f454c46 ] \
+            && [ "$(od -An -tx1 -j18 -N2 "$bootstrap" | tr -d ' ')" = b700 ] \
+            || fail "$bootstrap is not an arm64 ELF executable"
+        printf '    %-22s %-24s %8s bytes  arm64 ELF\n' "$name" "$binary" "$(stat -c %s "$bootstrap")"
     done
     done_step
 fi
@@ -123,7 +127,7 @@ fi
 # timestamps. Then the first (cold) invocation, from that request to the response, and a warm
 # one, as the round trip of an HTTP invocation through the emulator, are timed. Uses the
 # tables, secrets and environment of the runtime loop, with the production bcrypt cost (10,
-# or AGENTIDP_MEASURE_BCRYPT_COST), since the functions hash a dummy secret at init.
+# or AGENTIDP_MEASURE_BCRYPT_COST), since a first invocation may hash or verify a secret.
 measure_cold_starts() {
     step "cold starts (release build for this host, Runtime API emulator only)"
     command -v strace >/dev/null || fail "--measure needs strace"

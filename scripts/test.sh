@@ -44,5 +44,7 @@ scripts/check-docs.sh
 step "API fuzzing against docs/openapi.yaml (scripts/fuzz-api.sh)"
 scripts/fuzz-api.sh
 
-# Checks beyond cargo test run here, each from its own script (packaging: issue 4; docs and
-# OpenAPI: issue 5).
+step "serverless packaging: cfn-lint, sam validate --lint, sam build to arm64, every event through the Lambda runtime loop (scripts/check-packaging.sh)"
+# Last, because its cold run is the longest (the release LTO build of five arm64 binaries,
+# about 17 minutes on 2 cores); it reuses the services started above.
+scripts/check-packaging.sh

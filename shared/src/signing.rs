@@ -424,6 +424,10 @@ impl KeySet {
         Ok(Self { keys })
     }
 
+    fn holds(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid == kid)
+    }
+
     fn current(&self) -> Result<&LoadedKey, KeyError> {
         self.keys.first().ok_or(KeyError::Empty)
     }
@@ -511,7 +515,8 @@ impl KeySet {
 
 /// Where the key set comes from. Secrets Manager is read lazily and re-read after
 /// `refresh_after`, so a rotation reaches warm instances, and a failed read at cold start is
-/// retried on the next call instead of needing a restart.
+/// retried on the next call instead of needing a restart. A token whose `kid` the cached set
+/// does not hold triggers an early re-read (see [`KeySource::keys_for_token`]).
 pub enum KeySource {
     Fixed(Arc<KeySet>),
     SecretsManager(SecretsManagerKeys),
@@ -522,7 +527,13 @@ pub struct SecretsManagerKeys {
     secret_id: String,
     refresh_after: std::time::Duration,
     cached: tokio::sync::RwLock<Option<(Arc<KeySet>, std::time::Instant)>>,
+    /// When an unknown `kid` last made this instance re-read the secret early.
+    last_early_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// At most one early re-read per this interval per instance, so tokens with made-up key ids
+/// cannot turn into a stream of Secrets Manager calls.
+pub const UNKNOWN_KID_REREAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SecretsManagerKeys {
     pub fn new(
@@ -535,6 +546,38 @@ impl SecretsManagerKeys {
             secret_id,
             refresh_after,
             cached: tokio::sync::RwLock::new(None),
+            last_early_read: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Re-reads the secret before `refresh_after` because a token names a key the cached set
+    /// lacks: after a rotation, a new instance signs with the new key while warm instances still
+    /// hold the set from before it. `None` when nothing newer could be had (rate-limited, or the
+    /// read failed), and the caller keeps the set it has.
+    async fn reread_for(&self, kid: &str) -> Option<Arc<KeySet>> {
+        let mut slot = self.cached.write().await;
+        // Another request may have re-read it while this one waited for the lock.
+        if let Some((keys, _)) = slot.as_ref()
+            && keys.holds(kid)
+        {
+            return Some(keys.clone());
+        }
+        {
+            let mut last = self.last_early_read.lock().ok()?;
+            if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_REREAD_INTERVAL) {
+                return None;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.fetch().await {
+            Ok(keys) => {
+                *slot = Some((keys.clone(), std::time::Instant::now()));
+                Some(keys)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the signing keys for an unknown key id failed");
+                None
+            }
         }
     }
 
@@ -600,6 +643,25 @@ impl KeySource {
         match self {
             KeySource::Fixed(keys) => Ok(keys.clone()),
             KeySource::SecretsManager(source) => source.get().await,
+        }
+    }
+
+    /// The key set to verify `token` with: the cached one, or, when the token's `kid` is not in
+    /// it, the secret's current set read again (at most once per
+    /// [`UNKNOWN_KID_REREAD_INTERVAL`]), so a token signed by a key newer than this instance's
+    /// cache verifies without waiting for the regular refresh.
+    pub async fn keys_for_token(&self, token: &str) -> Result<Arc<KeySet>, KeyError> {
+        let keys = self.keys().await?;
+        let KeySource::SecretsManager(source) = self else {
+            return Ok(keys);
+        };
+        let kid = (token.len() <= MAX_TOKEN_BYTES)
+            .then(|| jsonwebtoken::decode_header(token).ok())
+            .flatten()
+            .and_then(|header| header.kid);
+        match kid {
+            Some(kid) if !keys.holds(&kid) => Ok(source.reread_for(&kid).await.unwrap_or(keys)),
+            _ => Ok(keys),
         }
     }
 

@@ -495,6 +495,67 @@ async fn the_functions_key_source_loads_the_key_set_from_secrets_manager() {
     ));
 }
 
+#[tokio::test]
+async fn a_token_from_a_newer_key_verifies_at_once_and_made_up_key_ids_are_rate_limited() {
+    let client = moto_client();
+    let now = Utc::now();
+    let secret = new_secret(
+        &client,
+        &KeySetDocument::generate(SigningAlgorithm::RS256, now).unwrap(),
+    )
+    .await;
+    // A warm instance that would not refresh on its own for an hour.
+    let warm = keys_source(client.clone(), &secret, Duration::from_secs(3600));
+    let before = warm.keys().await.unwrap();
+
+    // A rotation, then a token from an instance that started after it.
+    let rotator = Rotator::new(client.clone(), SigningAlgorithm::RS256);
+    rotate(&rotator, &secret, now).await;
+    let newer = KeySet::from_document(&document_at(&client, &secret, AWSCURRENT).await).unwrap();
+    let token = newer.sign(&claims(now)).unwrap();
+    assert_eq!(
+        before.verify(&token, &policy(), now).unwrap_err(),
+        TokenRejection::UnknownKey
+    );
+    let reread = warm.keys_for_token(&token).await.unwrap();
+    assert!(reread.verify(&token, &policy(), now).is_ok());
+    assert_eq!(
+        reread.jwks().keys.len(),
+        2,
+        "the new key and the one before it"
+    );
+    // The re-read set is now the cached one.
+    assert!(
+        warm.keys()
+            .await
+            .unwrap()
+            .verify(&token, &policy(), now)
+            .is_ok()
+    );
+
+    // A second unknown key id within the interval does not read the secret again: a token from
+    // yet another rotation waits for the regular refresh (or the interval).
+    rotate(&rotator, &secret, now).await;
+    let newest = KeySet::from_document(&document_at(&client, &secret, AWSCURRENT).await).unwrap();
+    let too_soon = newest.sign(&claims(now)).unwrap();
+    assert_eq!(
+        warm.keys_for_token(&too_soon)
+            .await
+            .unwrap()
+            .verify(&too_soon, &policy(), now)
+            .unwrap_err(),
+        TokenRejection::UnknownKey
+    );
+    // Tokens whose key is known never cause a read, whatever the interval.
+    assert!(
+        warm.keys_for_token(&token)
+            .await
+            .unwrap()
+            .verify(&token, &policy(), now)
+            .is_ok()
+    );
+}
+
 /// A TCP forwarder to moto on a port of its own, which can be switched off: then nothing
 /// answers on the port, as when Secrets Manager is unreachable.
 struct Forwarder {

@@ -407,7 +407,7 @@ impl Idp {
     /// An access token that is valid now: signature, claims, not revoked, and its agent active.
     /// `Ok(None)` for every kind of invalid token; `Err` only when a dependency failed.
     pub async fn active_token(&self, token: &str) -> ServiceResult<Option<ActiveToken>> {
-        let keys = self.keys.keys().await.map_err(|e| match e {
+        let keys = self.keys.keys_for_token(token).await.map_err(|e| match e {
             KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
             other => ServiceError::Internal(other.to_string()),
         })?;
@@ -519,7 +519,7 @@ impl Idp {
         {
             return Err(OAuthError::InvalidClient { basic: false });
         }
-        let keys = self.keys.keys().await.map_err(key_error)?;
+        let keys = self.keys.keys_for_token(token).await.map_err(key_error)?;
         // An expired token needs no revocation; signature and claims still must check out.
         let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
             return Ok(());
