@@ -249,9 +249,12 @@ pub async fn handle(
         if let Ok(value) = request_id.parse() {
             response.headers_mut().insert("x-request-id", value);
         }
+        // The instance's running total, so a load test can read from the log how many bcrypt
+        // verifications a run cost (one per client per warm instance, with the cache).
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
+            bcrypt_verifications = idp.hasher.verifications(),
             "request served"
         );
         response
