@@ -10,9 +10,25 @@ use agentidp_shared::store::{
 use chrono::Duration;
 use uuid::Uuid;
 
-conformance::conformance_suite!(async {
-    SqliteStore::in_memory().expect("an in-memory store opens")
-});
+mod in_memory {
+    use super::*;
+    crate::conformance::conformance_suite!(async {
+        SqliteStore::in_memory().expect("an in-memory store opens")
+    });
+}
+
+/// What the local server runs: a file, a writer connection and reader connections.
+mod file_backed {
+    use super::*;
+    crate::conformance::conformance_suite!(async {
+        // Kept under cargo's per-target scratch directory (target/tmp), which `cargo clean`
+        // empties: the store must outlive this block, and its directory with it.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a scratch directory")
+            .keep();
+        SqliteStore::open(&dir.join("agentidp.sqlite")).expect("a file-backed store opens")
+    });
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_backed_store_keeps_its_data_across_close_and_reopen() {

@@ -17,8 +17,13 @@ use tokio::sync::OnceCell;
 
 pub const TEST_BCRYPT_COST: u32 = 4;
 
+/// The local server's store as it runs: a database file with its writer and reader connections,
+/// under cargo's per-target scratch directory (target/tmp, emptied by `cargo clean`).
 pub async fn embedded_store() -> Arc<dyn Store> {
-    Arc::new(SqliteStore::in_memory().unwrap())
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    Arc::new(SqliteStore::open(&dir.join("agentidp.sqlite")).unwrap())
 }
 
 static PREFIX: LazyLock<String> =

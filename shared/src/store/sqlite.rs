@@ -1,10 +1,13 @@
 //! The embedded store: SQLite, durable on local disk, or in memory for tests.
 //!
-//! One connection behind a mutex serves the whole process: SQLite runs one writer at a time
-//! anyway, and the local server's load is small. Every operation runs on tokio's blocking pool so
-//! a slow disk never stalls the async runtime.
+//! A file-backed store has one writer connection, fed by a group-commit queue (SQLite runs one
+//! writer at a time anyway), and a few reader connections: under write-ahead logging, reads go on
+//! while a commit waits for its fsync, so a request's read never queues behind another's write.
+//! An in-memory store (tests) has the one connection for both. Every operation runs on tokio's
+//! blocking pool so a slow disk never stalls the async runtime.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,8 +153,19 @@ const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, ac
      request_id, source_ip, user_agent, details, expires_at_ms";
 
 pub struct SqliteStore {
+    /// Every write goes through this connection.
     conn: Arc<Mutex<Connection>>,
+    /// Connections that only read; empty for an in-memory database, whose data no second
+    /// connection could see, and then reads use `conn`.
+    readers: Arc<[Mutex<Connection>]>,
+    next_reader: Arc<AtomicUsize>,
     commits: Arc<Mutex<CommitQueue>>,
+}
+
+/// Reader connections of a file-backed store: one per core, as reads are CPU work once the pages
+/// are cached, within bounds.
+fn reader_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
 }
 
 /// Group commit: batches that arrive while a transaction is being written wait, and the next
@@ -183,7 +197,17 @@ impl SqliteStore {
         // commit here may be a credential revocation that silently comes undone. One fsync per
         // commit is cheap at the local server's rates.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Self::with_schema(conn)
+        let mut store = Self::with_schema(conn)?;
+        let readers = (0..reader_count())
+            .map(|_| {
+                let reader = Connection::open(path)?;
+                reader.busy_timeout(BUSY_TIMEOUT)?;
+                reader.pragma_update(None, "query_only", true)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        store.readers = readers.into();
+        Ok(store)
     }
 
     /// A private database that vanishes with the value; for tests.
@@ -208,25 +232,59 @@ impl SqliteStore {
         tx.commit()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new([]),
+            next_reader: Arc::default(),
             commits: Arc::default(),
         })
     }
 
+    /// Runs a read on a reader connection: a free one if there is one, else the next in turn.
     async fn run<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().map_err(|_| {
-                StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into())
-            })?;
+        if self.readers.is_empty() {
+            return self.run_on_writer(op).await;
+        }
+        let readers = Arc::clone(&self.readers);
+        let turn = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        blocking(move || {
+            let free = (0..readers.len())
+                .map(|i| (turn + i) % readers.len())
+                .find_map(|i| readers[i].try_lock().ok());
+            let mut conn = match free {
+                Some(conn) => conn,
+                None => readers[turn % readers.len()]
+                    .lock()
+                    .map_err(|_| poisoned())?,
+            };
             op(&mut conn)
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("sqlite task did not complete: {e}")))?
     }
+
+    /// Runs a write that is not a batch (a lockout tally) on the writer connection.
+    async fn run_on_writer<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        blocking(move || op(&mut *conn.lock().map_err(|_| poisoned())?)).await
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into())
+}
+
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| StoreError::Internal(format!("sqlite task did not complete: {e}")))?
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -276,9 +334,7 @@ fn write_queued(conn: &Mutex<Connection>, commits: &Mutex<CommitQueue>) {
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let results = match conn.lock() {
             Ok(mut conn) => write_group(&mut conn, &batches),
-            Err(_) => Err(StoreError::Internal(
-                "sqlite connection lock poisoned by an earlier panic".into(),
-            )),
+            Err(_) => Err(poisoned()),
         };
         match results {
             Ok(results) => {
@@ -720,7 +776,7 @@ impl ThrottleReader for SqliteStore {
 
     async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64> {
         let key = key.to_owned();
-        self.run(move |conn| {
+        self.run_on_writer(move |conn| {
             let count: i64 = conn.query_row(
                 "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
                  ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms \
@@ -1392,6 +1448,51 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::Internal(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the test holds the writer's lock on purpose, as a long commit does"
+    )]
+    async fn reads_go_on_while_the_writer_connection_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("idp.sqlite")).unwrap();
+        let org = Organization {
+            org_id: Uuid::new_v4(),
+            name: "Acme".into(),
+            plan: Plan::Free,
+            created_at: at(5),
+        };
+        store
+            .commit(vec![Write::CreateOrg(org.clone())])
+            .await
+            .unwrap();
+        // As when a group commit waits for its fsync.
+        let writing = store.conn.lock().unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            (
+                store.get_org(org.org_id).await.unwrap(),
+                store.usage(org.org_id, "2026-11").await.unwrap(),
+            )
+        })
+        .await
+        .expect("reads do not wait for the writer");
+        assert_eq!(read.0, Some(org));
+        drop(writing);
+    }
+
+    #[tokio::test]
+    async fn reader_connections_refuse_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("idp.sqlite")).unwrap();
+        let refused = store
+            .run(|conn| Ok(conn.execute("DELETE FROM organizations", [])?))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Internal(_))),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
