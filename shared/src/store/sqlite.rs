@@ -41,6 +41,9 @@ UPDATE credentials SET agent_scopes = (
 
 /// Long enough for the operator CLI's short transactions to finish while the server holds the
 /// write lock, short enough that a stuck writer surfaces as `Unavailable` instead of a hang.
+/// Enough for every statement the store runs, each audit filter combination included, so the
+/// hot ones are never evicted.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Uuids are stored as hyphenated lowercase text: readable with the `sqlite3` shell, and its byte
@@ -203,6 +206,7 @@ impl SqliteStore {
                 let reader = Connection::open(path)?;
                 reader.busy_timeout(BUSY_TIMEOUT)?;
                 reader.pragma_update(None, "query_only", true)?;
+                reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
                 Ok(Mutex::new(reader))
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -230,6 +234,7 @@ impl SqliteStore {
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             readers: Arc::new([]),
@@ -285,6 +290,31 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(op)
         .await
         .map_err(|e| StoreError::Internal(format!("sqlite task did not complete: {e}")))?
+}
+
+/// Queries and writes through the connection's statement cache: the hot paths (a token request
+/// reads a credential and counters, then writes a counter and an audit event) run the same few
+/// statements over and over, and parsing SQL each time was a visible share of their CPU.
+trait CachedStatements {
+    fn cached_row<T, P, F>(&self, sql: &str, params: P, map: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+    fn cached_execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl CachedStatements for Connection {
+    fn cached_row<T, P, F>(&self, sql: &str, params: P, map: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, map)
+    }
+
+    fn cached_execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -391,35 +421,35 @@ fn write_group(conn: &mut Connection, batches: &[Vec<Write>]) -> StoreResult<Vec
 /// Performs one write inside the batch's transaction; `false` when its condition does not hold.
 fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
     let changed = match write {
-        Write::CreateOrg(org) => tx.execute(
+        Write::CreateOrg(org) => tx.cached_execute(
             "INSERT INTO organizations (org_id, name, plan, created_at_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT DO NOTHING",
             (org.org_id.to_string(), &org.name, org.plan.as_str(), millis(&org.created_at)),
         )?,
-        Write::SetPlan { org_id, plan } => tx.execute(
+        Write::SetPlan { org_id, plan } => tx.cached_execute(
             "UPDATE organizations SET plan = ?2 WHERE org_id = ?1",
             (org_id.to_string(), plan.as_str()),
         )?,
         Write::PutAgent { agent, expected_version } => put_agent(tx, agent, *expected_version)?,
-        Write::ClaimAgentName { org_id, name_key, agent_id } => tx.execute(
+        Write::ClaimAgentName { org_id, name_key, agent_id } => tx.cached_execute(
             "INSERT INTO agent_names (org_id, name_key, agent_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             (org_id.to_string(), name_key, agent_id.to_string()),
         )?,
         Write::ReleaseAgentName { org_id, name_key } => {
-            tx.execute("DELETE FROM agent_names WHERE org_id = ?1 AND name_key = ?2", (org_id.to_string(), name_key))?;
+            tx.cached_execute("DELETE FROM agent_names WHERE org_id = ?1 AND name_key = ?2", (org_id.to_string(), name_key))?;
             return Ok(true);
         }
         Write::PutCredential { credential, expected_version } => put_credential(tx, credential, *expected_version)?,
         Write::CountAgents { org_id, delta, limit } => {
             let org_id = org_id.to_string();
             let before: i64 = tx
-                .query_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
+                .cached_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
             if *delta > 0 && !below(before, *limit) {
                 return Ok(false);
             }
-            tx.execute(
+            tx.cached_execute(
                 "INSERT INTO agent_counts (org_id, agents) VALUES (?1, ?2)
                  ON CONFLICT (org_id) DO UPDATE SET agents = excluded.agents",
                 (&org_id, before.saturating_add(*delta).max(0)),
@@ -428,7 +458,7 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
         Write::CountTokenRequest { org_id, month, limit } => {
             let org_id = org_id.to_string();
             let before: i64 = tx
-                .query_row(
+                .cached_row(
                     "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
                     (&org_id, month),
                     |row| row.get(0),
@@ -438,14 +468,14 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
             if !below(before, *limit) {
                 return Ok(false);
             }
-            tx.execute(
+            tx.cached_execute(
                 "INSERT INTO token_request_counts (org_id, month, requests) VALUES (?1, ?2, ?3)
                  ON CONFLICT (org_id, month) DO UPDATE SET requests = excluded.requests",
                 (&org_id, month, before.saturating_add(1)),
             )?
         }
         Write::RevokeToken { jti, org_id, expires_at } => {
-            tx.execute(
+            tx.cached_execute(
                 "INSERT INTO revoked_tokens (jti, org_id, expires_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 (jti, org_id.to_string(), millis(expires_at)),
             )?;
@@ -453,7 +483,7 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
         }
         Write::Audit(event) => insert_audit(tx, event)?,
         // Keys name their window, so a counter never outlives the window it counts.
-        Write::Tally { key, expires_at } => tx.execute(
+        Write::Tally { key, expires_at } => tx.cached_execute(
             "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
              ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms",
             (key, millis(expires_at)),
@@ -491,7 +521,7 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
         ":version": version,
     };
     let Some(expected) = expected_version else {
-        return Ok(tx.execute(
+        return Ok(tx.cached_execute(
             &format!(
                 "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (:org_id, :agent_id, :name, :description, :owner, \
                  :capabilities, :scopes, :metadata, :status, :created_at_ms, :updated_at_ms, :decommissioned_at_ms, \
@@ -503,7 +533,7 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
     let expected = to_i64(expected)?;
     let mut with_expected = values.to_vec();
     with_expected.push((":expected_version", &expected));
-    Ok(tx.execute(
+    Ok(tx.cached_execute(
         "UPDATE agents SET name = :name, description = :description, owner = :owner, \
          capabilities = :capabilities, scopes = :scopes, metadata = :metadata, status = :status, \
          created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
@@ -542,7 +572,7 @@ fn put_credential(
     let Some(expected) = expected_version else {
         // A client id already taken by another credential also leaves nothing inserted: the
         // token endpoint's lookup must find exactly one credential.
-        return Ok(tx.execute(
+        return Ok(tx.cached_execute(
             &format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
                  :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
@@ -556,7 +586,7 @@ fn put_credential(
     with_expected.push((":expected_version", &expected));
     // UPDATE has no ON CONFLICT DO NOTHING; OR IGNORE turns a client id taken by another
     // credential into "no row changed", i.e. a failed condition, instead of an error.
-    Ok(tx.execute(
+    Ok(tx.cached_execute(
         "UPDATE OR IGNORE credentials SET client_id = :client_id, agent_id = :agent_id, org_id = :org_id, \
          secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
          created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
@@ -569,7 +599,7 @@ fn put_credential(
 fn insert_audit(tx: &Connection, event: &AuditEvent) -> StoreResult<usize> {
     let actor = to_json(&event.actor)?;
     let details = to_json(&event.details)?;
-    Ok(tx.execute(
+    Ok(tx.cached_execute(
         &format!(
             "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES (:event_id, :org_id, :timestamp_ms, :action, \
              :outcome, :actor, :subject_agent_id, :resource, :request_id, :source_ip, :user_agent, :details, \
@@ -597,7 +627,7 @@ fn insert_audit(tx: &Connection, event: &AuditEvent) -> StoreResult<usize> {
 impl OrgReader for SqliteStore {
     async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>> {
         self.run(move |conn| {
-            conn.query_row(
+            conn.cached_row(
                 "SELECT org_id, name, plan, created_at_ms FROM organizations WHERE org_id = ?1",
                 [org_id.to_string()],
                 raw_org,
@@ -612,7 +642,7 @@ impl OrgReader for SqliteStore {
     async fn list_orgs(&self) -> StoreResult<Vec<Organization>> {
         self.run(|conn| {
             let mut stmt =
-                conn.prepare("SELECT org_id, name, plan, created_at_ms FROM organizations ORDER BY created_at_ms, org_id")?;
+                conn.prepare_cached("SELECT org_id, name, plan, created_at_ms FROM organizations ORDER BY created_at_ms, org_id")?;
             let rows = stmt.query_map([], raw_org)?;
             rows.map(|row| row?.decode()).collect()
         })
@@ -624,7 +654,7 @@ impl OrgReader for SqliteStore {
         self.run(move |conn| {
             let org_id = org_id.to_string();
             let agents: i64 = conn
-                .query_row(
+                .cached_row(
                     "SELECT agents FROM agent_counts WHERE org_id = ?1",
                     [&org_id],
                     |row| row.get(0),
@@ -632,7 +662,7 @@ impl OrgReader for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let token_requests: i64 = conn
-                .query_row(
+                .cached_row(
                     "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
                     (&org_id, &month),
                     |row| row.get(0),
@@ -652,7 +682,7 @@ impl OrgReader for SqliteStore {
 impl AgentReader for SqliteStore {
     async fn get_agent(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Option<Agent>> {
         self.run(move |conn| {
-            conn.query_row(
+            conn.cached_row(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 AND agent_id = ?2"),
                 (org_id.to_string(), agent_id.to_string()),
                 raw_agent,
@@ -666,7 +696,7 @@ impl AgentReader for SqliteStore {
 
     async fn list_agents(&self, org_id: Uuid) -> StoreResult<Vec<Agent>> {
         self.run(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 ORDER BY created_at_ms, agent_id"
             ))?;
             let rows = stmt.query_map([org_id.to_string()], raw_agent)?;
@@ -679,17 +709,8 @@ impl AgentReader for SqliteStore {
 #[async_trait]
 impl CredentialReader for SqliteStore {
     async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>> {
-        self.run(move |conn| {
-            conn.query_row(
-                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE client_id = ?1"),
-                [client_id.to_string()],
-                raw_credential,
-            )
-            .optional()?
-            .map(RawCredential::decode)
-            .transpose()
-        })
-        .await
+        self.run(move |conn| read_credential_by_client_id(conn, client_id))
+            .await
     }
 
     async fn get_credential(
@@ -699,7 +720,7 @@ impl CredentialReader for SqliteStore {
         credential_id: Uuid,
     ) -> StoreResult<Option<Credential>> {
         self.run(move |conn| {
-            conn.query_row(
+            conn.cached_row(
                 &format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials
                      WHERE credential_id = ?1 AND org_id = ?2 AND agent_id = ?3"
@@ -720,7 +741,7 @@ impl CredentialReader for SqliteStore {
 
     async fn list_credentials(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Vec<Credential>> {
         self.run(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org_id = ?1 AND agent_id = ?2
                  ORDER BY created_at_ms, credential_id"
             ))?;
@@ -749,7 +770,7 @@ impl RevocationReader for SqliteStore {
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = jti.to_owned();
         self.run(move |conn| {
-            Ok(conn.query_row(
+            Ok(conn.cached_row(
                 "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1)",
                 [&jti],
                 |row| row.get(0),
@@ -767,17 +788,22 @@ impl ThrottleReader for SqliteStore {
         keys: &[String],
         now: DateTime<Utc>,
     ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
-        let credential = match client_id {
-            Some(id) => self.credential_by_client_id(id).await?,
-            None => None,
-        };
-        Ok((credential, self.tallies(keys, now).await?))
+        let keys = keys.to_vec();
+        // One trip to the blocking pool for both, as a token request makes this read first.
+        self.run(move |conn| {
+            let credential = match client_id {
+                Some(id) => read_credential_by_client_id(conn, id)?,
+                None => None,
+            };
+            Ok((credential, read_tallies(conn, &keys, now)?))
+        })
+        .await
     }
 
     async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64> {
         let key = key.to_owned();
         self.run_on_writer(move |conn| {
-            let count: i64 = conn.query_row(
+            let count: i64 = conn.cached_row(
                 "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
                  ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms \
                  RETURNING count",
@@ -791,21 +817,35 @@ impl ThrottleReader for SqliteStore {
 
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
         let keys = keys.to_vec();
-        self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT count FROM tallies WHERE key = ?1 AND expires_at_ms > ?2",
-            )?;
-            keys.iter()
-                .map(|key| {
-                    let count: Option<i64> = stmt
-                        .query_row((key, millis(&now)), |row| row.get(0))
-                        .optional()?;
-                    Ok(count.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
-                })
-                .collect()
-        })
-        .await
+        self.run(move |conn| read_tallies(conn, &keys, now)).await
     }
+}
+
+fn read_credential_by_client_id(
+    conn: &Connection,
+    client_id: Uuid,
+) -> StoreResult<Option<Credential>> {
+    conn.cached_row(
+        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE client_id = ?1"),
+        [client_id.to_string()],
+        raw_credential,
+    )
+    .optional()?
+    .map(RawCredential::decode)
+    .transpose()
+}
+
+fn read_tallies(conn: &Connection, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT count FROM tallies WHERE key = ?1 AND expires_at_ms > ?2")?;
+    keys.iter()
+        .map(|key| {
+            let count: Option<i64> = stmt
+                .query_row((key, millis(&now)), |row| row.get(0))
+                .optional()?;
+            Ok(count.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -814,7 +854,7 @@ impl AuditReader for SqliteStore {
         let query = query.clone();
         self.run(move |conn| {
             let (sql, values) = audit_page_sql(&query)?;
-            let mut stmt = conn.prepare(&sql)?;
+            let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), raw_audit)?;
             let mut events = rows
                 .map(|row| row?.decode())
@@ -842,7 +882,7 @@ impl AuditReader for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<AuditEvent>> {
         self.run(move |conn| {
-            conn.query_row(
+            conn.cached_row(
                 &format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit_events
                      WHERE event_id = ?1 AND org_id = ?2 AND timestamp_ms >= ?3 AND expires_at_ms > ?4"
