@@ -36,6 +36,7 @@
 #                       repository's disk). DATA_PARENT=/dev/shm puts SQLite on tmpfs, where fsync
 #                       costs nothing: an experiment that shows what durability costs, not a
 #                       configuration to quote
+#   SIGNING_ALG=RS256   the access tokens' algorithm on both servers: RS256, ES256 or EdDSA
 #   NICE=0              niceness of both servers and wrk; as root, NICE=-10 keeps other work on a
 #                       shared machine (builds, tests) from taking the cores mid-run
 #
@@ -62,7 +63,9 @@ mkdir -p "$ROOT/.tools/bench"
 RESULTS=${RESULTS:-$ROOT/.tools/bench/results-$(date -u +%Y%m%dT%H%M%SZ).md}
 
 # The limits a load run would otherwise hit. Printed with the results.
+SIGNING_ALG=${SIGNING_ALG:-RS256}
 BENCH_ENV=(
+  AGENTIDP_SIGNING_ALG="$SIGNING_ALG"
   AGENTIDP_ORG_REQUESTS_PER_MINUTE=10000000
   AGENTIDP_FREE_MONTHLY_TOKEN_REQUESTS=1000000000000
   AGENTIDP_FREE_MAX_AGENTS=100000
@@ -146,7 +149,7 @@ stop_agentidp() {
 }
 
 start_oidc() {
-  nice -n "$NICE" node "$OIDC_DIR/server.mjs" --port "$O_PORT" --clients "$WORK/clients.txt" \
+  nice -n "$NICE" node "$OIDC_DIR/server.mjs" --port "$O_PORT" --clients "$WORK/clients.txt" --alg "$SIGNING_ALG" \
     >>"$WORK/oidc.out" 2>>"$WORK/oidc.log" &
   O_PID=$!
   wait_port "$O_PORT"

@@ -1,15 +1,16 @@
 // panva's oidc-provider, configured as the reference for bench/load.sh: the client_credentials
 // grant, static confidential clients (client_secret_basic), introspection and revocation, access
-// tokens signed with RS256 (a fresh 2048-bit RSA key per start, like AgentIdP's default).
+// tokens signed with RS256 (a fresh 2048-bit RSA key per start, like AgentIdP's default), or with
+// ES256 (P-256) or EdDSA (Ed25519) when --alg says so, to compare at AgentIdP's other algorithms.
 //
-//   node server.mjs --port 3901 --clients FILE
+//   node server.mjs --port 3901 --clients FILE [--alg RS256|ES256|EdDSA]
 //
 // FILE holds the static clients, one `client_id:client_secret` a line (bench/load.sh gives it the
 // same ids and secrets it created on AgentIdP, so both servers get identical requests).
 //
 // Two resource servers, because oidc-provider does not store JWT access tokens and so can only
 // introspect opaque ones:
-//   urn:agentidp-bench:jwt     (the default) RS256 JWT access tokens (RFC 9068 `at+jwt`): what
+//   urn:agentidp-bench:jwt     (the default) JWT access tokens (RFC 9068 `at+jwt`): what
 //                              the token endpoint comparison measures;
 //   urn:agentidp-bench:opaque  opaque tokens kept in the in-memory adapter: what introspection
 //                              looks up.
@@ -27,6 +28,7 @@ const { values } = parseArgs({
     port: { type: 'string', default: '3901' },
     host: { type: 'string', default: '127.0.0.1' },
     clients: { type: 'string' },
+    alg: { type: 'string', default: 'RS256' },
   },
 });
 if (!values.clients) {
@@ -37,11 +39,21 @@ if (!values.clients) {
 const port = Number(values.port);
 const issuer = `http://${values.host}:${port}`;
 
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const keyTypes = {
+  RS256: ['rsa', { modulusLength: 2048 }],
+  ES256: ['ec', { namedCurve: 'P-256' }],
+  EdDSA: ['ed25519', {}],
+};
+if (!keyTypes[values.alg]) {
+  console.error(`--alg must be one of ${Object.keys(keyTypes).join(', ')}`);
+  process.exit(2);
+}
+const alg = values.alg;
+const { privateKey } = generateKeyPairSync(...keyTypes[alg]);
 const jwk = {
   ...privateKey.export({ format: 'jwk' }),
   kid: `bench-${randomBytes(4).toString('hex')}`,
-  alg: 'RS256',
+  alg,
   use: 'sig',
 };
 
@@ -86,7 +98,7 @@ const provider = new Provider(issuer, {
             audience: issuer,
             accessTokenTTL: 3600,
             accessTokenFormat: 'jwt',
-            jwt: { sign: { alg: 'RS256' } },
+            jwt: { sign: { alg } },
           };
         }
         if (resource === OPAQUE_RESOURCE) {
