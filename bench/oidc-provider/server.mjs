@@ -71,6 +71,8 @@ for (const line of readFileSync(values.clients, 'utf8').split('\n')) {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',
+      // Defaults to RS256, which oidc-provider refuses when the key set has no RSA key.
+      id_token_signed_response_alg: alg,
       scope: 'agents:read',
     });
   }

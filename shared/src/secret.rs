@@ -199,26 +199,47 @@ impl InFlightVerifications {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<bool, E>>,
     {
-        let shared = self
+        let joined = self
             .running
             .lock()
             .map(|mut running| running.entry(key).or_default().clone())
             .ok();
-        let Some(cell) = shared else {
+        let Some(cell) = joined else {
             return verify().await;
         };
-        let outcome = cell.get_or_try_init(verify).await.copied();
-        if let Ok(mut running) = self.running.lock()
-            && running.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell))
-        {
-            running.remove(&key);
-        }
-        outcome
+        // Leaves the map when this request is done with it, also when its future is dropped
+        // mid-way (a client that disconnects), so no entry outlives its last waiter.
+        let _leave = Leave {
+            running: &self.running,
+            key,
+            cell: &cell,
+        };
+        cell.get_or_try_init(verify).await.copied()
     }
 
     /// How many distinct verifications are running or awaited now.
     pub fn running(&self) -> usize {
         self.running.lock().map(|r| r.len()).unwrap_or_default()
+    }
+}
+
+struct Leave<'a> {
+    running: &'a Mutex<HashMap<VerificationKey, Arc<tokio::sync::OnceCell<bool>>>>,
+    key: VerificationKey,
+    cell: &'a Arc<tokio::sync::OnceCell<bool>>,
+}
+
+impl Drop for Leave<'_> {
+    /// The entry goes when the last request holding it lets go: clones are made only under the
+    /// map's lock, so the count read under it is exact (the map's own reference and this one).
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock()
+            && running
+                .get(&self.key)
+                .is_some_and(|c| Arc::ptr_eq(c, self.cell) && Arc::strong_count(c) == 2)
+        {
+            running.remove(&self.key);
+        }
     }
 }
 
@@ -459,6 +480,17 @@ mod tests {
         // Once the shared run is over, the next request verifies afresh.
         assert_eq!(hasher.in_flight.share(same, verify).await, Ok(true));
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+        // A request given up on mid-way (its client went away) leaves nothing behind.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(10),
+            hasher.in_flight.share(other, || async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, ()>(true)
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        assert_eq!(hasher.in_flight.running(), 0);
     }
 
     #[test]

@@ -508,6 +508,23 @@ async fn a_token_from_a_newer_key_verifies_at_once_and_made_up_key_ids_are_rate_
     let warm = keys_source(client.clone(), &secret, Duration::from_secs(3600));
     let before = warm.keys().await.unwrap();
 
+    // A made-up key id older than the newest key held is no sign of a rotation: no read, and
+    // the early read stays available for a real one.
+    let mut forged = KeySetDocument::generate(SigningAlgorithm::RS256, now).unwrap();
+    forged.keys[0].kid = "19990101T000000Z-00000000".into();
+    let forged_token = KeySet::from_document(&forged)
+        .unwrap()
+        .sign(&claims(now))
+        .unwrap();
+    assert_eq!(
+        warm.keys_for_token(&forged_token)
+            .await
+            .unwrap()
+            .verify(&forged_token, &policy(), now)
+            .unwrap_err(),
+        TokenRejection::UnknownKey
+    );
+
     // A rotation, then a token from an instance that started after it.
     let rotator = Rotator::new(client.clone(), SigningAlgorithm::RS256);
     rotate(&rotator, &secret, now).await;

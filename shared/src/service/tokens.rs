@@ -381,13 +381,14 @@ impl Idp {
             Write::Audit(event),
         ];
         // The signature (a quarter of a millisecond of CPU for RS256) is made while the commit
-        // waits for its fsync: the commit is polled first, so it is queued before signing starts.
-        // The token is returned only once both succeeded, so no token ever goes out without its
-        // count and audit event; in the (key-independent, allocation-failure) case that signing
-        // fails after the commit, the count and a `token.issued` event stand for a token the
-        // client did not receive, as when a response is lost on the way.
+        // waits for its fsync: `biased` polls the commit first, so it is queued before signing
+        // starts. The token is returned only once both succeeded, so no token ever goes out
+        // without its count and audit event. Should signing fail after the commit (the key is
+        // already parsed, so only an allocation or random-number failure could do it), the
+        // count and a `token.issued` event stand for a token the client did not receive, as
+        // when a response is lost on the way.
         let (committed, signed) =
-            tokio::join!(self.store.commit(writes), async { keys.sign(&claims) });
+            tokio::join!(biased; self.store.commit(writes), async { keys.sign(&claims) });
         match committed {
             Ok(()) => Ok(TokenGrant {
                 access_token: signed.map_err(key_error)?,

@@ -3,12 +3,14 @@
 //! A file-backed store has one writer connection, fed by a group-commit queue (SQLite runs one
 //! writer at a time anyway), and a few reader connections: under write-ahead logging, reads go on
 //! while a commit waits for its fsync, so a request's read never queues behind another's write.
-//! An in-memory store (tests) has the one connection for both. Every operation runs on tokio's
-//! blocking pool so a slow disk never stalls the async runtime.
+//! An in-memory store (tests) has the one connection for both. Writes, lists and audit queries
+//! run on tokio's blocking pool, so a slow disk or a long scan never stalls the async runtime;
+//! point reads (a record or a counter by its key) run on the async worker when a reader is free,
+//! see [`SqliteStore::read_point`].
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,10 +43,10 @@ UPDATE credentials SET agent_scopes = (
 
 /// Long enough for the operator CLI's short transactions to finish while the server holds the
 /// write lock, short enough that a stuck writer surfaces as `Unavailable` instead of a hang.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Enough for every statement the store runs, each audit filter combination included, so the
 /// hot ones are never evicted.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Uuids are stored as hyphenated lowercase text: readable with the `sqlite3` shell, and its byte
 /// order equals `Uuid`'s order, which the audit tie-break relies on.
@@ -243,12 +245,24 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a read on a reader connection. On a free one it runs right here, on the async
-    /// worker: the store's reads are a few index lookups in pages the OS has cached, tens of
-    /// microseconds, less than handing them to the blocking pool and back costs (at the token
-    /// endpoint's rate that hand-off was a visible share of the CPU, in the kernel). When every
-    /// reader is busy, the read waits for one on the blocking pool, never on the worker.
-    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    /// A point read: a record or counter by its key, a few index lookups in pages the OS has
+    /// cached, tens of microseconds. On a free reader it runs right here, on the async worker,
+    /// which costs less than handing it to the blocking pool and back (at the token endpoint's
+    /// rate that hand-off was a visible share of the CPU, in the kernel). When every reader is
+    /// busy it waits for one on the blocking pool, never on the worker.
+    async fn read_point<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if let Some(mut conn) = free_reader(&self.readers, 0) {
+            return op(&mut conn);
+        }
+        self.read(op).await
+    }
+
+    /// Any read, on the blocking pool: a free reader connection, else the next in turn.
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
@@ -256,21 +270,14 @@ impl SqliteStore {
         if self.readers.is_empty() {
             return self.run_on_writer(op).await;
         }
-        if let Some(mut conn) = self.readers.iter().find_map(|r| r.try_lock().ok()) {
-            return op(&mut conn);
-        }
         let readers = Arc::clone(&self.readers);
         let turn = self.next_reader.fetch_add(1, Ordering::Relaxed);
         blocking(move || {
-            let free = (0..readers.len())
-                .map(|i| (turn + i) % readers.len())
-                .find_map(|i| readers[i].try_lock().ok());
-            let mut conn = match free {
-                Some(conn) => conn,
-                None => readers[turn % readers.len()]
+            let mut conn = free_reader(&readers, turn).unwrap_or_else(|| {
+                readers[turn % readers.len()]
                     .lock()
-                    .map_err(|_| poisoned())?,
-            };
+                    .unwrap_or_else(PoisonError::into_inner)
+            });
             op(&mut conn)
         })
         .await
@@ -285,6 +292,16 @@ impl SqliteStore {
         let conn = Arc::clone(&self.conn);
         blocking(move || op(&mut *conn.lock().map_err(|_| poisoned())?)).await
     }
+}
+
+/// A reader connection nobody holds, trying them from `turn` on. A reader left poisoned by a
+/// panic is still sound (its statements reset when dropped) and is used again.
+fn free_reader(readers: &[Mutex<Connection>], turn: usize) -> Option<MutexGuard<'_, Connection>> {
+    (0..readers.len()).find_map(|i| match readers[(turn + i) % readers.len()].try_lock() {
+        Ok(conn) => Some(conn),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    })
 }
 
 fn poisoned() -> StoreError {
@@ -633,7 +650,7 @@ fn insert_audit(tx: &Connection, event: &AuditEvent) -> StoreResult<usize> {
 #[async_trait]
 impl OrgReader for SqliteStore {
     async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>> {
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             conn.cached_row(
                 "SELECT org_id, name, plan, created_at_ms FROM organizations WHERE org_id = ?1",
                 [org_id.to_string()],
@@ -647,7 +664,7 @@ impl OrgReader for SqliteStore {
     }
 
     async fn list_orgs(&self) -> StoreResult<Vec<Organization>> {
-        self.run(|conn| {
+        self.read(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT org_id, name, plan, created_at_ms FROM organizations ORDER BY created_at_ms, org_id")?;
             let rows = stmt.query_map([], raw_org)?;
@@ -658,7 +675,7 @@ impl OrgReader for SqliteStore {
 
     async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage> {
         let month = month.to_owned();
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             let org_id = org_id.to_string();
             let agents: i64 = conn
                 .cached_row(
@@ -688,7 +705,7 @@ impl OrgReader for SqliteStore {
 #[async_trait]
 impl AgentReader for SqliteStore {
     async fn get_agent(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Option<Agent>> {
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             conn.cached_row(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 AND agent_id = ?2"),
                 (org_id.to_string(), agent_id.to_string()),
@@ -702,7 +719,7 @@ impl AgentReader for SqliteStore {
     }
 
     async fn list_agents(&self, org_id: Uuid) -> StoreResult<Vec<Agent>> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 ORDER BY created_at_ms, agent_id"
             ))?;
@@ -716,7 +733,7 @@ impl AgentReader for SqliteStore {
 #[async_trait]
 impl CredentialReader for SqliteStore {
     async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>> {
-        self.run(move |conn| read_credential_by_client_id(conn, client_id))
+        self.read_point(move |conn| read_credential_by_client_id(conn, client_id))
             .await
     }
 
@@ -726,7 +743,7 @@ impl CredentialReader for SqliteStore {
         agent_id: Uuid,
         credential_id: Uuid,
     ) -> StoreResult<Option<Credential>> {
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             conn.cached_row(
                 &format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials
@@ -747,7 +764,7 @@ impl CredentialReader for SqliteStore {
     }
 
     async fn list_credentials(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Vec<Credential>> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org_id = ?1 AND agent_id = ?2
                  ORDER BY created_at_ms, credential_id"
@@ -776,7 +793,7 @@ impl RevocationReader for SqliteStore {
 
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = jti.to_owned();
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             Ok(conn.cached_row(
                 "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1)",
                 [&jti],
@@ -797,7 +814,7 @@ impl ThrottleReader for SqliteStore {
     ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
         let keys = keys.to_vec();
         // One trip to the blocking pool for both, as a token request makes this read first.
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             let credential = match client_id {
                 Some(id) => read_credential_by_client_id(conn, id)?,
                 None => None,
@@ -824,7 +841,8 @@ impl ThrottleReader for SqliteStore {
 
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
         let keys = keys.to_vec();
-        self.run(move |conn| read_tallies(conn, &keys, now)).await
+        self.read_point(move |conn| read_tallies(conn, &keys, now))
+            .await
     }
 }
 
@@ -859,7 +877,7 @@ fn read_tallies(conn: &Connection, keys: &[String], now: DateTime<Utc>) -> Store
 impl AuditReader for SqliteStore {
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
         let query = query.clone();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let (sql, values) = audit_page_sql(&query)?;
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), raw_audit)?;
@@ -888,7 +906,7 @@ impl AuditReader for SqliteStore {
         not_before: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<AuditEvent>> {
-        self.run(move |conn| {
+        self.read_point(move |conn| {
             conn.cached_row(
                 &format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit_events
@@ -1534,7 +1552,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("idp.sqlite")).unwrap();
         let refused = store
-            .run(|conn| Ok(conn.execute("DELETE FROM organizations", [])?))
+            .read(|conn| Ok(conn.execute("DELETE FROM organizations", [])?))
             .await;
         assert!(
             matches!(refused, Err(StoreError::Internal(_))),
