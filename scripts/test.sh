@@ -3,7 +3,8 @@
 # (DynamoDB Local, moto_server), runs every check and test, and stops what it started.
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh -- ARGS    # passes ARGS to `cargo test` (e.g. a test name filter)
+#   scripts/test.sh -- ARGS    # passes ARGS to `cargo test` (e.g. a test name filter), and
+#                              # skips the packaging checks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,5 +47,10 @@ scripts/fuzz-api.sh
 
 step "serverless packaging: cfn-lint, sam validate --lint, sam build to arm64, every event through the Lambda runtime loop (scripts/check-packaging.sh)"
 # Last, because its cold run is the longest (the release LTO build of five arm64 binaries,
-# about 17 minutes on 2 cores); it reuses the services started above.
-scripts/check-packaging.sh
+# 8 to 17 minutes on 2 cores); it reuses the services started above. A filtered run (`-- ARGS`)
+# is for iterating on tests and skips it; the full command never does.
+if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
+    echo "skipped: a filtered run (scripts/test.sh -- ${cargo_test_args[*]}); run scripts/test.sh for everything"
+else
+    scripts/check-packaging.sh
+fi

@@ -542,6 +542,8 @@ pub struct SecretsManagerKeys {
     secret_id: String,
     refresh_after: std::time::Duration,
     cached: tokio::sync::RwLock<Option<(Arc<KeySet>, std::time::Instant)>>,
+    /// Held by the one request re-reading the secret on schedule.
+    reading: tokio::sync::Mutex<()>,
     /// When an unknown `kid` last made this instance re-read the secret early.
     last_early_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -561,6 +563,7 @@ impl SecretsManagerKeys {
             secret_id,
             refresh_after,
             cached: tokio::sync::RwLock::new(None),
+            reading: tokio::sync::Mutex::new(()),
             last_early_read: std::sync::Mutex::new(None),
         }
     }
@@ -625,28 +628,36 @@ impl SecretsManagerKeys {
     }
 
     async fn get(&self) -> Result<Arc<KeySet>, KeyError> {
+        let cached = self.cached.read().await.clone();
+        let stale = match cached {
+            Some((keys, loaded)) if loaded.elapsed() < self.refresh_after => return Ok(keys),
+            Some((keys, _)) => Some(keys),
+            None => None,
+        };
+        // One request re-reads the secret. While it waits for Secrets Manager, the others go on
+        // with the set they have; only when there is none yet (a cold start) do they wait.
+        let _reading = match (&stale, self.reading.try_lock()) {
+            (_, Ok(reading)) => reading,
+            (Some(keys), Err(_)) => return Ok(keys.clone()),
+            (None, Err(_)) => self.reading.lock().await,
+        };
+        // Another request may have read it while this one waited.
         if let Some((keys, loaded)) = self.cached.read().await.as_ref()
-            && loaded.elapsed() < self.refresh_after
-        {
-            return Ok(keys.clone());
-        }
-        let mut slot = self.cached.write().await;
-        if let Some((keys, loaded)) = slot.as_ref()
             && loaded.elapsed() < self.refresh_after
         {
             return Ok(keys.clone());
         }
         match self.fetch().await {
             Ok(keys) => {
-                *slot = Some((keys.clone(), std::time::Instant::now()));
+                *self.cached.write().await = Some((keys.clone(), std::time::Instant::now()));
                 Ok(keys)
             }
             // A stale key set still verifies and signs correctly; keep serving it while the
             // secret cannot be read, and try again on the next call.
-            Err(e) => match slot.as_ref() {
-                Some((keys, _)) => {
+            Err(e) => match stale {
+                Some(keys) => {
                     tracing::warn!(error = %e, "re-reading the signing keys failed; using the cached set");
-                    Ok(keys.clone())
+                    Ok(keys)
                 }
                 None => Err(e),
             },

@@ -696,4 +696,24 @@ async fn an_unreachable_secrets_manager_is_unavailable_and_a_later_call_recovers
     tokio::time::sleep(Duration::from_millis(400)).await;
     let cached = source.keys().await.unwrap();
     assert_eq!(cached.jwks().keys[0].kid, document.keys[0].kid);
+
+    // Slow rather than refusing (a listener that never answers on the same port): one request
+    // waits for the re-read, the others go on with the cached set meanwhile.
+    let _silent = TcpListener::bind(("127.0.0.1", forwarder.port)).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let (waited, (went_on, went_on_after)) = tokio::join!(source.keys(), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (source.keys().await, started.elapsed())
+    });
+    assert!(
+        went_on_after < Duration::from_millis(500),
+        "a request waited {went_on_after:?} for another's re-read"
+    );
+    assert_eq!(went_on.unwrap().jwks().keys[0].kid, document.keys[0].kid);
+    assert_eq!(waited.unwrap().jwks().keys[0].kid, document.keys[0].kid);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the re-read did wait"
+    );
 }
