@@ -288,7 +288,8 @@ cargo build --locked --quiet --bin agentidp-admin
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 "$target_dir/debug/agentidp-admin" --store dynamodb create-org --name packaging-check --plan free >"$work/org.json"
 echo "    the events' fixture (fixed ids) into the same tables"
-cargo test --locked --quiet -p agentidp-shared --test events -- --ignored --exact seed_dynamodb_fixture >/dev/null
+# --workspace: the features cargo test --workspace built with, so its artifacts are reused.
+cargo test --locked --quiet --workspace --test events -- --ignored --exact seed_dynamodb_fixture >/dev/null
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 # Its own process group, so that cleanup ends the functions it starts too.

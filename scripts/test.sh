@@ -14,7 +14,8 @@ if [[ "${1:-}" == "--" ]]; then
     cargo_test_args=("$@")
 fi
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how much disk is free: a full run needs several GB (target/, .tools/).
+step() { printf '\n==> %s (%s free)\n' "$*" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')"; }
 
 step "rustfmt"
 cargo fmt --all -- --check
