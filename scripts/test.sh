@@ -48,7 +48,7 @@ scripts/fuzz-api.sh
 
 step "serverless packaging: cfn-lint, sam validate --lint, sam build to arm64, every event through the Lambda runtime loop (scripts/check-packaging.sh)"
 # Last, because its cold run is the longest (the release LTO build of five arm64 binaries,
-# 8 to 17 minutes on 2 cores); it reuses the services started above. A filtered run (`-- ARGS`)
+# about 9 minutes on 2 cores); it reuses the services started above. A filtered run (`-- ARGS`)
 # is for iterating on tests and skips it; the full command never does.
 if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
     echo "skipped: a filtered run (scripts/test.sh -- ${cargo_test_args[*]}); run scripts/test.sh for everything"
