@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentidp_shared::api::{self, ApiRequest};
 use agentidp_shared::config::Config;
 use agentidp_shared::domain::audit::RequestContext;
-use agentidp_shared::domain::time::SystemClock;
+use agentidp_shared::domain::time::{Clock, SystemClock};
 use agentidp_shared::service::Idp;
 use agentidp_shared::service::orgs::BootstrappedOrg;
 use agentidp_shared::signing::{KeySource, SecretsManagerKeys};
@@ -24,6 +25,8 @@ pub const KEYS_FILE: &str = "signing-keys.json";
 pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
 /// Table names the local server uses on DynamoDB when `AGENTIDP_*_TABLE` are not set.
 pub const LOCAL_TABLE_PREFIX: &str = "agentidp-local-";
+/// How often the local server's embedded store deletes expired rows.
+pub const EXPIRY_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Bodies are read up to this much before the API's own 64 KiB limit answers 413.
 const READ_LIMIT: usize = 1024 * 1024;
 
@@ -40,6 +43,9 @@ pub enum StoreKind {
 pub struct StoreOptions {
     pub kind: StoreKind,
     pub data_dir: PathBuf,
+    /// How often the embedded store deletes expired rows, as DynamoDB's TTL does on AWS; `None`
+    /// in a short-lived process such as the operator CLI.
+    pub purge_expired_every: Option<Duration>,
 }
 
 pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
@@ -47,9 +53,14 @@ pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String
         StoreKind::Embedded => {
             std::fs::create_dir_all(&options.data_dir)
                 .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
-            let store = SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
-                .map_err(|e| e.to_string())?;
-            Ok(Arc::new(store))
+            let store = Arc::new(
+                SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
+                    .map_err(|e| e.to_string())?,
+            );
+            if let Some(every) = options.purge_expired_every {
+                spawn_expiry_purge(Arc::clone(&store), every);
+            }
+            Ok(store)
         }
         StoreKind::Dynamodb => {
             let names = TableNames::from_env()
@@ -61,6 +72,25 @@ pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String
             Ok(Arc::new(DynamoStore::new(client, names)))
         }
     }
+}
+
+/// Purges the embedded store's expired rows now and then every `every`. Reads already skip
+/// them; this keeps the database file from growing for ever under a long-running server.
+fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match store.purge_expired(SystemClock.now()).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired rows purged from the embedded store"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired rows failed; next try in an interval")
+                }
+            }
+        }
+    });
 }
 
 /// Signing keys: Secrets Manager when `AGENTIDP_SIGNING_KEY_SECRET_ID` is set, else the data

@@ -70,6 +70,7 @@ async fn main() -> Result<(), String> {
         &StoreOptions {
             kind: args.store,
             data_dir: args.data_dir,
+            purge_expired_every: None,
         },
     )
     .await?;

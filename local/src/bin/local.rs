@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agentidp_local::{
-    BOOTSTRAP_FILE, DEFAULT_DATA_DIR, StoreKind, StoreOptions, bootstrap_if_empty, bootstrap_json,
-    build_idp,
+    BOOTSTRAP_FILE, DEFAULT_DATA_DIR, EXPIRY_PURGE_INTERVAL, StoreKind, StoreOptions,
+    bootstrap_if_empty, bootstrap_json, build_idp,
 };
 use agentidp_shared::config::Config;
 use clap::Parser;
@@ -51,6 +51,7 @@ async fn main() -> Result<(), String> {
     let options = StoreOptions {
         kind: args.store,
         data_dir: args.data_dir.clone(),
+        purge_expired_every: Some(EXPIRY_PURGE_INTERVAL),
     };
     let idp = build_idp(config, &options).await?;
     if let Some(bootstrapped) = bootstrap_if_empty(&idp, &args.data_dir).await? {

@@ -294,6 +294,68 @@ impl SqliteStore {
     }
 }
 
+/// The tables whose rows expire, each with the key a row is deleted by.
+const EXPIRING_TABLES: [(&str, &str); 3] = [
+    ("audit_events", "rowid"),
+    ("revoked_tokens", "jti"),
+    ("tallies", "key"),
+];
+/// Expired rows deleted per writer transaction, so a purge holds the writer for milliseconds
+/// at a time and commits in between go on.
+const PURGE_BATCH: usize = 500;
+
+impl SqliteStore {
+    /// Deletes the rows that expired at or before `now`: audit events past retention, revocations
+    /// of tokens that have expired, lapsed tallies. Every read already skips them, as with
+    /// DynamoDB's TTL; this does what TTL's deletion does, so the file does not grow for ever.
+    /// The expired keys are found on a reader connection (audit events have no index on their
+    /// expiry, so that is a scan) and deleted in small transactions on the writer, each row only
+    /// if it is still expired. Returns how many rows went.
+    pub async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let now_ms = millis(&now);
+        let mut purged = 0;
+        for (table, key) in EXPIRING_TABLES {
+            let find = format!(
+                "SELECT {key} FROM {table} WHERE expires_at_ms <= ?1 LIMIT {}",
+                PURGE_BATCH * 20
+            );
+            loop {
+                let find = find.clone();
+                let expired: Vec<Value> = self
+                    .read(move |conn| {
+                        let mut statement = conn.prepare(&find)?;
+                        let keys = statement
+                            .query_map([now_ms], |row| row.get(0))?
+                            .collect::<rusqlite::Result<_>>()?;
+                        Ok(keys)
+                    })
+                    .await?;
+                for batch in expired.chunks(PURGE_BATCH) {
+                    let batch = batch.to_vec();
+                    let delete =
+                        format!("DELETE FROM {table} WHERE {key} = ?1 AND expires_at_ms <= ?2");
+                    purged += self
+                        .run_on_writer(move |conn| {
+                            let tx =
+                                conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                            let mut deleted = 0;
+                            for key in batch {
+                                deleted += tx.cached_execute(&delete, (key, now_ms))?;
+                            }
+                            tx.commit()?;
+                            Ok(deleted as u64)
+                        })
+                        .await?;
+                }
+                if expired.len() < PURGE_BATCH * 20 {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
+    }
+}
+
 /// A reader connection nobody holds, trying them from `turn` on. A reader left poisoned by a
 /// panic is still sound (its statements reset when dropped) and is used again.
 fn free_reader(readers: &[Mutex<Connection>], turn: usize) -> Option<MutexGuard<'_, Connection>> {
@@ -1376,6 +1438,90 @@ mod tests {
             details,
             expires_at: at(1_900_000_000_000),
         }
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_only_what_has_expired_in_every_expiring_table() {
+        // File-backed, as the local server runs it: the expired keys are found on a reader.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("idp.sqlite")).unwrap();
+        let org_id = Uuid::new_v4();
+        let now = at(1_800_000_000_000);
+        // Expiring exactly now counts as expired, as every read already treats it.
+        let expiring_at = |expired: bool| {
+            if expired {
+                now
+            } else {
+                at(1_800_000_000_000 + 1)
+            }
+        };
+        // More expired audit events than one purge batch, and than one find, so every loop runs;
+        // some a millisecond before the one expiring now.
+        let audit: Vec<AuditEvent> = (0..PURGE_BATCH * 20 + 7)
+            .map(|i| AuditEvent {
+                expires_at: match i % 50 {
+                    0 => expiring_at(false),
+                    n if n % 2 == 0 => expiring_at(true),
+                    _ => at(1_800_000_000_000 - 1),
+                },
+                ..event(org_id, false)
+            })
+            .collect();
+        for batch in audit.chunks(100) {
+            store
+                .commit(batch.iter().cloned().map(Write::Audit).collect())
+                .await
+                .unwrap();
+        }
+        let kept_events: Vec<&AuditEvent> = audit.iter().filter(|e| e.expires_at > now).collect();
+        let mut writes = Vec::new();
+        for expired in [true, false] {
+            writes.push(Write::RevokeToken {
+                jti: format!("jti-{expired}"),
+                org_id,
+                expires_at: expiring_at(expired),
+            });
+            writes.push(Write::Tally {
+                key: format!("tally-{expired}"),
+                expires_at: expiring_at(expired),
+            });
+        }
+        store.commit(writes).await.unwrap();
+        let expired_count = audit.len() - kept_events.len() + 2;
+
+        assert_eq!(
+            store.purge_expired(now).await.unwrap(),
+            expired_count as u64
+        );
+        assert_eq!(
+            store.purge_expired(now).await.unwrap(),
+            0,
+            "nothing is left to purge"
+        );
+
+        let rows = |table: &str| {
+            let conn = store.conn.lock().unwrap();
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(rows("audit_events"), kept_events.len() as i64);
+        assert_eq!((rows("revoked_tokens"), rows("tallies")), (1, 1));
+        for kept in kept_events {
+            assert!(
+                store
+                    .get_audit_event(org_id, kept.event_id, at(0), at(1))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert!(store.is_token_revoked("jti-false").await.unwrap());
+        assert_eq!(
+            store.tallies(&["tally-false".into()], at(0)).await.unwrap(),
+            [1]
+        );
     }
 
     #[tokio::test]
