@@ -15,7 +15,7 @@ if [[ "${1:-}" == "--" ]]; then
 fi
 
 # Each step says how much disk is free: a full run needs several GB (target/, .tools/).
-step() { printf '\n==> %s (%s free)\n' "$*" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')"; }
+step() { printf '\n==> %s (%s free)\n' "$*" "$(df -Ph . | awk 'NR == 2 { print $4 }')"; }
 
 step "rustfmt"
 cargo fmt --all -- --check

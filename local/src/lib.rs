@@ -78,7 +78,8 @@ pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String
 /// them; this keeps the database file from growing for ever under a long-running server.
 fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
+        // interval() refuses a zero period.
+        let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;

@@ -540,8 +540,10 @@ impl Idp {
             return Ok(());
         }
         let limits = self.limits(caller.org_id).await?;
-        let expires_at =
-            chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.now());
+        // The revocation must outlive the token, or TTL and the embedded store's purge would
+        // delete it while the token still verifies: an `exp` beyond chrono's range keeps it.
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let event = EventDraft {
             org_id: caller.org_id,
             action: AuditAction::TokenRevoked,

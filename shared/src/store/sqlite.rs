@@ -303,53 +303,73 @@ const EXPIRING_TABLES: [(&str, &str); 3] = [
 /// Expired rows deleted per writer transaction, so a purge holds the writer for milliseconds
 /// at a time and commits in between go on.
 const PURGE_BATCH: usize = 500;
+/// Expired keys one find on a reader collects before their deletion, bounding the memory a purge
+/// holds.
+const PURGE_KEYS_PER_FIND: usize = 20 * PURGE_BATCH;
 
 impl SqliteStore {
     /// Deletes the rows that expired at or before `now`: audit events past retention, revocations
-    /// of tokens that have expired, lapsed tallies. Every read already skips them, as with
-    /// DynamoDB's TTL; this does what TTL's deletion does, so the file does not grow for ever.
-    /// The expired keys are found on a reader connection (audit events have no index on their
-    /// expiry, so that is a scan) and deleted in small transactions on the writer, each row only
-    /// if it is still expired. Returns how many rows went.
+    /// of tokens that have expired, lapsed tallies. Reads already treat them as gone (audit
+    /// events and tallies by their expiry; a revoked token by its own `exp`), as with DynamoDB's
+    /// TTL; this does what TTL's deletion does, so the file does not grow for ever. The expired
+    /// keys are found on a reader connection (audit events have no index on their expiry, so
+    /// that is a scan, once per purge: each find goes on in key order from where the last one
+    /// stopped) and deleted in small transactions on the writer, each row only if it is still
+    /// expired. Returns how many rows went.
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         let now_ms = millis(&now);
         let mut purged = 0;
         for (table, key) in EXPIRING_TABLES {
-            let find = format!(
-                "SELECT {key} FROM {table} WHERE expires_at_ms <= ?1 LIMIT {}",
-                PURGE_BATCH * 20
+            let first_find = format!(
+                "SELECT {key} FROM {table} WHERE expires_at_ms <= ?1 \
+                 ORDER BY {key} LIMIT {PURGE_KEYS_PER_FIND}"
             );
+            let next_find = format!(
+                "SELECT {key} FROM {table} WHERE expires_at_ms <= ?1 AND {key} > ?2 \
+                 ORDER BY {key} LIMIT {PURGE_KEYS_PER_FIND}"
+            );
+            let delete = format!("DELETE FROM {table} WHERE {key} = ?1 AND expires_at_ms <= ?2");
+            let mut last_found: Option<Value> = None;
             loop {
-                let find = find.clone();
+                let (first_find, next_find) = (first_find.clone(), next_find.clone());
+                let after = last_found.take();
                 let expired: Vec<Value> = self
                     .read(move |conn| {
-                        let mut statement = conn.prepare(&find)?;
-                        let keys = statement
-                            .query_map([now_ms], |row| row.get(0))?
-                            .collect::<rusqlite::Result<_>>()?;
+                        let key_of = |row: &Row<'_>| row.get::<_, Value>(0);
+                        let keys = match after {
+                            None => conn
+                                .prepare(&first_find)?
+                                .query_map([now_ms], key_of)?
+                                .collect::<rusqlite::Result<_>>()?,
+                            Some(after) => conn
+                                .prepare(&next_find)?
+                                .query_map((now_ms, after), key_of)?
+                                .collect::<rusqlite::Result<_>>()?,
+                        };
                         Ok(keys)
                     })
                     .await?;
                 for batch in expired.chunks(PURGE_BATCH) {
-                    let batch = batch.to_vec();
-                    let delete =
-                        format!("DELETE FROM {table} WHERE {key} = ?1 AND expires_at_ms <= ?2");
+                    let (batch, delete) = (batch.to_vec(), delete.clone());
                     purged += self
                         .run_on_writer(move |conn| {
                             let tx =
                                 conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                             let mut deleted = 0;
                             for key in batch {
-                                deleted += tx.cached_execute(&delete, (key, now_ms))?;
+                                // A key names one row: 0 or 1 deleted.
+                                deleted +=
+                                    u64::from(tx.cached_execute(&delete, (key, now_ms))? > 0);
                             }
                             tx.commit()?;
-                            Ok(deleted as u64)
+                            Ok(deleted)
                         })
                         .await?;
                 }
-                if expired.len() < PURGE_BATCH * 20 {
+                if expired.len() < PURGE_KEYS_PER_FIND {
                     break;
                 }
+                last_found = expired.last().cloned();
             }
         }
         Ok(purged)
@@ -1455,9 +1475,9 @@ mod tests {
                 at(1_800_000_000_000 + 1)
             }
         };
-        // More expired audit events than one purge batch, and than one find, so every loop runs;
-        // some a millisecond before the one expiring now.
-        let audit: Vec<AuditEvent> = (0..PURGE_BATCH * 20 + 7)
+        // More expired audit events than one find collects, so the second find starts where
+        // the first stopped, with kept ones among them; some expire a millisecond before now.
+        let audit: Vec<AuditEvent> = (0..PURGE_KEYS_PER_FIND + 407)
             .map(|i| AuditEvent {
                 expires_at: match i % 50 {
                     0 => expiring_at(false),
@@ -1474,6 +1494,7 @@ mod tests {
                 .unwrap();
         }
         let kept_events: Vec<&AuditEvent> = audit.iter().filter(|e| e.expires_at > now).collect();
+        assert!(audit.len() - kept_events.len() > PURGE_KEYS_PER_FIND);
         let mut writes = Vec::new();
         for expired in [true, false] {
             writes.push(Write::RevokeToken {
