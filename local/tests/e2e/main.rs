@@ -22,3 +22,4 @@ mod oauth;
 mod races;
 mod round_trips;
 mod scopes;
+mod takeover;

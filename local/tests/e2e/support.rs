@@ -67,6 +67,8 @@ static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| {
 
 pub struct Admin {
     pub org_id: String,
+    pub agent_id: String,
+    pub credential_id: String,
     pub client_id: String,
     pub client_secret: String,
 }
@@ -166,6 +168,8 @@ impl TestServer {
         let created = self.idp.create_org(name, Plan::Free).await.unwrap();
         Admin {
             org_id: created.org.org_id.to_string(),
+            agent_id: created.admin.credential.agent_id.to_string(),
+            credential_id: created.admin.credential.credential_id.to_string(),
             client_id: created.admin.credential.client_id.to_string(),
             client_secret: created.admin.client_secret.expose().to_owned(),
         }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{ApiResponse, json_response};
 use crate::service::tokens::OAuthError;
-use crate::service::{LimitExceeded, ServiceError};
+use crate::service::{LimitExceeded, ScopeShortfall, ServiceError};
 
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: &str = "2";
@@ -132,25 +132,39 @@ fn service_error(e: ServiceError) -> ApiResponse {
             set(&mut response, header::WWW_AUTHENTICATE, &challenge);
             response
         }
-        ServiceError::InsufficientScope { missing, to_grant } => {
-            let message = if to_grant {
-                format!("A caller cannot grant scopes it does not hold: {missing}.")
-            } else {
-                format!("The access token lacks the required scope: {missing}.")
+        ServiceError::InsufficientScope { missing, shortfall } => {
+            let listed = missing.join(" ");
+            let (message, details) = match shortfall {
+                ScopeShortfall::Endpoint => (
+                    format!("The access token lacks the required scope: {listed}."),
+                    json!([]),
+                ),
+                ScopeShortfall::Grant => (
+                    format!("A caller cannot grant scopes it does not hold: {listed}."),
+                    json!([]),
+                ),
+                ScopeShortfall::Target => (
+                    format!(
+                        "The agent holds scopes the caller does not, so the caller cannot change it or its credentials: {listed}."
+                    ),
+                    missing
+                        .iter()
+                        .map(|scope| json!({ "scope": scope }))
+                        .collect(),
+                ),
             };
             let mut response = management(
                 StatusCode::FORBIDDEN,
                 "INSUFFICIENT_SCOPE",
                 &message,
-                json!([]),
+                details,
             );
             // Scope tokens exclude `"` and `\`, so the attribute needs no escaping.
-            let scope_attr = missing;
             set(
                 &mut response,
                 header::WWW_AUTHENTICATE,
                 &format!(
-                    r#"Bearer realm="agentidp", error="insufficient_scope", scope="{scope_attr}""#
+                    r#"Bearer realm="agentidp", error="insufficient_scope", scope="{listed}""#
                 ),
             );
             response

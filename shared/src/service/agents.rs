@@ -6,8 +6,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult,
-    details, page_of,
+    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ScopeShortfall, ServiceError,
+    ServiceResult, details, page_of,
 };
 use crate::domain::time::usage_month;
 use crate::domain::{
@@ -52,8 +52,8 @@ fn refuse_ungrantable_scopes(caller: &Caller, scopes: &[String]) -> ServiceResul
         Ok(())
     } else {
         Err(ServiceError::InsufficientScope {
-            missing: beyond.join(" "),
-            to_grant: true,
+            missing: beyond,
+            shortfall: ScopeShortfall::Grant,
         })
     }
 }
@@ -208,6 +208,19 @@ impl Idp {
                 .get_agent(caller.org_id, agent_id)
                 .await?
                 .ok_or(ServiceError::AgentNotFound)?;
+            let attempted = match changes.status {
+                Some(AgentStatus::Suspended) => AuditAction::AgentSuspended,
+                Some(AgentStatus::Active) => AuditAction::AgentReactivated,
+                _ => AuditAction::AgentUpdated,
+            };
+            self.refuse_takeover(
+                caller,
+                (agent_id, current.scopes.clone()),
+                attempted,
+                format!("agent/{agent_id}"),
+                &limits,
+            )
+            .await?;
             let status_change = changes.status.filter(|s| *s != current.status);
             if let Some(to) = status_change
                 && !current.status.can_become(to)
@@ -339,6 +352,14 @@ impl Idp {
                 .get_agent(caller.org_id, agent_id)
                 .await?
                 .ok_or(ServiceError::AgentNotFound)?;
+            self.refuse_takeover(
+                caller,
+                (agent_id, current.scopes.clone()),
+                AuditAction::AgentDecommissioned,
+                format!("agent/{agent_id}"),
+                &limits,
+            )
+            .await?;
             if !current.status.can_become(AgentStatus::Decommissioned) {
                 return Err(ServiceError::InvalidStatusTransition {
                     from: current.status.as_str(),

@@ -90,6 +90,16 @@ impl Idp {
             .get_agent(caller.org_id, agent_id)
             .await?
             .ok_or(ServiceError::AgentNotFound)?;
+        let takeover_check = |agent_scopes: Vec<String>| {
+            self.refuse_takeover(
+                caller,
+                (agent_id, agent_scopes),
+                AuditAction::CredentialGenerated,
+                format!("agent/{agent_id}"),
+                &limits,
+            )
+        };
+        takeover_check(agent.scopes.clone()).await?;
         if let Some(refused) = refusal(&agent) {
             return Err(refused);
         }
@@ -101,6 +111,7 @@ impl Idp {
                     .get_agent(caller.org_id, agent_id)
                     .await?
                     .ok_or(ServiceError::AgentNotFound)?;
+                takeover_check(agent.scopes.clone()).await?;
                 if let Some(refused) = refusal(&agent) {
                     return Err(refused);
                 }
@@ -225,6 +236,18 @@ impl Idp {
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
         let mut current = self.credential_of(caller, agent_id, credential_id).await?;
+        // The credential's copy of the agent's scopes moves with the agent's (each change
+        // rewrites it at a new version), so the rotation's conditional write guards this check.
+        let takeover_check = |agent_scopes: Vec<String>| {
+            self.refuse_takeover(
+                caller,
+                (agent_id, agent_scopes),
+                AuditAction::CredentialRotated,
+                format!("credential/{credential_id}"),
+                &limits,
+            )
+        };
+        takeover_check(current.agent_scopes.clone()).await?;
         if !current.may_be_rotated() {
             return Err(ServiceError::CredentialRevoked);
         }
@@ -238,6 +261,7 @@ impl Idp {
                     .await?
                     .filter(|c| c.org_id == caller.org_id && c.agent_id == agent_id)
                     .ok_or(ServiceError::CredentialNotFound)?;
+                takeover_check(current.agent_scopes.clone()).await?;
                 if !current.may_be_rotated() {
                     return Err(ServiceError::CredentialRevoked);
                 }
@@ -301,6 +325,14 @@ impl Idp {
                 .get_credential(caller.org_id, agent_id, credential_id)
                 .await?
                 .ok_or(ServiceError::CredentialNotFound)?;
+            self.refuse_takeover(
+                caller,
+                (agent_id, agent.scopes.clone()),
+                AuditAction::CredentialRevoked,
+                format!("credential/{credential_id}"),
+                &limits,
+            )
+            .await?;
             if current.status == CredentialStatus::Revoked {
                 return Err(ServiceError::CredentialRevoked);
             }

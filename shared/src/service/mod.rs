@@ -16,7 +16,7 @@ use crate::domain::{
 };
 use crate::secret::SecretHasher;
 use crate::signing::KeySource;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write};
 use crate::validation::FieldError;
 
 pub mod agents;
@@ -47,10 +47,12 @@ pub enum ServiceError {
     /// A missing, malformed, expired, revoked or foreign token, or one whose agent is not active.
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
-    /// The token lacks `missing` (space-separated scope tokens). `to_grant` says the caller
-    /// tried to give these to an agent, rather than to call an endpoint that needs them.
-    #[error("insufficient scope: {missing}")]
-    InsufficientScope { missing: String, to_grant: bool },
+    /// The caller lacks `missing` (scope tokens); `shortfall` says what it needed them for.
+    #[error("insufficient scope: {missing:?}")]
+    InsufficientScope {
+        missing: Vec<String>,
+        shortfall: ScopeShortfall,
+    },
     #[error("agent not found")]
     AgentNotFound,
     #[error("credential not found")]
@@ -94,6 +96,18 @@ impl From<StoreError> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// Why a caller's scopes were not enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeShortfall {
+    /// The endpoint requires a scope the token lacks.
+    Endpoint,
+    /// The request would give an agent a management scope the caller lacks.
+    Grant,
+    /// The target agent holds a management scope the caller lacks: changing it, or minting a
+    /// secret for it, would hand the caller that scope.
+    Target,
+}
+
 /// An authenticated caller of the management API, from its access token.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -110,10 +124,16 @@ impl Caller {
             Ok(())
         } else {
             Err(ServiceError::InsufficientScope {
-                missing: scope.as_str().to_owned(),
-                to_grant: false,
+                missing: vec![scope.as_str().to_owned()],
+                shortfall: ScopeShortfall::Endpoint,
             })
         }
+    }
+
+    /// The management scopes an agent holding `agent_scopes` has that this caller does not:
+    /// empty when the caller may change that agent and its credentials.
+    pub fn lacks_authority_over(&self, agent_scopes: &[String]) -> Vec<String> {
+        ScopeSet::from_list(agent_scopes.iter().cloned()).management_scopes_beyond(&self.scopes)
     }
 
     pub fn actor(&self) -> Actor {
@@ -173,6 +193,42 @@ impl Idp {
         if let Ok(mut cache) = self.orgs.lock() {
             cache.remove(&org_id);
         }
+    }
+
+    /// Refuses a change to an agent (or to its credential `resource`) by a caller that holds
+    /// less than the agent, and files the refusal under the `action` attempted. The change's
+    /// own write is conditional on the version the scopes were read at, so a grant racing this
+    /// check makes the change re-read and check again.
+    pub(crate) async fn refuse_takeover(
+        &self,
+        caller: &Caller,
+        (agent_id, agent_scopes): (Uuid, Vec<String>),
+        action: AuditAction,
+        resource: String,
+        limits: &PlanLimits,
+    ) -> ServiceResult<()> {
+        let missing = caller.lacks_authority_over(&agent_scopes);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let event = EventDraft {
+            org_id: caller.org_id,
+            action,
+            outcome: Outcome::Failure,
+            actor: caller.actor(),
+            subject_agent_id: Some(agent_id),
+            resource,
+            details: details([
+                ("reason", serde_json::json!("insufficient_scope")),
+                ("missingScopes", serde_json::json!(missing)),
+            ]),
+        }
+        .at(self.now(), limits, &caller.context);
+        self.store.commit(vec![Write::Audit(event)]).await?;
+        Err(ServiceError::InsufficientScope {
+            missing,
+            shortfall: ScopeShortfall::Target,
+        })
     }
 
     pub async fn limits(&self, org_id: Uuid) -> ServiceResult<PlanLimits> {
