@@ -51,7 +51,7 @@ pub struct StoreOptions {
 pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
     match options.kind {
         StoreKind::Embedded => {
-            std::fs::create_dir_all(&options.data_dir)
+            agentidp_shared::files::create_private_dir(&options.data_dir)
                 .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
             let store = Arc::new(
                 SqliteStore::open(&options.data_dir.join(DATABASE_FILE))

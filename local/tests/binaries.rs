@@ -118,6 +118,77 @@ async fn first_start_writes_a_private_bootstrap_credential_that_gets_a_token() {
     assert_eq!(response.status(), 200);
 }
 
+/// Permission bits of every entry of `dir`, by name, and of `dir` itself under ".".
+#[cfg(unix)]
+fn modes(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut seen = vec![(".".to_owned(), mode(dir))];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        seen.push((
+            entry.file_name().into_string().unwrap(),
+            mode(&entry.path()),
+        ));
+    }
+    seen.sort();
+    seen
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_every_file_in_it_are_private_to_their_owner() {
+    let parent = tempfile::tempdir().unwrap();
+    // The server creates its data directory; the CLI, another one.
+    let served = parent.path().join("served");
+    let server = start_server(&served);
+    let (client_id, secret) = bootstrap(&served);
+    assert_eq!(token(&server.base, &client_id, &secret).await.status(), 200);
+    let operated = parent.path().join("operated");
+    admin(
+        &operated,
+        &["create-org", "--name", "private", "--plan", "free"],
+    );
+    for dir in [&served, &operated] {
+        let seen = modes(dir);
+        // The running server holds the database open, so its write-ahead log exists.
+        assert!(
+            dir != &served || seen.iter().any(|(name, _)| name == "agentidp.db-wal"),
+            "{seen:?}"
+        );
+        for (name, mode) in &seen {
+            let private = if name == "." { 0o700 } else { 0o600 };
+            assert_eq!(*mode, private, "{}: {name} in {seen:?}", dir.display());
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_database_file_left_world_readable_is_made_private_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    admin(
+        dir.path(),
+        &["create-org", "--name", "before", "--plan", "free"],
+    );
+    for (name, _) in modes(dir.path()) {
+        if name != "." {
+            std::fs::set_permissions(
+                dir.path().join(name),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+    }
+    admin(dir.path(), &["list-orgs"]);
+    for (name, mode) in modes(dir.path()) {
+        if name.starts_with("agentidp.db") {
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn data_and_keys_survive_a_restart_and_no_second_bootstrap_is_made() {
     let dir = tempfile::tempdir().unwrap();

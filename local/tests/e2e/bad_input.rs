@@ -711,4 +711,58 @@ async fn every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_n
     );
 }
 
-crate::per_store!(every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_nothing);
+async fn a_json_oauth_request_that_repeats_a_parameter_is_refused(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("repeats").await;
+    let admin_token = server.admin_token(&admin).await;
+    let agent = server.create_agent(&admin_token, "repeated", &[]).await;
+    let (_, client_id, secret) = server.create_credential(&admin_token, &agent).await;
+    let token = server.token(&client_id, &secret).await;
+    let before = snapshot(&server, &admin_token, &agent).await;
+    // The last of two values would authenticate; the request is refused before either counts.
+    let token_body = format!(
+        r#"{{"grant_type":"client_credentials","client_id":"{client_id}","client_secret":"wrong","client_secret":"{secret}"}}"#
+    );
+    let token_param = format!(
+        r#"{{"client_id":"{client_id}","client_secret":"{secret}","token":"x","token":"{token}"}}"#
+    );
+    for (path, body) in [
+        ("/api/v1/token", token_body),
+        ("/api/v1/token/introspect", token_param.clone()),
+        ("/api/v1/token/revoke", token_param),
+    ] {
+        let response = server
+            .send(
+                server
+                    .request(Method::POST, path)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(
+            (response.status, response.oauth_error()),
+            (400, "invalid_request"),
+            "{path}: {}",
+            response.text
+        );
+        assert!(
+            response.body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("repeated"),
+            "{path}: {}",
+            response.text
+        );
+        assert_eq!(response.header("cache-control"), Some("no-store"), "{path}");
+    }
+    assert_eq!(snapshot(&server, &admin_token, &agent).await, before);
+    assert_eq!(
+        server.introspect(&admin_token, &token).await["active"],
+        true
+    );
+}
+
+crate::per_store!(
+    every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_nothing,
+    a_json_oauth_request_that_repeats_a_parameter_is_refused,
+);

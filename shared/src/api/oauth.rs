@@ -24,6 +24,35 @@ fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::OAuth(OAuthError::InvalidRequest(description.into()))
 }
 
+/// A JSON object's members in order, repeats included: a map type would keep only the last of
+/// two `client_secret`s, where a repeated parameter must be refused.
+struct JsonMembers(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonMembers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
 /// The request parameters, from a form (RFC 6749) or a JSON object of strings. A parameter
 /// given twice is refused (RFC 6749 §3.2).
 fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError> {
@@ -40,17 +69,19 @@ fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError
             }
         }
         Some("application/json") => {
-            let value: Value = serde_json::from_slice(&request.body)
-                .map_err(|_| invalid("the body is not valid JSON"))?;
-            let Value::Object(object) = value else {
-                return Err(invalid("the body must be a JSON object"));
-            };
-            for (name, value) in object {
-                match value {
-                    Value::String(text) => {
-                        params.insert(name, text);
-                    }
-                    _ => return Err(invalid(format!("the parameter {name} must be a string"))),
+            let members: JsonMembers = serde_json::from_slice(&request.body).map_err(|e| {
+                if e.is_data() {
+                    invalid("the body must be a JSON object")
+                } else {
+                    invalid("the body is not valid JSON")
+                }
+            })?;
+            for (name, value) in members.0 {
+                let Value::String(text) = value else {
+                    return Err(invalid(format!("the parameter {name} must be a string")));
+                };
+                if params.insert(name.clone(), text).is_some() {
+                    return Err(invalid(format!("the parameter {name} is repeated")));
                 }
             }
         }

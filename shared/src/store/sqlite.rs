@@ -183,10 +183,31 @@ struct CommitQueue {
     writing: bool,
 }
 
+/// The path of SQLite's `-wal` or `-shm` file beside the database at `path`.
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) a durable database file that the server and the operator CLI
     /// may have open at the same time.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        // SQLite gives its -wal and -shm files the database file's permissions, so a private
+        // database file keeps them all private (bcrypt hashes, the audit log). A file an older
+        // version created with the umask's permissions is tightened too.
+        for file in [
+            path.to_owned(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            if file == path || file.exists() {
+                crate::files::make_private(&file).map_err(|e| {
+                    StoreError::Internal(format!("making {} private: {e}", file.display()))
+                })?;
+            }
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets readers proceed while the other process writes.
