@@ -73,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Lockout would stop a timing run after ten failures; this measures the bcrypt path.
     config.throttle.client_failures = u64::MAX;
     config.throttle.address_failures = u64::MAX;
+    config.throttle.client_failures_per_minute = u64::MAX;
     let keys = KeySet::from_document(&KeySetDocument::generate(
         SigningAlgorithm::RS256,
         chrono::Utc::now(),

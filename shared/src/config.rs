@@ -29,8 +29,14 @@ pub struct Config {
 pub struct ThrottleLimits {
     /// The fixed window failed authentications are counted in; a lockout lifts when it ends.
     pub lockout_window_seconds: i64,
-    /// Failed authentications of one client id in a window before it is locked out.
+    /// Failed authentications of one client id from one source address in a window before the
+    /// client is locked out at that address. Other addresses are not affected: the client id is
+    /// public, so a lockout anyone could cause everywhere would be a denial of service.
     pub client_failures: u64,
+    /// Failed authentications of one client id in a minute, from every address together, past
+    /// which its client authentications are refused until the minute ends: what slows guessing
+    /// spread over many addresses, without locking the client out for a whole window.
+    pub client_failures_per_minute: u64,
     /// Failed authentications from one source address in a window before it is locked out.
     pub address_failures: u64,
     /// Management requests of one organization per minute.
@@ -41,6 +47,7 @@ impl ThrottleLimits {
     pub const DEFAULT: ThrottleLimits = ThrottleLimits {
         lockout_window_seconds: 900,
         client_failures: 10,
+        client_failures_per_minute: 30,
         address_failures: 100,
         org_requests_per_minute: 600,
     };
@@ -128,6 +135,13 @@ impl Config {
                     &lookup,
                     "AGENTIDP_LOCKOUT_CLIENT_FAILURES",
                     ThrottleLimits::DEFAULT.client_failures,
+                    1,
+                    1_000_000,
+                )?,
+                client_failures_per_minute: number(
+                    &lookup,
+                    "AGENTIDP_LOCKOUT_CLIENT_FAILURES_PER_MINUTE",
+                    ThrottleLimits::DEFAULT.client_failures_per_minute,
                     1,
                     1_000_000,
                 )?,

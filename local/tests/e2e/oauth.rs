@@ -271,6 +271,56 @@ async fn introspection_reports_active_tokens_and_only_active_false_otherwise(
     );
 }
 
+async fn introspection_reports_only_the_scopes_the_agent_still_holds(store: Arc<dyn Store>) {
+    let (server, admin_token, agent, client_id, secret) = setup(store).await;
+    let agent_token = server.token(&client_id, &secret).await;
+    let agent_path = format!("/api/v1/agents/{agent}");
+    let set_scopes = |scopes: Value| {
+        server.call(
+            Method::PATCH,
+            &agent_path,
+            Some(&admin_token),
+            Some(json!({ "scopes": scopes })),
+        )
+    };
+    let by_client = || {
+        server.send(
+            server
+                .request(Method::POST, "/api/v1/token/introspect")
+                .basic_auth(&client_id, Some(&secret))
+                .form(&[("token", agent_token.as_str())]),
+        )
+    };
+    assert_eq!(
+        server.introspect(&admin_token, &agent_token).await["scope"],
+        "data:read data:write"
+    );
+
+    assert_eq!(set_scopes(json!(["data:read"])).await.status, 200);
+    assert_eq!(
+        server.introspect(&admin_token, &agent_token).await["scope"],
+        "data:read",
+        "a resource server stops honouring a removed scope at once"
+    );
+    let answer = by_client().await;
+    assert_eq!(
+        (answer.body["active"].clone(), answer.body["scope"].clone()),
+        (json!(true), json!("data:read")),
+        "{}",
+        answer.text
+    );
+
+    // A scope granted after issue is not in the token; one granted again is, as issued.
+    assert_eq!(
+        set_scopes(json!(["data:write", "data:admin"])).await.status,
+        200
+    );
+    assert_eq!(
+        server.introspect(&admin_token, &agent_token).await["scope"],
+        "data:write"
+    );
+}
+
 async fn revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens(store: Arc<dyn Store>) {
     let (server, admin_token, agent, client_id, secret) = setup(store).await;
     let agent_token = server.token(&client_id, &secret).await;
@@ -496,6 +546,7 @@ crate::per_store!(
     failed_client_authentication_never_says_why,
     malformed_token_requests_get_rfc_6749_errors,
     introspection_reports_active_tokens_and_only_active_false_otherwise,
+    introspection_reports_only_the_scopes_the_agent_still_holds,
     revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens,
     discovery_metadata_and_jwks_describe_the_server,
 );

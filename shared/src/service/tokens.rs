@@ -6,7 +6,6 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::throttle::Lockout;
 use super::{Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details};
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
@@ -99,6 +98,15 @@ pub struct ActiveToken {
     pub agent_scopes: ScopeSet,
 }
 
+impl ActiveToken {
+    /// What the token may do now: the scopes it was issued with that the agent still holds. A
+    /// scope taken from the agent stops working at once, not when the token expires; the token
+    /// never grants more than it was issued with.
+    pub fn honoured_scopes(&self) -> ScopeSet {
+        ScopeSet::parse(&self.claims.scope).intersection(&self.agent_scopes)
+    }
+}
+
 /// How an introspection or revocation caller proves who it is.
 #[derive(Debug)]
 pub enum EndpointAuth {
@@ -157,6 +165,19 @@ impl Idp {
         }
     }
 
+    /// Whether this instance has verified exactly this secret for this credential: a check
+    /// that costs no bcrypt and tells a caller nothing it did not know.
+    fn secret_recently_verified(
+        &self,
+        secret: &ClientSecret,
+        credential: Option<&Credential>,
+    ) -> bool {
+        credential.is_some_and(|c| {
+            self.hasher
+                .recently_verified(c.credential_id, secret, &c.secret_hash)
+        })
+    }
+
     /// Runs bcrypt off the async workers: it takes tens of milliseconds by design.
     async fn secret_matches(
         self: &Arc<Self>,
@@ -164,13 +185,6 @@ impl Idp {
         secret: &ClientSecret,
         credential: Option<&Credential>,
     ) -> ServiceResult<bool> {
-        if let Some(c) = credential
-            && self
-                .hasher
-                .recently_verified(c.credential_id, secret, &c.secret_hash)
-        {
-            return Ok(true);
-        }
         let key = self.hasher.verification_key(
             client_id,
             credential.map(|c| c.secret_hash.as_str()),
@@ -201,32 +215,41 @@ impl Idp {
     ) -> ServiceResult<Result<Credential, ClientRefusal>> {
         let client_id = Uuid::parse_str(&auth.client_id).ok();
         let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
-        let (credential, lockout) = self.client_standing(client_id, &counters).await?;
-        // A locked-out client or address costs a read and a counter write, never bcrypt.
-        if let Lockout::Locked { retry_after, first } = lockout {
-            let mut writes = counters.tallies();
-            if let Some(credential) = credential.as_ref().filter(|_| first) {
-                let until = crate::domain::time::format_timestamp(&counters.window.ends_at);
-                let threshold = self.config.throttle.client_failures;
-                writes.push(Write::Audit(
-                    self.denial_event(
+        let (credential, lock) = self.client_standing(client_id, &counters).await?;
+        // A secret this instance has verified passes every lockout: lockouts stop bcrypt from
+        // being spent on guesses, and this costs none; refusing it would only let whoever knows
+        // the (public) client id lock the client out.
+        let verified = self.secret_recently_verified(&auth.secret, credential.as_ref());
+        if let Some(lock) = lock.filter(|_| !verified) {
+            // A refusal costs a read, never bcrypt. Only the first of a window writes: its audit
+            // event, and a tally so the next refusal knows it is not the first.
+            if let (true, Some(reason), Some(credential)) =
+                (lock.first, lock.kind.audit_reason(), credential.as_ref())
+            {
+                let until = crate::domain::time::format_timestamp(&lock.until);
+                let event = self
+                    .denial_event(
                         credential,
-                        "locked_out",
+                        reason,
                         context,
                         [
                             ("lockedUntil", json!(until)),
-                            ("failures", json!(threshold)),
+                            ("failures", json!(lock.limit)),
                         ],
                     )
-                    .await?,
-                ));
+                    .await?;
+                self.store
+                    .commit(vec![lock.first_refusal(), Write::Audit(event)])
+                    .await?;
             }
-            self.store.commit(writes).await?;
-            return Ok(Err(ClientRefusal::Locked { retry_after }));
+            return Ok(Err(ClientRefusal::Locked {
+                retry_after: lock.retry_after,
+            }));
         }
-        let matches = self
-            .secret_matches(&auth.client_id, &auth.secret, credential.as_ref())
-            .await?;
+        let matches = verified
+            || self
+                .secret_matches(&auth.client_id, &auth.secret, credential.as_ref())
+                .await?;
         let now = self.now();
         let denial = match &credential {
             None => Some(Denial::UnknownClient),
@@ -461,9 +484,7 @@ impl Idp {
             org_id: active.org_id,
             agent_id: active.agent_id,
             client_id: active.client_id,
-            // A scope taken from the agent stops working at once on the management API, not
-            // when the token expires; the token never grants more than it was issued with.
-            scopes: ScopeSet::parse(&active.claims.scope).intersection(&active.agent_scopes),
+            scopes: active.honoured_scopes(),
             context,
         })
     }
@@ -499,7 +520,9 @@ impl Idp {
         }
     }
 
-    /// `POST /token/introspect`: `None` means `{"active": false}`, whatever the reason.
+    /// `POST /token/introspect`: `None` means `{"active": false}`, whatever the reason. The
+    /// claims' `scope` is the one honoured now, as the management API honours it, so a resource
+    /// server stops accepting a scope the moment it is taken from the agent.
     pub async fn introspect(
         self: &Arc<Self>,
         auth: &EndpointAuth,
@@ -510,7 +533,11 @@ impl Idp {
         Ok(self
             .active_token(token)
             .await?
-            .filter(|t| t.org_id == caller.org_id))
+            .filter(|t| t.org_id == caller.org_id)
+            .map(|mut t| {
+                t.claims.scope = t.honoured_scopes().to_string();
+                t
+            }))
     }
 
     /// `POST /token/revoke`. Unknown, invalid and foreign tokens are answered the same as a
