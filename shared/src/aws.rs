@@ -11,6 +11,17 @@ pub use aws_sdk_secretsmanager::Client as SecretsManagerClient;
 /// rotation reaches every instance within this time.
 pub const KEY_REFRESH: Duration = Duration::from_secs(300);
 
+/// The secret holding the private key set: read by the function that signs tokens.
+pub const SIGNING_KEY_SECRET_VAR: &str = "AGENTIDP_SIGNING_KEY_SECRET_ID";
+/// The secret holding the public key set (a JWKS): written by the rotation, read by the
+/// functions that only verify tokens, which may not read the private one.
+pub const PUBLIC_KEYS_SECRET_VAR: &str = "AGENTIDP_PUBLIC_KEYS_SECRET_ID";
+
+/// The secret id in the environment variable `variable`, which must be set.
+pub fn secret_id_from_env(variable: &'static str) -> Result<String, String> {
+    std::env::var(variable).map_err(|_| crate::config::ConfigError::Missing(variable).to_string())
+}
+
 /// The SDK configuration from the environment, with timeouts short enough that an unreachable
 /// dependency fails a request quickly (503) instead of hanging until Lambda's own timeout.
 pub async fn sdk_config() -> SdkConfig {

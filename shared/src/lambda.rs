@@ -7,8 +7,10 @@ use lambda_http::request::RequestContext as GatewayContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use crate::api::{self, ApiRequest, FunctionGroup};
+use crate::aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR, secret_id_from_env};
 use crate::domain::audit::RequestContext;
 use crate::service::Idp;
+use crate::signing::{KeySource, SecretsManagerKeys};
 
 /// Turns an API Gateway event into the request every endpoint takes.
 pub fn api_request(request: Request) -> ApiRequest {
@@ -58,26 +60,36 @@ pub async fn handle(
 }
 
 /// Everything a function needs, from its environment: the configuration, DynamoDB tables named
-/// by `AGENTIDP_*_TABLE`, and signing keys from the Secrets Manager secret
-/// `AGENTIDP_SIGNING_KEY_SECRET_ID`. The keys are read lazily, so a cold start with Secrets
-/// Manager unreachable still starts, answers 503, and recovers on a later call.
-pub async fn idp_from_env() -> Result<Arc<Idp>, String> {
+/// by `AGENTIDP_*_TABLE`, and its keys. The tokens function signs, so it reads the private key
+/// set (`AGENTIDP_SIGNING_KEY_SECRET_ID`); the others only verify bearer tokens and read the
+/// public key set the rotation publishes (`AGENTIDP_PUBLIC_KEYS_SECRET_ID`), which cannot sign:
+/// their roles may not read the private one. The keys are read lazily, so a cold start with
+/// Secrets Manager unreachable still starts, answers 503, and recovers on a later call.
+pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, String> {
     let config = crate::config::Config::from_env().map_err(|e| e.to_string())?;
     let tables = crate::store::dynamo::TableNames::from_env()?;
-    let secret_id = std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID").map_err(|_| {
-        "environment variable AGENTIDP_SIGNING_KEY_SECRET_ID is required but not set".to_owned()
-    })?;
     let sdk = crate::aws::sdk_config().await;
+    let secrets = crate::aws::SecretsManagerClient::new(&sdk);
+    let refresh = crate::aws::KEY_REFRESH;
+    let keys = match group {
+        FunctionGroup::Tokens => SecretsManagerKeys::new(
+            secrets,
+            secret_id_from_env(SIGNING_KEY_SECRET_VAR)?,
+            refresh,
+        ),
+        FunctionGroup::Agents | FunctionGroup::Credentials | FunctionGroup::Audit => {
+            SecretsManagerKeys::verify_only(
+                secrets,
+                secret_id_from_env(PUBLIC_KEYS_SECRET_VAR)?,
+                refresh,
+            )
+        }
+    };
     let store = crate::store::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
-    let keys = crate::signing::KeySource::SecretsManager(crate::signing::SecretsManagerKeys::new(
-        crate::aws::SecretsManagerClient::new(&sdk),
-        secret_id,
-        crate::aws::KEY_REFRESH,
-    ));
     let idp = Idp::new(
         config,
         Arc::new(store),
-        keys,
+        KeySource::SecretsManager(keys),
         Arc::new(crate::domain::time::SystemClock),
     )
     .map_err(|e| e.to_string())?;

@@ -7,6 +7,13 @@
 //! current keys for verification, so a token signed before the rotation keeps verifying until it
 //! expires, and the JWKS never grows past `1 + KEEP_PREVIOUS_KEYS` keys.
 //!
+//! It also publishes the public keys, as a JWKS, to a second secret: the functions that only
+//! verify tokens read that one and may not read the private keys. `setSecret` publishes the
+//! pending keys together with the current ones, before any token can be signed with the new key;
+//! `finishSecret` publishes the pending keys alone, just before they become current, so a key the
+//! rotation drops stops being accepted by the verifying functions when the token function drops
+//! it. The timeline is in docs/signing-keys.md.
+//!
 //! Every step is idempotent: Secrets Manager retries a step whose invocation failed or timed
 //! out, and a repeated step finds its work done and returns `Ok`.
 
@@ -16,7 +23,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::signing::{
-    AccessTokenClaims, KeyError, KeySet, KeySetDocument, SigningAlgorithm, TokenPolicy,
+    AccessTokenClaims, Jwks, KeyError, KeySet, KeySetDocument, SigningAlgorithm, TokenPolicy,
 };
 
 pub const AWSCURRENT: &str = "AWSCURRENT";
@@ -91,13 +98,20 @@ pub enum StepOutcome {
     Created { kids: Vec<String> },
     /// createSecret found the AWSPENDING version already there (a retried step).
     AlreadyCreated,
-    /// setSecret: the keys are used only by this service, so nothing outside the secret changes.
+    /// setSecret, with no public-key secret to publish to: nothing outside the secret changes.
     NothingToSet,
+    /// setSecret tested the pending set (as testSecret does) and published the public keys of it
+    /// and of the current set: these key ids, newest first.
+    Published { kids: Vec<String> },
     /// testSecret signed with the pending set and verified with it, including a token of the
     /// current signing key.
     Tested { kids: Vec<String> },
-    /// finishSecret moved AWSCURRENT to the token's version, away from `previous`.
-    Finished { previous: Option<String> },
+    /// finishSecret published the pending set's public keys (`published`, unless there is no
+    /// public-key secret), then moved AWSCURRENT to the token's version, away from `previous`.
+    Finished {
+        previous: Option<String>,
+        published: Option<Vec<String>>,
+    },
     /// The token's version already holds AWSCURRENT: this rotation is complete.
     AlreadyCurrent,
 }
@@ -119,15 +133,27 @@ pub struct Rotator {
     client: Client,
     algorithm: SigningAlgorithm,
     keep_previous: usize,
+    /// Where the public keys are published; `None` publishes nothing.
+    public_keys_secret: Option<String>,
 }
 
 impl Rotator {
-    /// `algorithm` is that of the keys this rotator generates; older keys keep theirs.
+    /// `algorithm` is that of the keys this rotator generates; older keys keep theirs. It
+    /// publishes no public keys until [`Rotator::publishing_to`] names where.
     pub fn new(client: Client, algorithm: SigningAlgorithm) -> Self {
         Self {
             client,
             algorithm,
             keep_previous: KEEP_PREVIOUS_KEYS,
+            public_keys_secret: None,
+        }
+    }
+
+    /// Publishes the public keys to the secret `secret_id` at setSecret and finishSecret.
+    pub fn publishing_to(self, secret_id: String) -> Self {
+        Self {
+            public_keys_secret: Some(secret_id),
+            ..self
         }
     }
 
@@ -178,8 +204,12 @@ impl Rotator {
         }
         match step {
             RotationStep::CreateSecret => self.create(secret_id, token, now).await,
-            RotationStep::SetSecret => Ok(StepOutcome::NothingToSet),
-            RotationStep::TestSecret => self.test(secret_id, token, now).await,
+            RotationStep::SetSecret => self.set(secret_id, token, now).await,
+            RotationStep::TestSecret => {
+                let (pending, current) = self.pending_and_current(secret_id, token).await?;
+                let kids = self.check(&pending, &current, now)?;
+                Ok(StepOutcome::Tested { kids })
+            }
             RotationStep::FinishSecret => self.finish(secret_id, token, &versions).await,
         }
     }
@@ -291,23 +321,38 @@ impl Rotator {
         })
     }
 
-    /// testSecret: the pending set loads, signs a token that it verifies, keeps every key that
-    /// may have signed a live token, and verifies a token of the current signing key.
-    async fn test(
-        &self,
-        secret_id: &str,
-        token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<StepOutcome, RotationError> {
-        let pending = self
-            .document(secret_id, AWSPENDING, Some(token))
+    /// The AWSPENDING document of `token`.
+    async fn pending(&self, secret_id: &str, token: &str) -> Result<KeySetDocument, RotationError> {
+        self.document(secret_id, AWSPENDING, Some(token))
             .await?
             .ok_or_else(|| RotationError::VersionState {
                 token: token.to_owned(),
                 problem: "AWSPENDING holds no value; createSecret has not run".into(),
-            })?;
-        let current = self.current(secret_id).await?;
-        let pending_keys = KeySet::from_document(&pending)?;
+            })
+    }
+
+    /// The AWSPENDING document of `token`, and the AWSCURRENT one.
+    async fn pending_and_current(
+        &self,
+        secret_id: &str,
+        token: &str,
+    ) -> Result<(KeySetDocument, KeySetDocument), RotationError> {
+        Ok((
+            self.pending(secret_id, token).await?,
+            self.current(secret_id).await?,
+        ))
+    }
+
+    /// testSecret's test, which setSecret also passes before it publishes anything: the pending
+    /// set loads, signs a token that it verifies, keeps every key that may have signed a live
+    /// token, and verifies a token of the current signing key. The pending key ids, newest first.
+    fn check(
+        &self,
+        pending: &KeySetDocument,
+        current: &KeySetDocument,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, RotationError> {
+        let pending_keys = KeySet::from_document(pending)?;
         let policy = TokenPolicy {
             issuer: "urn:agentidp:key-rotation-test".into(),
             audience: "urn:agentidp:key-rotation-test".into(),
@@ -328,7 +373,7 @@ impl Rotator {
         }
         // The current signing key has signed tokens that are still alive: it must stay.
         if let Some(signing) = current.keys.first() {
-            let current_keys = KeySet::from_document(&current)?;
+            let current_keys = KeySet::from_document(current)?;
             let old = current_keys.sign(&claims).map_err(|e| {
                 RotationError::TestFailed(format!("signing with {}: {e}", signing.kid))
             })?;
@@ -346,19 +391,91 @@ impl Rotator {
                 1 + self.keep_previous
             )));
         }
-        Ok(StepOutcome::Tested {
-            kids: pending.keys.iter().map(|k| k.kid.clone()).collect(),
-        })
+        Ok(pending.keys.iter().map(|k| k.kid.clone()).collect())
     }
 
-    /// finishSecret: AWSCURRENT moves to the token's version (Secrets Manager then labels the
-    /// version it left AWSPREVIOUS).
+    /// setSecret: the service outside the secret is the verifying functions, which must hold the
+    /// new key's public half before any token is signed with it (at finishSecret at the
+    /// earliest). So a pending set that passes the test is published together with the current
+    /// one: tokens of either verify until finishSecret publishes the pending set alone.
+    async fn set(
+        &self,
+        secret_id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<StepOutcome, RotationError> {
+        let Some(public) = &self.public_keys_secret else {
+            return Ok(StepOutcome::NothingToSet);
+        };
+        let (pending, current) = self.pending_and_current(secret_id, token).await?;
+        self.check(&pending, &current, now)?;
+        let kids = self.publish(public, &[&pending, &current]).await?;
+        Ok(StepOutcome::Published { kids })
+    }
+
+    /// Makes the public keys of `documents` (in that order, each key once) the AWSCURRENT value
+    /// of the secret `public`, unless they already are, so a retried step writes nothing. The
+    /// published key ids, newest first.
+    async fn publish(
+        &self,
+        public: &str,
+        documents: &[&KeySetDocument],
+    ) -> Result<Vec<String>, RotationError> {
+        let mut jwks = Jwks { keys: Vec::new() };
+        // The current set is empty before the first rotation, and a set that cannot load has
+        // failed the test already.
+        for document in documents.iter().filter(|d| !d.keys.is_empty()) {
+            for key in KeySet::from_document(document)?.jwks().keys {
+                if !jwks.keys.iter().any(|k| k.kid == key.kid) {
+                    jwks.keys.push(key);
+                }
+            }
+        }
+        let kids = jwks.keys.iter().map(|k| k.kid.clone()).collect();
+        let published = self
+            .client
+            .get_secret_value()
+            .secret_id(public)
+            .version_stage(AWSCURRENT)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetSecretValue", e))?;
+        // Anything else there (the stack's `{"keys":[]}`, a damaged value) is replaced.
+        if published
+            .secret_string()
+            .and_then(|json| Jwks::parse(json).ok())
+            .as_ref()
+            == Some(&jwks)
+        {
+            return Ok(kids);
+        }
+        self.client
+            .put_secret_value()
+            .secret_id(public)
+            .secret_string(jwks.to_json()?)
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutSecretValue", e))?;
+        Ok(kids)
+    }
+
+    /// finishSecret: the pending set's public keys are published, then AWSCURRENT moves to the
+    /// token's version (Secrets Manager then labels the version it left AWSPREVIOUS). Publishing
+    /// first keeps a retry possible: once the version is current, a retried step ends at
+    /// [`StepOutcome::AlreadyCurrent`] before it gets here.
     async fn finish(
         &self,
         secret_id: &str,
         token: &str,
         versions: &[(String, Vec<String>)],
     ) -> Result<StepOutcome, RotationError> {
+        let published = match &self.public_keys_secret {
+            Some(public) => {
+                let pending = self.pending(secret_id, token).await?;
+                Some(self.publish(public, &[&pending]).await?)
+            }
+            None => None,
+        };
         let previous = versions
             .iter()
             .find(|(_, stages)| stages.iter().any(|s| s == AWSCURRENT))
@@ -372,7 +489,10 @@ impl Rotator {
             .send()
             .await
             .map_err(|e| sdk_error("UpdateSecretVersionStage", e))?;
-        Ok(StepOutcome::Finished { previous })
+        Ok(StepOutcome::Finished {
+            previous,
+            published,
+        })
     }
 }
 

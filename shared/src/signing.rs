@@ -97,6 +97,9 @@ pub enum KeyError {
     Signing(String),
     #[error("the key source is unavailable: {0}")]
     Unavailable(String),
+    /// The set was loaded from public keys only (the functions that verify and never sign).
+    #[error("this key set holds public keys only and cannot sign")]
+    VerifyOnly,
 }
 
 /// Why a token was refused. Callers answer all of these the same way; the reason is for logs
@@ -257,11 +260,16 @@ pub struct PublicJwk {
 struct LoadedKey {
     kid: String,
     alg: SigningAlgorithm,
+    /// `None` in a set loaded from public keys: no private key ever reached this process.
+    signing: Option<SigningKey>,
+    decoding: DecodingKey,
+    jwk: PublicJwk,
+}
+
+struct SigningKey {
     signer: Signer,
     /// The JWS protected header, base64url, made once: it is the same in every token.
     encoded_header: String,
-    decoding: DecodingKey,
-    jwk: PublicJwk,
 }
 
 /// A private key parsed once when the key set loads. Signing through `jsonwebtoken` re-parses
@@ -378,10 +386,43 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
     Ok(LoadedKey {
         kid: stored.kid.clone(),
         alg: stored.alg,
-        signer,
-        encoded_header: URL_SAFE_NO_PAD.encode(header),
+        signing: Some(SigningKey {
+            signer,
+            encoded_header: URL_SAFE_NO_PAD.encode(header),
+        }),
         decoding,
         jwk,
+    })
+}
+
+/// A key of a published JWKS, for verifying only. Its members must be those this service
+/// publishes for its algorithm, so a key meant for something else is refused rather than used.
+fn load_public_key(jwk: &PublicJwk) -> Result<LoadedKey, KeyError> {
+    let malformed = |e: &dyn fmt::Display| KeyError::Malformed(format!("key {}: {e}", jwk.kid));
+    let alg = SigningAlgorithm::parse(&jwk.alg).ok_or_else(|| malformed(&"unknown alg"))?;
+    if jwk.use_ != "sig" {
+        return Err(malformed(&"not a signing key"));
+    }
+    let decoding = match (alg, jwk.kty.as_str(), jwk.crv.as_deref(), &jwk.x, &jwk.y) {
+        (SigningAlgorithm::RS256, "RSA", None, None, None) => match (&jwk.n, &jwk.e) {
+            (Some(n), Some(e)) => DecodingKey::from_rsa_components(n, e),
+            _ => return Err(malformed(&"an RSA key needs `n` and `e`")),
+        },
+        (SigningAlgorithm::ES256, "EC", Some("P-256"), Some(x), Some(y)) => {
+            DecodingKey::from_ec_components(x, y)
+        }
+        (SigningAlgorithm::EdDSA, "OKP", Some("Ed25519"), Some(x), None) => {
+            DecodingKey::from_ed_components(x)
+        }
+        _ => return Err(malformed(&"its members do not match its alg")),
+    }
+    .map_err(|e| malformed(&e))?;
+    Ok(LoadedKey {
+        kid: jwk.kid.clone(),
+        alg,
+        signing: None,
+        decoding,
+        jwk: jwk.clone(),
     })
 }
 
@@ -406,9 +447,21 @@ pub struct TokenPolicy {
     pub lifetime_seconds: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// A JWKS (RFC 7517 §5): what `/.well-known/jwks.json` serves, and the document of the secret
+/// that publishes the public keys to the functions that only verify (docs/signing-keys.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwks {
     pub keys: Vec<PublicJwk>,
+}
+
+impl Jwks {
+    pub fn parse(json: &str) -> Result<Self, KeyError> {
+        serde_json::from_str(json).map_err(|e| KeyError::Malformed(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> Result<String, KeyError> {
+        serde_json::to_string(self).map_err(|e| KeyError::Malformed(e.to_string()))
+    }
 }
 
 impl KeySet {
@@ -420,6 +473,19 @@ impl KeySet {
             .keys
             .iter()
             .map(load_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { keys })
+    }
+
+    /// A set that verifies with the keys of `jwks` and cannot sign.
+    pub fn from_jwks(jwks: &Jwks) -> Result<Self, KeyError> {
+        if jwks.keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let keys = jwks
+            .keys
+            .iter()
+            .map(load_public_key)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { keys })
     }
@@ -460,7 +526,11 @@ impl KeySet {
 
     /// A JWS compact serialization (RFC 7515 §7.1): header, claims and signature, base64url.
     pub fn sign(&self, claims: &AccessTokenClaims) -> Result<String, KeyError> {
-        let key = self.current()?;
+        let key = self
+            .current()?
+            .signing
+            .as_ref()
+            .ok_or(KeyError::VerifyOnly)?;
         let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Signing(e.to_string()))?;
         let mut token = String::with_capacity(1024);
         token.push_str(&key.encoded_header);
@@ -537,9 +607,19 @@ pub enum KeySource {
     SecretsManager(SecretsManagerKeys),
 }
 
+/// What a secret holds, and so what the set loaded from it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretContents {
+    /// A [`KeySetDocument`]: private keys, which sign.
+    PrivateKeys,
+    /// A [`Jwks`]: public keys, which only verify.
+    PublicKeys,
+}
+
 pub struct SecretsManagerKeys {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
+    contents: SecretContents,
     refresh_after: std::time::Duration,
     cached: tokio::sync::RwLock<Option<(Arc<KeySet>, std::time::Instant)>>,
     /// Held by the one request re-reading the secret on schedule.
@@ -553,14 +633,42 @@ pub struct SecretsManagerKeys {
 pub const UNKNOWN_KID_REREAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SecretsManagerKeys {
+    /// The private key set of the secret `secret_id` (a [`KeySetDocument`]): it signs and
+    /// verifies.
     pub fn new(
         client: aws_sdk_secretsmanager::Client,
         secret_id: String,
         refresh_after: std::time::Duration,
     ) -> Self {
+        Self::reading(
+            client,
+            secret_id,
+            SecretContents::PrivateKeys,
+            refresh_after,
+        )
+    }
+
+    /// The public key set of the secret `secret_id` (a [`Jwks`], as the rotation publishes it):
+    /// it verifies, and [`KeySet::sign`] refuses with [`KeyError::VerifyOnly`]. What the
+    /// functions that only verify tokens use, so that they never hold a private key.
+    pub fn verify_only(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: String,
+        refresh_after: std::time::Duration,
+    ) -> Self {
+        Self::reading(client, secret_id, SecretContents::PublicKeys, refresh_after)
+    }
+
+    fn reading(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: String,
+        contents: SecretContents,
+        refresh_after: std::time::Duration,
+    ) -> Self {
         Self {
             client,
             secret_id,
+            contents,
             refresh_after,
             cached: tokio::sync::RwLock::new(None),
             reading: tokio::sync::Mutex::new(()),
@@ -616,13 +724,19 @@ impl SecretsManagerKeys {
         let json = out
             .secret_string()
             .ok_or_else(|| KeyError::Malformed("the secret holds no string".into()))?;
-        match KeySet::from_document(&KeySetDocument::parse(json)?) {
+        let loaded = match self.contents {
+            SecretContents::PrivateKeys => KeySet::from_document(&KeySetDocument::parse(json)?),
+            SecretContents::PublicKeys => KeySet::from_jwks(&Jwks::parse(json)?),
+        };
+        match loaded {
             Ok(keys) => Ok(Arc::new(keys)),
-            // A new stack's secret holds no key until its first rotation: not ready yet (503),
-            // rather than broken (500).
-            Err(KeyError::Empty) => Err(KeyError::Unavailable(
-                "the signing-key secret holds no key yet".into(),
-            )),
+            // A new stack's secrets hold no key until its first rotation, and the public one also
+            // until a rotation after the upgrade that added it (docs/deploy.md): not ready yet
+            // (503), rather than broken (500).
+            Err(KeyError::Empty) => Err(KeyError::Unavailable(format!(
+                "the key secret {} holds no key yet",
+                self.secret_id
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -792,6 +906,91 @@ mod tests {
         let again = KeySetDocument::parse(&json).unwrap();
         assert_eq!(again.keys[0].kid, document.keys[0].kid);
         assert!(!format!("{document:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_key_set_loaded_from_its_jwks_verifies_its_tokens_and_cannot_sign() {
+        for alg in [
+            SigningAlgorithm::RS256,
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::EdDSA,
+        ] {
+            let now = Utc::now();
+            let keys = KeySet::from_document(&KeySetDocument::generate(alg, now).unwrap()).unwrap();
+            let token = keys.sign(&claims(now)).unwrap();
+            let json = keys.jwks().to_json().unwrap();
+            let public = KeySet::from_jwks(&Jwks::parse(&json).unwrap()).unwrap();
+            assert_eq!(
+                public.verify(&token, &policy(), now).unwrap().scope,
+                "agents:read",
+                "{alg:?}"
+            );
+            assert!(matches!(
+                public.sign(&claims(now)),
+                Err(KeyError::VerifyOnly)
+            ));
+            assert_eq!(public.jwks(), keys.jwks());
+        }
+    }
+
+    #[test]
+    fn a_published_key_whose_members_do_not_fit_its_alg_is_refused() {
+        let now = Utc::now();
+        let jwk = |alg| {
+            KeySet::from_document(&KeySetDocument::generate(alg, now).unwrap())
+                .unwrap()
+                .jwks()
+                .keys
+                .remove(0)
+        };
+        let (rsa, ec) = (jwk(SigningAlgorithm::RS256), jwk(SigningAlgorithm::ES256));
+        let refused = [
+            PublicJwk {
+                alg: "ES256".into(),
+                ..rsa.clone()
+            },
+            PublicJwk {
+                alg: "none".into(),
+                ..ec.clone()
+            },
+            PublicJwk {
+                alg: "HS256".into(),
+                ..ec.clone()
+            },
+            PublicJwk {
+                use_: "enc".into(),
+                ..ec.clone()
+            },
+            PublicJwk {
+                crv: Some("P-384".into()),
+                ..ec.clone()
+            },
+            PublicJwk {
+                y: None,
+                ..ec.clone()
+            },
+            PublicJwk {
+                n: None,
+                ..rsa.clone()
+            },
+            PublicJwk {
+                x: Some("not base64!".into()),
+                ..ec
+            },
+        ];
+        for key in refused {
+            let jwks = Jwks {
+                keys: vec![key.clone()],
+            };
+            assert!(
+                matches!(KeySet::from_jwks(&jwks), Err(KeyError::Malformed(_))),
+                "{key:?}"
+            );
+        }
+        assert!(matches!(
+            KeySet::from_jwks(&Jwks { keys: vec![] }),
+            Err(KeyError::Empty)
+        ));
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //!   template routes nothing else;
 //! - every table of `TABLE_SPECS` exists with the same keys, indexes and TTL attribute (and the
 //!   settings every data table must have), and there is no other table;
-//! - each function's environment names every table and the signing-key secret, and the bootstrap
-//!   command in the outputs names every table;
+//! - each function's environment names every table, and the bootstrap command in the outputs
+//!   names every table;
+//! - only the token and rotation functions can read the private signing keys and decrypt them
+//!   (IAM, and the policy of the KMS key that encrypts them); the functions that only verify
+//!   tokens read the public keys, and each function is told only of the secret it reads;
+//! - the routes that authenticate clients with bcrypt share the token route's throttling;
 //! - each function's IAM policy grants exactly the DynamoDB actions, on exactly the tables and
 //!   indexes, that the function uses. What it uses is observed, not listed by hand: every sample
 //!   event of the function (`events/`) runs on DynamoDB Local through the real `DynamoStore`,
@@ -452,7 +456,7 @@ fn key_of(key: &agentidp_shared::store::dynamo::KeySchema) -> Vec<(String, Strin
 }
 
 #[test]
-fn the_functions_environment_names_every_table_and_the_secret() {
+fn the_functions_environment_names_every_table() {
     let template = template();
     let tables = tables(&template);
     let variables = get(
@@ -485,8 +489,6 @@ fn the_functions_environment_names_every_table_and_the_secret() {
             spec.env_var
         );
     }
-    let secret = variables.get("AGENTIDP_SIGNING_KEY_SECRET_ID").unwrap();
-    assert_eq!(reference(secret).0, "SigningKeySecret");
     // Every AGENTIDP_ variable the template sets is one the code reads (a misspelt name would
     // be ignored silently, leaving the default), and the issuer, which has no default on
     // Lambda, is set. Settings with good defaults need not be parameters.
@@ -507,7 +509,11 @@ fn the_functions_environment_names_every_table_and_the_secret() {
         }
     }
     assert!(variables.get("AGENTIDP_ISSUER").is_some());
-    for (name, _) in variables.as_mapping().unwrap() {
+    let mut set = vec![variables];
+    for (_, function) in of_type(&template, "AWS::Serverless::Function") {
+        set.extend(get(function, &["Properties", "Environment", "Variables"]));
+    }
+    for (name, _) in set.iter().flat_map(|v| v.as_mapping().unwrap()) {
         let name = text(name);
         if name.starts_with("AGENTIDP_") {
             assert!(
@@ -523,16 +529,40 @@ fn the_functions_environment_names_every_table_and_the_secret() {
 // ---------------------------------------------------------------------------------------------
 
 /// One permission: an IAM action on a resource, the resource written as `table:<suffix>`,
-/// `table:<suffix>/index/<name>` or `secret`.
+/// `table:<suffix>/index/<name>`, `private-keys` (the signing-key secret), `public-keys` (the
+/// secret with the public key set) or `kms-key` (the key that encrypts the private keys).
 type Grant = (String, String);
+
+/// The logical id of the role SAM makes for a function that names no `Role`.
+fn role_of(function: &str) -> String {
+    format!("{function}Role")
+}
+
+/// Every IAM policy document that applies to a function's role: the function's `Policies`, and
+/// each `AWS::IAM::Policy` resource attached to its role (the way a policy may name a resource
+/// whose own policy names the role, without a circular dependency).
+fn policy_documents<'a>(template: &'a Value, function: &str) -> Vec<&'a Value> {
+    let policies = get(resource(template, function), &["Properties", "Policies"]);
+    let mut documents: Vec<&Value> = policies
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("{function}: no Policies"))
+        .iter()
+        .collect();
+    let role = role_of(function);
+    for (name, policy) in of_type(template, "AWS::IAM::Policy") {
+        let roles =
+            get(policy, &["Properties", "Roles"]).unwrap_or_else(|| panic!("{name}: no Roles"));
+        if list(roles).into_iter().any(|r| reference(r).0 == role) {
+            documents.push(get(policy, &["Properties", "PolicyDocument"]).unwrap());
+        }
+    }
+    documents
+}
 
 fn granted(template: &Value, function: &str) -> BTreeSet<Grant> {
     let tables = tables(template);
-    let policies = get(resource(template, function), &["Properties", "Policies"])
-        .and_then(Value::as_sequence)
-        .unwrap_or_else(|| panic!("{function}: no Policies"));
     let mut grants = BTreeSet::new();
-    for policy in policies {
+    for policy in policy_documents(template, function) {
         let statements = policy
             .get("Statement")
             .and_then(Value::as_sequence)
@@ -550,15 +580,21 @@ fn granted(template: &Value, function: &str) -> BTreeSet<Grant> {
                     "{function}: a literal resource {target:?}"
                 );
                 let (logical, rest) = reference(target);
-                let resource = if logical == "SigningKeySecret" {
-                    assert!(rest.is_empty());
-                    "secret".to_owned()
-                } else {
-                    let spec = tables
-                        .get(&logical)
-                        .unwrap_or_else(|| panic!("{function}: {logical} is not a table"));
-                    format!("table:{}{rest}", spec.suffix)
+                let resource = match logical.as_str() {
+                    "SigningKeySecret" => "private-keys".to_owned(),
+                    "PublicKeysSecret" => "public-keys".to_owned(),
+                    "SigningKeyEncryptionKey" => "kms-key".to_owned(),
+                    _ => {
+                        let spec = tables
+                            .get(&logical)
+                            .unwrap_or_else(|| panic!("{function}: {logical} is not a table"));
+                        format!("table:{}{rest}", spec.suffix)
+                    }
                 };
+                assert!(
+                    rest.is_empty() || resource.starts_with("table:"),
+                    "{target:?}"
+                );
                 for action in &actions {
                     assert!(
                         !action.contains('*'),
@@ -570,6 +606,13 @@ fn granted(template: &Value, function: &str) -> BTreeSet<Grant> {
         }
     }
     grants
+}
+
+fn grants(pairs: &[(&str, &str)]) -> BTreeSet<Grant> {
+    pairs
+        .iter()
+        .map(|(action, resource)| ((*action).to_owned(), (*resource).to_owned()))
+        .collect()
 }
 
 /// Records, for every DynamoDB request, the IAM permissions it needs.
@@ -747,21 +790,23 @@ async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events
                 "{function} is granted {surplus:?}, which none of its events uses"
             ));
         }
-        // Every API function verifies bearer tokens (and the tokens function signs them): each
-        // reads the signing keys, and does nothing else with the secret.
-        let secret: BTreeSet<Grant> = granted
+        // The tokens function signs: it reads the private key set, which the KMS key decrypts.
+        // The others only verify bearer tokens: they read the public key set and nothing else.
+        let keys: BTreeSet<Grant> = granted
             .iter()
             .filter(|(action, _)| !action.starts_with("dynamodb:"))
             .cloned()
             .collect();
-        assert_eq!(
-            secret,
-            BTreeSet::from([(
-                "secretsmanager:GetSecretValue".to_owned(),
-                "secret".to_owned()
-            )]),
-            "{function}"
-        );
+        let expected = match group {
+            FunctionGroup::Tokens => grants(&[
+                ("secretsmanager:GetSecretValue", "private-keys"),
+                ("kms:Decrypt", "kms-key"),
+            ]),
+            FunctionGroup::Agents | FunctionGroup::Credentials | FunctionGroup::Audit => {
+                grants(&[("secretsmanager:GetSecretValue", "public-keys")])
+            }
+        };
+        assert_eq!(keys, expected, "{function}");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
@@ -771,17 +816,19 @@ fn only_the_rotation_function_writes_the_secret_and_it_touches_no_table() {
     let template = template();
     let functions = functions_by_binary(&template);
     let rotation = &functions["agentidp-key-rotation"];
-    let grants = granted(&template, rotation);
-    let expected: BTreeSet<Grant> = [
-        "secretsmanager:DescribeSecret",
-        "secretsmanager:GetSecretValue",
-        "secretsmanager:PutSecretValue",
-        "secretsmanager:UpdateSecretVersionStage",
-    ]
-    .into_iter()
-    .map(|a| (a.to_owned(), "secret".to_owned()))
-    .collect();
-    assert_eq!(grants, expected);
+    let granted = granted(&template, rotation);
+    let expected = grants(&[
+        ("secretsmanager:DescribeSecret", "private-keys"),
+        ("secretsmanager:GetSecretValue", "private-keys"),
+        ("secretsmanager:PutSecretValue", "private-keys"),
+        ("secretsmanager:UpdateSecretVersionStage", "private-keys"),
+        ("kms:Decrypt", "kms-key"),
+        ("kms:GenerateDataKey", "kms-key"),
+        // It publishes the public key set, comparing it with what is there first.
+        ("secretsmanager:GetSecretValue", "public-keys"),
+        ("secretsmanager:PutSecretValue", "public-keys"),
+    ]);
+    assert_eq!(granted, expected);
     let schedule = of_type(&template, "AWS::SecretsManager::RotationSchedule");
     assert_eq!(schedule.len(), 1);
     let properties = schedule[0].1.get("Properties").unwrap();
@@ -798,4 +845,261 @@ fn only_the_rotation_function_writes_the_secret_and_it_touches_no_table() {
         reference(get(properties, &["RotationRules", "AutomaticallyAfterDays"]).unwrap()).0,
         "KeyRotationDays"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys: who may read the private key set
+// ---------------------------------------------------------------------------------------------
+
+/// The functions whose grants include an action on `resource` (in [`Grant`]'s naming).
+fn functions_granted(template: &Value, resource: &str, action: &str) -> BTreeSet<String> {
+    of_type(template, "AWS::Serverless::Function")
+        .into_iter()
+        .filter(|(name, _)| {
+            granted(template, name)
+                .iter()
+                .any(|(a, r)| r == resource && a == action)
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[test]
+fn only_the_token_and_rotation_functions_can_read_the_private_signing_keys() {
+    let template = template();
+    let functions = functions_by_binary(&template);
+    let signers = BTreeSet::from([
+        functions["agentidp-tokens"].clone(),
+        functions["agentidp-key-rotation"].clone(),
+    ]);
+    // Every grant in the stack is one that `granted` sees: policies sit on the functions' own
+    // roles, and nothing else (a role, a managed policy, a secret's resource policy) can grant.
+    for kind in [
+        "AWS::IAM::Role",
+        "AWS::IAM::ManagedPolicy",
+        "AWS::SecretsManager::ResourcePolicy",
+    ] {
+        assert!(of_type(&template, kind).is_empty(), "a {kind} in the stack");
+    }
+    let roles: BTreeSet<String> = functions.values().map(|f| role_of(f)).collect();
+    for (name, policy) in of_type(&template, "AWS::IAM::Policy") {
+        for role in list(get(policy, &["Properties", "Roles"]).unwrap()) {
+            let role = reference(role).0;
+            assert!(roles.contains(&role), "{name} is attached to {role}");
+        }
+    }
+    assert_eq!(
+        functions_granted(&template, "private-keys", "secretsmanager:GetSecretValue"),
+        signers,
+        "readers of the private key set"
+    );
+    assert_eq!(
+        functions_granted(&template, "kms-key", "kms:Decrypt"),
+        signers,
+        "decrypters of the private key set"
+    );
+    for (binary, function) in &functions {
+        let granted = granted(&template, function);
+        if !signers.contains(function) {
+            assert!(
+                granted
+                    .iter()
+                    .all(|(_, r)| r != "private-keys" && r != "kms-key"),
+                "{binary}: {granted:?}"
+            );
+            assert!(
+                granted.contains(&(
+                    "secretsmanager:GetSecretValue".to_owned(),
+                    "public-keys".to_owned()
+                )),
+                "{binary} verifies tokens with the public key set"
+            );
+        }
+    }
+    // Each function is told only of the secret it reads: the tokens function of the private key
+    // set; the verifying functions and the rotation (which writes it) of the public one.
+    let globals = get(
+        &template,
+        &["Globals", "Function", "Environment", "Variables"],
+    )
+    .unwrap();
+    for variable in [
+        "AGENTIDP_SIGNING_KEY_SECRET_ID",
+        "AGENTIDP_PUBLIC_KEYS_SECRET_ID",
+    ] {
+        assert!(globals.get(variable).is_none(), "Globals set {variable}");
+    }
+    for (binary, function) in &functions {
+        let variables = get(
+            resource(&template, function),
+            &["Properties", "Environment", "Variables"],
+        );
+        let secret_of = |variable: &str| {
+            variables
+                .and_then(|v| v.get(variable))
+                .map(|v| reference(v).0)
+        };
+        let (private, public) = match binary.as_str() {
+            "agentidp-tokens" => (Some("SigningKeySecret"), None),
+            _ => (None, Some("PublicKeysSecret")),
+        };
+        assert_eq!(
+            secret_of("AGENTIDP_SIGNING_KEY_SECRET_ID").as_deref(),
+            private,
+            "{binary}"
+        );
+        assert_eq!(
+            secret_of("AGENTIDP_PUBLIC_KEYS_SECRET_ID").as_deref(),
+            public,
+            "{binary}"
+        );
+    }
+}
+
+/// A condition's value, by operator and key.
+fn condition<'a>(statement: &'a Value, operator: &str, key: &str) -> Option<&'a Value> {
+    get(statement, &["Condition", operator, key])
+}
+
+#[test]
+fn the_private_key_set_is_encrypted_with_a_key_only_the_token_and_rotation_roles_decrypt_with() {
+    let template = template();
+    let secret = resource(&template, "SigningKeySecret");
+    let key_id = get(secret, &["Properties", "KmsKeyId"]).expect("the secret names its KMS key");
+    let key_name = reference(key_id).0;
+    assert_eq!(key_name, "SigningKeyEncryptionKey");
+    let key = resource(&template, &key_name);
+    assert_eq!(
+        key.get("Type").and_then(Value::as_str),
+        Some("AWS::KMS::Key")
+    );
+    let functions = functions_by_binary(&template);
+    let signer_roles = BTreeSet::from([
+        role_of(&functions["agentidp-tokens"]),
+        role_of(&functions["agentidp-key-rotation"]),
+    ]);
+    let statements = get(key, &["Properties", "KeyPolicy", "Statement"])
+        .and_then(Value::as_sequence)
+        .unwrap();
+    // Actions that reveal what the key encrypted, directly or by granting it to another.
+    let reveals =
+        |action: &str| ["kms:Decrypt", "kms:ReEncryptFrom", "kms:CreateGrant"].contains(&action);
+    let via_secrets_manager = |statement: &Value| {
+        condition(statement, "StringEquals", "kms:ViaService").is_some_and(|service| {
+            let (tag, value) = tagged(service).unwrap();
+            tag == "Sub" && text(value) == "secretsmanager.${AWS::Region}.amazonaws.com"
+        })
+    };
+    let mut decrypting_roles = BTreeSet::new();
+    for statement in statements {
+        let sid = statement.get("Sid").and_then(Value::as_str).unwrap_or("?");
+        assert_eq!(
+            statement.get("Effect").and_then(Value::as_str),
+            Some("Allow"),
+            "{sid}"
+        );
+        assert!(statement.get("NotAction").is_none() && statement.get("NotPrincipal").is_none());
+        // The account is the only principal: a statement admits no role of itself, and the
+        // account's IAM policies decide which of its principals act on the key, within the
+        // conditions below.
+        let principal = get(statement, &["Principal", "AWS"]).unwrap();
+        let (tag, principal) = tagged(principal).unwrap();
+        assert_eq!(
+            (tag.as_str(), text(principal)),
+            ("Sub", "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"),
+            "{sid}"
+        );
+        let actions: Vec<&str> = list(&statement["Action"]).into_iter().map(text).collect();
+        for action in &actions {
+            assert!(!action.contains('*'), "{sid}: wildcard action {action}");
+        }
+        let crypto = actions.iter().any(|a| {
+            reveals(a) || a.starts_with("kms:Encrypt") || a.starts_with("kms:GenerateDataKey")
+        });
+        if !crypto {
+            assert!(
+                statement.get("Condition").is_none(),
+                "{sid}: administration"
+            );
+            continue;
+        }
+        assert!(
+            via_secrets_manager(statement),
+            "{sid}: the key is used only through Secrets Manager"
+        );
+        if !actions.iter().any(|a| reveals(a)) {
+            continue;
+        }
+        let validation = condition(
+            statement,
+            "StringEquals",
+            "kms:EncryptionContext:SecretVersionId",
+        )
+        .and_then(Value::as_str);
+        match condition(statement, "ArnEquals", "aws:PrincipalArn") {
+            Some(roles) => {
+                assert!(validation.is_none(), "{sid}");
+                for role in list(roles) {
+                    let role = reference(role).0;
+                    assert!(
+                        signer_roles.contains(&role),
+                        "{sid}: {role} may decrypt the private key set"
+                    );
+                    decrypting_roles.insert(role);
+                }
+            }
+            // Secrets Manager checks that whoever sets a secret's key may use it, with a
+            // Decrypt under this encryption context; it decrypts nothing of the secret.
+            None => assert_eq!(
+                validation,
+                Some("RequestToValidateKeyAccess"),
+                "{sid}: a decrypt for anyone but the token and rotation roles"
+            ),
+        }
+    }
+    assert_eq!(decrypting_roles, signer_roles);
+}
+
+#[test]
+fn the_introspection_and_revocation_routes_have_the_token_routes_throttling() {
+    let template = template();
+    let stages = of_type(&template, "AWS::ApiGatewayV2::Stage");
+    let stage = stages[0].1;
+    let settings = get(stage, &["Properties", "RouteSettings"]).unwrap();
+    let depends_on: BTreeSet<&str> = list(stage.get("DependsOn").unwrap())
+        .into_iter()
+        .map(text)
+        .collect();
+    let routes = of_type(&template, "AWS::ApiGatewayV2::Route");
+    // Each authenticates a client as the token route does (a bcrypt verification for a secret
+    // the instance has not seen), so each gets the token route's tighter limits.
+    for key in [
+        "POST /api/v1/token",
+        "POST /api/v1/token/introspect",
+        "POST /api/v1/token/revoke",
+    ] {
+        assert!(
+            ROUTES.iter().any(|(m, p, _, _)| format!("{m} {p}") == key),
+            "{key}"
+        );
+        let route = settings
+            .get(key)
+            .unwrap_or_else(|| panic!("no route settings for {key}"));
+        assert_eq!(
+            reference(&route["ThrottlingRateLimit"]).0,
+            "TokenThrottleRate",
+            "{key}"
+        );
+        assert_eq!(
+            reference(&route["ThrottlingBurstLimit"]).0,
+            "TokenThrottleBurst",
+            "{key}"
+        );
+        // Route settings may only name routes that exist when the stage is made.
+        let (logical, _) = routes
+            .iter()
+            .find(|(_, r)| get(r, &["Properties", "RouteKey"]).and_then(Value::as_str) == Some(key))
+            .unwrap();
+        assert!(depends_on.contains(logical.as_str()), "{key}: DependsOn");
+    }
 }

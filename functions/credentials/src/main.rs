@@ -7,7 +7,7 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     agentidp_shared::telemetry::init(true);
-    let idp = agentidp_shared::lambda::idp_from_env().await?;
+    let idp = agentidp_shared::lambda::idp_from_env(FunctionGroup::Credentials).await?;
     run(service_fn(|request| {
         agentidp_shared::lambda::handle(&idp, FunctionGroup::Credentials, request)
     }))
