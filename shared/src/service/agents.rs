@@ -13,7 +13,7 @@ use crate::domain::time::usage_month;
 use crate::domain::{
     Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Outcome, Scope, ScopeSet,
 };
-use crate::store::{StoreError, Write};
+use crate::store::{Guard, StoreError, Write};
 
 /// The fields of `POST /agents`, validated.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +148,10 @@ impl Idp {
         ];
         match self.store.commit(writes).await {
             Ok(()) => Ok(agent),
-            Err(StoreError::ConditionFailed { index: 0 }) => {
+            Err(StoreError::ConditionFailed {
+                guard: Guard::AgentLimit,
+                ..
+            }) => {
                 let usage = self.store.usage(caller.org_id, &usage_month(&now)).await?;
                 Err(ServiceError::PlanLimit(LimitExceeded {
                     limit: "maxAgents",
@@ -156,7 +159,10 @@ impl Idp {
                     current: usage.agents,
                 }))
             }
-            Err(StoreError::ConditionFailed { index: 1 }) => Err(ServiceError::AgentNameTaken),
+            Err(StoreError::ConditionFailed {
+                guard: Guard::NameTaken,
+                ..
+            }) => Err(ServiceError::AgentNameTaken),
             Err(e) => Err(e.into()),
         }
     }
@@ -294,7 +300,7 @@ impl Idp {
             }];
             let old_key = Agent::name_key(&current.name);
             let new_key = Agent::name_key(&next.name);
-            let claim_index = (old_key != new_key).then(|| {
+            if old_key != new_key {
                 writes.push(Write::ClaimAgentName {
                     org_id: caller.org_id,
                     name_key: new_key,
@@ -304,8 +310,7 @@ impl Idp {
                     org_id: caller.org_id,
                     name_key: old_key,
                 });
-                writes.len() - 2
-            });
+            }
             if status_change.is_some() || next.scopes != current.scopes {
                 let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
                 let rewrites = credential_sync_writes(&credentials, &next, None);
@@ -331,7 +336,10 @@ impl Idp {
             ));
             match self.store.commit(writes).await {
                 Ok(()) => return Ok(next),
-                Err(StoreError::ConditionFailed { index }) if Some(index) == claim_index => {
+                Err(StoreError::ConditionFailed {
+                    guard: Guard::NameTaken,
+                    ..
+                }) => {
                     return Err(ServiceError::AgentNameTaken);
                 }
                 Err(StoreError::ConditionFailed { .. }) => continue,

@@ -86,9 +86,9 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
-            StoreError::ConditionFailed { index } => {
-                ServiceError::Internal(format!("unexpected condition failure at write {index}"))
-            }
+            StoreError::ConditionFailed { guard, index } => ServiceError::Internal(format!(
+                "unexpected failure of the {guard:?} condition at write {index}"
+            )),
             StoreError::Internal(detail) => ServiceError::Internal(detail),
         }
     }

@@ -12,7 +12,7 @@ use crate::domain::time::usage_month;
 use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
-use crate::store::{StoreError, Write};
+use crate::store::{Guard, StoreError, Write};
 
 /// How the client presented its credentials (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,7 +418,10 @@ impl Idp {
                 expires_in: policy.lifetime_seconds,
                 scope: claims.scope,
             }),
-            Err(StoreError::ConditionFailed { index: 0 }) => {
+            Err(StoreError::ConditionFailed {
+                guard: Guard::TokenQuota,
+                ..
+            }) => {
                 let usage = self.store.usage(credential.org_id, &month).await?;
                 self.audit_denial(&credential, "monthly_token_quota_exceeded", context, [])
                     .await?;

@@ -711,7 +711,13 @@ impl Commit for DynamoStore {
                     decrements[index] = decrements[index].other();
                 }
                 Cancellation::Condition(index) => {
-                    return Err(StoreError::ConditionFailed { index });
+                    return Err(match writes.get(index) {
+                        Some(write) => write.condition_failed(index),
+                        None => StoreError::Internal(format!(
+                            "TransactWriteItems cancelled write {index} of a batch of {}",
+                            writes.len()
+                        )),
+                    });
                 }
                 Cancellation::Conflict(index) => {
                     conflicts += 1;

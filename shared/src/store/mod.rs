@@ -16,9 +16,11 @@ pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The write at this index of the batch found its condition false; nothing was written.
-    #[error("condition of write {index} failed")]
-    ConditionFailed { index: usize },
+    /// The write at `index` of the batch found its condition false; nothing was written.
+    /// Callers tell what happened by `guard`: a batch's order may change, its guards' meaning
+    /// does not. `index` is for diagnostics.
+    #[error("condition of write {index} failed ({guard:?})")]
+    ConditionFailed { guard: Guard, index: usize },
     /// The backend could not be reached or is throttling; the caller may retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -28,6 +30,23 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the condition of a [`Write`] guards; a failed condition reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// `CreateOrg`: no organization with this id exists yet.
+    OrgIsNew,
+    /// `SetPlan`: the organization exists.
+    OrgExists,
+    /// `PutAgent` or `PutCredential`: the record is new, or still at the version read.
+    StaleVersion,
+    /// `ClaimAgentName`: no other agent holds the name.
+    NameTaken,
+    /// `CountAgents` upwards: the organization is below its plan's agent limit.
+    AgentLimit,
+    /// `CountTokenRequest`: the month's token requests are below the plan's quota.
+    TokenQuota,
+}
 
 /// One conditional write of an atomic batch.
 #[derive(Debug, Clone)]
@@ -83,6 +102,34 @@ pub enum Write {
         key: String,
         expires_at: DateTime<Utc>,
     },
+}
+
+impl Write {
+    /// The guard of this write's condition; `None` for an unconditional write.
+    pub fn guard(&self) -> Option<Guard> {
+        match self {
+            Write::CreateOrg(_) => Some(Guard::OrgIsNew),
+            Write::SetPlan { .. } => Some(Guard::OrgExists),
+            Write::PutAgent { .. } | Write::PutCredential { .. } => Some(Guard::StaleVersion),
+            Write::ClaimAgentName { .. } => Some(Guard::NameTaken),
+            Write::CountAgents { delta, .. } => (*delta > 0).then_some(Guard::AgentLimit),
+            Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
+            Write::ReleaseAgentName { .. }
+            | Write::RevokeToken { .. }
+            | Write::Audit(_)
+            | Write::Tally { .. } => None,
+        }
+    }
+
+    /// The error a failed condition of this write, at `index` of its batch, reports.
+    pub fn condition_failed(&self, index: usize) -> StoreError {
+        match self.guard() {
+            Some(guard) => StoreError::ConditionFailed { guard, index },
+            None => StoreError::Internal(format!(
+                "write {index} has no condition, yet the store reported it failed"
+            )),
+        }
+    }
 }
 
 #[async_trait]

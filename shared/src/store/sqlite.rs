@@ -526,7 +526,7 @@ fn write_group(conn: &mut Connection, batches: &[Vec<Write>]) -> StoreResult<Vec
             match apply(&savepoint, write) {
                 Ok(true) => {}
                 Ok(false) => {
-                    outcome = Err(StoreError::ConditionFailed { index });
+                    outcome = Err(write.condition_failed(index));
                     break;
                 }
                 Err(e) => {
@@ -1353,7 +1353,10 @@ mod tests {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(()) => won += 1,
-                Err(StoreError::ConditionFailed { index: 1 }) => {}
+                Err(StoreError::ConditionFailed {
+                    guard: crate::store::Guard::NameTaken,
+                    ..
+                }) => {}
                 Err(e) => panic!("unexpected {e}"),
             }
         }

@@ -17,7 +17,7 @@ use agentidp_shared::domain::{
     Outcome, Plan,
 };
 use agentidp_shared::store::{
-    AuditPosition, AuditQuery, Store, StoreError, StoreResult, Usage, Write,
+    AuditPosition, AuditQuery, Guard, Store, StoreError, StoreResult, Usage, Write,
 };
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Barrier;
@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             a_failed_last_write_undoes_every_kind_of_earlier_write,
             a_batch_of_every_kind_of_write_lands_together,
             the_first_failed_condition_is_reported_at_its_index,
+            each_failed_condition_names_its_guard_wherever_it_stands,
             an_audit_event_with_details_and_actor_reads_back_equal,
             an_audit_event_with_every_optional_field_empty_reads_back_equal,
             audit_events_come_newest_first_with_ties_broken_by_event_id,
@@ -218,7 +219,7 @@ fn claim(org_id: Uuid, name_key: &str) -> Write {
 
 fn assert_condition_failed(result: &StoreResult<()>, index: usize) {
     assert!(
-        matches!(result, Err(StoreError::ConditionFailed { index: failed }) if *failed == index),
+        matches!(result, Err(StoreError::ConditionFailed { index: failed, .. }) if *failed == index),
         "expected write {index} to fail its condition, got {result:?}"
     );
 }
@@ -1503,6 +1504,100 @@ pub async fn the_first_failed_condition_is_reported_at_its_index<S: Store + 'sta
         claim(org_id, "taken"),
     ];
     assert_condition_failed(&store.commit(two_failures).await, 1);
+}
+
+pub async fn each_failed_condition_names_its_guard_wherever_it_stands<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org = org(Plan::Free);
+    let org_id = org.org_id;
+    let existing = agent(org_id, "existing", now_ms());
+    let existing_credential = credential(org_id, existing.agent_id, now_ms());
+    store
+        .commit(vec![
+            Write::CreateOrg(org.clone()),
+            new_agent(&existing),
+            new_credential(&existing_credential),
+            claim(org_id, "taken"),
+            Write::CountAgents {
+                org_id,
+                delta: 1,
+                limit: 1,
+            },
+            Write::CountTokenRequest {
+                org_id,
+                month: "2026-03".into(),
+                limit: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    let mut stale = existing.clone();
+    stale.version += 1;
+    let mut stale_credential = existing_credential.clone();
+    stale_credential.version += 1;
+    let failing: Vec<(Write, Guard)> = vec![
+        (Write::CreateOrg(org.clone()), Guard::OrgIsNew),
+        (
+            Write::SetPlan {
+                org_id: Uuid::new_v4(),
+                plan: Plan::Enterprise,
+            },
+            Guard::OrgExists,
+        ),
+        (
+            Write::PutAgent {
+                agent: stale,
+                expected_version: Some(7),
+            },
+            Guard::StaleVersion,
+        ),
+        (
+            Write::PutCredential {
+                credential: stale_credential,
+                expected_version: Some(7),
+            },
+            Guard::StaleVersion,
+        ),
+        (claim(org_id, "taken"), Guard::NameTaken),
+        (
+            Write::CountAgents {
+                org_id,
+                delta: 1,
+                limit: 1,
+            },
+            Guard::AgentLimit,
+        ),
+        (
+            Write::CountTokenRequest {
+                org_id,
+                month: "2026-03".into(),
+                limit: 1,
+            },
+            Guard::TokenQuota,
+        ),
+    ];
+    for (write, guard) in failing {
+        assert_eq!(write.guard(), Some(guard));
+        // First, and behind an unconditional write: the guard, not the place, says what failed.
+        for batch in [
+            vec![write.clone()],
+            vec![
+                Write::RevokeToken {
+                    jti: Uuid::new_v4().to_string(),
+                    org_id,
+                    expires_at: now_ms(),
+                },
+                write.clone(),
+            ],
+        ] {
+            let result = store.commit(batch).await;
+            assert!(
+                matches!(result, Err(StoreError::ConditionFailed { guard: failed, .. }) if failed == guard),
+                "expected {guard:?} to fail, got {result:?}"
+            );
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
