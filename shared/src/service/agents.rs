@@ -6,8 +6,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ScopeShortfall, ServiceError,
-    ServiceResult, details, page_of,
+    Caller, EventDraft, Idp, LimitExceeded, Round, ScopeShortfall, ServiceError, ServiceResult,
+    details, page_of, retry_optimistically, settle,
 };
 use crate::domain::time::usage_month;
 use crate::domain::{
@@ -207,8 +207,9 @@ impl Idp {
         if let Some(scopes) = &changes.scopes {
             refuse_ungrantable_scopes(caller, scopes)?;
         }
-        let limits = self.limits(caller.org_id).await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
+        let limits = &self.limits(caller.org_id).await?;
+        let changes = &changes;
+        retry_optimistically(|_| async move {
             let current = self
                 .store
                 .get_agent(caller.org_id, agent_id)
@@ -224,7 +225,7 @@ impl Idp {
                 (agent_id, current.scopes.clone()),
                 attempted,
                 format!("agent/{agent_id}"),
-                &limits,
+                limits,
             )
             .await?;
             let status_change = changes.status.filter(|s| *s != current.status);
@@ -285,7 +286,7 @@ impl Idp {
                 changed.push("status");
             }
             if changed.is_empty() {
-                return Ok(current);
+                return Ok(Round::Done(current));
             }
             next.updated_at = now;
             next.version += 1;
@@ -315,7 +316,7 @@ impl Idp {
                 let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
                 let rewrites = credential_sync_writes(&credentials, &next, None);
                 if !listing_is_complete(&rewrites, &current).await {
-                    continue;
+                    return Ok(Round::Again);
                 }
                 writes.extend(rewrites);
             }
@@ -332,29 +333,25 @@ impl Idp {
                         ("status", json!(next.status.as_str())),
                     ]),
                 }
-                .at(now, &limits, &caller.context),
+                .at(now, limits, &caller.context),
             ));
             match self.store.commit(writes).await {
-                Ok(()) => return Ok(next),
                 Err(StoreError::ConditionFailed {
                     guard: Guard::NameTaken,
                     ..
-                }) => {
-                    return Err(ServiceError::AgentNameTaken);
-                }
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                }) => Err(ServiceError::AgentNameTaken),
+                committed => settle(committed, next),
             }
-        }
-        Err(ServiceError::Contended)
+        })
+        .await
     }
 
     /// Decommissions the agent: terminal, revokes every credential at once, frees its name and
     /// its place in the plan, and keeps the record.
     pub async fn decommission_agent(&self, caller: &Caller, agent_id: Uuid) -> ServiceResult<()> {
         caller.require(Scope::AgentsWrite)?;
-        let limits = self.limits(caller.org_id).await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
+        let limits = &self.limits(caller.org_id).await?;
+        retry_optimistically(|_| async move {
             let current = self
                 .store
                 .get_agent(caller.org_id, agent_id)
@@ -365,7 +362,7 @@ impl Idp {
                 (agent_id, current.scopes.clone()),
                 AuditAction::AgentDecommissioned,
                 format!("agent/{agent_id}"),
-                &limits,
+                limits,
             )
             .await?;
             if !current.status.can_become(AgentStatus::Decommissioned) {
@@ -384,7 +381,7 @@ impl Idp {
             let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
             let revocations = credential_sync_writes(&credentials, &next, Some(now));
             if !listing_is_complete(&revocations, &current).await {
-                continue;
+                return Ok(Round::Again);
             }
             let revoked: Vec<String> = revocations
                 .iter()
@@ -424,14 +421,10 @@ impl Idp {
                         ("revokedCredentialIds", json!(revoked)),
                     ]),
                 }
-                .at(now, &limits, &caller.context),
+                .at(now, limits, &caller.context),
             ));
-            match self.store.commit(writes).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Contended)
+            settle(self.store.commit(writes).await, ())
+        })
+        .await
     }
 }

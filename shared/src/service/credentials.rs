@@ -6,13 +6,13 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Caller, EventDraft, Idp, LimitExceeded, MAX_WRITE_ATTEMPTS, ServiceError, ServiceResult,
-    details, page_of,
+    Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details, page_of,
+    retry_optimistically, settle,
 };
 use crate::domain::credential::EffectiveCredentialStatus;
 use crate::domain::{AuditAction, Credential, CredentialStatus, Outcome, Scope};
 use crate::secret::ClientSecret;
-use crate::store::{StoreError, Write};
+use crate::store::Write;
 use crate::validation::FieldError;
 
 /// A credential with its secret in plain text: the one response that shows it.
@@ -85,7 +85,7 @@ impl Idp {
                 None
             }
         };
-        let mut agent = self
+        let first_read = self
             .store
             .get_agent(caller.org_id, agent_id)
             .await?
@@ -99,14 +99,18 @@ impl Idp {
                 &limits,
             )
         };
-        takeover_check(agent.scopes.clone()).await?;
-        if let Some(refused) = refusal(&agent) {
+        takeover_check(first_read.scopes.clone()).await?;
+        if let Some(refused) = refusal(&first_read) {
             return Err(refused);
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
-        for attempt in 0..MAX_WRITE_ATTEMPTS {
-            if attempt > 0 {
-                agent = self
+        let (first_read, hash, limits) = (&first_read, &hash, &limits);
+        let (refusal, takeover_check) = (&refusal, &takeover_check);
+        let credential = retry_optimistically(|attempt| async move {
+            let agent = if attempt == 0 {
+                first_read.clone()
+            } else {
+                let agent = self
                     .store
                     .get_agent(caller.org_id, agent_id)
                     .await?
@@ -115,7 +119,8 @@ impl Idp {
                 if let Some(refused) = refusal(&agent) {
                     return Err(refused);
                 }
-            }
+                agent
+            };
             let now = self.now();
             let credential = Credential {
                 credential_id: Uuid::new_v4(),
@@ -162,21 +167,16 @@ impl Idp {
                             ),
                         ]),
                     }
-                    .at(now, &limits, &caller.context),
+                    .at(now, limits, &caller.context),
                 ),
             ];
-            match self.store.commit(writes).await {
-                Ok(()) => {
-                    return Ok(IssuedCredential {
-                        credential,
-                        client_secret: secret,
-                    });
-                }
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Contended)
+            settle(self.store.commit(writes).await, credential)
+        })
+        .await?;
+        Ok(IssuedCredential {
+            credential,
+            client_secret: secret,
+        })
     }
 
     pub async fn list_credentials(
@@ -235,7 +235,7 @@ impl Idp {
         caller.require(Scope::AgentsWrite)?;
         refuse_past_expiry(expires_at, self.now())?;
         let limits = self.limits(caller.org_id).await?;
-        let mut current = self.credential_of(caller, agent_id, credential_id).await?;
+        let first_read = self.credential_of(caller, agent_id, credential_id).await?;
         // The credential's copy of the agent's scopes moves with the agent's (each change
         // rewrites it at a new version), so the rotation's conditional write guards this check.
         let takeover_check = |agent_scopes: Vec<String>| {
@@ -247,17 +247,21 @@ impl Idp {
                 &limits,
             )
         };
-        takeover_check(current.agent_scopes.clone()).await?;
-        if !current.may_be_rotated() {
+        takeover_check(first_read.agent_scopes.clone()).await?;
+        if !first_read.may_be_rotated() {
             return Err(ServiceError::CredentialRevoked);
         }
         let (secret, hash) = self.new_secret_off_thread().await?;
-        for attempt in 0..MAX_WRITE_ATTEMPTS {
-            if attempt > 0 {
+        let (first_read, hash, limits, takeover_check) =
+            (&first_read, &hash, &limits, &takeover_check);
+        let credential = retry_optimistically(|attempt| async move {
+            let current = if attempt == 0 {
+                first_read.clone()
+            } else {
                 // Another writer got there first: re-read by client id, the one consistent read.
-                current = self
+                let current = self
                     .store
-                    .credential_by_client_id(current.client_id)
+                    .credential_by_client_id(first_read.client_id)
                     .await?
                     .filter(|c| c.org_id == caller.org_id && c.agent_id == agent_id)
                     .ok_or(ServiceError::CredentialNotFound)?;
@@ -265,7 +269,8 @@ impl Idp {
                 if !current.may_be_rotated() {
                     return Err(ServiceError::CredentialRevoked);
                 }
-            }
+                current
+            };
             let now = self.now();
             let mut next = current.clone();
             next.secret_hash = hash.clone();
@@ -289,21 +294,16 @@ impl Idp {
                         resource: format!("credential/{credential_id}"),
                         details: details([("clientId", json!(next.client_id))]),
                     }
-                    .at(now, &limits, &caller.context),
+                    .at(now, limits, &caller.context),
                 ),
             ];
-            match self.store.commit(writes).await {
-                Ok(()) => {
-                    return Ok(IssuedCredential {
-                        credential: next,
-                        client_secret: secret,
-                    });
-                }
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Contended)
+            settle(self.store.commit(writes).await, next)
+        })
+        .await?;
+        Ok(IssuedCredential {
+            credential,
+            client_secret: secret,
+        })
     }
 
     pub async fn revoke_credential(
@@ -313,8 +313,8 @@ impl Idp {
         credential_id: Uuid,
     ) -> ServiceResult<()> {
         caller.require(Scope::AgentsWrite)?;
-        let limits = self.limits(caller.org_id).await?;
-        for _ in 0..MAX_WRITE_ATTEMPTS {
+        let limits = &self.limits(caller.org_id).await?;
+        retry_optimistically(|_| async move {
             let agent = self
                 .store
                 .get_agent(caller.org_id, agent_id)
@@ -330,7 +330,7 @@ impl Idp {
                 (agent_id, agent.scopes.clone()),
                 AuditAction::CredentialRevoked,
                 format!("credential/{credential_id}"),
-                &limits,
+                limits,
             )
             .await?;
             if current.status == CredentialStatus::Revoked {
@@ -363,15 +363,11 @@ impl Idp {
                         resource: format!("credential/{credential_id}"),
                         details: details([("clientId", json!(current.client_id))]),
                     }
-                    .at(now, &limits, &caller.context),
+                    .at(now, limits, &caller.context),
                 ),
             ];
-            match self.store.commit(writes).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Contended)
+            settle(self.store.commit(writes).await, ())
+        })
+        .await
     }
 }

@@ -28,7 +28,7 @@ pub mod tokens;
 
 /// Optimistic writes re-read and retry when another writer got there first. Twenty callers
 /// racing on one record need at most twenty rounds; the margin covers bursts.
-pub(crate) const MAX_WRITE_ATTEMPTS: usize = 64;
+const MAX_WRITE_ATTEMPTS: usize = 64;
 /// How long a warm instance trusts its copy of an organization's plan.
 const ORG_CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -95,6 +95,39 @@ impl From<StoreError> for ServiceError {
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// What one round of an optimistic write came to.
+pub(crate) enum Round<T> {
+    Done(T),
+    /// Another writer got there first, or a listing lagged behind: read again and retry.
+    Again,
+}
+
+/// Runs rounds of an optimistic write, each reading what it changes and writing on the
+/// condition that it is unchanged, until one is done; `Contended` after [`MAX_WRITE_ATTEMPTS`].
+/// The round is told its number, so the first may reuse a read made before it.
+pub(crate) async fn retry_optimistically<T, F, Fut>(mut round: F) -> ServiceResult<T>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ServiceResult<Round<T>>>,
+{
+    for attempt in 0..MAX_WRITE_ATTEMPTS {
+        if let Round::Done(value) = round(attempt).await? {
+            return Ok(value);
+        }
+    }
+    Err(ServiceError::Contended)
+}
+
+/// A round's commit: done with `value`, or again when a condition failed because another
+/// writer got there first.
+pub(crate) fn settle<T>(committed: Result<(), StoreError>, value: T) -> ServiceResult<Round<T>> {
+    match committed {
+        Ok(()) => Ok(Round::Done(value)),
+        Err(StoreError::ConditionFailed { .. }) => Ok(Round::Again),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Why a caller's scopes were not enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

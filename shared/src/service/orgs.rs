@@ -6,7 +6,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::credentials::IssuedCredential;
-use super::{EventDraft, Idp, ServiceError, ServiceResult, details};
+use super::{EventDraft, Idp, ServiceError, ServiceResult, details, retry_optimistically, settle};
 use crate::domain::audit::RequestContext;
 use crate::domain::scope::MANAGEMENT_SCOPES;
 use crate::domain::{
@@ -14,7 +14,7 @@ use crate::domain::{
     Plan,
 };
 use crate::secret::ClientSecret;
-use crate::store::{StoreError, Write};
+use crate::store::Write;
 
 /// The name of the agent that holds an organization's bootstrap admin credential.
 pub const BOOTSTRAP_AGENT_NAME: &str = "bootstrap-admin";
@@ -218,7 +218,8 @@ impl Idp {
             )])
         })?;
         let limits = self.config.limits(org.plan);
-        for _ in 0..super::MAX_WRITE_ATTEMPTS {
+        let (org, limits) = (&org, &limits);
+        retry_optimistically(|_| async move {
             let existing = self
                 .store
                 .list_agents(org_id)
@@ -277,17 +278,14 @@ impl Idp {
                 ]),
                 org.plan,
             )));
-            match self.store.commit(writes).await {
-                Ok(()) => {
-                    return Ok(IssuedCredential {
-                        credential,
-                        client_secret: secret,
-                    });
-                }
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Contended)
+            settle(
+                self.store.commit(writes).await,
+                IssuedCredential {
+                    credential,
+                    client_secret: secret,
+                },
+            )
+        })
+        .await
     }
 }
