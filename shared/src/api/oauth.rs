@@ -260,21 +260,11 @@ pub(super) async fn serve(
             Ok(no_store(json_response(StatusCode::OK, &json!({}))))
         }
         Endpoint::Jwks => {
-            let keys = idp.keys.keys().await.map_err(|e| {
-                ApiError::OAuth(match e {
-                    crate::signing::KeyError::Unavailable(d) => OAuthError::Unavailable(d),
-                    other => OAuthError::Internal(other.to_string()),
-                })
-            })?;
+            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
             Ok(public_json(&keys.jwks()))
         }
         Endpoint::Metadata => {
-            let keys = idp.keys.keys().await.map_err(|e| {
-                ApiError::OAuth(match e {
-                    crate::signing::KeyError::Unavailable(d) => OAuthError::Unavailable(d),
-                    other => OAuthError::Internal(other.to_string()),
-                })
-            })?;
+            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
             let issuer = &idp.config.issuer;
             Ok(public_json(&json!({
                 "issuer": issuer,

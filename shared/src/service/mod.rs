@@ -96,6 +96,15 @@ impl From<StoreError> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+impl From<crate::signing::KeyError> for ServiceError {
+    fn from(e: crate::signing::KeyError) -> Self {
+        match e {
+            crate::signing::KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
 /// What one round of an optimistic write came to.
 pub(crate) enum Round<T> {
     Done(T),

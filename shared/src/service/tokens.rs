@@ -73,10 +73,12 @@ impl From<ServiceError> for OAuthError {
     }
 }
 
-fn key_error(e: KeyError) -> OAuthError {
-    match e {
-        KeyError::Unavailable(detail) => OAuthError::Unavailable(detail),
-        other => OAuthError::Internal(other.to_string()),
+impl From<KeyError> for OAuthError {
+    fn from(e: KeyError) -> Self {
+        match ServiceError::from(e) {
+            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
+            other => OAuthError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -380,7 +382,7 @@ impl Idp {
             scope: granted.to_string(),
             org_id: credential.org_id.to_string(),
         };
-        let keys = self.keys.keys().await.map_err(key_error)?;
+        let keys = self.keys.keys().await.map_err(OAuthError::from)?;
         let month = usage_month(&now);
         let event = EventDraft {
             org_id: credential.org_id,
@@ -414,7 +416,7 @@ impl Idp {
             tokio::join!(biased; self.store.commit(writes), async { keys.sign(&claims) });
         match committed {
             Ok(()) => Ok(TokenGrant {
-                access_token: signed.map_err(key_error)?,
+                access_token: signed.map_err(OAuthError::from)?,
                 expires_in: policy.lifetime_seconds,
                 scope: claims.scope,
             }),
@@ -441,10 +443,7 @@ impl Idp {
     /// An access token that is valid now: signature, claims, not revoked, and its agent active.
     /// `Ok(None)` for every kind of invalid token; `Err` only when a dependency failed.
     pub async fn active_token(&self, token: &str) -> ServiceResult<Option<ActiveToken>> {
-        let keys = self.keys.keys_for_token(token).await.map_err(|e| match e {
-            KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
-            other => ServiceError::Internal(other.to_string()),
-        })?;
+        let keys = self.keys.keys_for_token(token).await?;
         let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
             return Ok(None);
         };
@@ -557,7 +556,11 @@ impl Idp {
         {
             return Err(OAuthError::InvalidClient { basic: false });
         }
-        let keys = self.keys.keys_for_token(token).await.map_err(key_error)?;
+        let keys = self
+            .keys
+            .keys_for_token(token)
+            .await
+            .map_err(OAuthError::from)?;
         // An expired token needs no revocation; signature and claims still must check out.
         let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
             return Ok(());
