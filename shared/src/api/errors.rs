@@ -6,12 +6,10 @@ use serde_json::{Value, json};
 
 use super::{ApiResponse, json_response};
 use crate::service::tokens::OAuthError;
-use crate::service::{LimitExceeded, ScopeShortfall, ServiceError};
+use crate::service::{LimitExceeded, ScopeShortfall, ServiceError, Unauthenticated};
 
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: &str = "2";
-/// The message of a request without any bearer token (RFC 6750 §3.1: no error code then).
-pub const NO_TOKEN: &str = "a bearer access token is required";
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -122,12 +120,11 @@ fn service_error(e: ServiceError) -> ApiResponse {
                 "A valid bearer access token is required.",
                 json!([]),
             );
-            let challenge = if reason == NO_TOKEN {
-                r#"Bearer realm="agentidp""#.to_owned()
-            } else {
-                format!(
+            let challenge = match reason {
+                Unauthenticated::NoToken => r#"Bearer realm="agentidp""#.to_owned(),
+                Unauthenticated::InvalidToken => format!(
                     r#"Bearer realm="agentidp", error="invalid_token", error_description="{reason}""#
-                )
+                ),
             };
             set(&mut response, header::WWW_AUTHENTICATE, &challenge);
             response

@@ -44,9 +44,10 @@ pub struct LimitExceeded {
 pub enum ServiceError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    /// A missing, malformed, expired, revoked or foreign token, or one whose agent is not active.
+    /// No bearer token, or one that is malformed, expired, revoked or foreign, or whose agent
+    /// is not active.
     #[error("unauthenticated: {0}")]
-    Unauthenticated(&'static str),
+    Unauthenticated(Unauthenticated),
     /// The caller lacks `missing` (scope tokens); `shortfall` says what it needed them for.
     #[error("insufficient scope: {missing:?}")]
     InsufficientScope {
@@ -136,6 +137,16 @@ pub(crate) fn settle<T>(committed: Result<(), StoreError>, value: T) -> ServiceR
         Err(StoreError::ConditionFailed { .. }) => Ok(Round::Again),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Why a management call was not authenticated. RFC 6750 §3.1: a request without a token gets
+/// a bare challenge, one with a bad token `invalid_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthenticated {
+    #[error("a bearer access token is required")]
+    NoToken,
+    #[error("the access token is invalid, expired or revoked")]
+    InvalidToken,
 }
 
 /// Why a caller's scopes were not enough.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details};
+use super::{
+    Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, Unauthenticated, details,
+};
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
 use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
@@ -475,13 +477,11 @@ impl Idp {
         token: Option<&str>,
         context: RequestContext,
     ) -> ServiceResult<Caller> {
-        let token = token.ok_or(ServiceError::Unauthenticated(crate::api::errors::NO_TOKEN))?;
+        let token = token.ok_or(ServiceError::Unauthenticated(Unauthenticated::NoToken))?;
         let active = self
             .active_token(token)
             .await?
-            .ok_or(ServiceError::Unauthenticated(
-                "the access token is invalid, expired or revoked",
-            ))?;
+            .ok_or(ServiceError::Unauthenticated(Unauthenticated::InvalidToken))?;
         Ok(Caller {
             org_id: active.org_id,
             agent_id: active.agent_id,
