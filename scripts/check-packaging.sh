@@ -11,6 +11,9 @@
 #      events/expected-status.json gives it. Before that, `agentidp-admin --store dynamodb
 #      create-org` creates the tables and an organization (docs/deploy.md's bootstrap step), and
 #      that organization's bootstrap credential must get a token from the tokens function.
+#      The functions log at `debug`, the most the template's LogLevel allows (or at
+#      AGENTIDP_LOG if set), and scripts/check-function-logs.py then searches what they wrote
+#      for every secret, bcrypt hash, token and private key the run handled.
 #
 # DynamoDB Local and moto_server must be running, as scripts/test-services.sh starts them:
 #
@@ -261,7 +264,9 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${A
 export AWS_REGION="${AWS_REGION:-us-east-1}" AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL_SECRETS_MANAGER="$AGENTIDP_TEST_MOTO_ENDPOINT"
 export AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH=true
-export AGENTIDP_LOG="${AGENTIDP_LOG:-warn}"
+# The most verbose level a deployment can set, so that the log search below sees all a function
+# could ever write to CloudWatch.
+export AGENTIDP_LOG="${AGENTIDP_LOG:-debug}"
 # One table per AGENTIDP_*_TABLE variable of the template's Globals, under a fresh prefix.
 prefix="agentidp-pkg-$(date +%s)-$$"
 while read -r variable; do
@@ -269,19 +274,31 @@ while read -r variable; do
     export "$variable=$prefix-$suffix"
 done < <(sed -n 's/^ *\(AGENTIDP_[A-Z_]*_TABLE\): !Ref .*/\1/p' template.yaml)
 
-# The signing keys: a secret holding the fixture's key set (for the API functions), and one
-# more for the rotation function to rotate.
-read -r AGENTIDP_SIGNING_KEY_SECRET_ID rotation_secret < <("$venv/bin/python" - "$prefix" <<'PY'
-import sys, boto3, os
+# The signing keys: a secret holding the fixture's key set (for the tokens function), one with
+# its public keys as the rotation publishes them (a JWKS, for the functions that only verify
+# tokens: a wrong key there fails their bearer events), and one more for the rotation function
+# to rotate (it publishes to the public one, after every API event has run).
+read -r AGENTIDP_SIGNING_KEY_SECRET_ID AGENTIDP_PUBLIC_KEYS_SECRET_ID rotation_secret < <("$venv/bin/python" - "$prefix" <<'PY'
+import base64, json, os, sys, boto3
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 client = boto3.client("secretsmanager", endpoint_url=os.environ["AGENTIDP_TEST_MOTO_ENDPOINT"])
 keys = open("events/fixture/signing-keys.json").read()
+def coordinate(n):
+    return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+jwks = []
+for key in json.loads(keys)["keys"]:
+    assert key["alg"] == "ES256", "the fixture's keys are ES256; publish other kinds here too"
+    point = load_pem_private_key(key["privateKeyPem"].encode(), None).public_key().public_numbers()
+    jwks.append({"kty": "EC", "use": "sig", "alg": "ES256", "kid": key["kid"], "crv": "P-256",
+                 "x": coordinate(point.x), "y": coordinate(point.y)})
 names = []
-for name in (sys.argv[1] + "-signing-keys", sys.argv[1] + "-rotation"):
-    names.append(client.create_secret(Name=name, SecretString=keys)["ARN"])
+for suffix, value in (("-signing-keys", keys), ("-public-keys", json.dumps({"keys": jwks})),
+                      ("-rotation", keys)):
+    names.append(client.create_secret(Name=sys.argv[1] + suffix, SecretString=value)["ARN"])
 print(*names)
 PY
 )
-export AGENTIDP_SIGNING_KEY_SECRET_ID
+export AGENTIDP_SIGNING_KEY_SECRET_ID AGENTIDP_PUBLIC_KEYS_SECRET_ID
 
 echo "    agentidp-admin --store dynamodb create-org (creates the tables, then the organization)"
 cargo build --locked --quiet --bin agentidp-admin
@@ -303,11 +320,14 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 
-# invoke BINARY EVENT_FILE: prints the status code (API events) or ok/error (others).
+# invoke BINARY EVENT_FILE: prints the status code (API events) or ok/error (others). Keeps the
+# response in $work/responses/, for the secrets and tokens the log search looks for.
+mkdir -p "$work/responses"
 invoke() {
     local out start
     start=$(date +%s%N)
     if out="$(cargo lambda invoke "$1" -A 127.0.0.1 -P "$port" --data-file "$2" --output-format json 2>"$work/invoke.err")"; then
+        printf '%s\n' "$out" >"$(mktemp "$work/responses/XXXXXX")"
         python3 -c 'import json,sys; r = json.loads(sys.stdin.read()); print(r.get("statusCode", "ok") if isinstance(r, dict) else "ok")' <<<"$out"
     else
         echo error
@@ -317,10 +337,13 @@ invoke() {
 
 failures=0
 checked=0
+api_checked=0
+leaked=0
 check() {
     local binary=$1 file=$2 want=$3 got
     got="$(invoke "$binary" "$file")"
     checked=$((checked + 1))
+    api_checked=$((api_checked + 1))
     if [ "$got" = "$want" ]; then
         printf '    ok   %-24s %-56s %-5s %6s ms\n' "$binary" "$file" "$got" "$(cat "$work/invoke.ms")"
     else
@@ -373,9 +396,13 @@ done
 # Every event file was invoked: the count of events/expected-status.json plus the bootstrap one.
 listed="$(python3 -c 'import json; print(len(json.load(open("events/expected-status.json"))))')"
 [ "$checked" -eq $((listed + 1)) ] || fail "invoked $checked events, expected $((listed + 1))"
+# What the functions wrote, as CloudWatch would keep it: cargo lambda watch passes on their
+# stdout and stderr.
+"$venv/bin/python" scripts/check-function-logs.py "$work/watch.log" "$work" "$api_checked" \
+    "$AGENTIDP_SIGNING_KEY_SECRET_ID" "$rotation_secret" || leaked=1
 done_step
 
-if [ "$failures" -gt 0 ]; then
+if [ "$failures" -gt 0 ] || [ "$leaked" = 1 ]; then
     measure=0
 fi
 if [ "$measure" = 1 ]; then
@@ -387,5 +414,7 @@ if [ "$failures" -gt 0 ]; then
     tail -n 40 "$work/watch.log" >&2
     fail "$failures of $checked invocations did not answer as expected"
 fi
+# Not the log's tail here: it holds the secrets.
+[ "$leaked" = 0 ] || fail "the functions' log holds secrets, tokens or keys (above)"
 printf '\ncheck-packaging took %ss\n' "$((SECONDS - started))"
 printf 'check-packaging: %s passed, 0 failed\n' "$checked"

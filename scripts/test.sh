@@ -55,3 +55,13 @@ if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
 else
     scripts/check-packaging.sh
 fi
+
+step "sam local: the developer docs' examples through sam local start-api, every event through sam local invoke (scripts/sam-local.sh)"
+# After the packaging checks, whose release build (.aws-sam/build) it reuses, on the services
+# started above. It installs and starts Docker where it can; where Docker cannot run it says so
+# and passes. A filtered run skips it, as it skips the packaging checks.
+if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
+    echo "skipped: a filtered run (scripts/test.sh -- ${cargo_test_args[*]}); run scripts/test.sh for everything"
+else
+    scripts/sam-local.sh
+fi

@@ -44,7 +44,7 @@ def free_port() -> int:
 class RecordingProxy:
     """Forwards every request to the server and keeps (request, response) in order."""
 
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, port: int = 0):
         self.exchanges: list[Exchange] = []
         self.lock = threading.Lock()
         proxy = self
@@ -93,7 +93,7 @@ class RecordingProxy:
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = do_OPTIONS = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -117,7 +117,9 @@ def _stdout_json(block: Block, stdout: str):
         raise AssertionError(f"{block.where}: the example's output is not one JSON value ({e}):\n{stdout[:1500]}") from e
 
 
-def run_page(page: Path) -> PageRun:
+def run_page(page: Path, server_factory=LocalServer) -> PageRun:
+    """Runs the page's examples against `server_factory(workdir)`: a fresh agentidp-local, or
+    what scripts/sam_local.py puts in its place (tests/docs/sam_local_pages.py)."""
     result = PageRun(page)
     blocks = parse(page)
     for block in blocks:
@@ -137,7 +139,7 @@ def run_page(page: Path) -> PageRun:
         return result
     with tempfile.TemporaryDirectory(prefix="agentidp-docs-") as tmp:
         workdir = Path(tmp)
-        server = LocalServer(workdir)
+        server = server_factory(workdir)
         try:
             env = _block_env(workdir)
             baseline = _shell_baseline(env) | {"__name", "__out"}
