@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentidp_shared::api::{self, ApiRequest};
-use agentidp_shared::config::Config;
-use agentidp_shared::domain::audit::RequestContext;
-use agentidp_shared::domain::time::{Clock, SystemClock};
-use agentidp_shared::service::Idp;
-use agentidp_shared::service::orgs::BootstrappedOrg;
-use agentidp_shared::signing::{KeySource, SecretsManagerKeys};
-use agentidp_shared::store::Store;
-use agentidp_shared::store::dynamo::{DynamoStore, TableNames, client_from_env, ensure_tables};
-use agentidp_shared::store::sqlite::SqliteStore;
+use agentidp_core::config::Config;
+use agentidp_core::domain::audit::RequestContext;
+use agentidp_core::domain::time::{Clock, SystemClock};
+use agentidp_core::service::Idp;
+use agentidp_core::service::orgs::BootstrappedOrg;
+use agentidp_core::signing::KeySource;
+use agentidp_core::store::Store;
+use agentidp_http::ApiRequest;
+use agentidp_store_dynamodb::{DynamoStore, TableNames, client_from_env, ensure_tables};
+use agentidp_store_sqlite::SqliteStore;
 use axum::extract::{ConnectInfo, State};
 use serde_json::json;
 
@@ -51,7 +51,7 @@ pub struct StoreOptions {
 pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
     match options.kind {
         StoreKind::Embedded => {
-            agentidp_shared::files::create_private_dir(&options.data_dir)
+            agentidp_core::files::create_private_dir(&options.data_dir)
                 .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
             let store = Arc::new(
                 SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
@@ -99,13 +99,9 @@ fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
 pub async fn key_source(config: &Config, data_dir: &Path) -> Result<KeySource, String> {
     match std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID") {
         Ok(secret_id) => {
-            let sdk = agentidp_shared::aws::sdk_config().await;
-            let client = agentidp_shared::aws::SecretsManagerClient::new(&sdk);
-            Ok(KeySource::SecretsManager(SecretsManagerKeys::new(
-                client,
-                secret_id,
-                agentidp_shared::aws::KEY_REFRESH,
-            )))
+            let sdk = agentidp_aws::sdk_config().await;
+            let client = agentidp_aws::SecretsManagerClient::new(&sdk);
+            Ok(agentidp_aws::signing_keys(client, secret_id))
         }
         Err(_) => {
             KeySource::load_or_create_file(&data_dir.join(KEYS_FILE), config.signing_algorithm)
@@ -140,12 +136,12 @@ pub async fn bootstrap_if_empty(
         return Ok(None);
     }
     let bootstrapped = idp
-        .create_org("default", agentidp_shared::domain::Plan::Free)
+        .create_org("default", agentidp_core::domain::Plan::Free)
         .await
         .map_err(|e| e.to_string())?;
     let text =
         serde_json::to_string_pretty(&bootstrap_json(&bootstrapped)).map_err(|e| e.to_string())?;
-    agentidp_shared::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())
+    agentidp_core::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())
         .map_err(|e| format!("writing {}: {e}", data_dir.join(BOOTSTRAP_FILE).display()))?;
     Ok(Some(bootstrapped))
 }
@@ -161,7 +157,7 @@ async fn forward(
     // other oversized body.
     let body = match axum::body::to_bytes(body, READ_LIMIT).await {
         Ok(body) => body.to_vec(),
-        Err(_) => vec![0; api::MAX_BODY_BYTES + 1],
+        Err(_) => vec![0; agentidp_http::MAX_BODY_BYTES + 1],
     };
     let user_agent = parts
         .headers
@@ -180,7 +176,7 @@ async fn forward(
             user_agent,
         },
     };
-    let response = api::handle(&idp, None, request).await;
+    let response = agentidp_http::handle(&idp, None, request).await;
     let (parts, body) = response.into_parts();
     axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::domain::time::format_timestamp;
-use agentidp_shared::store::Store;
+use agentidp_core::domain::time::format_timestamp;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -751,7 +751,7 @@ async fn the_filters_select_exactly_the_matching_events(store: Arc<dyn Store>) {
     assert!(all.len() >= 12, "{all:#?}");
 
     let at = |e: &Value| {
-        agentidp_shared::domain::time::parse_timestamp(e["timestamp"].as_str().unwrap()).unwrap()
+        agentidp_core::domain::time::parse_timestamp(e["timestamp"].as_str().unwrap()).unwrap()
     };
     let checks: Vec<(String, Vec<Value>)> = vec![
         (

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentidp_shared::signing::{KeySetDocument, KeySource, SecretsManagerKeys, SigningAlgorithm};
-use agentidp_shared::store::dynamo::DynamoStore;
-use agentidp_shared::store::{AuditQuery, Store};
+use agentidp_aws::SecretsManagerSecret;
+use agentidp_core::signing::{CachedKeys, KeySetDocument, KeySource, SigningAlgorithm};
+use agentidp_core::store::{AuditQuery, Store};
+use agentidp_store_dynamodb::DynamoStore;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -155,7 +156,7 @@ async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_hal
     let direct = crate::support::dynamodb_store().await;
     let proxy = Proxy::start(target_of("AWS_ENDPOINT_URL_DYNAMODB"), true).await;
     let tables =
-        agentidp_shared::store::dynamo::TableNames::with_prefix(&crate::support::dynamodb_prefix());
+        agentidp_store_dynamodb::TableNames::with_prefix(&crate::support::dynamodb_prefix());
     let proxied: Arc<dyn Store> = Arc::new(DynamoStore::new(quick_dynamodb(&proxy.url()), tables));
     let server = TestServer::start(proxied).await;
     let admin = server.new_org("faulty").await;
@@ -333,9 +334,8 @@ async fn with_secrets_manager_unreachable_at_cold_start_tokens_answer_503_then_r
         .send()
         .await
         .unwrap();
-    let keys = KeySource::SecretsManager(SecretsManagerKeys::new(
-        sdk(proxy.url()),
-        secret_id,
+    let keys = KeySource::Cached(CachedKeys::signing(
+        SecretsManagerSecret::new(sdk(proxy.url()), secret_id),
         Duration::from_secs(300),
     ));
     let server =

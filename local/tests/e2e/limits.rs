@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use chrono::{Datelike, TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};

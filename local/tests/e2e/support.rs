@@ -3,14 +3,14 @@
 
 use std::sync::{Arc, LazyLock};
 
-use agentidp_shared::config::Config;
-use agentidp_shared::domain::Plan;
-use agentidp_shared::domain::time::ManualClock;
-use agentidp_shared::service::Idp;
-use agentidp_shared::signing::{KeySet, KeySetDocument, KeySource, SigningAlgorithm};
-use agentidp_shared::store::Store;
-use agentidp_shared::store::dynamo::{DynamoStore, TableNames, ensure_tables};
-use agentidp_shared::store::sqlite::SqliteStore;
+use agentidp_core::config::Config;
+use agentidp_core::domain::Plan;
+use agentidp_core::domain::time::ManualClock;
+use agentidp_core::service::Idp;
+use agentidp_core::signing::{KeySet, KeySetDocument, KeySource, SigningAlgorithm};
+use agentidp_core::store::Store;
+use agentidp_store_dynamodb::{DynamoStore, TableNames, ensure_tables};
+use agentidp_store_sqlite::SqliteStore;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -386,7 +386,7 @@ macro_rules! per_store {
 
 impl TestServer {
     pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
-        use agentidp_shared::domain::time::Clock;
+        use agentidp_core::domain::time::Clock;
         self.clock.now()
     }
 }

@@ -1,0 +1,93 @@
+//! The Lambda front end: API Gateway HTTP API (payload 2.0) events in, responses out. Each
+//! function's `main` builds an [`Idp`] once per cold start and hands every event here.
+
+use std::sync::Arc;
+
+pub use agentidp_core::telemetry;
+pub use agentidp_http::FunctionGroup;
+
+use lambda_http::request::RequestContext as GatewayContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use agentidp_aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR, secret_id_from_env};
+use agentidp_core::domain::audit::RequestContext;
+use agentidp_core::service::Idp;
+use agentidp_http::ApiRequest;
+
+/// Turns an API Gateway event into the request every endpoint takes.
+pub fn api_request(request: Request) -> ApiRequest {
+    let (request_id, source_ip, gateway_user_agent) = match request.request_context_ref() {
+        Some(GatewayContext::ApiGatewayV2(context)) => (
+            context.request_id.clone(),
+            context.http.source_ip.clone(),
+            context.http.user_agent.clone(),
+        ),
+        _ => (None, None, None),
+    };
+    let (parts, body) = request.into_parts();
+    let user_agent = gateway_user_agent.or_else(|| {
+        parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts.headers,
+        body: body.to_vec(),
+        context: RequestContext {
+            request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            source_ip,
+            user_agent,
+        },
+    }
+}
+
+pub async fn handle(
+    idp: &Arc<Idp>,
+    group: FunctionGroup,
+    request: Request,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let response = agentidp_http::handle(idp, Some(group), api_request(request)).await;
+    let (parts, body) = response.into_parts();
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Text(String::from_utf8_lossy(&body).into_owned())
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Everything a function needs, from its environment: the configuration, DynamoDB tables named
+/// by `AGENTIDP_*_TABLE`, and its keys. The tokens function signs, so it reads the private key
+/// set (`AGENTIDP_SIGNING_KEY_SECRET_ID`); the others only verify bearer tokens and read the
+/// public key set the rotation publishes (`AGENTIDP_PUBLIC_KEYS_SECRET_ID`), which cannot sign:
+/// their roles may not read the private one. The keys are read lazily, so a cold start with
+/// Secrets Manager unreachable still starts, answers 503, and recovers on a later call.
+pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, String> {
+    let config = agentidp_core::config::Config::from_env().map_err(|e| e.to_string())?;
+    let tables = agentidp_store_dynamodb::TableNames::from_env()?;
+    let sdk = agentidp_aws::sdk_config().await;
+    let secrets = agentidp_aws::SecretsManagerClient::new(&sdk);
+    let keys = match group {
+        FunctionGroup::Tokens => {
+            agentidp_aws::signing_keys(secrets, secret_id_from_env(SIGNING_KEY_SECRET_VAR)?)
+        }
+        FunctionGroup::Agents | FunctionGroup::Credentials | FunctionGroup::Audit => {
+            agentidp_aws::verifying_keys(secrets, secret_id_from_env(PUBLIC_KEYS_SECRET_VAR)?)
+        }
+    };
+    let store =
+        agentidp_store_dynamodb::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+    let idp = Idp::new(
+        config,
+        Arc::new(store),
+        keys,
+        Arc::new(agentidp_core::domain::time::SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(idp))
+}
