@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentidp_core::config::Config;
-use agentidp_core::domain::audit::RequestContext;
 use agentidp_core::domain::time::{Clock, SystemClock};
 use agentidp_core::service::Idp;
 use agentidp_core::service::orgs::BootstrappedOrg;
 use agentidp_core::signing::KeySource;
 use agentidp_core::store::Store;
-use agentidp_http::ApiRequest;
+use agentidp_http::{ApiRequest, Origin};
 use agentidp_store_dynamodb::{DynamoStore, TableNames, client_from_env, ensure_tables};
 use agentidp_store_sqlite::SqliteStore;
 use axum::extract::{ConnectInfo, State};
@@ -159,23 +158,11 @@ async fn forward(
         Ok(body) => body.to_vec(),
         Err(_) => vec![0; agentidp_http::MAX_BODY_BYTES + 1],
     };
-    let user_agent = parts
-        .headers
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let request = ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts.headers,
-        body,
-        context: RequestContext {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            source_ip: Some(peer.ip().to_string()),
-            user_agent,
-        },
+    let origin = Origin {
+        source_ip: Some(peer.ip().to_string()),
+        ..Origin::default()
     };
+    let request = ApiRequest::from_parts(parts, body, origin);
     let response = agentidp_http::handle(&idp, None, request).await;
     let (parts, body) = response.into_parts();
     axum::response::Response::from_parts(parts, axum::body::Body::from(body))

@@ -33,6 +33,44 @@ pub struct ApiRequest {
     pub context: RequestContext,
 }
 
+/// Where a request came from, as far as its front end knows: API Gateway says all three; the
+/// local server knows the peer's address.
+#[derive(Debug, Default)]
+pub struct Origin {
+    pub request_id: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ApiRequest {
+    /// The request every endpoint takes, from what any front end receives: an HTTP request's
+    /// parts and body, and its origin. A request without a request id gets a fresh one; the user
+    /// agent, when the front end did not say, comes from the header.
+    pub fn from_parts(parts: http::request::Parts, body: Vec<u8>, origin: Origin) -> Self {
+        let user_agent = origin.user_agent.or_else(|| {
+            parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+        Self {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: parts.headers,
+            body,
+            context: RequestContext {
+                request_id: origin
+                    .request_id
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                source_ip: origin.source_ip,
+                user_agent,
+            },
+        }
+    }
+}
+
 /// The Lambda functions, one per endpoint group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FunctionGroup {

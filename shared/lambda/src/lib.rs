@@ -10,40 +10,21 @@ use lambda_http::request::RequestContext as GatewayContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use agentidp_aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR, secret_id_from_env};
-use agentidp_core::domain::audit::RequestContext;
 use agentidp_core::service::Idp;
-use agentidp_http::ApiRequest;
+use agentidp_http::{ApiRequest, Origin};
 
 /// Turns an API Gateway event into the request every endpoint takes.
 pub fn api_request(request: Request) -> ApiRequest {
-    let (request_id, source_ip, gateway_user_agent) = match request.request_context_ref() {
-        Some(GatewayContext::ApiGatewayV2(context)) => (
-            context.request_id.clone(),
-            context.http.source_ip.clone(),
-            context.http.user_agent.clone(),
-        ),
-        _ => (None, None, None),
+    let origin = match request.request_context_ref() {
+        Some(GatewayContext::ApiGatewayV2(context)) => Origin {
+            request_id: context.request_id.clone(),
+            source_ip: context.http.source_ip.clone(),
+            user_agent: context.http.user_agent.clone(),
+        },
+        _ => Origin::default(),
     };
     let (parts, body) = request.into_parts();
-    let user_agent = gateway_user_agent.or_else(|| {
-        parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    });
-    ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts.headers,
-        body: body.to_vec(),
-        context: RequestContext {
-            request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            source_ip,
-            user_agent,
-        },
-    }
+    ApiRequest::from_parts(parts, body.to_vec(), origin)
 }
 
 pub async fn handle(
