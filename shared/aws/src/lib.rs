@@ -22,9 +22,10 @@ pub const SIGNING_KEY_SECRET_VAR: &str = "AGENTIDP_SIGNING_KEY_SECRET_ID";
 pub const PUBLIC_KEYS_SECRET_VAR: &str = "AGENTIDP_PUBLIC_KEYS_SECRET_ID";
 
 /// The secret id in the environment variable `variable`, which must be set.
-pub fn secret_id_from_env(variable: &'static str) -> Result<String, String> {
-    std::env::var(variable)
-        .map_err(|_| agentidp_core::config::ConfigError::Missing(variable).to_string())
+pub fn secret_id_from_env(
+    variable: &'static str,
+) -> Result<String, agentidp_core::config::ConfigError> {
+    std::env::var(variable).map_err(|_| agentidp_core::config::ConfigError::Missing(variable))
 }
 
 /// The SDK configuration from the environment, with timeouts short enough that an unreachable

@@ -42,14 +42,31 @@ pub async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Why a function could not start. Its `Debug` is its message, because that is what a failed
+/// `main` prints to the function's log: `Error: environment variable … is required but not
+/// set`, not a quoted string or a struct.
+#[derive(thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] agentidp_core::config::ConfigError),
+    #[error("the secret hasher cannot be built: {0}")]
+    Hasher(#[from] agentidp_core::secret::SecretError),
+}
+
+impl std::fmt::Debug for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// Everything a function needs, from its environment: the configuration, DynamoDB tables named
 /// by `AGENTIDP_*_TABLE`, and its keys. The tokens function signs, so it reads the private key
 /// set (`AGENTIDP_SIGNING_KEY_SECRET_ID`); the others only verify bearer tokens and read the
 /// public key set the rotation publishes (`AGENTIDP_PUBLIC_KEYS_SECRET_ID`), which cannot sign:
 /// their roles may not read the private one. The keys are read lazily, so a cold start with
 /// Secrets Manager unreachable still starts, answers 503, and recovers on a later call.
-pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, String> {
-    let config = agentidp_core::config::Config::from_env().map_err(|e| e.to_string())?;
+pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, StartupError> {
+    let config = agentidp_core::config::Config::from_env()?;
     let tables = agentidp_store_dynamodb::TableNames::from_env()?;
     let sdk = agentidp_aws::sdk_config().await;
     let secrets = agentidp_aws::SecretsManagerClient::new(&sdk);
@@ -68,7 +85,23 @@ pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, String> {
         Arc::new(store),
         keys,
         Arc::new(agentidp_core::domain::time::SystemClock),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(Arc::new(idp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_prints_its_message_unquoted_naming_the_variable() {
+        let failed: lambda_http::Error = Box::new(StartupError::from(
+            agentidp_core::config::ConfigError::Missing("AGENTIDP_ISSUER"),
+        ));
+        // What `main` returning this error prints after `Error: `.
+        assert_eq!(
+            format!("{failed:?}"),
+            "environment variable AGENTIDP_ISSUER is required but not set"
+        );
+    }
 }

@@ -186,10 +186,10 @@ pub struct TableNames {
 
 impl TableNames {
     /// The names a deployment passes in `AGENTIDP_*_TABLE`; the error names a missing variable.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, agentidp_core::config::ConfigError> {
         Self::build(|spec| {
             std::env::var(spec.env_var)
-                .map_err(|_| format!("environment variable {} is not set", spec.env_var))
+                .map_err(|_| agentidp_core::config::ConfigError::Missing(spec.env_var))
         })
     }
 
