@@ -99,9 +99,14 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 
 impl From<crate::signing::KeyError> for ServiceError {
     fn from(e: crate::signing::KeyError) -> Self {
+        use crate::signing::KeyError;
         match e {
-            crate::signing::KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
-            other => ServiceError::Internal(other.to_string()),
+            KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
+            KeyError::Generation
+            | KeyError::Malformed(_)
+            | KeyError::Empty
+            | KeyError::Signing(_)
+            | KeyError::VerifyOnly => ServiceError::Internal(e.to_string()),
         }
     }
 }

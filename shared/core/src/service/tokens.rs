@@ -59,28 +59,38 @@ pub enum OAuthError {
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
-        match ServiceError::from(e) {
-            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
-            other => OAuthError::Internal(other.to_string()),
-        }
+        OAuthError::from(ServiceError::from(e))
     }
 }
 
 impl From<ServiceError> for OAuthError {
+    /// The OAuth endpoints call operations that refuse in their own terms (`OAuthError`); what
+    /// reaches here from the shared operations is a dependency failing, a throttle, or a bug.
+    /// Every variant is named, so a new one has to be placed.
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
-            other => OAuthError::Internal(other.to_string()),
+            ServiceError::RateLimited { retry_after } => OAuthError::RateLimited { retry_after },
+            ServiceError::Validation(_)
+            | ServiceError::Unauthenticated(_)
+            | ServiceError::InsufficientScope { .. }
+            | ServiceError::AgentNotFound
+            | ServiceError::CredentialNotFound
+            | ServiceError::AuditEventNotFound
+            | ServiceError::AgentNotActive(_)
+            | ServiceError::CredentialRevoked
+            | ServiceError::AgentNameTaken
+            | ServiceError::InvalidStatusTransition { .. }
+            | ServiceError::PlanLimit(_)
+            | ServiceError::Contended
+            | ServiceError::Internal(_) => OAuthError::Internal(e.to_string()),
         }
     }
 }
 
 impl From<KeyError> for OAuthError {
     fn from(e: KeyError) -> Self {
-        match ServiceError::from(e) {
-            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
-            other => OAuthError::Internal(other.to_string()),
-        }
+        OAuthError::from(ServiceError::from(e))
     }
 }
 
