@@ -539,7 +539,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache,
     simultaneous_first_requests_from_one_client_share_one_bcrypt_verification,
     both_client_authentication_methods_get_a_token_with_the_documented_shape,

@@ -160,7 +160,7 @@ async fn parallel_token_requests_at_the_quota_edge_never_go_over_the_limit(store
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     twenty_parallel_rotations_leave_exactly_one_working_secret_and_every_rotation_audited,
     parallel_creates_of_one_agent_name_let_exactly_one_win,
     decommission_racing_credential_generation_leaves_no_active_credential,

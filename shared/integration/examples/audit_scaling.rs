@@ -176,20 +176,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let small: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let large: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    // Read here rather than with `agentidp_testkit::dynamodb_endpoint`, which panics: a tool run
+    // by hand says what is missing and exits.
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .map_err(|_| "AWS_ENDPOINT_URL_DYNAMODB is not set: start DynamoDB Local first")?;
     let requests = Requests::default();
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "audit-scaling",
-        ))
-        .endpoint_url(endpoint)
+    let config = agentidp_testkit::dynamodb_config_at(&endpoint)
         .interceptor(requests.clone())
         .build();
     let client = aws_sdk_dynamodb::Client::from_conf(config);

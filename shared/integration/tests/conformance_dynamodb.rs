@@ -5,15 +5,10 @@
 //! tests fail rather than pass without having run. Each test process creates its own tables under
 //! a unique prefix in that (in-memory) DynamoDB Local, so runs never see each other's data.
 
-#![expect(
-    clippy::expect_used,
-    reason = "the helpers outside the tests fail loudly when DynamoDB Local is missing"
-)]
-
 mod conformance;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use agentidp_core::domain::{AuditAction, Outcome, Plan};
@@ -28,65 +23,29 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::config::{
-    self, BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
-};
+use aws_sdk_dynamodb::config::{self, ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::TimeToLiveStatus;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-/// One set of tables per test process.
-static TABLES: LazyLock<TableNames> = LazyLock::new(|| {
-    TableNames::with_prefix(&format!("agentidp-test-{}", Uuid::new_v4().simple()))
-});
-static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
-
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect(
-        "AWS_ENDPOINT_URL_DYNAMODB is not set. These tests need DynamoDB Local: run scripts/test.sh, \
-         or `source scripts/test-services.sh && start_test_services` and then cargo test",
-    )
-}
-
-/// Configuration for `endpoint` with dummy credentials, which DynamoDB Local accepts. Clients
-/// are built per test: a client's connections belong to the runtime that opened them, and each
-/// test has its own.
-fn config(endpoint: &str, timeouts: TimeoutConfig, retries: RetryConfig) -> config::Builder {
-    aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "conformance-tests",
-        ))
-        .endpoint_url(endpoint)
-        .timeout_config(timeouts)
-        .retry_config(retries)
-}
-
+/// DynamoDB Local's configuration with timeouts that fail a stuck request within the test.
 fn local_config() -> config::Builder {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))
         .operation_attempt_timeout(Duration::from_secs(20))
         .build();
-    config(&endpoint(), timeouts, RetryConfig::standard())
+    agentidp_testkit::dynamodb_config()
+        .timeout_config(timeouts)
+        .retry_config(RetryConfig::standard())
 }
 
 fn local_client() -> Client {
     Client::from_conf(local_config().build())
 }
 
+/// The store on this test process's tables (see `agentidp_testkit::dynamodb_tables`).
 async fn dynamo_store() -> DynamoStore {
-    let client = local_client();
-    TABLES_CREATED
-        .get_or_try_init(|| ensure_tables(&client, &TABLES))
-        .await
-        .expect("the test tables are created in DynamoDB Local");
-    DynamoStore::new(client, TABLES.clone())
+    DynamoStore::new(local_client(), agentidp_testkit::dynamodb_tables().await)
 }
 
 conformance::conformance_suite!(dynamo_store());
@@ -119,10 +78,10 @@ impl Intercept for RequestCounter {
 }
 
 async fn counted_store() -> (DynamoStore, RequestCounter) {
-    dynamo_store().await;
+    let tables = agentidp_testkit::dynamodb_tables().await;
     let counter = RequestCounter::default();
     let client = Client::from_conf(local_config().interceptor(counter.clone()).build());
-    (DynamoStore::new(client, TABLES.clone()), counter)
+    (DynamoStore::new(client, tables), counter)
 }
 
 #[tokio::test]
@@ -381,8 +340,14 @@ async fn a_closed_port_makes_reads_and_writes_unavailable_quickly() {
         .operation_timeout(Duration::from_secs(3))
         .build();
     let retries = RetryConfig::standard().with_max_attempts(2);
-    let client = Client::from_conf(config(&closed, timeouts, retries).build());
-    let store = DynamoStore::new(client, TABLES.clone());
+    let client = Client::from_conf(
+        agentidp_testkit::dynamodb_config_at(&closed)
+            .timeout_config(timeouts)
+            .retry_config(retries)
+            .build(),
+    );
+    // No request reaches a table: any names do.
+    let store = DynamoStore::new(client, TableNames::with_prefix("agentidp-closed-port"));
 
     let started = Instant::now();
     let read = store.get_org(Uuid::new_v4()).await;
@@ -403,7 +368,8 @@ async fn a_closed_port_makes_reads_and_writes_unavailable_quickly() {
 
 #[tokio::test]
 async fn the_client_from_the_environment_reaches_the_endpoint_it_names() {
-    endpoint();
+    // Fails first without DynamoDB Local, before the client from the environment reaches for AWS.
+    agentidp_testkit::dynamodb_endpoint();
     let client = client_from_env().await;
     let store = dynamo_store().await;
     let org = conformance::org(Plan::Enterprise);
@@ -412,6 +378,6 @@ async fn the_client_from_the_environment_reaches_the_endpoint_it_names() {
         .await
         .unwrap();
 
-    let from_env = DynamoStore::new(client, TABLES.clone());
+    let from_env = DynamoStore::new(client, agentidp_testkit::dynamodb_tables().await);
     assert_eq!(from_env.get_org(org.org_id).await.unwrap(), Some(org));
 }

@@ -14,11 +14,6 @@
 //! named by `AGENTIDP_*_TABLE` (the packaging script's runtime loop), `print_fixture_tokens`
 //! signs the events' bearer tokens again.
 
-#![expect(
-    clippy::expect_used,
-    reason = "a test fails loudly on the first surprise"
-)]
-
 #[expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -33,7 +28,6 @@ use agentidp_aws::rotation::Rotator;
 use agentidp_core::signing::{SigningAlgorithm, TokenPolicy, TokenRejection};
 use agentidp_http::{FunctionGroup, ROUTES, route};
 use agentidp_store_sqlite::SqliteStore;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use chrono::Utc;
 use fixture::{EventCase, Expected, Target};
 use http::Method;
@@ -234,28 +228,11 @@ fn the_events_tokens_are_the_fixtures() {
     }
 }
 
-fn moto_endpoint() -> String {
-    std::env::var("AGENTIDP_TEST_MOTO_ENDPOINT").expect(
-        "AGENTIDP_TEST_MOTO_ENDPOINT is not set. The rotation events run on moto_server: run \
-         scripts/test.sh, or `source scripts/test-services.sh && start_test_services`",
-    )
-}
-
-pub fn moto_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "events-tests"))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
-
 /// The rotation events, in file-name order (create, set, test, finish, then the errors), on a
 /// fresh secret holding the fixture key set: the `SecretId` of each event is replaced by it.
 #[tokio::test]
 async fn every_rotation_event_succeeds_or_fails_as_expected_on_moto() {
-    let client = moto_client(&moto_endpoint());
+    let client = agentidp_testkit::secrets_manager_client();
     let name = format!("agentidp-events-{}", uuid::Uuid::new_v4().simple());
     client
         .create_secret()

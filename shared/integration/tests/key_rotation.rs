@@ -11,7 +11,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
     reason = "a test fails loudly on the first surprise"
 )]

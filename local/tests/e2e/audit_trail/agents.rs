@@ -209,7 +209,7 @@ async fn decommissioning_an_agent_records_one_event_naming_the_credentials_it_re
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     creating_an_agent_records_agent_created_with_its_name_and_scopes,
     updating_an_agent_records_agent_updated_with_the_changed_fields,
     suspending_an_agent_records_agent_suspended,

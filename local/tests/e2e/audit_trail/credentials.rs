@@ -120,7 +120,7 @@ async fn revoking_a_credential_records_credential_revoked(store: Arc<dyn Store>)
     .await;
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     generating_a_credential_records_credential_generated_with_its_client_id,
     rotating_a_credential_records_credential_rotated_with_its_client_id,
     revoking_a_credential_records_credential_revoked,

@@ -437,7 +437,7 @@ async fn a_cursor_from_another_organization_or_other_filters_is_refused(store: A
     assert_eq!(response.status, 200, "{}", response.text);
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     the_filters_select_exactly_the_matching_events,
     cursor_pagination_yields_each_event_once_newest_first,
     a_cursor_from_another_organization_or_other_filters_is_refused,

@@ -148,4 +148,4 @@ async fn reads_and_refused_calls_leave_no_event(store: Arc<dyn Store>) {
     assert_eq!(new[0]["action"], "credential.revoked");
 }
 
-crate::per_store!(reads_and_refused_calls_leave_no_event);
+agentidp_testkit::per_store!(reads_and_refused_calls_leave_no_event);

@@ -99,4 +99,4 @@ async fn events_older_than_ninety_days_are_gone_from_list_and_get(store: Arc<dyn
     }
 }
 
-crate::per_store!(events_older_than_ninety_days_are_gone_from_list_and_get);
+agentidp_testkit::per_store!(events_older_than_ninety_days_are_gone_from_list_and_get);

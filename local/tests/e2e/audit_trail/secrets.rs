@@ -121,4 +121,4 @@ async fn events_never_contain_a_secret_or_a_token(store: Arc<dyn Store>) {
     }
 }
 
-crate::per_store!(events_never_contain_a_secret_or_a_token);
+agentidp_testkit::per_store!(events_never_contain_a_secret_or_a_token);

@@ -237,7 +237,7 @@ async fn token_denials_record_why(store: Arc<dyn Store>) {
     assert_eq!(server.audit_events(t, "").await, before);
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     issuing_a_token_records_token_issued_by_the_client_for_its_jti,
     a_wrong_secret_records_token_denied_as_invalid_client_secret,
     revoking_a_token_records_token_revoked_once_and_revoking_it_again_records_nothing,

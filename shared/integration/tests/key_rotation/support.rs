@@ -11,29 +11,13 @@ use agentidp_core::signing::{
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub fn moto_endpoint() -> String {
-    std::env::var("AGENTIDP_TEST_MOTO_ENDPOINT").expect(
-        "AGENTIDP_TEST_MOTO_ENDPOINT is not set. These tests need moto_server: run scripts/test.sh, \
-         or `source scripts/test-services.sh && start_test_services` and then cargo test",
-    )
-}
+pub use agentidp_testkit::moto_endpoint;
 
 pub fn client_for(endpoint: &str, timeouts: TimeoutConfig, retries: RetryConfig) -> Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "rotation-tests",
-        ))
-        .endpoint_url(endpoint)
+    let config = agentidp_testkit::secrets_manager_config_at(endpoint)
         .timeout_config(timeouts)
         .retry_config(retries)
         .build();
