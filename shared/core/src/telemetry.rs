@@ -220,8 +220,8 @@ mod tests {
     #[test]
     fn our_own_crates_log_at_the_level_the_filter_sets() {
         let out = written(true, "debug", || {
-            tracing::debug!(target: "agentidp_shared::api", "ours at debug");
-            tracing::trace!(target: "agentidp_shared::api", "ours at trace");
+            tracing::debug!(target: "agentidp_http", "ours at debug");
+            tracing::trace!(target: "agentidp_http", "ours at trace");
         });
         assert!(out.contains("ours at debug"), "{out}");
         assert!(!out.contains("ours at trace"), "{out}");
@@ -250,7 +250,7 @@ mod tests {
         }
         for setting in HOSTILE
             .into_iter()
-            .chain(["off", "agentidp_shared=debug", "verbose"])
+            .chain(["off", "agentidp_core=debug", "verbose"])
         {
             let (filter, refused) = parse_setting(Some(setting), true);
             assert_eq!(refused.as_deref(), Some(setting), "{setting}");
@@ -269,11 +269,11 @@ mod tests {
 
     #[test]
     fn the_local_server_takes_any_filter_but_refuses_a_malformed_one() {
-        let (filter, refused) = parse_setting(Some("info,agentidp_shared=trace"), false);
+        let (filter, refused) = parse_setting(Some("info,agentidp_core=trace"), false);
         assert_eq!(refused, None);
         assert_eq!(filter.max_level_hint(), Some(LevelFilter::TRACE));
-        let (filter, refused) = parse_setting(Some("agentidp_shared=loud"), false);
-        assert_eq!(refused.as_deref(), Some("agentidp_shared=loud"));
+        let (filter, refused) = parse_setting(Some("agentidp_core=loud"), false);
+        assert_eq!(refused.as_deref(), Some("agentidp_core=loud"));
         assert_eq!(filter.max_level_hint(), Some(LevelFilter::INFO));
     }
 
@@ -290,7 +290,7 @@ mod tests {
             "iana-time-zone",
         ];
         let lock =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).unwrap();
         let mut unreviewed = Vec::new();
         let mut logging = 0;
         for package in lock.split("[[package]]").skip(1) {
