@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cost="${1:-10}"
 rounds="${2:-10}"
-cargo build -q --example bcrypt_cost -p agentidp-shared
+cargo build -q --example bcrypt_cost -p agentidp-integration
 binary=target/debug/examples/bcrypt_cost
 group=/sys/fs/cgroup/cpu/agentidp-lambda-sim
 mkdir -p "$group"

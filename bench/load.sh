@@ -86,8 +86,8 @@ fi
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
 git -C "$ROOT" diff --quiet HEAD -- shared local 2>/dev/null || REV="$REV + uncommitted changes"
 BUILT=$(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)
-if [[ -n $(find "$ROOT/shared/src" "$ROOT/local/src" -newer "$BIN" -name '*.rs' -print -quit) ]]; then
-  echo "warning: $BIN is older than sources in shared/src or local/src; rebuild to measure them" >&2
+if [[ -n $(find "$ROOT/shared" "$ROOT/local/src" -newer "$BIN" -name '*.rs' -print -quit) ]]; then
+  echo "warning: $BIN is older than sources in shared/ or local/src; rebuild to measure them" >&2
   BUILT="$BUILT (older than the sources)"
 fi
 if [[ ! -d $OIDC_DIR/node_modules/oidc-provider ]]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the developer documentation and the OpenAPI spec against the code:
 #   - docs/openapi.yaml is valid OpenAPI 3.1, and its routes are exactly ROUTES of
-#     shared/src/api/mod.rs; its error codes, audit actions, scopes and field limits are the code's;
+#     shared/http/src/lib.rs; its error codes, audit actions, scopes and field limits are the code's;
 #   - every ```bash example of docs/developers/**/*.md and README.md runs against a fresh
 #     agentidp-local per page, and the responses they document match the real ones;
 #   - every response the Rust end-to-end tests received conforms to the spec.

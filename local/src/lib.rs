@@ -6,16 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentidp_shared::api::{self, ApiRequest};
-use agentidp_shared::config::Config;
-use agentidp_shared::domain::audit::RequestContext;
-use agentidp_shared::domain::time::{Clock, SystemClock};
-use agentidp_shared::service::Idp;
-use agentidp_shared::service::orgs::BootstrappedOrg;
-use agentidp_shared::signing::{KeySource, SecretsManagerKeys};
-use agentidp_shared::store::Store;
-use agentidp_shared::store::dynamo::{DynamoStore, TableNames, client_from_env, ensure_tables};
-use agentidp_shared::store::sqlite::SqliteStore;
+use agentidp_core::config::Config;
+use agentidp_core::domain::time::{Clock, SystemClock};
+use agentidp_core::service::Idp;
+use agentidp_core::service::orgs::BootstrappedOrg;
+use agentidp_core::signing::KeySource;
+use agentidp_core::store::Store;
+use agentidp_http::{ApiRequest, Origin};
+use agentidp_store_dynamodb::{DynamoStore, TableNames, client_from_env, ensure_tables};
+use agentidp_store_sqlite::SqliteStore;
 use axum::extract::{ConnectInfo, State};
 use serde_json::json;
 
@@ -51,7 +50,7 @@ pub struct StoreOptions {
 pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
     match options.kind {
         StoreKind::Embedded => {
-            agentidp_shared::files::create_private_dir(&options.data_dir)
+            agentidp_core::files::create_private_dir(&options.data_dir)
                 .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
             let store = Arc::new(
                 SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
@@ -99,13 +98,9 @@ fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
 pub async fn key_source(config: &Config, data_dir: &Path) -> Result<KeySource, String> {
     match std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID") {
         Ok(secret_id) => {
-            let sdk = agentidp_shared::aws::sdk_config().await;
-            let client = agentidp_shared::aws::SecretsManagerClient::new(&sdk);
-            Ok(KeySource::SecretsManager(SecretsManagerKeys::new(
-                client,
-                secret_id,
-                agentidp_shared::aws::KEY_REFRESH,
-            )))
+            let sdk = agentidp_aws::sdk_config().await;
+            let client = agentidp_aws::SecretsManagerClient::new(&sdk);
+            Ok(agentidp_aws::signing_keys(client, secret_id))
         }
         Err(_) => {
             KeySource::load_or_create_file(&data_dir.join(KEYS_FILE), config.signing_algorithm)
@@ -140,12 +135,12 @@ pub async fn bootstrap_if_empty(
         return Ok(None);
     }
     let bootstrapped = idp
-        .create_org("default", agentidp_shared::domain::Plan::Free)
+        .create_org("default", agentidp_core::domain::Plan::Free)
         .await
         .map_err(|e| e.to_string())?;
     let text =
         serde_json::to_string_pretty(&bootstrap_json(&bootstrapped)).map_err(|e| e.to_string())?;
-    agentidp_shared::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())
+    agentidp_core::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())
         .map_err(|e| format!("writing {}: {e}", data_dir.join(BOOTSTRAP_FILE).display()))?;
     Ok(Some(bootstrapped))
 }
@@ -161,26 +156,14 @@ async fn forward(
     // other oversized body.
     let body = match axum::body::to_bytes(body, READ_LIMIT).await {
         Ok(body) => body.to_vec(),
-        Err(_) => vec![0; api::MAX_BODY_BYTES + 1],
+        Err(_) => vec![0; agentidp_http::MAX_BODY_BYTES + 1],
     };
-    let user_agent = parts
-        .headers
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let request = ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts.headers,
-        body,
-        context: RequestContext {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            source_ip: Some(peer.ip().to_string()),
-            user_agent,
-        },
+    let origin = Origin {
+        source_ip: Some(peer.ip().to_string()),
+        ..Origin::default()
     };
-    let response = api::handle(&idp, None, request).await;
+    let request = ApiRequest::from_parts(parts, body, origin);
+    let response = agentidp_http::handle(&idp, None, request).await;
     let (parts, body) = response.into_parts();
     axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }

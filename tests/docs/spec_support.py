@@ -92,11 +92,11 @@ def component_schema(name: str) -> dict:
 
 
 def rust_routes() -> set[tuple[str, str]]:
-    """(METHOD, path template) of every entry of `ROUTES` in shared/src/api/mod.rs."""
+    """(METHOD, path template) of every entry of `ROUTES` in shared/http/src/lib.rs."""
     text = ROUTES_RS.read_text(encoding="utf-8")
     match = re.search(r"pub const ROUTES\s*:\s*\[[^\]]*;\s*(\d+)\]\s*=\s*\[(.*?)\n\];", text, re.S)
     if not match:
-        raise AssertionError("cannot find `pub const ROUTES: [...; N] = [...];` in shared/src/api/mod.rs")
+        raise AssertionError("cannot find `pub const ROUTES: [...; N] = [...];` in shared/http/src/lib.rs")
     declared, body = int(match.group(1)), match.group(2)
     entries = re.findall(r'\(\s*"([A-Z]+)"\s*,\s*"([^"]+)"\s*,\s*Endpoint::\w+\s*,\s*FunctionGroup::\w+\s*,?\s*\)', body)
     if len(entries) != declared:

@@ -92,7 +92,7 @@ def documented_error_codes() -> set[tuple[int, str]]:
 
 def test_the_spec_names_every_error_code_the_code_produces_with_its_status():
     code, spec = rust_error_codes(), spec_error_codes()
-    assert code - spec == set(), f"in shared/src/api/errors.rs but not in docs/openapi.yaml: {sorted(code - spec)}"
+    assert code - spec == set(), f"in shared/http/src/errors.rs but not in docs/openapi.yaml: {sorted(code - spec)}"
     assert spec - code == set(), f"in docs/openapi.yaml but never produced by the code: {sorted(spec - code)}"
 
 

@@ -1,15 +1,15 @@
 //! The credentials function: a thin binary over the shared handlers. `main` only initialises; the
 //! handler borrows what it built for every event of this warm instance.
 
-use agentidp_shared::api::FunctionGroup;
+use agentidp_lambda::FunctionGroup;
 use lambda_http::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentidp_shared::telemetry::init(true);
-    let idp = agentidp_shared::lambda::idp_from_env(FunctionGroup::Credentials).await?;
+    agentidp_lambda::telemetry::init(true);
+    let idp = agentidp_lambda::idp_from_env(FunctionGroup::Credentials).await?;
     run(service_fn(|request| {
-        agentidp_shared::lambda::handle(&idp, FunctionGroup::Credentials, request)
+        agentidp_lambda::handle(&idp, FunctionGroup::Credentials, request)
     }))
     .await
 }

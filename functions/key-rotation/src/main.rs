@@ -1,9 +1,9 @@
 //! The signing-key rotation function: Secrets Manager invokes it four times per rotation
 //! (`createSecret`, `setSecret`, `testSecret`, `finishSecret`). The steps live in
-//! `agentidp_shared::rotation`; this binary only reads its event and reports the outcome. It
+//! `agentidp_aws::rotation`; this binary only reads its event and reports the outcome. It
 //! publishes the public keys to the secret of `AGENTIDP_PUBLIC_KEYS_SECRET_ID`.
 
-use agentidp_shared::rotation::Rotator;
+use agentidp_aws::rotation::Rotator;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde::Deserialize;
 
@@ -19,16 +19,12 @@ struct RotationEvent {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentidp_shared::telemetry::init(true);
-    let algorithm = agentidp_shared::rotation::algorithm_from_env()?;
-    let public_keys =
-        agentidp_shared::aws::secret_id_from_env(agentidp_shared::aws::PUBLIC_KEYS_SECRET_VAR)?;
-    let sdk = agentidp_shared::aws::sdk_config().await;
-    let rotator = Rotator::new(
-        agentidp_shared::aws::SecretsManagerClient::new(&sdk),
-        algorithm,
-    )
-    .publishing_to(public_keys);
+    agentidp_core::telemetry::init(true);
+    let algorithm = agentidp_aws::rotation::algorithm_from_env()?;
+    let public_keys = agentidp_aws::secret_id_from_env(agentidp_aws::PUBLIC_KEYS_SECRET_VAR)?;
+    let sdk = agentidp_aws::sdk_config().await;
+    let rotator = Rotator::new(agentidp_aws::SecretsManagerClient::new(&sdk), algorithm)
+        .publishing_to(public_keys);
     lambda_runtime::run(service_fn(|event: LambdaEvent<RotationEvent>| {
         let rotator = &rotator;
         async move {

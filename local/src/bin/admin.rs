@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
+use agentidp_core::config::Config;
+use agentidp_core::domain::Plan;
+use agentidp_core::domain::time::format_timestamp;
 use agentidp_local::{DEFAULT_DATA_DIR, StoreKind, StoreOptions, build_idp};
-use agentidp_shared::config::Config;
-use agentidp_shared::domain::Plan;
-use agentidp_shared::domain::time::format_timestamp;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    agentidp_shared::telemetry::init(false);
+    agentidp_core::telemetry::init(false);
     let args = Args::parse();
     // The CLI signs nothing; the issuer only has to be well-formed.
     let config = Config::from_lookup(|name| {

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use agentidp_core::config::Config;
 use agentidp_local::{
     BOOTSTRAP_FILE, DEFAULT_DATA_DIR, EXPIRY_PURGE_INTERVAL, StoreKind, StoreOptions,
     bootstrap_if_empty, bootstrap_json, build_idp,
 };
-use agentidp_shared::config::Config;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    agentidp_shared::telemetry::init(false);
+    agentidp_core::telemetry::init(false);
     let args = Args::parse();
     let address = SocketAddr::new(args.host, args.port);
     let issuer = args

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -762,7 +762,7 @@ async fn a_json_oauth_request_that_repeats_a_parameter_is_refused(store: Arc<dyn
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_nothing,
     a_json_oauth_request_that_repeats_a_parameter_is_refused,
 );

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 
 use crate::support::{Response, TestServer};
@@ -432,7 +432,7 @@ async fn an_organization_over_its_request_rate_gets_429_until_the_minute_ends(
     assert_eq!(listed.body["total"], 1, "the refused create wrote nothing");
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     repeated_failures_lock_a_client_out_at_their_address_even_with_the_right_secret,
     guesses_from_one_address_do_not_lock_the_client_out_at_another,
     guessing_one_client_from_twenty_addresses_still_meets_429s,

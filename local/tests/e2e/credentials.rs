@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::json;
 
@@ -463,7 +463,7 @@ async fn a_suspended_agent_cannot_receive_credentials(store: Arc<dyn Store>) {
     assert_eq!((refused.status, refused.code()), (409, "AGENT_NOT_ACTIVE"));
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     generating_returns_the_secret_once_and_listing_never_shows_it,
     an_expiry_in_the_future_is_kept_and_one_in_the_past_or_unparseable_is_refused,
     an_expired_credential_gets_no_tokens_and_its_listing_shows_it,

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentidp_shared::signing::{KeySetDocument, KeySource, SecretsManagerKeys, SigningAlgorithm};
-use agentidp_shared::store::dynamo::DynamoStore;
-use agentidp_shared::store::{AuditQuery, Store};
+use agentidp_aws::SecretsManagerSecret;
+use agentidp_core::signing::{CachedKeys, KeySetDocument, KeySource, SigningAlgorithm};
+use agentidp_core::store::{AuditQuery, Store};
+use agentidp_store_dynamodb::DynamoStore;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,23 +68,16 @@ impl Proxy {
     }
 }
 
-fn target_of(env: &str) -> SocketAddr {
-    let url =
-        std::env::var(env).unwrap_or_else(|_| panic!("{env} is not set: run scripts/test.sh"));
+/// The address behind a service's endpoint URL, for the proxy to forward to.
+fn target_of(url: &str) -> SocketAddr {
     let host_port = url.trim_start_matches("http://").trim_end_matches('/');
     host_port.parse().unwrap()
 }
 
 /// A DynamoDB client that gives up fast, so an outage answers within a second or two.
 fn quick_dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::{
-        BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
-    };
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "faults"))
-        .endpoint_url(endpoint)
+    use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig};
+    let config = agentidp_testkit::dynamodb_config_at(endpoint)
         .retry_config(RetryConfig::standard().with_max_attempts(2))
         .timeout_config(
             TimeoutConfig::builder()
@@ -152,10 +146,9 @@ fn assert_unavailable(response: &Response, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_half_written() {
-    let direct = crate::support::dynamodb_store().await;
-    let proxy = Proxy::start(target_of("AWS_ENDPOINT_URL_DYNAMODB"), true).await;
-    let tables =
-        agentidp_shared::store::dynamo::TableNames::with_prefix(&crate::support::dynamodb_prefix());
+    let direct = agentidp_testkit::dynamodb_store().await;
+    let proxy = Proxy::start(target_of(&agentidp_testkit::dynamodb_endpoint()), true).await;
+    let tables = agentidp_testkit::dynamodb_tables().await;
     let proxied: Arc<dyn Store> = Arc::new(DynamoStore::new(quick_dynamodb(&proxy.url()), tables));
     let server = TestServer::start(proxied).await;
     let admin = server.new_org("faulty").await;
@@ -306,17 +299,11 @@ async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_hal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_secrets_manager_unreachable_at_cold_start_tokens_answer_503_then_recover() {
-    let moto = target_of("AGENTIDP_TEST_MOTO_ENDPOINT");
+    let moto = target_of(&agentidp_testkit::moto_endpoint());
     let proxy = Proxy::start(moto, false).await;
     let sdk = |endpoint: String| {
         aws_sdk_secretsmanager::Client::from_conf(
-            aws_sdk_secretsmanager::Config::builder()
-                .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-                .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                    "test", "test", None, None, "faults",
-                ))
-                .endpoint_url(endpoint)
+            agentidp_testkit::secrets_manager_config_at(&endpoint)
                 .retry_config(
                     aws_sdk_secretsmanager::config::retry::RetryConfig::standard()
                         .with_max_attempts(1),
@@ -333,13 +320,16 @@ async fn with_secrets_manager_unreachable_at_cold_start_tokens_answer_503_then_r
         .send()
         .await
         .unwrap();
-    let keys = KeySource::SecretsManager(SecretsManagerKeys::new(
-        sdk(proxy.url()),
-        secret_id,
+    let keys = KeySource::Cached(CachedKeys::signing(
+        SecretsManagerSecret::new(sdk(proxy.url()), secret_id),
         Duration::from_secs(300),
     ));
-    let server =
-        TestServer::start_with_keys(crate::support::embedded_store().await, keys, |_| {}).await;
+    let server = TestServer::start_with_keys(
+        agentidp_testkit::embedded_store_in(env!("CARGO_TARGET_TMPDIR")),
+        keys,
+        |_| {},
+    )
+    .await;
     let admin = server.new_org("cold").await;
 
     let refused = server

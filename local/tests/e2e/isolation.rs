@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -571,7 +571,7 @@ async fn another_organizations_agent_name_is_free_and_its_changes_stay_there(
     assert_eq!(clash.code(), "AGENT_NAME_TAKEN");
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     another_organizations_ids_answer_as_ids_that_do_not_exist,
     a_token_of_one_organization_is_inactive_for_another,
     an_organization_cannot_revoke_another_organizations_token,

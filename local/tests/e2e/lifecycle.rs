@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::json;
 
@@ -395,7 +395,7 @@ async fn a_scope_taken_from_an_agent_stops_opening_the_management_api_at_once(
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     a_scope_taken_from_an_agent_stops_opening_the_management_api_at_once,
     registering_an_agent_returns_every_field_and_names_are_unique,
     invalid_agent_bodies_are_refused_field_by_field,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use chrono::{Datelike, TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -545,7 +545,7 @@ async fn the_quota_retry_after_counts_down_to_the_next_month_of_the_service_cloc
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     the_agent_limit_refuses_one_agent_more_and_writes_nothing,
     the_agent_limit_is_per_organization,
     concurrent_creations_never_exceed_the_agent_limit,

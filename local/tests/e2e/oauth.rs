@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -539,7 +539,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_defeat_the_cache,
     simultaneous_first_requests_from_one_client_share_one_bcrypt_verification,
     both_client_authentication_methods_get_a_token_with_the_documented_shape,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
@@ -147,7 +147,7 @@ async fn parallel_token_requests_at_the_quota_edge_never_go_over_the_limit(store
     );
     assert_eq!(issued, 9, "exactly the quota's remainder was issued");
     let org_id = admin.org_id.parse().unwrap();
-    let month = agentidp_shared::domain::time::usage_month(&server.clock_now());
+    let month = agentidp_core::domain::time::usage_month(&server.clock_now());
     assert_eq!(
         server
             .idp
@@ -160,7 +160,7 @@ async fn parallel_token_requests_at_the_quota_edge_never_go_over_the_limit(store
     );
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     twenty_parallel_rotations_leave_exactly_one_working_secret_and_every_rotation_audited,
     parallel_creates_of_one_agent_name_let_exactly_one_win,
     decommission_racing_credential_generation_leaves_no_active_credential,

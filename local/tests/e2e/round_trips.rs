@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use agentidp_shared::store::Store;
-use agentidp_shared::store::dynamo::{DynamoStore, TableNames};
+use agentidp_core::store::Store;
+use agentidp_store_dynamodb::DynamoStore;
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
@@ -36,23 +36,11 @@ impl Intercept for RequestCounter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
-    crate::support::dynamodb_store().await;
+    let tables = agentidp_testkit::dynamodb_tables().await;
     let counter = RequestCounter::default();
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap();
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "round-trips",
-        ))
-        .endpoint_url(endpoint)
+    let config = agentidp_testkit::dynamodb_config()
         .interceptor(counter.clone())
         .build();
-    let tables = TableNames::with_prefix(&crate::support::dynamodb_prefix());
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(
         aws_sdk_dynamodb::Client::from_conf(config),
         tables,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -795,7 +795,7 @@ async fn a_suspended_agents_token_cannot_call_the_management_api(store: Arc<dyn 
     expect_401_everywhere(&server, &ids, Some(&writer), true).await;
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     a_call_without_a_token_is_refused_with_a_bearer_challenge,
     a_garbage_token_is_refused_on_every_endpoint,
     an_expired_token_is_refused_on_every_endpoint,

@@ -1,63 +1,19 @@
 //! The end-to-end harness: a real local server on a loopback port, over the embedded store or
-//! DynamoDB Local, called over real HTTP. The clock is a manual one, so expiry is testable.
+//! DynamoDB Local, called over real HTTP. The clock is a manual one, so expiry is testable. The
+//! stores and `per_store!` come from `agentidp_testkit`.
 
 use std::sync::{Arc, LazyLock};
 
-use agentidp_shared::config::Config;
-use agentidp_shared::domain::Plan;
-use agentidp_shared::domain::time::ManualClock;
-use agentidp_shared::service::Idp;
-use agentidp_shared::signing::{KeySet, KeySetDocument, KeySource, SigningAlgorithm};
-use agentidp_shared::store::Store;
-use agentidp_shared::store::dynamo::{DynamoStore, TableNames, ensure_tables};
-use agentidp_shared::store::sqlite::SqliteStore;
+use agentidp_core::config::Config;
+use agentidp_core::domain::Plan;
+use agentidp_core::domain::time::ManualClock;
+use agentidp_core::service::Idp;
+use agentidp_core::signing::{KeySet, KeySetDocument, KeySource, SigningAlgorithm};
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
 pub const TEST_BCRYPT_COST: u32 = 4;
-
-/// The local server's store as it runs: a database file with its writer and reader connections,
-/// under cargo's per-target scratch directory (target/tmp, emptied by `cargo clean`).
-pub async fn embedded_store() -> Arc<dyn Store> {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-        .keep();
-    Arc::new(SqliteStore::open(&dir.join("agentidp.sqlite")).unwrap())
-}
-
-static PREFIX: LazyLock<String> =
-    LazyLock::new(|| format!("e2e-{}", uuid::Uuid::new_v4().simple()));
-static TABLES: LazyLock<TableNames> = LazyLock::new(|| TableNames::with_prefix(&PREFIX));
-
-/// The prefix of this test process's DynamoDB tables.
-pub fn dynamodb_prefix() -> String {
-    PREFIX.clone()
-}
-static TABLES_CREATED: OnceCell<()> = OnceCell::const_new();
-
-/// DynamoDB Local, as `scripts/test.sh` starts it. Without it the test fails: it never passes
-/// without having run.
-pub async fn dynamodb_store() -> Arc<dyn Store> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL_DYNAMODB is not set: run scripts/test.sh, which starts DynamoDB Local"
-        )
-    });
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "e2e",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
-    TABLES_CREATED
-        .get_or_init(|| async { ensure_tables(&client, &TABLES).await.unwrap() })
-        .await;
-    Arc::new(DynamoStore::new(client, TABLES.clone()))
-}
 
 /// A key set made once per test process: RSA key generation is the slow part of start-up.
 static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| {
@@ -360,33 +316,9 @@ impl TestServer {
     }
 }
 
-/// Expands the given async test functions, each taking a `TestServer`-making store, into one
-/// test per store: `embedded` and `dynamodb` modules.
-#[macro_export]
-macro_rules! per_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::embedded_store().await).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::support::dynamodb_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
 impl TestServer {
     pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
-        use agentidp_shared::domain::time::Clock;
+        use agentidp_core::domain::time::Clock;
         self.clock.now()
     }
 }

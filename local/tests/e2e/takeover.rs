@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentidp_shared::store::Store;
+use agentidp_core::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -285,7 +285,7 @@ async fn the_admin_may_change_any_agent(store: Arc<dyn Store>) {
     }
 }
 
-crate::per_store!(
+agentidp_testkit::per_store!(
     a_writer_cannot_take_over_the_admin_agent,
     a_writer_cannot_take_over_an_agent_holding_a_scope_it_lacks,
     a_refused_takeover_is_audited_as_a_failure,

@@ -1,0 +1,612 @@
+//! OAuth 2.0: the client credentials grant (RFC 6749 §4.4), introspection (RFC 7662),
+//! revocation (RFC 7009), and the bearer check of the management API.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, Unauthenticated, details,
+};
+use crate::domain::audit::RequestContext;
+use crate::domain::time::usage_month;
+use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
+use crate::secret::ClientSecret;
+use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
+use crate::store::{Guard, StoreError, Write};
+
+/// How the client presented its credentials (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    Basic,
+    Post,
+}
+
+#[derive(Debug)]
+pub struct ClientAuthentication {
+    pub client_id: String,
+    pub secret: ClientSecret,
+    pub method: ClientAuthMethod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// Never says which check failed. `basic` asks for `WWW-Authenticate: Basic`.
+    #[error("invalid_client")]
+    InvalidClient { basic: bool },
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    #[error("quota exceeded")]
+    /// The month's token quota is used up; `retry_after` counts (by the service's clock) to
+    /// the start of the next calendar month, when it resets.
+    QuotaExceeded {
+        limit: LimitExceeded,
+        retry_after: u64,
+    },
+    /// Too many failed authentications of this client or from this address.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        OAuthError::from(ServiceError::from(e))
+    }
+}
+
+impl From<ServiceError> for OAuthError {
+    /// The OAuth endpoints call operations that refuse in their own terms (`OAuthError`); what
+    /// reaches here from the shared operations is a dependency failing, a throttle, or a bug.
+    /// Every variant is named, so a new one has to be placed.
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
+            ServiceError::RateLimited { retry_after } => OAuthError::RateLimited { retry_after },
+            ServiceError::Validation(_)
+            | ServiceError::Unauthenticated(_)
+            | ServiceError::InsufficientScope { .. }
+            | ServiceError::AgentNotFound
+            | ServiceError::CredentialNotFound
+            | ServiceError::AuditEventNotFound
+            | ServiceError::AgentNotActive(_)
+            | ServiceError::CredentialRevoked
+            | ServiceError::AgentNameTaken
+            | ServiceError::InvalidStatusTransition { .. }
+            | ServiceError::PlanLimit(_)
+            | ServiceError::Contended
+            | ServiceError::Internal(_) => OAuthError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for OAuthError {
+    fn from(e: KeyError) -> Self {
+        OAuthError::from(ServiceError::from(e))
+    }
+}
+
+#[derive(Debug)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// What introspection reports for an active token.
+#[derive(Debug, Clone)]
+pub struct ActiveToken {
+    pub claims: AccessTokenClaims,
+    pub org_id: Uuid,
+    pub agent_id: Uuid,
+    pub client_id: Option<Uuid>,
+    /// The agent's scopes now, which may be fewer than when the token was issued.
+    pub agent_scopes: ScopeSet,
+}
+
+impl ActiveToken {
+    /// What the token may do now: the scopes it was issued with that the agent still holds. A
+    /// scope taken from the agent stops working at once, not when the token expires; the token
+    /// never grants more than it was issued with.
+    pub fn honoured_scopes(&self) -> ScopeSet {
+        ScopeSet::parse(&self.claims.scope).intersection(&self.agent_scopes)
+    }
+}
+
+/// How an introspection or revocation caller proves who it is.
+#[derive(Debug)]
+pub enum EndpointAuth {
+    Client(ClientAuthentication),
+    Bearer(String),
+}
+
+/// Why a client authentication failed, for the audit trail. The client is never told.
+#[derive(Debug, Clone, Copy)]
+enum Denial {
+    UnknownClient,
+    WrongSecret,
+    CredentialRevoked,
+    CredentialExpired,
+    AgentNotActive,
+}
+
+/// Why a client authentication was refused, as far as the caller is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientRefusal {
+    Denied,
+    Locked { retry_after: u64 },
+}
+
+impl ClientRefusal {
+    fn into_oauth(self, basic: bool) -> OAuthError {
+        match self {
+            ClientRefusal::Denied => OAuthError::InvalidClient { basic },
+            ClientRefusal::Locked { retry_after } => OAuthError::RateLimited { retry_after },
+        }
+    }
+}
+
+impl Denial {
+    fn is_guess(self) -> bool {
+        matches!(self, Denial::UnknownClient | Denial::WrongSecret)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Denial::UnknownClient => "unknown_client",
+            Denial::WrongSecret => "invalid_client_secret",
+            Denial::CredentialRevoked => "credential_revoked",
+            Denial::CredentialExpired => "credential_expired",
+            Denial::AgentNotActive => "agent_not_active",
+        }
+    }
+}
+
+impl Idp {
+    pub fn token_policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            issuer: self.config.issuer.clone(),
+            audience: self.config.audience.clone(),
+            lifetime_seconds: self.config.token_lifetime_seconds,
+        }
+    }
+
+    /// Whether this instance has verified exactly this secret for this credential: a check
+    /// that costs no bcrypt and tells a caller nothing it did not know.
+    fn secret_recently_verified(
+        &self,
+        secret: &ClientSecret,
+        credential: Option<&Credential>,
+    ) -> bool {
+        credential.is_some_and(|c| {
+            self.hasher
+                .recently_verified(c.credential_id, secret, &c.secret_hash)
+        })
+    }
+
+    /// Runs bcrypt off the async workers: it takes tens of milliseconds by design.
+    async fn secret_matches(
+        self: &Arc<Self>,
+        client_id: &str,
+        secret: &ClientSecret,
+        credential: Option<&Credential>,
+    ) -> ServiceResult<bool> {
+        let key = self.hasher.verification_key(
+            client_id,
+            credential.map(|c| c.secret_hash.as_str()),
+            secret,
+        );
+        let verify = || {
+            let idp = self.clone();
+            let presented = ClientSecret::presented(secret.expose().to_owned());
+            let stored = credential.map(|c| (c.credential_id, c.secret_hash.clone()));
+            async move {
+                tokio::task::spawn_blocking(move || match stored {
+                    Some((id, hash)) => idp.hasher.verify_and_remember(id, &presented, &hash),
+                    None => idp.hasher.verify_against_dummy(&presented),
+                })
+                .await
+                .map_err(|e| ServiceError::Internal(format!("verification task failed: {e}")))
+            }
+        };
+        self.hasher.in_flight.share(key, verify).await
+    }
+
+    /// Checks a client's credentials. An unknown client costs one bcrypt verification against a
+    /// dummy hash, the same as a known client with a wrong secret.
+    async fn authenticate_client(
+        self: &Arc<Self>,
+        auth: &ClientAuthentication,
+        context: &RequestContext,
+    ) -> ServiceResult<Result<Credential, ClientRefusal>> {
+        let client_id = Uuid::parse_str(&auth.client_id).ok();
+        let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
+        let (credential, lock) = self.client_standing(client_id, &counters).await?;
+        // A secret this instance has verified passes every lockout: lockouts stop bcrypt from
+        // being spent on guesses, and this costs none; refusing it would only let whoever knows
+        // the (public) client id lock the client out.
+        let verified = self.secret_recently_verified(&auth.secret, credential.as_ref());
+        if let Some(lock) = lock.filter(|_| !verified) {
+            // A refusal costs a read, never bcrypt. Only the first of a window writes: its audit
+            // event, and a tally so the next refusal knows it is not the first.
+            if let (true, Some(reason), Some(credential)) =
+                (lock.first, lock.kind.audit_reason(), credential.as_ref())
+            {
+                let until = crate::domain::time::format_timestamp(&lock.until);
+                let event = self
+                    .denial_event(
+                        credential,
+                        reason,
+                        context,
+                        [
+                            ("lockedUntil", json!(until)),
+                            ("failures", json!(lock.limit)),
+                        ],
+                    )
+                    .await?;
+                self.store
+                    .commit(vec![lock.first_refusal(), Write::Audit(event)])
+                    .await?;
+            }
+            return Ok(Err(ClientRefusal::Locked {
+                retry_after: lock.retry_after,
+            }));
+        }
+        let matches = verified
+            || self
+                .secret_matches(&auth.client_id, &auth.secret, credential.as_ref())
+                .await?;
+        let now = self.now();
+        let denial = match &credential {
+            None => Some(Denial::UnknownClient),
+            Some(_) if !matches => Some(Denial::WrongSecret),
+            Some(c) if c.status == crate::domain::CredentialStatus::Revoked => {
+                Some(Denial::CredentialRevoked)
+            }
+            Some(c) if c.is_expired_at(now) => Some(Denial::CredentialExpired),
+            Some(c) if !c.agent_status.may_obtain_tokens() => Some(Denial::AgentNotActive),
+            Some(_) => None,
+        };
+        let denial = match (denial, credential) {
+            (None, Some(credential)) => return Ok(Ok(credential)),
+            (None, None) => {
+                return Err(ServiceError::Internal(
+                    "a client without a credential passed authentication".into(),
+                ));
+            }
+            (Some(denial), credential) => (denial, credential),
+        };
+        let (denial, credential) = denial;
+        // Guesses count towards a lockout; a right secret for a credential that may not be
+        // used is no guess.
+        let mut writes = if denial.is_guess() {
+            counters.tallies()
+        } else {
+            Vec::new()
+        };
+        match credential {
+            Some(credential) => writes.push(Write::Audit(
+                self.denial_event(&credential, denial.as_str(), context, [])
+                    .await?,
+            )),
+            // No organization to file it under: an unknown client id goes to the log only.
+            None => tracing::info!(reason = denial.as_str(), "client authentication denied"),
+        }
+        self.store.commit(writes).await?;
+        Ok(Err(ClientRefusal::Denied))
+    }
+
+    async fn denial_event<const N: usize>(
+        &self,
+        credential: &Credential,
+        reason: &str,
+        context: &RequestContext,
+        extra: [(&str, serde_json::Value); N],
+    ) -> ServiceResult<crate::domain::AuditEvent> {
+        let limits = self.limits(credential.org_id).await?;
+        let mut detail = details([
+            ("reason", json!(reason)),
+            ("clientId", json!(credential.client_id)),
+        ]);
+        for (k, v) in extra {
+            detail.insert(k.to_owned(), v);
+        }
+        Ok(EventDraft {
+            org_id: credential.org_id,
+            action: AuditAction::TokenDenied,
+            outcome: Outcome::Failure,
+            actor: Actor::client(Some(credential.client_id)),
+            subject_agent_id: Some(credential.agent_id),
+            resource: format!("credential/{}", credential.credential_id),
+            details: detail,
+        }
+        .at(self.now(), &limits, context))
+    }
+
+    async fn audit_denial<const N: usize>(
+        &self,
+        credential: &Credential,
+        reason: &str,
+        context: &RequestContext,
+        extra: [(&str, serde_json::Value); N],
+    ) -> ServiceResult<()> {
+        let event = self
+            .denial_event(credential, reason, context, extra)
+            .await?;
+        self.store.commit(vec![Write::Audit(event)]).await?;
+        Ok(())
+    }
+
+    /// `POST /token`, grant type `client_credentials`.
+    pub async fn issue_token(
+        self: &Arc<Self>,
+        auth: ClientAuthentication,
+        requested_scope: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<TokenGrant, OAuthError> {
+        let basic = auth.method == ClientAuthMethod::Basic;
+        let credential = match self.authenticate_client(&auth, context).await? {
+            Ok(credential) => credential,
+            Err(refusal) => return Err(refusal.into_oauth(basic)),
+        };
+        // The credential carries the agent's status (checked above) and scopes, kept in step on
+        // every change of the agent, so the agent record need not be read here.
+        let allowed = ScopeSet::from_list(credential.agent_scopes.iter().cloned());
+        let granted = match requested_scope {
+            None => allowed,
+            Some(text) => {
+                let requested = ScopeSet::parse(text);
+                if !requested.is_subset_of(&allowed) {
+                    self.audit_denial(
+                        &credential,
+                        "scope_not_allowed",
+                        context,
+                        [("requestedScope", json!(requested.to_string()))],
+                    )
+                    .await?;
+                    return Err(OAuthError::InvalidScope(
+                        "the requested scope exceeds the scopes registered for this agent".into(),
+                    ));
+                }
+                requested
+            }
+        };
+        let limits = self.limits(credential.org_id).await?;
+        let now = self.now();
+        let policy = self.token_policy();
+        let claims = AccessTokenClaims {
+            iss: policy.issuer.clone(),
+            sub: credential.agent_id.to_string(),
+            aud: policy.audience.clone(),
+            exp: now.timestamp() + policy.lifetime_seconds,
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            jti: Uuid::new_v4().to_string(),
+            client_id: credential.client_id.to_string(),
+            scope: granted.to_string(),
+            org_id: credential.org_id.to_string(),
+        };
+        let keys = self.keys.keys().await.map_err(OAuthError::from)?;
+        let month = usage_month(&now);
+        let event = EventDraft {
+            org_id: credential.org_id,
+            action: AuditAction::TokenIssued,
+            outcome: Outcome::Success,
+            actor: Actor::client(Some(credential.client_id)),
+            subject_agent_id: Some(credential.agent_id),
+            resource: format!("token/{}", claims.jti),
+            details: details([
+                ("scope", json!(claims.scope)),
+                ("expiresIn", json!(policy.lifetime_seconds)),
+            ]),
+        }
+        .at(now, &limits, context);
+        let writes = vec![
+            Write::CountTokenRequest {
+                org_id: credential.org_id,
+                month: month.clone(),
+                limit: limits.monthly_token_requests,
+            },
+            Write::Audit(event),
+        ];
+        // The signature (a quarter of a millisecond of CPU for RS256) is made while the commit
+        // waits for its fsync: `biased` polls the commit first, so it is queued before signing
+        // starts. The token is returned only once both succeeded, so no token ever goes out
+        // without its count and audit event. Should signing fail after the commit (the key is
+        // already parsed, so only an allocation or random-number failure could do it), the
+        // count and a `token.issued` event stand for a token the client did not receive, as
+        // when a response is lost on the way.
+        let (committed, signed) =
+            tokio::join!(biased; self.store.commit(writes), async { keys.sign(&claims) });
+        match committed {
+            Ok(()) => Ok(TokenGrant {
+                access_token: signed.map_err(OAuthError::from)?,
+                expires_in: policy.lifetime_seconds,
+                scope: claims.scope,
+            }),
+            Err(StoreError::ConditionFailed {
+                guard: Guard::TokenQuota,
+                ..
+            }) => {
+                let usage = self.store.usage(credential.org_id, &month).await?;
+                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, [])
+                    .await?;
+                Err(OAuthError::QuotaExceeded {
+                    limit: LimitExceeded {
+                        limit: "monthlyTokenRequests",
+                        max: limits.monthly_token_requests,
+                        current: usage.token_requests,
+                    },
+                    retry_after: crate::domain::time::seconds_until_next_month(self.now()),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An access token that is valid now: signature, claims, not revoked, and its agent active.
+    /// `Ok(None)` for every kind of invalid token; `Err` only when a dependency failed.
+    pub async fn active_token(&self, token: &str) -> ServiceResult<Option<ActiveToken>> {
+        let keys = self.keys.keys_for_token(token).await?;
+        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+            return Ok(None);
+        };
+        let (Some(org_id), Some(agent_id)) = (claims.org_uuid(), claims.agent_id()) else {
+            return Ok(None);
+        };
+        match self
+            .store
+            .token_standing(&claims.jti, org_id, agent_id)
+            .await?
+        {
+            (false, Some(agent)) if agent.status.tokens_are_honoured() => {
+                let client_id = claims.client_uuid();
+                Ok(Some(ActiveToken {
+                    claims,
+                    org_id,
+                    agent_id,
+                    client_id,
+                    agent_scopes: ScopeSet::from_list(agent.scopes),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The management API's bearer check.
+    pub async fn authenticate_bearer(
+        &self,
+        token: Option<&str>,
+        context: RequestContext,
+    ) -> ServiceResult<Caller> {
+        let token = token.ok_or(ServiceError::Unauthenticated(Unauthenticated::NoToken))?;
+        let active = self
+            .active_token(token)
+            .await?
+            .ok_or(ServiceError::Unauthenticated(Unauthenticated::InvalidToken))?;
+        Ok(Caller {
+            org_id: active.org_id,
+            agent_id: active.agent_id,
+            client_id: active.client_id,
+            scopes: active.honoured_scopes(),
+            context,
+        })
+    }
+
+    /// The organization and identity of an introspection or revocation caller.
+    async fn endpoint_caller(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        context: &RequestContext,
+    ) -> Result<Caller, OAuthError> {
+        match auth {
+            EndpointAuth::Client(client) => {
+                match self.authenticate_client(client, context).await? {
+                    Ok(credential) => Ok(Caller {
+                        org_id: credential.org_id,
+                        agent_id: credential.agent_id,
+                        client_id: Some(credential.client_id),
+                        scopes: ScopeSet::default(),
+                        context: context.clone(),
+                    }),
+                    Err(refusal) => {
+                        Err(refusal.into_oauth(client.method == ClientAuthMethod::Basic))
+                    }
+                }
+            }
+            EndpointAuth::Bearer(token) => self
+                .authenticate_bearer(Some(token), context.clone())
+                .await
+                .map_err(|e| match e {
+                    ServiceError::Unauthenticated(_) => OAuthError::InvalidClient { basic: false },
+                    other => other.into(),
+                }),
+        }
+    }
+
+    /// `POST /token/introspect`: `None` means `{"active": false}`, whatever the reason. The
+    /// claims' `scope` is the one honoured now, as the management API honours it, so a resource
+    /// server stops accepting a scope the moment it is taken from the agent.
+    pub async fn introspect(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Option<ActiveToken>, OAuthError> {
+        let caller = self.endpoint_caller(auth, context).await?;
+        Ok(self
+            .active_token(token)
+            .await?
+            .filter(|t| t.org_id == caller.org_id)
+            .map(|mut t| {
+                t.claims.scope = t.honoured_scopes().to_string();
+                t
+            }))
+    }
+
+    /// `POST /token/revoke`. Unknown, invalid and foreign tokens are answered the same as a
+    /// revoked one (RFC 7009 §2.2), and change nothing.
+    pub async fn revoke_token(
+        self: &Arc<Self>,
+        auth: &EndpointAuth,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<(), OAuthError> {
+        let caller = self.endpoint_caller(auth, context).await?;
+        if let EndpointAuth::Bearer(_) = auth
+            && !caller.scopes.permits(crate::domain::Scope::AgentsWrite)
+        {
+            return Err(OAuthError::InvalidClient { basic: false });
+        }
+        let keys = self
+            .keys
+            .keys_for_token(token)
+            .await
+            .map_err(OAuthError::from)?;
+        // An expired token needs no revocation; signature and claims still must check out.
+        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+            return Ok(());
+        };
+        let may_revoke = match auth {
+            EndpointAuth::Client(_) => claims.client_uuid() == caller.client_id,
+            EndpointAuth::Bearer(_) => claims.org_uuid() == Some(caller.org_id),
+        };
+        if !may_revoke || self.store.is_token_revoked(&claims.jti).await? {
+            return Ok(());
+        }
+        let limits = self.limits(caller.org_id).await?;
+        // The revocation must outlive the token, or TTL and the embedded store's purge would
+        // delete it while the token still verifies: an `exp` beyond chrono's range keeps it.
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let event = EventDraft {
+            org_id: caller.org_id,
+            action: AuditAction::TokenRevoked,
+            outcome: Outcome::Success,
+            actor: caller.actor(),
+            subject_agent_id: claims.agent_id(),
+            resource: format!("token/{}", claims.jti),
+            details: details([("clientId", json!(claims.client_id))]),
+        }
+        .at(self.now(), &limits, context);
+        self.store
+            .commit(vec![
+                Write::RevokeToken {
+                    jti: claims.jti.clone(),
+                    org_id: caller.org_id,
+                    expires_at,
+                },
+                Write::Audit(event),
+            ])
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! Access tokens: RFC 9068 JWTs signed with a key set that keeps previous keys, so a rotation
+//! never breaks a token already issued, and rendered as a JWKS (RFC 7517).
+//!
+//! By concern: `keys` (the algorithms, the key-set document and the loaded [`KeySet`]), `jwks`
+//! (the public keys), `tokens` (the claims, signing and verifying) and `source` (where a running
+//! function gets its key set). Everything is used as `signing::X`, from the re-exports here.
+
+mod jwks;
+mod keys;
+mod source;
+#[cfg(test)]
+mod test_support;
+mod tokens;
+
+pub use jwks::{Jwks, PublicJwk};
+pub use keys::{KeySet, KeySetDocument, SigningAlgorithm, StoredKey, generate_key};
+pub use source::{CachedKeys, KeySecret, KeySource, UNKNOWN_KID_REREAD_INTERVAL};
+pub use tokens::{
+    ACCESS_TOKEN_TYPE, AccessTokenClaims, MAX_TOKEN_BYTES, TokenPolicy, TokenRejection,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key generation failed")]
+    Generation,
+    #[error("the key set is malformed: {0}")]
+    Malformed(String),
+    #[error("the key set holds no key")]
+    Empty,
+    #[error("signing failed: {0}")]
+    Signing(String),
+    #[error("the key source is unavailable: {0}")]
+    Unavailable(String),
+    /// The set was loaded from public keys only (the functions that verify and never sign).
+    #[error("this key set holds public keys only and cannot sign")]
+    VerifyOnly,
+}

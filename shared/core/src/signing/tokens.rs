@@ -1,0 +1,174 @@
+//! Access tokens (RFC 9068): their claims, what a token must satisfy and why one is refused, and
+//! signing and verifying them with a [`KeySet`].
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::Validation;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{KeyError, KeySet};
+
+/// The `typ` header of RFC 9068 access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// Tokens larger than this are refused before any parsing. Ours are well under 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The claims of an access token (RFC 9068 §2.2), plus the organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    /// The agent id.
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    pub org_id: String,
+}
+
+impl AccessTokenClaims {
+    pub fn agent_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.sub).ok()
+    }
+
+    pub fn org_uuid(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.org_id).ok()
+    }
+
+    pub fn client_uuid(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.client_id).ok()
+    }
+}
+
+/// Why a token was refused. Callers answer all of these the same way; the reason is for logs
+/// and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("token too large")]
+    TooLarge,
+    #[error("token malformed")]
+    Malformed,
+    #[error("token type is not at+jwt")]
+    WrongType,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("algorithm not accepted")]
+    WrongAlgorithm,
+    #[error("bad signature or claims")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+}
+
+/// What a token needs besides the key: who issues it, for whom, and for how long.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+    pub lifetime_seconds: i64,
+}
+
+impl KeySet {
+    /// A JWS compact serialization (RFC 7515 §7.1): header, claims and signature, base64url.
+    pub fn sign(&self, claims: &AccessTokenClaims) -> Result<String, KeyError> {
+        let key = self
+            .current()?
+            .signing
+            .as_ref()
+            .ok_or(KeyError::VerifyOnly)?;
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Signing(e.to_string()))?;
+        let mut token = String::with_capacity(1024);
+        token.push_str(&key.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = key.signer.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
+    }
+
+    /// Checks the signature with the key the `kid` names, pinned to that key's algorithm, then
+    /// `typ`, `iss`, `aud`, and `exp`/`nbf` against `now` (the injected clock, not the system's).
+    pub fn verify(
+        &self,
+        token: &str,
+        policy: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<AccessTokenClaims, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        if header
+            .typ
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+            != Some(ACCESS_TOKEN_TYPE)
+        {
+            return Err(TokenRejection::WrongType);
+        }
+        let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.alg.jwt_algorithm() {
+            return Err(TokenRejection::WrongAlgorithm);
+        }
+        let mut validation = Validation::new(key.alg.jwt_algorithm());
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        let data = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.decoding, &validation)
+            .map_err(|_| TokenRejection::Invalid)?;
+        let claims = data.claims;
+        let now = now.timestamp();
+        if claims.exp <= now {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf > now {
+            return Err(TokenRejection::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::test_support::{claims, policy};
+    use crate::signing::{KeySetDocument, SigningAlgorithm};
+
+    #[test]
+    fn each_algorithm_signs_tokens_that_verify_with_its_own_key_set() {
+        for alg in [
+            SigningAlgorithm::RS256,
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::EdDSA,
+        ] {
+            let now = Utc::now();
+            let keys = KeySet::from_document(&KeySetDocument::generate(alg, now).unwrap()).unwrap();
+            let token = keys.sign(&claims(now)).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+            assert!(header.kid.is_some());
+            assert_eq!(
+                keys.verify(&token, &policy(), now).unwrap().scope,
+                "agents:read",
+                "{alg:?}"
+            );
+            assert_eq!(keys.jwks().keys[0].alg, alg.as_str());
+        }
+    }
+}

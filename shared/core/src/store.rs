@@ -1,0 +1,273 @@
+//! Storage behind small traits. Two implementations, each in its own crate: the embedded SQLite
+//! store (`agentidp-store-sqlite`: local server, tests) and DynamoDB (`agentidp-store-dynamodb`:
+//! Lambda). Both pass the conformance suite in `shared/integration/tests/conformance/`.
+//!
+//! Reads go through the reader traits. Every change goes through [`Commit::commit`] as one
+//! atomic batch of [`Write`]s, so a state change and its audit event land together or not at
+//! all, and each write carries the condition that guards it against races.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{Agent, AuditAction, AuditEvent, Credential, Organization, Outcome, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write at `index` of the batch found its condition false; nothing was written.
+    /// Callers tell what happened by `guard`: a batch's order may change, its guards' meaning
+    /// does not. `index` is for diagnostics.
+    #[error("condition of write {index} failed ({guard:?})")]
+    ConditionFailed { guard: Guard, index: usize },
+    /// The backend could not be reached or is throttling; the caller may retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: corrupt data, a bug. Logged, never shown to clients.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the condition of a [`Write`] guards; a failed condition reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// `CreateOrg`: no organization with this id exists yet.
+    OrgIsNew,
+    /// `SetPlan`: the organization exists.
+    OrgExists,
+    /// `PutAgent` or `PutCredential`: the record is new, or still at the version read.
+    StaleVersion,
+    /// `ClaimAgentName`: no other agent holds the name.
+    NameTaken,
+    /// `CountAgents` upwards: the organization is below its plan's agent limit.
+    AgentLimit,
+    /// `CountTokenRequest`: the month's token requests are below the plan's quota.
+    TokenQuota,
+}
+
+/// One conditional write of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Condition: no organization with this id exists.
+    CreateOrg(Organization),
+    /// Condition: the organization exists.
+    SetPlan { org_id: Uuid, plan: Plan },
+    /// Condition: `expected_version` is `None` and no such agent exists, or the stored agent has
+    /// exactly that version. The stored version becomes `agent.version`.
+    PutAgent {
+        agent: Agent,
+        expected_version: Option<u64>,
+    },
+    /// Condition: no non-decommissioned agent of the organization holds this name key.
+    ClaimAgentName {
+        org_id: Uuid,
+        name_key: String,
+        agent_id: Uuid,
+    },
+    /// Unconditional; frees the name for reuse.
+    ReleaseAgentName { org_id: Uuid, name_key: String },
+    /// Same condition rule as `PutAgent`, on the credential's version.
+    PutCredential {
+        credential: Credential,
+        expected_version: Option<u64>,
+    },
+    /// Moves the organization's count of non-decommissioned agents by `delta`.
+    /// Condition when `delta > 0`: the count before is below `limit`.
+    CountAgents {
+        org_id: Uuid,
+        delta: i64,
+        limit: u64,
+    },
+    /// Adds one token request to the month's count. Condition: the count before is below `limit`.
+    CountTokenRequest {
+        org_id: Uuid,
+        month: String,
+        limit: u64,
+    },
+    /// Unconditional and idempotent; kept until the token would have expired anyway.
+    RevokeToken {
+        jti: String,
+        org_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    /// Unconditional.
+    Audit(AuditEvent),
+    /// Adds one to a throttle counter (failed authentications of a client or an address, or
+    /// requests of an organization), which lives until `expires_at`, the end of the window its
+    /// key names. Unconditional.
+    Tally {
+        key: String,
+        expires_at: DateTime<Utc>,
+    },
+}
+
+impl Write {
+    /// The guard of this write's condition; `None` for an unconditional write.
+    pub fn guard(&self) -> Option<Guard> {
+        match self {
+            Write::CreateOrg(_) => Some(Guard::OrgIsNew),
+            Write::SetPlan { .. } => Some(Guard::OrgExists),
+            Write::PutAgent { .. } | Write::PutCredential { .. } => Some(Guard::StaleVersion),
+            Write::ClaimAgentName { .. } => Some(Guard::NameTaken),
+            Write::CountAgents { delta, .. } => (*delta > 0).then_some(Guard::AgentLimit),
+            Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
+            Write::ReleaseAgentName { .. }
+            | Write::RevokeToken { .. }
+            | Write::Audit(_)
+            | Write::Tally { .. } => None,
+        }
+    }
+
+    /// The error a failed condition of this write, at `index` of its batch, reports.
+    pub fn condition_failed(&self, index: usize) -> StoreError {
+        match self.guard() {
+            Some(guard) => StoreError::ConditionFailed { guard, index },
+            None => StoreError::Internal(format!(
+                "write {index} has no condition, yet the store reported it failed"
+            )),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Commit: Send + Sync {
+    /// Applies every write, or none of them. A batch touches each stored item at most once
+    /// (DynamoDB refuses a transaction that names an item twice), and holds at most 100 writes.
+    async fn commit(&self, writes: Vec<Write>) -> StoreResult<()>;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub agents: u64,
+    pub token_requests: u64,
+}
+
+#[async_trait]
+pub trait OrgReader: Send + Sync {
+    async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>>;
+    /// Operator use only (not a request path): may scan.
+    async fn list_orgs(&self) -> StoreResult<Vec<Organization>>;
+    /// Non-decommissioned agents, and token requests in `month` (`YYYY-MM`).
+    async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage>;
+}
+
+#[async_trait]
+pub trait AgentReader: Send + Sync {
+    async fn get_agent(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Option<Agent>>;
+    /// Every agent of the organization, oldest first. Bounded by the plan's agent limit plus
+    /// decommissioned ones.
+    async fn list_agents(&self, org_id: Uuid) -> StoreResult<Vec<Agent>>;
+}
+
+#[async_trait]
+pub trait CredentialReader: Send + Sync {
+    /// The token endpoint's lookup: one read, strongly consistent.
+    async fn credential_by_client_id(&self, client_id: Uuid) -> StoreResult<Option<Credential>>;
+    async fn get_credential(
+        &self,
+        org_id: Uuid,
+        agent_id: Uuid,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<Credential>>;
+    /// Every credential of the agent, oldest first.
+    async fn list_credentials(&self, org_id: Uuid, agent_id: Uuid) -> StoreResult<Vec<Credential>>;
+}
+
+#[async_trait]
+pub trait RevocationReader: Send + Sync {
+    async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool>;
+    /// What an access token's validity depends on besides its signature: whether its id is
+    /// revoked, and its agent. One read round trip (introspection and every management call).
+    async fn token_standing(
+        &self,
+        jti: &str,
+        org_id: Uuid,
+        agent_id: Uuid,
+    ) -> StoreResult<(bool, Option<Agent>)>;
+}
+
+#[async_trait]
+pub trait ThrottleReader: Send + Sync {
+    /// The throttle counters of `keys`, in order: 0 for one that is absent or has expired.
+    /// One read round trip.
+    async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>>;
+    /// Adds one to a throttle counter outside any batch and returns its new value: the request
+    /// rate check, in one round trip.
+    async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64>;
+    /// The token endpoint's one read: the credential of `client_id` (when it is a UUID) and
+    /// the throttle counters of `keys`, as [`ThrottleReader::tallies`] gives them.
+    async fn client_standing(
+        &self,
+        client_id: Option<Uuid>,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Option<Credential>, Vec<u64>)>;
+}
+
+/// Filters of `GET /audit`. The window `[not_before, until]` always applies: `not_before` is the
+/// later of the caller's `from` and the start of the organization's retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub org_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub action: Option<AuditAction>,
+    pub outcome: Option<Outcome>,
+    pub not_before: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+    /// Events whose TTL has passed are never returned, even if the backend still holds them.
+    pub now: DateTime<Utc>,
+    pub limit: usize,
+    /// Resume strictly after (older than) this position.
+    pub after: Option<AuditPosition>,
+}
+
+/// A position in the newest-first order: timestamp, then event id, both descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditPosition {
+    pub timestamp: DateTime<Utc>,
+    pub event_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Set when more events may follow.
+    pub next: Option<AuditPosition>,
+}
+
+#[async_trait]
+pub trait AuditReader: Send + Sync {
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<AuditPage>;
+    /// `None` for another organization's event or one past retention (`not_before`) or TTL.
+    async fn get_audit_event(
+        &self,
+        org_id: Uuid,
+        event_id: Uuid,
+        not_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<AuditEvent>>;
+}
+
+/// Everything at once, for the local server and the operator CLI, which serve every route.
+pub trait Store:
+    Commit
+    + OrgReader
+    + AgentReader
+    + CredentialReader
+    + RevocationReader
+    + AuditReader
+    + ThrottleReader
+{
+}
+
+impl<T> Store for T where
+    T: Commit
+        + OrgReader
+        + AgentReader
+        + CredentialReader
+        + RevocationReader
+        + AuditReader
+        + ThrottleReader
+{
+}

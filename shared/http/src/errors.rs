@@ -1,0 +1,351 @@
+//! The one place where errors become HTTP: management errors as the documented
+//! `{code, message, details}` body, OAuth errors in the RFC 6749 §5.2 shape.
+
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::{ApiResponse, json_response};
+use agentidp_core::service::tokens::OAuthError;
+use agentidp_core::service::{LimitExceeded, ScopeShortfall, ServiceError, Unauthenticated};
+
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_UNAVAILABLE: &str = "2";
+
+#[derive(Debug)]
+pub enum ApiError {
+    Service(ServiceError),
+    OAuth(OAuthError),
+    /// An OAuth endpoint's transport problem (413, 415), in the OAuth shape.
+    OAuthHttp {
+        status: StatusCode,
+        description: String,
+    },
+    RouteNotFound,
+    MethodNotAllowed(String),
+    PayloadTooLarge,
+    UnsupportedMediaType(String),
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError::Service(e)
+    }
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> Self {
+        ApiError::OAuth(e)
+    }
+}
+
+impl ApiError {
+    pub fn oauth_too_large() -> Self {
+        ApiError::OAuthHttp {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            description: format!("the body exceeds {} bytes", crate::MAX_BODY_BYTES),
+        }
+    }
+
+    pub fn into_response(self) -> ApiResponse {
+        match self {
+            ApiError::Service(e) => service_error(e),
+            ApiError::OAuth(e) => oauth_error(e),
+            ApiError::OAuthHttp {
+                status,
+                description,
+            } => oauth_body(status, "invalid_request", &description, json!({})),
+            ApiError::RouteNotFound => management(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "No route matches this path.",
+                json!([]),
+            ),
+            ApiError::MethodNotAllowed(allowed) => {
+                let mut response = management(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "This path does not accept that method.",
+                    json!([]),
+                );
+                if let Ok(value) = HeaderValue::from_str(&allowed) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
+            ApiError::PayloadTooLarge => management(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                &format!("The body exceeds {} bytes.", crate::MAX_BODY_BYTES),
+                json!([]),
+            ),
+            ApiError::UnsupportedMediaType(expected) => management(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                &format!("The body must be sent as {expected}."),
+                json!([]),
+            ),
+        }
+    }
+}
+
+fn management(status: StatusCode, code: &str, message: &str, details: Value) -> ApiResponse {
+    json_response(
+        status,
+        &json!({ "code": code, "message": message, "details": details }),
+    )
+}
+
+fn limit_details(limit: &LimitExceeded) -> Value {
+    json!([{ "limit": limit.limit, "max": limit.max, "current": limit.current }])
+}
+
+fn set(response: &mut ApiResponse, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+fn service_error(e: ServiceError) -> ApiResponse {
+    match e {
+        ServiceError::Validation(details) => management(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "The request is invalid; see details.",
+            json!(details),
+        ),
+        ServiceError::Unauthenticated(reason) => {
+            let mut response = management(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "A valid bearer access token is required.",
+                json!([]),
+            );
+            let challenge = match reason {
+                Unauthenticated::NoToken => r#"Bearer realm="agentidp""#.to_owned(),
+                Unauthenticated::InvalidToken => format!(
+                    r#"Bearer realm="agentidp", error="invalid_token", error_description="{reason}""#
+                ),
+            };
+            set(&mut response, header::WWW_AUTHENTICATE, &challenge);
+            response
+        }
+        ServiceError::InsufficientScope { missing, shortfall } => {
+            let listed = missing.join(" ");
+            let (message, details) = match shortfall {
+                ScopeShortfall::Endpoint => (
+                    format!("The access token lacks the required scope: {listed}."),
+                    json!([]),
+                ),
+                ScopeShortfall::Grant => (
+                    format!("A caller cannot grant scopes it does not hold: {listed}."),
+                    json!([]),
+                ),
+                ScopeShortfall::Target => (
+                    format!(
+                        "The agent holds scopes the caller does not, so the caller cannot change it or its credentials: {listed}."
+                    ),
+                    missing
+                        .iter()
+                        .map(|scope| json!({ "scope": scope }))
+                        .collect(),
+                ),
+            };
+            let mut response = management(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_SCOPE",
+                &message,
+                details,
+            );
+            // Scope tokens exclude `"` and `\`, so the attribute needs no escaping.
+            set(
+                &mut response,
+                header::WWW_AUTHENTICATE,
+                &format!(
+                    r#"Bearer realm="agentidp", error="insufficient_scope", scope="{listed}""#
+                ),
+            );
+            response
+        }
+        ServiceError::AgentNotFound => management(
+            StatusCode::NOT_FOUND,
+            "AGENT_NOT_FOUND",
+            "No agent with this id exists.",
+            json!([]),
+        ),
+        ServiceError::CredentialNotFound => management(
+            StatusCode::NOT_FOUND,
+            "CREDENTIAL_NOT_FOUND",
+            "No credential with this id exists for this agent.",
+            json!([]),
+        ),
+        ServiceError::AuditEventNotFound => management(
+            StatusCode::NOT_FOUND,
+            "AUDIT_EVENT_NOT_FOUND",
+            "No audit event with this id exists.",
+            json!([]),
+        ),
+        ServiceError::AgentNotActive(why) => management(
+            StatusCode::CONFLICT,
+            "AGENT_NOT_ACTIVE",
+            &format!("The agent is not active: {why}."),
+            json!([]),
+        ),
+        ServiceError::CredentialRevoked => management(
+            StatusCode::CONFLICT,
+            "CREDENTIAL_REVOKED",
+            "The credential is revoked; revocation is permanent. Generate a new credential instead.",
+            json!([]),
+        ),
+        ServiceError::AgentNameTaken => management(
+            StatusCode::CONFLICT,
+            "AGENT_NAME_TAKEN",
+            "Another agent of this organization already has this name.",
+            json!([{ "field": "name", "message": "is already taken" }]),
+        ),
+        ServiceError::InvalidStatusTransition { from, to } => management(
+            StatusCode::CONFLICT,
+            "INVALID_STATUS_TRANSITION",
+            &format!("An agent cannot go from {from} to {to}."),
+            json!([{ "field": "status", "message": format!("{from} cannot become {to}") }]),
+        ),
+        ServiceError::PlanLimit(limit) => management(
+            StatusCode::FORBIDDEN,
+            "PLAN_LIMIT_EXCEEDED",
+            &format!(
+                "The plan allows {} for {}; {} in use.",
+                limit.max, limit.limit, limit.current
+            ),
+            limit_details(&limit),
+        ),
+        ServiceError::RateLimited { retry_after } => {
+            let mut response = management(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "The organization is sending requests too fast; retry after the time given.",
+                json!([]),
+            );
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
+            response
+        }
+        ServiceError::Contended => management(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "The resource changed concurrently too many times; retry the request.",
+            json!([]),
+        ),
+        ServiceError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "dependency unavailable");
+            let mut response = management(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "The service is temporarily unavailable; retry later.",
+                json!([]),
+            );
+            set(&mut response, header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE);
+            response
+        }
+        ServiceError::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
+            management(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "An internal error occurred.",
+                json!([]),
+            )
+        }
+    }
+}
+
+fn oauth_body(status: StatusCode, error: &str, description: &str, extra: Value) -> ApiResponse {
+    let mut body = json!({ "error": error, "error_description": description });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    let mut response = json_response(status, &body);
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn oauth_error(e: OAuthError) -> ApiResponse {
+    match e {
+        OAuthError::InvalidRequest(description) => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &description,
+            json!({}),
+        ),
+        OAuthError::InvalidClient { basic } => {
+            let mut response = oauth_body(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed.",
+                json!({}),
+            );
+            if basic {
+                set(
+                    &mut response,
+                    header::WWW_AUTHENTICATE,
+                    r#"Basic realm="agentidp", charset="UTF-8""#,
+                );
+            }
+            response
+        }
+        OAuthError::InvalidScope(description) => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &description,
+            json!({}),
+        ),
+        OAuthError::UnsupportedGrantType => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Only the client_credentials grant is supported.",
+            json!({}),
+        ),
+        OAuthError::QuotaExceeded { limit, retry_after } => {
+            let mut response = oauth_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                &format!(
+                    "The plan allows {} token requests a month; {} used.",
+                    limit.max, limit.current
+                ),
+                json!({ "limit": limit.limit, "max": limit.max, "current": limit.current }),
+            );
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
+            response
+        }
+        OAuthError::RateLimited { retry_after } => {
+            let mut response = oauth_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "Too many failed authentications; retry after the time given.",
+                json!({}),
+            );
+            set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
+            response
+        }
+        OAuthError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "dependency unavailable");
+            let mut response = oauth_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "The service is temporarily unavailable; retry later.",
+                json!({}),
+            );
+            set(&mut response, header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE);
+            response
+        }
+        OAuthError::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
+            oauth_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "An internal error occurred.",
+                json!({}),
+            )
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The OAuth endpoints: token (RFC 6749 §4.4), introspection (RFC 7662), revocation
+//! (RFC 7009), JWKS (RFC 7517) and authorization server metadata (RFC 8414).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::errors::ApiError;
+use crate::{ApiRequest, ApiResponse, Endpoint, json_response, media_type};
+use agentidp_core::domain::scope::MANAGEMENT_SCOPES;
+use agentidp_core::secret::ClientSecret;
+use agentidp_core::service::Idp;
+use agentidp_core::service::tokens::{
+    ClientAuthMethod, ClientAuthentication, EndpointAuth, OAuthError,
+};
+
+/// How long clients may cache the JWKS and metadata. Short, so a new key is picked up soon
+/// after rotation; the previous key stays published well beyond this.
+const PUBLIC_CACHE_CONTROL: &str = "public, max-age=300";
+
+fn invalid(description: impl Into<String>) -> ApiError {
+    ApiError::OAuth(OAuthError::InvalidRequest(description.into()))
+}
+
+/// A JSON object's members in order, repeats included: a map type would keep only the last of
+/// two `client_secret`s, where a repeated parameter must be refused.
+struct JsonMembers(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonMembers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// The request parameters, from a form (RFC 6749) or a JSON object of strings. A parameter
+/// given twice is refused (RFC 6749 §3.2).
+fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    match media_type(&request.headers).as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            for (name, value) in form_urlencoded::parse(&request.body) {
+                if params
+                    .insert(name.to_string(), value.into_owned())
+                    .is_some()
+                {
+                    return Err(invalid(format!("the parameter {name} is repeated")));
+                }
+            }
+        }
+        Some("application/json") => {
+            let members: JsonMembers = serde_json::from_slice(&request.body).map_err(|e| {
+                if e.is_data() {
+                    invalid("the body must be a JSON object")
+                } else {
+                    invalid("the body is not valid JSON")
+                }
+            })?;
+            for (name, value) in members.0 {
+                let Value::String(text) = value else {
+                    return Err(invalid(format!("the parameter {name} must be a string")));
+                };
+                if params.insert(name.clone(), text).is_some() {
+                    return Err(invalid(format!("the parameter {name} is repeated")));
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::OAuthHttp {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                description: "send application/x-www-form-urlencoded (or application/json)".into(),
+            });
+        }
+    }
+    Ok(params)
+}
+
+/// `client_secret_basic`: the id and secret are each form-encoded before base64 (RFC 6749 §2.3.1).
+fn basic_credentials(request: &ApiRequest) -> Result<Option<(String, String)>, ApiError> {
+    let Some(value) = request.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let Some((scheme, encoded)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
+        return Err(ApiError::OAuth(OAuthError::InvalidClient { basic: true }));
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+    let text = String::from_utf8(decoded)
+        .map_err(|_| ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+    let (id, secret) = text
+        .split_once(':')
+        .ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+    let unescape = |s: &str| {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
+/// The client's credentials, by exactly one method. `None` when it sent none.
+fn client_authentication(
+    request: &ApiRequest,
+    params: &mut BTreeMap<String, String>,
+) -> Result<Option<ClientAuthentication>, ApiError> {
+    let basic = basic_credentials(request)?;
+    let post_id = params.remove("client_id");
+    let post_secret = params.remove("client_secret");
+    match (basic, post_id, post_secret) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            Err(invalid("use one client authentication method, not two"))
+        }
+        (Some((client_id, secret)), None, None) => Ok(Some(ClientAuthentication {
+            client_id,
+            secret: ClientSecret::presented(secret),
+            method: ClientAuthMethod::Basic,
+        })),
+        (None, Some(client_id), Some(secret)) => Ok(Some(ClientAuthentication {
+            client_id,
+            secret: ClientSecret::presented(secret),
+            method: ClientAuthMethod::Post,
+        })),
+        // A client id without a secret would be a public client; there are none here.
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            Err(ApiError::OAuth(OAuthError::InvalidClient { basic: false }))
+        }
+        (None, None, None) => Ok(None),
+    }
+}
+
+fn token_parameter(params: &BTreeMap<String, String>) -> Result<&str, ApiError> {
+    params
+        .get("token")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| invalid("the token parameter is required"))
+}
+
+/// Introspection and revocation accept client authentication or a bearer token.
+fn endpoint_auth(
+    request: &ApiRequest,
+    params: &mut BTreeMap<String, String>,
+) -> Result<EndpointAuth, ApiError> {
+    if let Some(client) = client_authentication(request, params)? {
+        return Ok(EndpointAuth::Client(client));
+    }
+    match crate::management::bearer_token(request) {
+        Some(token) => Ok(EndpointAuth::Bearer(token.to_owned())),
+        None => Err(ApiError::OAuth(OAuthError::InvalidClient { basic: true })),
+    }
+}
+
+fn public_json(body: &impl serde::Serialize) -> ApiResponse {
+    let mut response = json_response(StatusCode::OK, body);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(PUBLIC_CACHE_CONTROL),
+    );
+    response
+}
+
+fn no_store(mut response: ApiResponse) -> ApiResponse {
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+pub(super) async fn serve(
+    idp: &Arc<Idp>,
+    endpoint: Endpoint,
+    request: ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    match endpoint {
+        Endpoint::Token => {
+            let mut params = parameters(&request)?;
+            let auth = client_authentication(&request, &mut params)?;
+            match params.get("grant_type").map(String::as_str) {
+                None => return Err(invalid("the grant_type parameter is required")),
+                Some("client_credentials") => {}
+                Some(_) => return Err(ApiError::OAuth(OAuthError::UnsupportedGrantType)),
+            }
+            let auth = auth.ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+            let scope = params.get("scope").map(String::as_str);
+            if scope.is_some_and(|s| {
+                s.split(' ')
+                    .any(|t| !t.is_empty() && !agentidp_core::validation::is_scope_token(t))
+            }) {
+                return Err(ApiError::OAuth(OAuthError::InvalidScope(
+                    "the scope parameter is malformed".into(),
+                )));
+            }
+            let grant = idp.issue_token(auth, scope, &request.context).await?;
+            Ok(no_store(json_response(
+                StatusCode::OK,
+                &json!({
+                    "access_token": grant.access_token,
+                    "token_type": "Bearer",
+                    "expires_in": grant.expires_in,
+                    "scope": grant.scope,
+                }),
+            )))
+        }
+        Endpoint::Introspect => {
+            let mut params = parameters(&request)?;
+            let auth = endpoint_auth(&request, &mut params)?;
+            let token = token_parameter(&params)?;
+            let body = match idp.introspect(&auth, token, &request.context).await? {
+                Some(active) => {
+                    let c = active.claims;
+                    json!({
+                        "active": true,
+                        "scope": c.scope,
+                        "client_id": c.client_id,
+                        "sub": c.sub,
+                        "aud": c.aud,
+                        "iss": c.iss,
+                        "exp": c.exp,
+                        "iat": c.iat,
+                        "nbf": c.nbf,
+                        "jti": c.jti,
+                        "token_type": "Bearer",
+                        "org_id": c.org_id,
+                    })
+                }
+                None => json!({ "active": false }),
+            };
+            Ok(no_store(json_response(StatusCode::OK, &body)))
+        }
+        Endpoint::Revoke => {
+            let mut params = parameters(&request)?;
+            let auth = endpoint_auth(&request, &mut params)?;
+            let token = token_parameter(&params)?;
+            idp.revoke_token(&auth, token, &request.context).await?;
+            Ok(no_store(json_response(StatusCode::OK, &json!({}))))
+        }
+        Endpoint::Jwks => {
+            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
+            Ok(public_json(&keys.jwks()))
+        }
+        Endpoint::Metadata => {
+            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
+            let issuer = &idp.config.issuer;
+            Ok(public_json(&json!({
+                "issuer": issuer,
+                "token_endpoint": format!("{issuer}/api/v1/token"),
+                "introspection_endpoint": format!("{issuer}/api/v1/token/introspect"),
+                "revocation_endpoint": format!("{issuer}/api/v1/token/revoke"),
+                "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+                "grant_types_supported": ["client_credentials"],
+                "response_types_supported": [],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "scopes_supported": MANAGEMENT_SCOPES,
+                "access_token_signing_alg_values_supported": keys.algorithms(),
+            })))
+        }
+        _ => Err(ApiError::RouteNotFound),
+    }
+}

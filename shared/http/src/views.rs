@@ -1,0 +1,154 @@
+//! The JSON shapes of responses: camelCase, timestamps with milliseconds.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use agentidp_core::domain::credential::EffectiveCredentialStatus;
+use agentidp_core::domain::time::format_timestamp;
+use agentidp_core::domain::{Actor, Agent, AuditEvent, Credential};
+use agentidp_core::service::credentials::IssuedCredential;
+
+fn ts(at: &DateTime<Utc>) -> String {
+    format_timestamp(at)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub agent_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub capabilities: Vec<String>,
+    pub scopes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub status: &'static str,
+    pub created_at: String,
+    pub updated_at: String,
+    pub decommissioned_at: Option<String>,
+}
+
+impl From<&Agent> for AgentView {
+    fn from(a: &Agent) -> Self {
+        Self {
+            agent_id: a.agent_id,
+            name: a.name.clone(),
+            description: a.description.clone(),
+            owner: a.owner.clone(),
+            capabilities: a.capabilities.clone(),
+            scopes: a.scopes.clone(),
+            metadata: a.metadata.clone(),
+            status: a.status.as_str(),
+            created_at: ts(&a.created_at),
+            updated_at: ts(&a.updated_at),
+            decommissioned_at: a.decommissioned_at.as_ref().map(ts),
+        }
+    }
+}
+
+/// A credential as listed: never the secret, never the hash.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialView {
+    pub credential_id: Uuid,
+    pub client_id: Uuid,
+    pub status: EffectiveCredentialStatus,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl CredentialView {
+    pub fn new(c: &Credential, now: DateTime<Utc>) -> Self {
+        Self {
+            credential_id: c.credential_id,
+            client_id: c.client_id,
+            status: c.effective_status(now),
+            created_at: ts(&c.created_at),
+            expires_at: c.expires_at.as_ref().map(ts),
+            revoked_at: c.revoked_at.as_ref().map(ts),
+        }
+    }
+}
+
+/// The one response that shows the secret: generation and rotation.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCredentialView<'a> {
+    pub credential_id: Uuid,
+    pub client_id: Uuid,
+    pub client_secret: &'a str,
+    pub status: EffectiveCredentialStatus,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl<'a> IssuedCredentialView<'a> {
+    pub fn new(issued: &'a IssuedCredential, now: DateTime<Utc>) -> Self {
+        let c = &issued.credential;
+        Self {
+            credential_id: c.credential_id,
+            client_id: c.client_id,
+            client_secret: issued.client_secret.expose(),
+            status: c.effective_status(now),
+            created_at: ts(&c.created_at),
+            expires_at: c.expires_at.as_ref().map(ts),
+            revoked_at: c.revoked_at.as_ref().map(ts),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEventView {
+    pub event_id: Uuid,
+    pub timestamp: String,
+    pub action: &'static str,
+    pub outcome: &'static str,
+    pub actor: Actor,
+    pub agent_id: Option<Uuid>,
+    pub resource: String,
+    pub request_id: String,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&AuditEvent> for AuditEventView {
+    fn from(e: &AuditEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            timestamp: ts(&e.timestamp),
+            action: e.action.as_str(),
+            outcome: e.outcome.as_str(),
+            actor: e.actor.clone(),
+            agent_id: e.subject_agent_id,
+            resource: e.resource.clone(),
+            request_id: e.request_id.clone(),
+            source_ip: e.source_ip.clone(),
+            user_agent: e.user_agent.clone(),
+            details: e.details.clone(),
+        }
+    }
+}
+
+/// `{data, total, page, limit}` of the offset-paginated lists.
+#[derive(Debug, Serialize)]
+pub struct PageView<T: Serialize> {
+    pub data: Vec<T>,
+    pub total: usize,
+    pub page: u32,
+    pub limit: u32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPageView {
+    pub data: Vec<AuditEventView>,
+    pub next_cursor: Option<String>,
+    pub limit: usize,
+}

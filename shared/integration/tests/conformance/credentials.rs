@@ -1,0 +1,272 @@
+//! Credentials: reads by client id and by ids, versioned updates, isolation, listing.
+
+use std::sync::Arc;
+
+use agentidp_core::domain::{AgentStatus, Credential, CredentialStatus};
+use agentidp_core::store::{Store, Write};
+use chrono::Duration;
+use uuid::Uuid;
+
+use super::{assert_condition_failed, assert_winners, credential, new_credential, now_ms, race};
+
+pub async fn a_credential_reads_back_equal_by_client_id_and_by_its_ids<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let agent_id = Uuid::new_v4();
+    let created = now_ms();
+    let plain = Credential {
+        expires_at: None,
+        ..credential(org_id, agent_id, created)
+    };
+    let revoked = Credential {
+        status: CredentialStatus::Revoked,
+        agent_status: AgentStatus::Suspended,
+        revoked_at: Some(created + Duration::milliseconds(5)),
+        rotated_at: Some(created + Duration::milliseconds(3)),
+        version: 9,
+        ..credential(org_id, agent_id, created)
+    };
+    store
+        .commit(vec![new_credential(&plain), new_credential(&revoked)])
+        .await
+        .unwrap();
+
+    for expected in [plain, revoked] {
+        assert_eq!(
+            store
+                .credential_by_client_id(expected.client_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&expected)
+        );
+        assert_eq!(
+            store
+                .get_credential(org_id, agent_id, expected.credential_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&expected)
+        );
+    }
+}
+
+pub async fn creating_a_credential_that_already_exists_fails<S: Store + 'static>(store: Arc<S>) {
+    let first = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
+    store.commit(vec![new_credential(&first)]).await.unwrap();
+
+    let overwrite = Credential {
+        secret_hash: "$2b$04$other".into(),
+        ..first.clone()
+    };
+    assert_condition_failed(&store.commit(vec![new_credential(&overwrite)]).await, 0);
+    assert_eq!(
+        store
+            .credential_by_client_id(first.client_id)
+            .await
+            .unwrap(),
+        Some(first)
+    );
+}
+
+pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let v1 = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
+    store.commit(vec![new_credential(&v1)]).await.unwrap();
+
+    let rotated = Credential {
+        secret_hash: "$2b$04$rotated".into(),
+        rotated_at: Some(v1.created_at + Duration::minutes(1)),
+        version: 2,
+        ..v1.clone()
+    };
+    store
+        .commit(vec![Write::PutCredential {
+            credential: rotated.clone(),
+            expected_version: Some(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(rotated.clone())
+    );
+
+    let stale = Credential {
+        status: CredentialStatus::Revoked,
+        version: 2,
+        ..v1.clone()
+    };
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::PutCredential {
+                credential: stale,
+                expected_version: Some(1),
+            }])
+            .await,
+        0,
+    );
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(rotated.clone())
+    );
+
+    let revoked = Credential {
+        status: CredentialStatus::Revoked,
+        revoked_at: Some(v1.created_at + Duration::minutes(2)),
+        version: 3,
+        ..rotated
+    };
+    store
+        .commit(vec![Write::PutCredential {
+            credential: revoked.clone(),
+            expected_version: Some(2),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.credential_by_client_id(v1.client_id).await.unwrap(),
+        Some(revoked)
+    );
+
+    let missing = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
+    assert_condition_failed(
+        &store
+            .commit(vec![Write::PutCredential {
+                credential: missing.clone(),
+                expected_version: Some(1),
+            }])
+            .await,
+        0,
+    );
+    assert_eq!(
+        store
+            .credential_by_client_id(missing.client_id)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn parallel_updates_of_one_credential_version_let_exactly_one_win<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let v1 = credential(Uuid::new_v4(), Uuid::new_v4(), now_ms());
+    store.commit(vec![new_credential(&v1)]).await.unwrap();
+
+    let candidates: Vec<Credential> = (0..16)
+        .map(|i| Credential {
+            secret_hash: format!("$2b$04$writer{i}"),
+            version: 2,
+            ..v1.clone()
+        })
+        .collect();
+    let batches = candidates
+        .iter()
+        .map(|c| {
+            vec![Write::PutCredential {
+                credential: c.clone(),
+                expected_version: Some(1),
+            }]
+        })
+        .collect();
+    let results = race(&store, batches).await;
+
+    assert_winners(&results, 1);
+    let winner = results.iter().position(Result::is_ok).unwrap();
+    assert_eq!(
+        store
+            .credential_by_client_id(v1.client_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&candidates[winner])
+    );
+}
+
+pub async fn a_credential_is_found_only_under_its_own_organization_and_agent<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let agent_id = Uuid::new_v4();
+    let owned = credential(org_id, agent_id, now_ms());
+    store.commit(vec![new_credential(&owned)]).await.unwrap();
+
+    let id = owned.credential_id;
+    assert_eq!(
+        store
+            .get_credential(Uuid::new_v4(), agent_id, id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_credential(org_id, Uuid::new_v4(), id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_credential(org_id, agent_id, Uuid::new_v4())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .list_credentials(Uuid::new_v4(), agent_id)
+            .await
+            .unwrap(),
+        Vec::new()
+    );
+    assert_eq!(
+        store.credential_by_client_id(Uuid::new_v4()).await.unwrap(),
+        None
+    );
+    // The credential id is not a client id.
+    assert_eq!(store.credential_by_client_id(id).await.unwrap(), None);
+    assert_eq!(
+        store.get_credential(org_id, agent_id, id).await.unwrap(),
+        Some(owned)
+    );
+}
+
+pub async fn credentials_are_listed_oldest_first_and_only_for_their_agent<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let agent_id = Uuid::new_v4();
+    let other_agent = Uuid::new_v4();
+    let t = now_ms();
+    let mut mine = vec![
+        credential(org_id, agent_id, t + Duration::seconds(1)),
+        credential(org_id, agent_id, t),
+        credential(org_id, agent_id, t),
+        credential(org_id, agent_id, t + Duration::milliseconds(1)),
+    ];
+    let theirs = credential(org_id, other_agent, t);
+    let mut writes: Vec<Write> = mine.iter().map(new_credential).collect();
+    writes.push(new_credential(&theirs));
+    store.commit(writes).await.unwrap();
+
+    mine.sort_by_key(|c| (c.created_at, c.credential_id));
+    assert_eq!(
+        store.list_credentials(org_id, agent_id).await.unwrap(),
+        mine
+    );
+    assert_eq!(
+        store.list_credentials(org_id, other_agent).await.unwrap(),
+        vec![theirs]
+    );
+    assert_eq!(
+        store
+            .list_credentials(org_id, Uuid::new_v4())
+            .await
+            .unwrap(),
+        Vec::new()
+    );
+}

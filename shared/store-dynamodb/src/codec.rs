@@ -1,0 +1,359 @@
+//! Records ⇄ items. Optional fields are left out of the item when absent. Timestamps are stored
+//! as RFC 3339 strings at full precision, so that a record reads back exactly as written.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use agentidp_core::domain::{
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
+    Outcome, Plan,
+};
+use agentidp_core::store::{StoreError, StoreResult};
+
+use crate::keys::{Item, ORG_SK, action_key, agent_key, agent_sk, audit_sk, pk_sk, ttl_seconds};
+use crate::schema::{ACTION_KEY, AGENT_KEY, CREDENTIAL_ID, EVENT_ID, EXPIRES_AT, PK};
+
+// Attributes that expressions name.
+pub(crate) const VERSION: &str = "version";
+pub(crate) const COUNT: &str = "count";
+pub(crate) const PLAN: &str = "plan";
+pub(crate) const ACTION: &str = "action";
+pub(crate) const OUTCOME: &str = "outcome";
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn time(at: &DateTime<Utc>) -> AttributeValue {
+    s(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+fn string_list(values: &[String]) -> AttributeValue {
+    AttributeValue::L(values.iter().map(|value| s(value.clone())).collect())
+}
+
+fn insert_opt(item: &mut Item, name: &str, value: Option<AttributeValue>) {
+    if let Some(value) = value {
+        item.insert(name.to_owned(), value);
+    }
+}
+
+pub(crate) fn org_item(org: &Organization) -> Item {
+    let mut item = pk_sk(org.org_id.to_string(), ORG_SK);
+    item.insert("name".into(), s(org.name.clone()));
+    item.insert(PLAN.into(), s(org.plan.as_str()));
+    item.insert("createdAt".into(), time(&org.created_at));
+    item
+}
+
+pub(crate) fn org_from(item: &Item) -> StoreResult<Organization> {
+    let r = ItemReader::new(item, "organization");
+    Ok(Organization {
+        org_id: r.uuid(PK)?,
+        name: r.s("name")?.to_owned(),
+        plan: r.parse(PLAN, Plan::parse)?,
+        created_at: r.time("createdAt")?,
+    })
+}
+
+pub(crate) fn agent_item(agent: &Agent) -> Item {
+    let mut item = pk_sk(agent.org_id.to_string(), &agent_sk(agent.agent_id));
+    item.insert("agentId".into(), s(agent.agent_id.to_string()));
+    item.insert("name".into(), s(agent.name.clone()));
+    insert_opt(&mut item, "description", agent.description.clone().map(s));
+    insert_opt(&mut item, "owner", agent.owner.clone().map(s));
+    item.insert("capabilities".into(), string_list(&agent.capabilities));
+    item.insert("scopes".into(), string_list(&agent.scopes));
+    item.insert(
+        "metadata".into(),
+        AttributeValue::M(
+            agent
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), s(v.clone())))
+                .collect(),
+        ),
+    );
+    item.insert("status".into(), s(agent.status.as_str()));
+    item.insert("createdAt".into(), time(&agent.created_at));
+    item.insert("updatedAt".into(), time(&agent.updated_at));
+    insert_opt(
+        &mut item,
+        "decommissionedAt",
+        agent.decommissioned_at.as_ref().map(time),
+    );
+    item.insert("activeCredentials".into(), n(agent.active_credentials));
+    item.insert(VERSION.into(), n(agent.version));
+    item
+}
+
+pub(crate) fn agent_from(item: &Item) -> StoreResult<Agent> {
+    let r = ItemReader::new(item, "agent");
+    Ok(Agent {
+        agent_id: r.uuid("agentId")?,
+        org_id: r.uuid(PK)?,
+        name: r.s("name")?.to_owned(),
+        description: r.opt_s("description")?.map(str::to_owned),
+        owner: r.opt_s("owner")?.map(str::to_owned),
+        capabilities: r.string_list("capabilities")?,
+        scopes: r.string_list("scopes")?,
+        metadata: r.string_map("metadata")?,
+        status: r.parse("status", AgentStatus::parse)?,
+        created_at: r.time("createdAt")?,
+        updated_at: r.time("updatedAt")?,
+        decommissioned_at: r.opt_time("decommissionedAt")?,
+        active_credentials: r.u64("activeCredentials")?,
+        version: r.u64(VERSION)?,
+    })
+}
+
+pub(crate) fn credential_item(credential: &Credential) -> Item {
+    let mut item = HashMap::from([(PK.to_owned(), s(credential.client_id.to_string()))]);
+    item.insert(
+        AGENT_KEY.into(),
+        s(agent_key(credential.org_id, credential.agent_id)),
+    );
+    item.insert(
+        CREDENTIAL_ID.into(),
+        s(credential.credential_id.to_string()),
+    );
+    item.insert("orgId".into(), s(credential.org_id.to_string()));
+    item.insert("agentId".into(), s(credential.agent_id.to_string()));
+    item.insert("secretHash".into(), s(credential.secret_hash.clone()));
+    item.insert("status".into(), s(credential.status.as_str()));
+    item.insert("agentStatus".into(), s(credential.agent_status.as_str()));
+    item.insert("agentScopes".into(), string_list(&credential.agent_scopes));
+    item.insert("createdAt".into(), time(&credential.created_at));
+    // A string, so that it could never be taken for a TTL attribute: an expired credential must
+    // stay listable as `expired`.
+    insert_opt(
+        &mut item,
+        "expiresAt",
+        credential.expires_at.as_ref().map(time),
+    );
+    insert_opt(
+        &mut item,
+        "revokedAt",
+        credential.revoked_at.as_ref().map(time),
+    );
+    insert_opt(
+        &mut item,
+        "rotatedAt",
+        credential.rotated_at.as_ref().map(time),
+    );
+    item.insert(VERSION.into(), n(credential.version));
+    item
+}
+
+pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
+    let r = ItemReader::new(item, "credential");
+    Ok(Credential {
+        credential_id: r.uuid(CREDENTIAL_ID)?,
+        client_id: r.uuid(PK)?,
+        agent_id: r.uuid("agentId")?,
+        org_id: r.uuid("orgId")?,
+        secret_hash: r.s("secretHash")?.to_owned(),
+        status: r.parse("status", CredentialStatus::parse)?,
+        agent_status: r.parse("agentStatus", AgentStatus::parse)?,
+        agent_scopes: r.string_list("agentScopes")?,
+        created_at: r.time("createdAt")?,
+        expires_at: r.opt_time("expiresAt")?,
+        revoked_at: r.opt_time("revokedAt")?,
+        rotated_at: r.opt_time("rotatedAt")?,
+        version: r.u64(VERSION)?,
+    })
+}
+
+pub(crate) fn audit_item(event: &AuditEvent) -> Item {
+    let mut item = pk_sk(
+        event.org_id.to_string(),
+        &audit_sk(&event.timestamp, event.event_id),
+    );
+    item.insert(EVENT_ID.into(), s(event.event_id.to_string()));
+    insert_opt(
+        &mut item,
+        AGENT_KEY,
+        event
+            .subject_agent_id
+            .map(|agent| s(agent_key(event.org_id, agent))),
+    );
+    item.insert(ACTION_KEY.into(), s(action_key(event.org_id, event.action)));
+    item.insert("timestamp".into(), time(&event.timestamp));
+    item.insert(ACTION.into(), s(event.action.as_str()));
+    item.insert(OUTCOME.into(), s(event.outcome.as_str()));
+    let mut actor = HashMap::from([("type".to_owned(), s(event.actor.kind.clone()))]);
+    insert_opt(
+        &mut actor,
+        "agentId",
+        event.actor.agent_id.map(|id| s(id.to_string())),
+    );
+    insert_opt(
+        &mut actor,
+        "clientId",
+        event.actor.client_id.map(|id| s(id.to_string())),
+    );
+    item.insert("actor".into(), AttributeValue::M(actor));
+    insert_opt(
+        &mut item,
+        "subjectAgentId",
+        event.subject_agent_id.map(|id| s(id.to_string())),
+    );
+    item.insert("resource".into(), s(event.resource.clone()));
+    item.insert("requestId".into(), s(event.request_id.clone()));
+    insert_opt(&mut item, "sourceIp", event.source_ip.clone().map(s));
+    insert_opt(&mut item, "userAgent", event.user_agent.clone().map(s));
+    // JSON text: DynamoDB numbers and maps would not give back every JSON value unchanged.
+    item.insert(
+        "details".into(),
+        s(serde_json::Value::Object(event.details.clone()).to_string()),
+    );
+    item.insert(EXPIRES_AT.into(), n(ttl_seconds(&event.expires_at)));
+    item.insert("expiresAtTime".into(), time(&event.expires_at));
+    item
+}
+
+pub(crate) fn audit_from(item: &Item) -> StoreResult<AuditEvent> {
+    let r = ItemReader::new(item, "audit event");
+    let actor = r.map("actor")?;
+    let actor_reader = ItemReader::new(actor, "audit event actor");
+    let details = match serde_json::from_str::<serde_json::Value>(r.s("details")?) {
+        Ok(serde_json::Value::Object(details)) => details,
+        _ => return Err(r.malformed("details")),
+    };
+    Ok(AuditEvent {
+        event_id: r.uuid(EVENT_ID)?,
+        org_id: r.uuid(PK)?,
+        timestamp: r.time("timestamp")?,
+        action: r.parse(ACTION, AuditAction::parse)?,
+        outcome: r.parse(OUTCOME, Outcome::parse)?,
+        actor: Actor {
+            kind: actor_reader.s("type")?.to_owned(),
+            agent_id: actor_reader.opt_uuid("agentId")?,
+            client_id: actor_reader.opt_uuid("clientId")?,
+        },
+        subject_agent_id: r.opt_uuid("subjectAgentId")?,
+        resource: r.s("resource")?.to_owned(),
+        request_id: r.s("requestId")?.to_owned(),
+        source_ip: r.opt_s("sourceIp")?.map(str::to_owned),
+        user_agent: r.opt_s("userAgent")?.map(str::to_owned),
+        details,
+        expires_at: r.time("expiresAtTime")?,
+    })
+}
+
+/// Typed access to an item's attributes; errors name the record kind and attribute, never the
+/// value.
+pub(crate) struct ItemReader<'a> {
+    item: &'a Item,
+    what: &'static str,
+}
+
+impl<'a> ItemReader<'a> {
+    pub(crate) fn new(item: &'a Item, what: &'static str) -> Self {
+        Self { item, what }
+    }
+
+    fn malformed(&self, name: &str) -> StoreError {
+        StoreError::Internal(format!(
+            "{} item: attribute {name} is missing or malformed",
+            self.what
+        ))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a AttributeValue> {
+        self.item
+            .get(name)
+            .filter(|value| !matches!(value, AttributeValue::Null(_)))
+    }
+
+    pub(crate) fn s(&self, name: &str) -> StoreResult<&'a str> {
+        self.opt_s(name)?.ok_or_else(|| self.malformed(name))
+    }
+
+    fn opt_s(&self, name: &str) -> StoreResult<Option<&'a str>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(AttributeValue::S(text)) => Ok(Some(text)),
+            Some(_) => Err(self.malformed(name)),
+        }
+    }
+
+    fn parse<T>(&self, name: &str, parse: impl Fn(&str) -> Option<T>) -> StoreResult<T> {
+        parse(self.s(name)?).ok_or_else(|| self.malformed(name))
+    }
+
+    pub(crate) fn uuid(&self, name: &str) -> StoreResult<Uuid> {
+        self.parse(name, |text| Uuid::parse_str(text).ok())
+    }
+
+    fn opt_uuid(&self, name: &str) -> StoreResult<Option<Uuid>> {
+        self.opt_s(name)?
+            .map(|text| Uuid::parse_str(text).map_err(|_| self.malformed(name)))
+            .transpose()
+    }
+
+    pub(crate) fn time(&self, name: &str) -> StoreResult<DateTime<Utc>> {
+        self.opt_time(name)?.ok_or_else(|| self.malformed(name))
+    }
+
+    fn opt_time(&self, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        self.opt_s(name)?
+            .map(|text| {
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| self.malformed(name))
+            })
+            .transpose()
+    }
+
+    fn number(&self, name: &str) -> StoreResult<&'a str> {
+        match self.get(name) {
+            Some(AttributeValue::N(number)) => Ok(number),
+            _ => Err(self.malformed(name)),
+        }
+    }
+
+    fn u64(&self, name: &str) -> StoreResult<u64> {
+        self.number(name)?.parse().map_err(|_| self.malformed(name))
+    }
+
+    pub(crate) fn i64(&self, name: &str) -> StoreResult<i64> {
+        self.number(name)?.parse().map_err(|_| self.malformed(name))
+    }
+
+    fn map(&self, name: &str) -> StoreResult<&'a Item> {
+        match self.get(name) {
+            Some(AttributeValue::M(map)) => Ok(map),
+            _ => Err(self.malformed(name)),
+        }
+    }
+
+    fn string_list(&self, name: &str) -> StoreResult<Vec<String>> {
+        match self.get(name) {
+            Some(AttributeValue::L(values)) => values
+                .iter()
+                .map(|value| value.as_s().cloned().map_err(|_| self.malformed(name)))
+                .collect(),
+            _ => Err(self.malformed(name)),
+        }
+    }
+
+    fn string_map(&self, name: &str) -> StoreResult<BTreeMap<String, String>> {
+        self.map(name)?
+            .iter()
+            .map(|(key, value)| {
+                Ok((
+                    key.clone(),
+                    value.as_s().map_err(|_| self.malformed(name))?.clone(),
+                ))
+            })
+            .collect()
+    }
+}

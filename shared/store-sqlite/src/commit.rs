@@ -1,0 +1,320 @@
+//! Writes: the group commit, and the statements each kind of write runs.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params};
+
+use agentidp_core::domain::{Agent, AuditEvent, Credential};
+use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
+
+use crate::codec::{db, millis, to_i64, to_json};
+use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS};
+use crate::{CachedStatements, SqliteStore, poisoned};
+
+/// Group commit: batches that arrive while a transaction is being written wait, and the next
+/// transaction carries all of them, each in its own savepoint, so one fsync serves many callers
+/// and a batch whose condition fails rolls back alone.
+#[derive(Default)]
+pub(crate) struct CommitQueue {
+    waiting: Vec<(Vec<Write>, tokio::sync::oneshot::Sender<StoreResult<()>>)>,
+    /// A writer task is running; new batches only need to join the queue.
+    writing: bool,
+}
+
+#[async_trait]
+impl Commit for SqliteStore {
+    async fn commit(&self, writes: Vec<Write>) -> StoreResult<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.commits.lock().map_err(|_| {
+                StoreError::Internal("sqlite commit queue poisoned by an earlier panic".into())
+            })?;
+            queue.waiting.push((writes, reply));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if lead {
+            let (conn, commits) = (Arc::clone(&self.conn), Arc::clone(&self.commits));
+            tokio::task::spawn_blocking(move || write_queued(&conn, &commits));
+        }
+        answer.await.map_err(|_| {
+            StoreError::Internal("the sqlite writer stopped before answering".into())
+        })?
+    }
+}
+
+/// Writes queued batches, a group per transaction, until the queue is empty.
+fn write_queued(conn: &Mutex<Connection>, commits: &Mutex<CommitQueue>) {
+    loop {
+        let group = match commits.lock() {
+            Ok(mut queue) if queue.waiting.is_empty() => {
+                queue.writing = false;
+                return;
+            }
+            Ok(mut queue) => std::mem::take(&mut queue.waiting),
+            // Dropping the senders answers every waiter with an error.
+            Err(_) => return,
+        };
+        let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let results = match conn.lock() {
+            Ok(mut conn) => write_group(&mut conn, &batches),
+            Err(_) => Err(poisoned()),
+        };
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let unavailable = matches!(e, StoreError::Unavailable(_));
+                for reply in replies {
+                    let _ = reply.send(Err(if unavailable {
+                        StoreError::Unavailable(message.clone())
+                    } else {
+                        StoreError::Internal(message.clone())
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the group; each batch in a savepoint, so its failed condition undoes
+/// only its own writes. `Err` when the transaction itself fails: then nothing was written.
+fn write_group(conn: &mut Connection, batches: &[Vec<Write>]) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let mut results = Vec::with_capacity(batches.len());
+    for writes in batches {
+        let savepoint = tx.savepoint().map_err(db)?;
+        let mut outcome = Ok(());
+        for (index, write) in writes.iter().enumerate() {
+            match apply(&savepoint, write) {
+                Ok(true) => {}
+                Ok(false) => {
+                    outcome = Err(write.condition_failed(index));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            savepoint.commit().map_err(db)?;
+        }
+        // A savepoint dropped without commit rolls back to where it began.
+        results.push(outcome);
+    }
+    tx.commit().map_err(db)?;
+    Ok(results)
+}
+
+/// Performs one write inside the batch's transaction; `false` when its condition does not hold.
+fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
+    let changed = match write {
+        Write::CreateOrg(org) => tx.cached_execute(
+            "INSERT INTO organizations (org_id, name, plan, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            (org.org_id.to_string(), &org.name, org.plan.as_str(), millis(&org.created_at)),
+        ).map_err(db)?,
+        Write::SetPlan { org_id, plan } => tx.cached_execute(
+            "UPDATE organizations SET plan = ?2 WHERE org_id = ?1",
+            (org_id.to_string(), plan.as_str()),
+        ).map_err(db)?,
+        Write::PutAgent { agent, expected_version } => put_agent(tx, agent, *expected_version)?,
+        Write::ClaimAgentName { org_id, name_key, agent_id } => tx.cached_execute(
+            "INSERT INTO agent_names (org_id, name_key, agent_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            (org_id.to_string(), name_key, agent_id.to_string()),
+        ).map_err(db)?,
+        Write::ReleaseAgentName { org_id, name_key } => {
+            tx.cached_execute("DELETE FROM agent_names WHERE org_id = ?1 AND name_key = ?2", (org_id.to_string(), name_key)).map_err(db)?;
+            return Ok(true);
+        }
+        Write::PutCredential { credential, expected_version } => put_credential(tx, credential, *expected_version)?,
+        Write::CountAgents { org_id, delta, limit } => {
+            let org_id = org_id.to_string();
+            let before: i64 = tx
+                .cached_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
+                .optional().map_err(db)?
+                .unwrap_or(0);
+            if *delta > 0 && !below(before, *limit) {
+                return Ok(false);
+            }
+            tx.cached_execute(
+                "INSERT INTO agent_counts (org_id, agents) VALUES (?1, ?2)
+                 ON CONFLICT (org_id) DO UPDATE SET agents = excluded.agents",
+                (&org_id, before.saturating_add(*delta).max(0)),
+            ).map_err(db)?
+        }
+        Write::CountTokenRequest { org_id, month, limit } => {
+            let org_id = org_id.to_string();
+            let before: i64 = tx
+                .cached_row(
+                    "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
+                    (&org_id, month),
+                    |row| row.get(0),
+                )
+                .optional().map_err(db)?
+                .unwrap_or(0);
+            if !below(before, *limit) {
+                return Ok(false);
+            }
+            tx.cached_execute(
+                "INSERT INTO token_request_counts (org_id, month, requests) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (org_id, month) DO UPDATE SET requests = excluded.requests",
+                (&org_id, month, before.saturating_add(1)),
+            ).map_err(db)?
+        }
+        Write::RevokeToken { jti, org_id, expires_at } => {
+            tx.cached_execute(
+                "INSERT INTO revoked_tokens (jti, org_id, expires_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                (jti, org_id.to_string(), millis(expires_at)),
+            ).map_err(db)?;
+            return Ok(true);
+        }
+        Write::Audit(event) => insert_audit(tx, event)?,
+        // Keys name their window, so a counter never outlives the window it counts.
+        Write::Tally { key, expires_at } => tx.cached_execute(
+            "INSERT INTO tallies (key, count, expires_at_ms) VALUES (?1, 1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET count = count + 1, expires_at_ms = excluded.expires_at_ms",
+            (key, millis(expires_at)),
+        ).map_err(db)?,
+    };
+    Ok(changed == 1)
+}
+
+fn below(count: i64, limit: u64) -> bool {
+    !u64::try_from(count).is_ok_and(|count| count >= limit)
+}
+
+fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> StoreResult<usize> {
+    let org_id = agent.org_id.to_string();
+    let agent_id = agent.agent_id.to_string();
+    let capabilities = to_json(&agent.capabilities)?;
+    let scopes = to_json(&agent.scopes)?;
+    let metadata = to_json(&agent.metadata)?;
+    let active_credentials = to_i64(agent.active_credentials)?;
+    let version = to_i64(agent.version)?;
+    let values = named_params! {
+        ":org_id": org_id,
+        ":agent_id": agent_id,
+        ":name": agent.name,
+        ":description": agent.description,
+        ":owner": agent.owner,
+        ":capabilities": capabilities,
+        ":scopes": scopes,
+        ":metadata": metadata,
+        ":status": agent.status.as_str(),
+        ":created_at_ms": millis(&agent.created_at),
+        ":updated_at_ms": millis(&agent.updated_at),
+        ":decommissioned_at_ms": agent.decommissioned_at.as_ref().map(millis),
+        ":active_credentials": active_credentials,
+        ":version": version,
+    };
+    let Some(expected) = expected_version else {
+        return tx.cached_execute(
+            &format!(
+                "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (:org_id, :agent_id, :name, :description, :owner, \
+                 :capabilities, :scopes, :metadata, :status, :created_at_ms, :updated_at_ms, :decommissioned_at_ms, \
+                 :active_credentials, :version) ON CONFLICT DO NOTHING"
+            ),
+            values,
+        ).map_err(db);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    tx.cached_execute(
+        "UPDATE agents SET name = :name, description = :description, owner = :owner, \
+         capabilities = :capabilities, scopes = :scopes, metadata = :metadata, status = :status, \
+         created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
+         decommissioned_at_ms = :decommissioned_at_ms, active_credentials = :active_credentials, version = :version \
+         WHERE org_id = :org_id AND agent_id = :agent_id AND version = :expected_version",
+        with_expected.as_slice(),
+    ).map_err(db)
+}
+
+fn put_credential(
+    tx: &Connection,
+    credential: &Credential,
+    expected_version: Option<u64>,
+) -> StoreResult<usize> {
+    let credential_id = credential.credential_id.to_string();
+    let client_id = credential.client_id.to_string();
+    let agent_id = credential.agent_id.to_string();
+    let org_id = credential.org_id.to_string();
+    let version = to_i64(credential.version)?;
+    let agent_scopes = to_json(&credential.agent_scopes)?;
+    let values = named_params! {
+        ":credential_id": credential_id,
+        ":client_id": client_id,
+        ":agent_id": agent_id,
+        ":org_id": org_id,
+        ":secret_hash": credential.secret_hash,
+        ":status": credential.status.as_str(),
+        ":agent_status": credential.agent_status.as_str(),
+        ":created_at_ms": millis(&credential.created_at),
+        ":expires_at_ms": credential.expires_at.as_ref().map(millis),
+        ":revoked_at_ms": credential.revoked_at.as_ref().map(millis),
+        ":rotated_at_ms": credential.rotated_at.as_ref().map(millis),
+        ":version": version,
+        ":agent_scopes": agent_scopes,
+    };
+    let Some(expected) = expected_version else {
+        // A client id already taken by another credential also leaves nothing inserted: the
+        // token endpoint's lookup must find exactly one credential.
+        return tx.cached_execute(
+            &format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
+                 :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
+                 :rotated_at_ms, :version, :agent_scopes) ON CONFLICT DO NOTHING"
+            ),
+            values,
+        ).map_err(db);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    // UPDATE has no ON CONFLICT DO NOTHING; OR IGNORE turns a client id taken by another
+    // credential into "no row changed", i.e. a failed condition, instead of an error.
+    tx.cached_execute(
+        "UPDATE OR IGNORE credentials SET client_id = :client_id, agent_id = :agent_id, org_id = :org_id, \
+         secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
+         created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
+         rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes \
+         WHERE credential_id = :credential_id AND version = :expected_version",
+        with_expected.as_slice(),
+    ).map_err(db)
+}
+
+fn insert_audit(tx: &Connection, event: &AuditEvent) -> StoreResult<usize> {
+    let actor = to_json(&event.actor)?;
+    let details = to_json(&event.details)?;
+    tx.cached_execute(
+        &format!(
+            "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES (:event_id, :org_id, :timestamp_ms, :action, \
+             :outcome, :actor, :subject_agent_id, :resource, :request_id, :source_ip, :user_agent, :details, \
+             :expires_at_ms)"
+        ),
+        named_params! {
+            ":event_id": event.event_id.to_string(),
+            ":org_id": event.org_id.to_string(),
+            ":timestamp_ms": millis(&event.timestamp),
+            ":action": event.action.as_str(),
+            ":outcome": event.outcome.as_str(),
+            ":actor": actor,
+            ":subject_agent_id": event.subject_agent_id.map(|id| id.to_string()),
+            ":resource": event.resource,
+            ":request_id": event.request_id,
+            ":source_ip": event.source_ip,
+            ":user_agent": event.user_agent,
+            ":details": details,
+            ":expires_at_ms": millis(&event.expires_at),
+        },
+    ).map_err(db)
+}

@@ -1,0 +1,163 @@
+//! The database's tables, created on first open and migrated from an older version.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use agentidp_core::store::{StoreError, StoreResult};
+
+use crate::codec::db;
+use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
+
+/// Bumped whenever the schema below changes; a database written by a newer build is refused
+/// rather than misread.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 keeps a copy of the agent's scopes on each credential; a version-1 file gets the
+/// column, filled from its agents.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE credentials ADD COLUMN agent_scopes TEXT NOT NULL DEFAULT '[]';
+UPDATE credentials SET agent_scopes = (
+    SELECT scopes FROM agents WHERE agents.org_id = credentials.org_id AND agents.agent_id = credentials.agent_id
+) WHERE EXISTS (SELECT 1 FROM agents WHERE agents.org_id = credentials.org_id AND agents.agent_id = credentials.agent_id);
+";
+
+/// Uuids are stored as hyphenated lowercase text: readable with the `sqlite3` shell, and its byte
+/// order equals `Uuid`'s order, which the audit tie-break relies on.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS organizations (
+    org_id        TEXT PRIMARY KEY NOT NULL,
+    name          TEXT NOT NULL,
+    plan          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS agents (
+    org_id               TEXT NOT NULL,
+    agent_id             TEXT NOT NULL,
+    name                 TEXT NOT NULL,
+    description          TEXT,
+    owner                TEXT,
+    capabilities         TEXT NOT NULL,
+    scopes               TEXT NOT NULL,
+    metadata             TEXT NOT NULL,
+    status               TEXT NOT NULL,
+    created_at_ms        INTEGER NOT NULL,
+    updated_at_ms        INTEGER NOT NULL,
+    decommissioned_at_ms INTEGER,
+    active_credentials   INTEGER NOT NULL,
+    version              INTEGER NOT NULL,
+    PRIMARY KEY (org_id, agent_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agents_by_age ON agents (org_id, created_at_ms, agent_id);
+
+CREATE TABLE IF NOT EXISTS agent_names (
+    org_id   TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (org_id, name_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS credentials (
+    credential_id TEXT PRIMARY KEY NOT NULL,
+    client_id     TEXT NOT NULL UNIQUE,
+    agent_id      TEXT NOT NULL,
+    org_id        TEXT NOT NULL,
+    secret_hash   TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    agent_status  TEXT NOT NULL,
+    agent_scopes  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER,
+    rotated_at_ms INTEGER,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credentials_by_agent ON credentials (org_id, agent_id, created_at_ms, credential_id);
+
+CREATE TABLE IF NOT EXISTS agent_counts (
+    org_id TEXT PRIMARY KEY NOT NULL,
+    agents INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS token_request_counts (
+    org_id   TEXT NOT NULL,
+    month    TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    PRIMARY KEY (org_id, month)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti           TEXT PRIMARY KEY NOT NULL,
+    org_id        TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS tallies (
+    key           TEXT PRIMARY KEY NOT NULL,
+    count         INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS audit_events (
+    event_id         TEXT PRIMARY KEY NOT NULL,
+    org_id           TEXT NOT NULL,
+    timestamp_ms     INTEGER NOT NULL,
+    action           TEXT NOT NULL,
+    outcome          TEXT NOT NULL,
+    actor            TEXT NOT NULL,
+    subject_agent_id TEXT,
+    resource         TEXT NOT NULL,
+    request_id       TEXT NOT NULL,
+    source_ip        TEXT,
+    user_agent       TEXT,
+    details          TEXT NOT NULL,
+    expires_at_ms    INTEGER NOT NULL
+);
+-- One index per filter that narrows by equality, each ending in the page order, so a page costs
+-- its own size whichever filter is set. The outcome filter alone is coarse (two values) and
+-- rides on the first index.
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (org_id, timestamp_ms, event_id);
+CREATE INDEX IF NOT EXISTS audit_by_agent ON audit_events (org_id, subject_agent_id, timestamp_ms, event_id);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit_events (org_id, action, timestamp_ms, event_id);
+";
+
+pub(crate) const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabilities, scopes, metadata, status, \
+     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version";
+
+pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes";
+
+pub(crate) const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
+     request_id, source_ip, user_agent, details, expires_at_ms";
+
+impl SqliteStore {
+    pub(crate) fn with_schema(mut conn: Connection) -> StoreResult<Self> {
+        // Immediate, so two processes opening a fresh file at once create the schema only once.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let found: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(db)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Internal(format!(
+                "database schema version {found} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        if found == 1 {
+            tx.execute_batch(MIGRATE_1_TO_2).map_err(db)?;
+        }
+        tx.execute_batch(SCHEMA).map_err(db)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new([]),
+            next_reader: Arc::default(),
+            commits: Arc::default(),
+        })
+    }
+}
