@@ -17,7 +17,7 @@ What is searched for:
 - every event file's `Authorization` header (the Bearer token and its signature alone; the Basic
   credentials, encoded and the secret decoded) and its `client_secret`, `token` and
   `client_assertion` form parameters;
-- the fixture's client secrets (shared/tests/fixture/mod.rs), the bootstrap credential's secret,
+- the fixture's client secrets (shared/integration/tests/fixture/mod.rs), the bootstrap credential's secret,
   and every client secret and access token a response carried (new credentials, rotated ones,
   issued tokens);
 - every bcrypt hash in every table of the run, after it;
@@ -100,10 +100,10 @@ for path in sorted(glob.glob("events/**/*.json", recursive=True)):
     add_text(body, f"events/{name}")
 
 # The fixture's secrets, presented by the events or not: the functions read their hashes.
-with open("shared/tests/fixture/mod.rs") as f:
+with open("shared/integration/tests/fixture/mod.rs") as f:
     fixture_secrets = re.findall(r'secret: "([^"]+)"', f.read())
 if not fixture_secrets:
-    sys.exit("check-function-logs: found no secret in shared/tests/fixture/mod.rs")
+    sys.exit("check-function-logs: found no secret in shared/integration/tests/fixture/mod.rs")
 for secret in fixture_secrets:
     add(secret, "client secret", "the fixture")
 

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use agentidp_http::{FunctionGroup, ROUTES};
 use agentidp_store_dynamodb::{DynamoStore, TABLE_SPECS, TableNames, TableSpec, ensure_tables};
 use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_dynamodb::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput;
 use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemInput;
@@ -856,40 +856,18 @@ impl Intercept for Recorder {
     }
 }
 
-fn dynamodb_endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect(
-        "AWS_ENDPOINT_URL_DYNAMODB is not set. This test runs the events on DynamoDB Local: run \
-         scripts/test.sh, or `source scripts/test-services.sh && start_test_services`",
-    )
-}
-
-fn dynamodb_config(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
-    aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "template-tests",
-        ))
-        .endpoint_url(endpoint)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events_use() {
     let template = template();
     let functions = functions_by_binary(&template);
-    let endpoint = dynamodb_endpoint();
     let names = TableNames::with_prefix(&format!("agentidp-iam-{}", Uuid::new_v4().simple()));
-    let plain = aws_sdk_dynamodb::Client::from_conf(dynamodb_config(&endpoint).build());
+    let plain = agentidp_testkit::dynamodb_client();
     ensure_tables(&plain, &names).await.unwrap();
     fixture::seed(&DynamoStore::new(plain, names.clone()), chrono::Utc::now()).await;
 
     let recorder = Recorder::new(&names);
     let recording = aws_sdk_dynamodb::Client::from_conf(
-        dynamodb_config(&endpoint)
+        agentidp_testkit::dynamodb_config()
             .interceptor(recorder.clone())
             .build(),
     );
