@@ -290,7 +290,8 @@ mod tests {
             "iana-time-zone",
         ];
         let lock =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
+                .unwrap();
         let mut unreviewed = Vec::new();
         let mut logging = 0;
         for package in lock.split("[[package]]").skip(1) {
