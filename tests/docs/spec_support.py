@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_PATH = REPO / "docs" / "openapi.yaml"
-ROUTES_RS = REPO / "shared" / "src" / "api" / "mod.rs"
+ROUTES_RS = REPO / "shared" / "http" / "src" / "lib.rs"
 SPEC_URI = "urn:agentidp:openapi"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 

@@ -7,12 +7,12 @@ from http import HTTPStatus
 
 from spec_support import REPO, load_spec, resolve, rust_route_endpoints
 
-ERRORS_RS = REPO / "shared" / "src" / "api" / "errors.rs"
-API_DIR = REPO / "shared" / "src" / "api"
-AUDIT_RS = REPO / "shared" / "src" / "domain" / "audit.rs"
-MANAGEMENT_RS = REPO / "shared" / "src" / "api" / "management.rs"
-VALIDATION_RS = REPO / "shared" / "src" / "validation.rs"
-SCOPE_RS = REPO / "shared" / "src" / "domain" / "scope.rs"
+ERRORS_RS = REPO / "shared" / "http" / "src" / "errors.rs"
+API_DIR = REPO / "shared" / "http" / "src"
+AUDIT_RS = REPO / "shared" / "core" / "src" / "domain" / "audit.rs"
+MANAGEMENT_RS = REPO / "shared" / "http" / "src" / "management.rs"
+VALIDATION_RS = REPO / "shared" / "core" / "src" / "validation.rs"
+SCOPE_RS = REPO / "shared" / "core" / "src" / "domain" / "scope.rs"
 API_REFERENCE = REPO / "docs" / "developers" / "api-reference.md"
 AUDIT_GUIDE = REPO / "docs" / "developers" / "guides" / "query-audit-logs.md"
 
