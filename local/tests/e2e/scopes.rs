@@ -97,19 +97,6 @@ async fn setup(server: &TestServer) -> (Admin, String, Ids) {
     )
 }
 
-/// An agent holding exactly `scopes`, and an access token of it carrying them all.
-async fn token_with(
-    server: &TestServer,
-    admin_token: &str,
-    name: &str,
-    scopes: &[&str],
-) -> (String, String) {
-    let agent_id = server.create_agent(admin_token, name, scopes).await;
-    let (_, client_id, secret) = server.create_credential(admin_token, &agent_id).await;
-    let token = server.token(&client_id, &secret).await;
-    (agent_id, token)
-}
-
 fn assert_unauthorized(response: &Response, what: &str) {
     assert_eq!(response.status, 401, "{what}: {}", response.text);
     assert_eq!(response.code(), "UNAUTHORIZED", "{what}: {}", response.text);
@@ -295,13 +282,9 @@ async fn an_expired_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
 async fn a_revoked_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, writer) = token_with(
-        &server,
-        &admin_token,
-        "writer",
-        &["agents:write", "audit:read"],
-    )
-    .await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write", "audit:read"])
+        .await;
     let response = server
         .call(Method::GET, "/api/v1/agents", Some(&writer), None)
         .await;
@@ -328,7 +311,9 @@ async fn a_revoked_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
 async fn a_read_only_token_can_list_and_get_agents_and_nothing_else(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (reader_id, reader) = token_with(&server, &admin_token, "reader", &["agents:read"]).await;
+    let (reader_id, reader) = server
+        .agent_with_token(&admin_token, "reader", &["agents:read"])
+        .await;
     let before = snapshot(&server, &admin_token, &ids).await;
 
     let listed = server
@@ -405,7 +390,9 @@ async fn a_read_only_token_can_list_and_get_agents_and_nothing_else(store: Arc<d
 async fn agents_write_implies_agents_read_but_not_audit_read(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, writer) = token_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
 
     let listed = server
         .call(Method::GET, "/api/v1/agents", Some(&writer), None)
@@ -491,7 +478,9 @@ async fn agents_write_implies_agents_read_but_not_audit_read(store: Arc<dyn Stor
 async fn audit_read_alone_opens_the_audit_trail_and_nothing_else(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, auditor) = token_with(&server, &admin_token, "auditor", &["audit:read"]).await;
+    let (_, auditor) = server
+        .agent_with_token(&admin_token, "auditor", &["audit:read"])
+        .await;
     let before = snapshot(&server, &admin_token, &ids).await;
 
     let listed = server
@@ -531,13 +520,9 @@ async fn audit_read_alone_opens_the_audit_trail_and_nothing_else(store: Arc<dyn 
 async fn a_token_with_no_management_scope_is_refused_everywhere(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, outsider) = token_with(
-        &server,
-        &admin_token,
-        "outsider",
-        &["weather:read", "agents:admin"],
-    )
-    .await;
+    let (_, outsider) = server
+        .agent_with_token(&admin_token, "outsider", &["weather:read", "agents:admin"])
+        .await;
     let before = snapshot(&server, &admin_token, &ids).await;
     for ((method, path, body), scope) in endpoints(&ids).into_iter().zip(REQUIRED) {
         let what = format!("{method} {path}");
@@ -572,7 +557,9 @@ fn assert_challenge_names_only_scopes(response: &Response, what: &str) {
 async fn a_caller_cannot_grant_a_management_scope_it_lacks(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, writer) = token_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
     let before = snapshot(&server, &admin_token, &ids).await;
 
     for scopes in [
@@ -660,7 +647,9 @@ async fn a_caller_cannot_grant_a_management_scope_it_lacks(store: Arc<dyn Store>
 async fn a_refused_grant_names_only_real_scopes_in_its_challenge(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (_, writer) = token_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
     let response = server
         .call(
             Method::POST,
@@ -728,13 +717,9 @@ async fn a_token_requested_with_fewer_scopes_is_held_to_them(store: Arc<dyn Stor
 async fn a_suspended_agents_token_cannot_call_the_management_api(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (_, admin_token, ids) = setup(&server).await;
-    let (writer_id, writer) = token_with(
-        &server,
-        &admin_token,
-        "writer",
-        &["agents:write", "audit:read"],
-    )
-    .await;
+    let (writer_id, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write", "audit:read"])
+        .await;
     let response = server
         .call(Method::GET, "/api/v1/agents", Some(&writer), None)
         .await;

@@ -278,6 +278,20 @@ impl TestServer {
         response.str("agentId")
     }
 
+    /// An agent holding exactly `scopes`, and an access token of it carrying them all:
+    /// (agentId, token).
+    pub async fn agent_with_token(
+        &self,
+        admin_token: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> (String, String) {
+        let agent_id = self.create_agent(admin_token, name, scopes).await;
+        let (_, client_id, secret) = self.create_credential(admin_token, &agent_id).await;
+        let token = self.token(&client_id, &secret).await;
+        (agent_id, token)
+    }
+
     /// Generates a credential and returns (credentialId, clientId, clientSecret).
     pub async fn create_credential(&self, token: &str, agent_id: &str) -> (String, String, String) {
         let response = self

@@ -61,18 +61,6 @@ fn changes(
     ]
 }
 
-/// An organization and an agent of it holding exactly `scopes`, with a token carrying them.
-async fn agent_with(
-    server: &TestServer,
-    admin_token: &str,
-    name: &str,
-    scopes: &[&str],
-) -> (String, String) {
-    let agent_id = server.create_agent(admin_token, name, scopes).await;
-    let (_, client_id, secret) = server.create_credential(admin_token, &agent_id).await;
-    (agent_id, server.token(&client_id, &secret).await)
-}
-
 /// The agent, its credentials and the organization's agent listing, as the admin sees them.
 async fn state_of(server: &TestServer, admin_token: &str, agent_id: &str) -> (Value, Value, Value) {
     let mut seen = Vec::new();
@@ -134,7 +122,9 @@ async fn a_writer_cannot_take_over_the_admin_agent(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let admin = server.new_org("takeover").await;
     let admin_token = server.admin_token(&admin).await;
-    let (_, writer) = agent_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
     let before = state_of(&server, &admin_token, &admin.agent_id).await;
 
     attempt_every_change(&server, &admin, &writer, &["audit:read"]).await;
@@ -170,13 +160,9 @@ async fn a_writer_cannot_take_over_an_agent_holding_a_scope_it_lacks(store: Arc<
     let admin_token = server.admin_token(&admin).await;
     // The target holds less than the writer in every respect but one: audit:read. Free-form
     // scopes, on either side, do not count.
-    let (_, writer) = agent_with(
-        &server,
-        &admin_token,
-        "writer",
-        &["agents:write", "weather:read"],
-    )
-    .await;
+    let (_, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write", "weather:read"])
+        .await;
     let target = server
         .create_agent(
             &admin_token,
@@ -198,7 +184,9 @@ async fn a_refused_takeover_is_audited_as_a_failure(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let admin = server.new_org("takeover-audit").await;
     let admin_token = server.admin_token(&admin).await;
-    let (writer_id, writer) = agent_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (writer_id, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
 
     attempt_every_change(&server, &admin, &writer, &["audit:read"]).await;
 
@@ -235,7 +223,9 @@ async fn a_writer_may_change_agents_that_hold_no_more_than_it(store: Arc<dyn Sto
     let server = TestServer::start(store).await;
     let admin = server.new_org("takeover-allowed").await;
     let admin_token = server.admin_token(&admin).await;
-    let (writer_id, writer) = agent_with(&server, &admin_token, "writer", &["agents:write"]).await;
+    let (writer_id, writer) = server
+        .agent_with_token(&admin_token, "writer", &["agents:write"])
+        .await;
     // agents:write implies agents:read; free-form scopes are not management scopes.
     for (name, scopes) in [
         ("reader", vec!["agents:read", "weather:read"]),
