@@ -7,10 +7,12 @@
 #   - the docs harness's environment, .tools/venv-docs, as scripts/check-docs.sh makes it;
 #   - DynamoDB Local and moto_server (scripts/test-services.sh), unless the caller started them.
 #
-#   scripts/sam-local.sh [--rebuild]
+#   scripts/sam-local.sh                          # the checks; last line `sam-local: N passed, M failed`
+#   scripts/sam-local.sh --serve [--port 3000]    # the same set-up, then sam local start-api for you
+#   options: --pull-image (SAM pulls AWS's base image), --rebuild (sam build even if current)
 #
 # On a machine without Docker it installs and starts it (as root); where Docker cannot run it
-# says why and exits 0. The last line is `sam-local: N passed, M failed`.
+# says why and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,23 +1,29 @@
 """`sam local` for real: the functions as `sam build` made them (arm64, under emulation), in
 Lambda containers run by the SAM CLI, on DynamoDB Local and moto_server.
 
-    scripts/sam-local.sh [--rebuild]     # the entry point: tools, services, then this
+    scripts/sam-local.sh                 # the checks (the entry point makes tools and services)
+    scripts/sam-local.sh --serve         # the same set-up, then `sam local start-api` for you
+    ... --pull-image                     # SAM's own base image, pulled, instead of the offline one
+    ... --rebuild                        # sam build even if .aws-sam/build is current
 
 Steps, each timed:
   1. Docker (scripts/sam_local_docker.py): installed, started, arm64 emulation, the offline base
      image. Docker that cannot run here ends the run with a skip message and status 0;
   2. `sam build`, unless .aws-sam/build holds every function's bootstrap and is newer than the
-     code and the template (scripts/check-packaging.sh, just before in the test command, built
-     it); then `sam validate`, the SAM transform that `sam validate --lint` does not run;
+     code and the template (in the test command scripts/check-packaging.sh has just built it);
+     then `sam validate`, the SAM transform, which `sam validate --lint` does not run;
   3. tables on DynamoDB Local (`agentidp-admin --store dynamodb create-org` makes them, and the
      events' fixture goes in as in check-packaging's runtime loop), the signing-key secrets on
-     moto, and an --env-vars file per use: one for the API, one with events/fixture/environment;
-  4. `sam local start-api --invoke-image IMAGE --skip-pull-image`, with the recording proxy of
-     the docs harness in front: every ```bash example of the developer docs runs through it
-     (tests/docs/sam_local_pages.py), an organization per page;
-  5. `sam local invoke` of every file in events/ on the function of its folder, each answering
-     what events/expected-status.json says;
-  6. everything it started is stopped, and the last line says `sam-local: N passed, M failed`.
+     moto (scripts/fixture_secrets.py for the events; an empty pair for the API), and a relay
+     for the containers to reach both;
+  4. the API's first signing key, as a stack gets it: `sam local invoke` of the rotation
+     function's four steps on the empty secret;
+  5. `sam local start-api`, with the recording proxy of the docs harness in front: every
+     ```bash example of the developer docs runs through it (tests/docs/sam_local_pages.py), an
+     organization per page;
+  6. `sam local invoke` of every file in events/ on the function of its folder, each answering
+     what events/expected-status.json says, with the fixture's keys and environment;
+  7. everything it started is stopped, and the last line says `sam-local: N passed, M failed`.
 
 Containers reach the services on the host through the Docker bridge: SAM's `--docker-network
 host` does not give them the host's network (it only skips connecting them to another
@@ -31,6 +37,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import selectors
 import shlex
 import shutil
@@ -247,6 +254,12 @@ def bridge_gateway() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# The caller's AWS credentials and profiles. With any, each `sam local` command first asks STS
+# for the account id, which offline takes about 10 s to fail; the local services take SAM's
+# placeholder credentials, and no real ones belong in the containers.
+AWS_IDENTITY = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
 def tool_environment() -> dict[str, str]:
     """PATH with the SAM CLI and cargo-lambda, caches under .tools/, as check-packaging sets them.
     No AGENTIDP_ or endpoint variable of the caller: `sam local` gives a function the value of a
@@ -254,8 +267,9 @@ def tool_environment() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("AGENTIDP_") and not k.startswith("AWS_ENDPOINT_URL")
+        if not k.startswith("AGENTIDP_") and not k.startswith("AWS_ENDPOINT_URL") and k not in AWS_IDENTITY
     }
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     env["PATH"] = f"{PACKAGING_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["XDG_CACHE_HOME"] = str(TOOLS / "cache")
     env["ZIG_GLOBAL_CACHE_DIR"] = str(TOOLS / "cache" / "zig")
@@ -289,7 +303,7 @@ def build_is_current(template: Template) -> bool:
 def sam_build(run: Run, template: Template, rebuild: bool) -> None:
     started = time.monotonic()
     if not rebuild and build_is_current(template):
-        log(f"{BUILD_DIR} is newer than the code: reusing it (scripts/check-packaging.sh built it)")
+        log(f"{BUILD_DIR} is newer than the code and the template: reusing it")
     else:
         env = tool_environment()
         bins = [arg for binary in template.functions for arg in ("--bin", f"agentidp-{binary}")]
@@ -457,6 +471,7 @@ def first_rotation(run: Run, data: Data, template: Template, image: str | None) 
         event = data.work / f"first-rotation-{step_name}.json"
         event.write_text(json.dumps({"Step": step_name, "SecretId": data.api_keys.signing, "ClientRequestToken": token}))
         got, stderr, seconds = sam_invoke(template.functions["key-rotation"], event, env_file, image)
+        remove_containers(stderr)
         run.check(got == "ok", f"first rotation of the API's key set: {step_name:13} {got:5} {seconds:5.1f} s")
         if got != "ok":
             print("         " + stderr[-1500:].replace("\n", "\n         "), flush=True)
@@ -468,19 +483,30 @@ def first_rotation(run: Run, data: Data, template: Template, image: str | None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def sam_containers() -> set[str]:
-    result = subprocess.run(
-        [sam_local_docker.docker_client(), "ps", "-aq", "--filter", "label=sam.cli.container.type=lambda"],
+# SAM logs the id of every container it creates; the ones this run's SAM made are removed if
+# it leaves them, and no other (another run may share the Docker daemon).
+CONTAINER_ID = re.compile(r"SAM_CONTAINER_ID: ([0-9a-f]{64})")
+
+
+def remove_containers(output: str) -> None:
+    """Removes the containers the SAM output names that are still there."""
+    created = set(CONTAINER_ID.findall(output))
+    if not created:
+        return
+    listed = subprocess.run(
+        [sam_local_docker.docker_client(), "ps", "-aq", "--no-trunc", "--filter", "label=sam.cli.container.type=lambda"],
         capture_output=True,
         text=True,
         check=True,
     )
-    return set(result.stdout.split())
+    left = created & set(listed.stdout.split())
+    if left:
+        subprocess.run([sam_local_docker.docker_client(), "rm", "-f", *sorted(left)], stdout=subprocess.DEVNULL, check=False)
+        log(f"removed {len(left)} container(s) sam left behind")
 
 
-def stop_sam(run: Run, process: subprocess.Popen, before: set[str]) -> None:
-    """Ctrl-C, as a user would stop it: sam then removes its warm containers itself. Any it left
-    (those that were not there before it started) are removed here."""
+def stop_sam(run: Run, process: subprocess.Popen) -> None:
+    """Ctrl-C, as a user would stop it: sam then removes its warm containers itself."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -489,10 +515,6 @@ def stop_sam(run: Run, process: subprocess.Popen, before: set[str]) -> None:
             stop_group(process)
     if process in run.processes:
         run.processes.remove(process)
-    left = sam_containers() - before
-    if left:
-        subprocess.run([sam_local_docker.docker_client(), "rm", "-f", *sorted(left)], stdout=subprocess.DEVNULL, check=False)
-        log(f"removed {len(left)} container(s) sam left behind")
 
 
 def sam_local_options(image: str | None, env_file: Path) -> list[str]:
@@ -526,7 +548,6 @@ def start_api_and_pages(run: Run, data: Data, image: str | None) -> None:
     # hashing, the rest as deployed.
     env_file = function_environment(data, data.api_keys, f"http://127.0.0.1:{proxy_port}", {"AGENTIDP_BCRYPT_COST": "4"})
     log_path = data.work / "start-api.log"
-    before = sam_containers()
     command = [
         "sam", "local", "start-api", *sam_local_options(image, env_file),
         "--host", "127.0.0.1",
@@ -550,7 +571,8 @@ def start_api_and_pages(run: Run, data: Data, image: str | None) -> None:
         pages(run, data, sam_port, proxy_port, process, log_path)
         run.timed("start-api: docs examples", started)
     finally:
-        stop_sam(run, process, before)
+        stop_sam(run, process)
+        remove_containers(log_path.read_text(errors="replace"))
         if run.failed:
             kept = TOOLS / "sam-local" / "start-api.log"
             shutil.copy(log_path, kept)
@@ -578,15 +600,20 @@ def serve(run: Run, data: Data, image: str | None, port: int) -> None:
         f"-d grant_type=client_credentials http://127.0.0.1:{port}/api/v1/token\n    Ctrl-C stops it all.\n",
         flush=True,
     )
-    before = sam_containers()
-    process = subprocess.Popen(command, cwd=REPO, env=tool_environment(), start_new_session=True)
+    output: list[str] = []
+    process = subprocess.Popen(
+        command, cwd=REPO, env=tool_environment(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     run.processes.append(process)
     try:
-        process.wait()
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            output.append(line)
     except KeyboardInterrupt:
         pass
     finally:
-        stop_sam(run, process, before)
+        stop_sam(run, process)
+        remove_containers("".join(output))
 
 
 def pages(run: Run, data: Data, sam_port: int, proxy_port: int, process: subprocess.Popen, log_path: Path) -> None:
@@ -640,7 +667,7 @@ def invoke_events(run: Run, data: Data, template: Template, image: str | None) -
     fixture = fixture_environment()
     env_file = function_environment(data, data.fixture_keys, fixture.pop("AGENTIDP_ISSUER"), fixture)
     expected = json.loads((EVENTS / "expected-status.json").read_text())
-    before = sam_containers()
+    logs = []
     invoked = 0
     for folder in sorted(p for p in EVENTS.iterdir() if p.is_dir() and p.name != "fixture"):
         function = template.functions[folder.name]
@@ -654,15 +681,18 @@ def invoke_events(run: Run, data: Data, template: Template, image: str | None) -
                 event = data.work / f"rotation-{file.name}"
                 event.write_text(json.dumps(body))
             got, stderr, seconds = sam_invoke(function, event, env_file, image)
+            logs.append(stderr)
             want = str(expected.get(relative))
             invoked += 1
-            run.check(got == want, f"{function:20} {relative:52} {got:5} {seconds:5.1f} s" + ("" if got == want else f"  (expected {want})"))
+            # The function's own time, from the emulator's REPORT line; the rest is SAM's and the
+            # container's.
+            duration = re.search(r"\tDuration: ([0-9.]+) ms", stderr)
+            own = f"{float(duration.group(1)) / 1000:5.1f} s in the function" if duration else ""
+            run.check(got == want, f"{function:20} {relative:52} {got:5} {seconds:5.1f} s {own}" + ("" if got == want else f"  (expected {want})"))
             if got != want:
                 print("         " + stderr[-1500:].replace("\n", "\n         "), flush=True)
     run.check(invoked == len(expected), f"invoked {invoked} events, events/expected-status.json lists {len(expected)}")
-    left = sam_containers() - before
-    if left:
-        subprocess.run([sam_local_docker.docker_client(), "rm", "-f", *sorted(left)], stdout=subprocess.DEVNULL, check=False)
+    remove_containers("".join(logs))
     run.timed("invokes", started)
 
 

@@ -7,7 +7,8 @@
 What it does, each step only if it is not done already:
 
 1. installs Debian's `docker.io`, `qemu-user-static` and `binfmt-support` with apt-get (as root);
-2. starts `dockerd` in the background, logging to .tools/sam-local/dockerd.log;
+2. starts `dockerd` in the background, logging to .tools/sam-local/dockerd.log, without its
+   userland proxy (see start_daemon);
 3. lets arm64 binaries run here: mounts binfmt_misc and enables qemu-aarch64. The functions are
    built for Graviton (template.yaml's `Architectures: [arm64]`), and running the very binaries
    `sam build` made is the point of the exercise, so they run under emulation rather than being
@@ -18,9 +19,10 @@ What it does, each step only if it is not done already:
    ships inside the SAM CLI package, with a `RUN mv ... && chmod ...`), and the C library the
    `bootstrap` binaries link against. So the image is glibc, libgcc and a static busybox, from
    Debian's arm64 packages, fetched with apt into a private folder (the machine's own package
-   lists and architectures are left alone), made into an image marked linux/arm64 (a
-   `docker build` of `FROM scratch` and the unpacked packages: `docker import` would mark it as
-   this machine's architecture, and SAM builds on it for linux/arm64).
+   lists and architectures are left alone), and this machine's CA bundle (for a function run
+   against AWS itself), made into an image marked linux/arm64 (a `docker build` of
+   `FROM scratch` and the unpacked packages: `docker import` would mark it as this machine's
+   architecture, and SAM builds on it for linux/arm64). About 25 MB.
 
 Docker that cannot start here (no root to install or start it, no apt-get, a daemon that
 exits at once, as in some unprivileged containers) raises DockerUnavailable with the reason; the
