@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentidp_core::config::Config;
+use agentidp_core::config::{Config, ConfigError};
 use agentidp_core::domain::time::{Clock, SystemClock};
+use agentidp_core::error::Chain;
 use agentidp_core::service::Idp;
 use agentidp_core::service::orgs::BootstrappedOrg;
 use agentidp_core::signing::KeySource;
@@ -45,6 +46,35 @@ pub struct StoreOptions {
     /// How often the embedded store deletes expired rows, as DynamoDB's TTL does on AWS; `None`
     /// in a short-lived process such as the operator CLI.
     pub purge_expired_every: Option<Duration>,
+    /// The DynamoDB tables, when `AGENTIDP_*_TABLE` name them; else the local server's own.
+    pub tables: Option<TableNames>,
+    /// The Secrets Manager secret of the signing keys (`AGENTIDP_SIGNING_KEY_SECRET_ID`); else
+    /// the keys live in the data directory.
+    pub signing_key_secret: Option<String>,
+}
+
+impl StoreOptions {
+    /// The options of a store in `data_dir`, with the table names and the key secret read
+    /// through `lookup`. Some table names but not all is an error naming a missing one: a
+    /// silent fallback would mix the deployment's tables with the local server's.
+    pub fn from_lookup(
+        kind: StoreKind,
+        data_dir: PathBuf,
+        purge_expired_every: Option<Duration>,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            kind,
+            data_dir,
+            purge_expired_every,
+            tables: if TableNames::any_named(lookup) {
+                Some(TableNames::from_lookup(lookup)?)
+            } else {
+                None
+            },
+            signing_key_secret: lookup(agentidp_aws::SIGNING_KEY_SECRET_VAR),
+        })
+    }
 }
 
 pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String> {
@@ -54,7 +84,7 @@ pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String
                 .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
             let store = Arc::new(
                 SqliteStore::open(&options.data_dir.join(DATABASE_FILE))
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| Chain(&e).to_string())?,
             );
             if let Some(every) = options.purge_expired_every {
                 spawn_expiry_purge(Arc::clone(&store), every);
@@ -62,12 +92,14 @@ pub async fn open_store(options: &StoreOptions) -> Result<Arc<dyn Store>, String
             Ok(store)
         }
         StoreKind::Dynamodb => {
-            let names = TableNames::from_env()
-                .unwrap_or_else(|_| TableNames::with_prefix(LOCAL_TABLE_PREFIX));
+            let names = options
+                .tables
+                .clone()
+                .unwrap_or_else(|| TableNames::with_prefix(LOCAL_TABLE_PREFIX));
             let client = client_from_env().await;
             ensure_tables(&client, &names)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Chain(&e).to_string())?;
             Ok(Arc::new(DynamoStore::new(client, names)))
         }
     }
@@ -86,7 +118,7 @@ fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "expired rows purged from the embedded store"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "purging expired rows failed; next try in an interval")
+                    tracing::warn!(error = %Chain(&e), "purging expired rows failed; next try in an interval")
                 }
             }
         }
@@ -95,24 +127,26 @@ fn spawn_expiry_purge(store: Arc<SqliteStore>, every: Duration) {
 
 /// Signing keys: Secrets Manager when `AGENTIDP_SIGNING_KEY_SECRET_ID` is set, else the data
 /// directory's key file, generated on first start.
-pub async fn key_source(config: &Config, data_dir: &Path) -> Result<KeySource, String> {
-    match std::env::var("AGENTIDP_SIGNING_KEY_SECRET_ID") {
-        Ok(secret_id) => {
+pub async fn key_source(config: &Config, options: &StoreOptions) -> Result<KeySource, String> {
+    match &options.signing_key_secret {
+        Some(secret_id) => {
             let sdk = agentidp_aws::sdk_config().await;
             let client = agentidp_aws::SecretsManagerClient::new(&sdk);
-            Ok(agentidp_aws::signing_keys(client, secret_id))
+            Ok(agentidp_aws::signing_keys(client, secret_id.clone()))
         }
-        Err(_) => {
-            KeySource::load_or_create_file(&data_dir.join(KEYS_FILE), config.signing_algorithm)
-                .map_err(|e| e.to_string())
+        None => {
+            let keys_file = options.data_dir.join(KEYS_FILE);
+            KeySource::load_or_create_file(&keys_file, config.signing_algorithm)
+                .map_err(|e| Chain(&e).to_string())
         }
     }
 }
 
 pub async fn build_idp(config: Config, options: &StoreOptions) -> Result<Arc<Idp>, String> {
     let store = open_store(options).await?;
-    let keys = key_source(&config, &options.data_dir).await?;
-    let idp = Idp::new(config, store, keys, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+    let keys = key_source(&config, options).await?;
+    let idp =
+        Idp::new(config, store, keys, Arc::new(SystemClock)).map_err(|e| Chain(&e).to_string())?;
     Ok(Arc::new(idp))
 }
 
@@ -131,13 +165,18 @@ pub async fn bootstrap_if_empty(
     idp: &Arc<Idp>,
     data_dir: &Path,
 ) -> Result<Option<BootstrappedOrg>, String> {
-    if !idp.list_orgs().await.map_err(|e| e.to_string())?.is_empty() {
+    if !idp
+        .list_orgs()
+        .await
+        .map_err(|e| Chain(&e).to_string())?
+        .is_empty()
+    {
         return Ok(None);
     }
     let bootstrapped = idp
         .create_org("default", agentidp_core::domain::Plan::Free)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Chain(&e).to_string())?;
     let text =
         serde_json::to_string_pretty(&bootstrap_json(&bootstrapped)).map_err(|e| e.to_string())?;
     agentidp_core::files::write_private(&data_dir.join(BOOTSTRAP_FILE), text.as_bytes())

@@ -4,6 +4,8 @@
 //! publishes the public keys to the secret of `AGENTIDP_PUBLIC_KEYS_SECRET_ID`.
 
 use agentidp_aws::rotation::Rotator;
+use agentidp_core::config;
+use agentidp_core::error::Chain;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde::Deserialize;
 
@@ -20,8 +22,9 @@ struct RotationEvent {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     agentidp_core::telemetry::init(true);
-    let algorithm = agentidp_aws::rotation::algorithm_from_env()?;
-    let public_keys = agentidp_aws::secret_id_from_env(agentidp_aws::PUBLIC_KEYS_SECRET_VAR)?;
+    let env = config::process_env;
+    let algorithm = config::signing_algorithm(&env)?;
+    let public_keys = config::required(&env, agentidp_aws::PUBLIC_KEYS_SECRET_VAR)?;
     let sdk = agentidp_aws::sdk_config().await;
     let rotator = Rotator::new(agentidp_aws::SecretsManagerClient::new(&sdk), algorithm)
         .publishing_to(public_keys);
@@ -44,8 +47,9 @@ async fn main() -> Result<(), Error> {
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::error!(step = %step, version = %client_request_token, error = %e, "rotation step failed");
-                    Err(Error::from(e.to_string()))
+                    let error = Chain(&e).to_string();
+                    tracing::error!(step = %step, version = %client_request_token, error = %error, "rotation step failed");
+                    Err(Error::from(error))
                 }
             }
         }

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use agentidp_core::config::Config;
+use agentidp_core::config::{Config, process_env};
 use agentidp_core::domain::Plan;
 use agentidp_core::domain::time::format_timestamp;
+use agentidp_core::error::Chain;
 use agentidp_local::{DEFAULT_DATA_DIR, StoreKind, StoreOptions, build_idp};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -59,27 +60,20 @@ async fn main() -> Result<(), String> {
     agentidp_core::telemetry::init(false);
     let args = Args::parse();
     // The CLI signs nothing; the issuer only has to be well-formed.
-    let config = Config::from_lookup(|name| {
-        std::env::var(name)
-            .ok()
+    let lookup = |name: &str| {
+        process_env(name)
             .or_else(|| (name == "AGENTIDP_ISSUER").then(|| "http://127.0.0.1:3000".to_owned()))
-    })
-    .map_err(|e| e.to_string())?;
-    let idp = build_idp(
-        config,
-        &StoreOptions {
-            kind: args.store,
-            data_dir: args.data_dir,
-            purge_expired_every: None,
-        },
-    )
-    .await?;
+    };
+    let config = Config::from_lookup(lookup).map_err(|e| e.to_string())?;
+    let options = StoreOptions::from_lookup(args.store, args.data_dir, None, &lookup)
+        .map_err(|e| e.to_string())?;
+    let idp = build_idp(config, &options).await?;
     let output = match args.command {
         Command::CreateOrg { name, plan } => {
             let created = idp
                 .create_org(&name, plan)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Chain(&e).to_string())?;
             json!({
                 "orgId": created.org.org_id,
                 "name": created.org.name,
@@ -89,21 +83,24 @@ async fn main() -> Result<(), String> {
             })
         }
         Command::ListOrgs => {
-            let orgs = idp.list_orgs().await.map_err(|e| e.to_string())?;
+            let orgs = idp.list_orgs().await.map_err(|e| Chain(&e).to_string())?;
             json!(orgs
                 .iter()
                 .map(|o| json!({"orgId": o.org_id, "name": o.name, "plan": o.plan.as_str(), "createdAt": format_timestamp(&o.created_at)}))
                 .collect::<Vec<_>>())
         }
         Command::SetPlan { org, plan } => {
-            let org = idp.set_plan(org, plan).await.map_err(|e| e.to_string())?;
+            let org = idp
+                .set_plan(org, plan)
+                .await
+                .map_err(|e| Chain(&e).to_string())?;
             json!({"orgId": org.org_id, "name": org.name, "plan": org.plan.as_str()})
         }
         Command::IssueBootstrapCredential { org } => {
             let issued = idp
                 .issue_bootstrap_credential(org)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Chain(&e).to_string())?;
             json!({
                 "orgId": org,
                 "agentId": issued.credential.agent_id,

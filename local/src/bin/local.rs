@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use agentidp_core::config::Config;
+use agentidp_core::config::{Config, process_env};
 use agentidp_local::{
     BOOTSTRAP_FILE, DEFAULT_DATA_DIR, EXPIRY_PURGE_INTERVAL, StoreKind, StoreOptions,
     bootstrap_if_empty, bootstrap_json, build_idp,
@@ -38,21 +38,23 @@ async fn main() -> Result<(), String> {
     let issuer = args
         .issuer
         .clone()
-        .or_else(|| std::env::var("AGENTIDP_ISSUER").ok())
+        .or_else(|| process_env("AGENTIDP_ISSUER"))
         .unwrap_or_else(|| format!("http://{address}"));
-    let config = Config::from_lookup(|name| {
+    let lookup = |name: &str| {
         if name == "AGENTIDP_ISSUER" {
             Some(issuer.clone())
         } else {
-            std::env::var(name).ok()
+            process_env(name)
         }
-    })
-    .map_err(|e| e.to_string())?;
-    let options = StoreOptions {
-        kind: args.store,
-        data_dir: args.data_dir.clone(),
-        purge_expired_every: Some(EXPIRY_PURGE_INTERVAL),
     };
+    let config = Config::from_lookup(lookup).map_err(|e| e.to_string())?;
+    let options = StoreOptions::from_lookup(
+        args.store,
+        args.data_dir.clone(),
+        Some(EXPIRY_PURGE_INTERVAL),
+        &lookup,
+    )
+    .map_err(|e| e.to_string())?;
     let idp = build_idp(config, &options).await?;
     if let Some(bootstrapped) = bootstrap_if_empty(&idp, &args.data_dir).await? {
         // Printed once, on the operator's own terminal; also kept in bootstrap.json (0600).

@@ -21,13 +21,6 @@ pub const SIGNING_KEY_SECRET_VAR: &str = "AGENTIDP_SIGNING_KEY_SECRET_ID";
 /// functions that only verify tokens, which may not read the private one.
 pub const PUBLIC_KEYS_SECRET_VAR: &str = "AGENTIDP_PUBLIC_KEYS_SECRET_ID";
 
-/// The secret id in the environment variable `variable`, which must be set.
-pub fn secret_id_from_env(
-    variable: &'static str,
-) -> Result<String, agentidp_core::config::ConfigError> {
-    std::env::var(variable).map_err(|_| agentidp_core::config::ConfigError::Missing(variable))
-}
-
 /// The SDK configuration from the environment, with timeouts short enough that an unreachable
 /// dependency fails a request quickly (503) instead of hanging until Lambda's own timeout.
 pub async fn sdk_config() -> SdkConfig {
@@ -64,10 +57,11 @@ impl KeySecret for SecretsManagerSecret {
             .version_stage("AWSCURRENT")
             .send()
             .await
-            .map_err(|e| {
-                KeyError::Unavailable(
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-                )
+            .map_err(|e| KeyError::Unavailable {
+                context: format!("GetSecretValue: {e}"),
+                // Only the error beneath: the raw response the SDK keeps beside it may be one
+                // it could not parse, holding the secret.
+                source: e.into_source().ok(),
             })?;
         out.secret_string()
             .map(str::to_owned)

@@ -17,8 +17,9 @@
 //! Every step is idempotent: Secrets Manager retries a step whose invocation failed or timed
 //! out, and a repeated step finds its work done and returns `Ok`.
 
+use agentidp_core::error::Cause;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, SdkError};
+use aws_sdk_secretsmanager::error::SdkError;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -78,13 +79,18 @@ pub enum RotationError {
     /// The version named by the request token is in a state this step cannot start from.
     #[error("version {token} of the secret: {problem}")]
     VersionState { token: String, problem: String },
-    /// A Secrets Manager call failed; Secrets Manager retries the step.
-    #[error("Secrets Manager {operation} failed: {detail}")]
+    /// A Secrets Manager call failed; Secrets Manager retries the step. `kind` is the SDK
+    /// error's own summary ("service error", "dispatch failure"…) and `source` the error
+    /// beneath it: never the raw response, which may be one the SDK could not parse, holding
+    /// the secret.
+    #[error("Secrets Manager {operation} failed: {kind}")]
     SecretsManager {
         operation: &'static str,
-        detail: String,
+        kind: String,
+        #[source]
+        source: Option<Cause>,
     },
-    #[error("key set: {0}")]
+    #[error("key set")]
     Keys(#[from] KeyError),
     /// The pending key set failed its test; finishSecret is not reached and AWSCURRENT stays.
     #[error("the pending key set failed its test: {0}")]
@@ -123,7 +129,8 @@ where
 {
     RotationError::SecretsManager {
         operation,
-        detail: DisplayErrorContext(err).to_string(),
+        kind: err.to_string(),
+        source: err.into_source().ok(),
     }
 }
 
@@ -509,16 +516,6 @@ fn test_claims(policy: &TokenPolicy, now: DateTime<Utc>) -> AccessTokenClaims {
         client_id: id.clone(),
         scope: String::new(),
         org_id: id,
-    }
-}
-
-/// The algorithm of new keys: `AGENTIDP_SIGNING_ALG`, RS256 when unset.
-pub fn algorithm_from_env() -> Result<SigningAlgorithm, String> {
-    match std::env::var("AGENTIDP_SIGNING_ALG") {
-        Err(_) => Ok(SigningAlgorithm::RS256),
-        Ok(text) => SigningAlgorithm::parse(&text).ok_or_else(|| {
-            format!("environment variable AGENTIDP_SIGNING_ALG is malformed: `{text}` is not RS256, ES256 or EdDSA")
-        }),
     }
 }
 

@@ -59,15 +59,44 @@ impl ThrottleLimits {
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
 
+/// The process environment: the one place AgentIdP reads it. Every setting, in every crate, is
+/// parsed from a lookup like this one, so a test passes a map instead.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A variable that must be set; blank counts as unset.
+pub fn required(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<String, ConfigError> {
+    lookup(name)
+        .filter(|value| !value.trim().is_empty())
+        .ok_or(ConfigError::Missing(name))
+}
+
+/// The algorithm of new signing keys: `AGENTIDP_SIGNING_ALG`, RS256 when unset.
+pub fn signing_algorithm(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<SigningAlgorithm, ConfigError> {
+    match lookup("AGENTIDP_SIGNING_ALG") {
+        None => Ok(SigningAlgorithm::RS256),
+        Some(text) => SigningAlgorithm::parse(&text).ok_or(ConfigError::Malformed {
+            name: "AGENTIDP_SIGNING_ALG",
+            problem: format!("`{text}` is not RS256, ES256 or EdDSA"),
+        }),
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(process_env)
     }
 
     /// Like [`Config::from_env`], reading variables through `lookup` (tests, and the local
     /// server, which supplies defaults the Lambda functions must be given).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let issuer = lookup("AGENTIDP_ISSUER").ok_or(ConfigError::Missing("AGENTIDP_ISSUER"))?;
+        let issuer = required(&lookup, "AGENTIDP_ISSUER")?;
         let issuer = issuer.trim_end_matches('/').to_owned();
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
             return Err(ConfigError::Malformed {
@@ -86,13 +115,7 @@ impl Config {
                 86_400,
             )?,
             bcrypt_cost: number(&lookup, "AGENTIDP_BCRYPT_COST", DEFAULT_BCRYPT_COST, 4, 31)?,
-            signing_algorithm: match lookup("AGENTIDP_SIGNING_ALG") {
-                None => SigningAlgorithm::RS256,
-                Some(text) => SigningAlgorithm::parse(&text).ok_or(ConfigError::Malformed {
-                    name: "AGENTIDP_SIGNING_ALG",
-                    problem: "must be RS256, ES256 or EdDSA".into(),
-                })?,
-            },
+            signing_algorithm: signing_algorithm(&lookup)?,
             free_limits: PlanLimits {
                 max_agents: number(
                     &lookup,

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod files;
 pub mod secret;
 pub mod service;

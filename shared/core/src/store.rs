@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{Agent, AuditAction, AuditEvent, Credential, Organization, Outcome, Plan};
+use crate::error::Cause;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,11 +21,45 @@ pub enum StoreError {
     #[error("condition of write {index} failed ({guard:?})")]
     ConditionFailed { guard: Guard, index: usize },
     /// The backend could not be reached or is throttling; the caller may retry later.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else: corrupt data, a bug. Logged, never shown to clients.
-    #[error("store failure: {0}")]
-    Internal(String),
+    /// `context` says what the store was doing; `source` is the driver's or SDK's error.
+    #[error("store unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// Anything else: corrupt data, a bug. Logged, never shown to clients. `source` is the
+    /// underlying error; `None` when an invariant broke and `context` says all there is.
+    #[error("store failure: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn internal(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A failure with no error beneath it: a broken invariant, a limit, corrupt data.
+    pub fn broken(context: impl Into<String>) -> Self {
+        StoreError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -123,7 +158,7 @@ impl Write {
     pub fn condition_failed(&self, index: usize) -> StoreError {
         match self.guard() {
             Some(guard) => StoreError::ConditionFailed { guard, index },
-            None => StoreError::Internal(format!(
+            None => StoreError::broken(format!(
                 "write {index} has no condition, yet the store reported it failed"
             )),
         }

@@ -37,7 +37,7 @@ const FUNCTION_LEVELS: [&str; 4] = ["error", "warn", "info", "debug"];
 pub fn init(json: bool) {
     let setting = ["AGENTIDP_LOG", "RUST_LOG"]
         .into_iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()));
+        .find_map(|name| crate::config::process_env(name).filter(|v| !v.trim().is_empty()));
     let (filter, refused) = parse_setting(setting.as_deref(), json);
     // Logs go to stderr, so stdout carries only what a command prints on purpose (the local
     // server's one-time bootstrap credential, the CLI's JSON). A second init (tests) keeps the

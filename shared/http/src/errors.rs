@@ -5,6 +5,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::{ApiResponse, json_response};
+use agentidp_core::error::Chain;
 use agentidp_core::service::tokens::OAuthError;
 use agentidp_core::service::{LimitExceeded, ScopeShortfall, ServiceError, Unauthenticated};
 
@@ -233,8 +234,8 @@ fn service_error(e: ServiceError) -> ApiResponse {
             "The resource changed concurrently too many times; retry the request.",
             json!([]),
         ),
-        ServiceError::Unavailable(detail) => {
-            tracing::warn!(error = %detail, "dependency unavailable");
+        e @ ServiceError::Unavailable { .. } => {
+            tracing::warn!(error = %Chain(&e), "dependency unavailable");
             let mut response = management(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVICE_UNAVAILABLE",
@@ -244,8 +245,8 @@ fn service_error(e: ServiceError) -> ApiResponse {
             set(&mut response, header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE);
             response
         }
-        ServiceError::Internal(detail) => {
-            tracing::error!(error = %detail, "internal error");
+        e @ ServiceError::Internal { .. } => {
+            tracing::error!(error = %Chain(&e), "internal error");
             management(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL_ERROR",
@@ -327,8 +328,8 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             set(&mut response, header::RETRY_AFTER, &retry_after.to_string());
             response
         }
-        OAuthError::Unavailable(detail) => {
-            tracing::warn!(error = %detail, "dependency unavailable");
+        e @ OAuthError::Unavailable { .. } => {
+            tracing::warn!(error = %Chain(&e), "dependency unavailable");
             let mut response = oauth_body(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -338,14 +339,119 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             set(&mut response, header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE);
             response
         }
-        OAuthError::Internal(detail) => {
-            tracing::error!(error = %detail, "internal error");
+        e @ OAuthError::Internal { .. } => {
+            tracing::error!(error = %Chain(&e), "internal error");
             oauth_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "An internal error occurred.",
                 json!({}),
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use agentidp_core::store::StoreError;
+
+    use super::*;
+
+    /// What the subscriber writes, shared with the test.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The response to `error`, and what answering it logged.
+    fn answer(error: ApiError) -> (ApiResponse, String) {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let response = tracing::subscriber::with_default(subscriber, || error.into_response());
+        let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        (response, logged)
+    }
+
+    fn body(response: &ApiResponse) -> Value {
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    fn corrupt_row() -> StoreError {
+        StoreError::internal(
+            "stored JSON does not decode",
+            std::io::Error::other("disk sector 7 unreadable"),
+        )
+    }
+
+    #[test]
+    fn an_internal_error_logs_its_cause_and_answers_with_the_generic_body() {
+        let (response, logged) = answer(ApiError::Service(corrupt_row().into()));
+        assert!(logged.contains("internal error"), "{logged}");
+        assert!(
+            logged.contains(
+                "internal: the store failed: store failure: stored JSON does not decode: \
+                 disk sector 7 unreadable"
+            ),
+            "{logged}"
+        );
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body(&response),
+            json!({ "code": "INTERNAL_ERROR", "message": "An internal error occurred.", "details": [] })
+        );
+    }
+
+    #[test]
+    fn an_internal_error_of_an_oauth_endpoint_logs_its_cause_and_answers_server_error() {
+        let (response, logged) = answer(ApiError::OAuth(corrupt_row().into()));
+        assert!(logged.contains("disk sector 7 unreadable"), "{logged}");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body(&response),
+            json!({ "error": "server_error", "error_description": "An internal error occurred." })
+        );
+    }
+
+    #[test]
+    fn an_unavailable_dependency_logs_its_cause_and_answers_503_without_it() {
+        let refused = || {
+            StoreError::unavailable(
+                "GetItem: dispatch failure",
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "127.0.0.1:8000 refused",
+                ),
+            )
+        };
+        for error in [
+            ApiError::Service(refused().into()),
+            ApiError::OAuth(refused().into()),
+        ] {
+            let (response, logged) = answer(error);
+            assert!(logged.contains("dependency unavailable"), "{logged}");
+            assert!(logged.contains("127.0.0.1:8000 refused"), "{logged}");
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let text = String::from_utf8_lossy(response.body());
+            assert!(
+                !text.contains("127.0.0.1") && !text.contains("GetItem"),
+                "{text}"
+            );
         }
     }
 }

@@ -296,7 +296,7 @@ async fn a_batch_that_touches_one_item_twice_is_refused_before_anything_is_writt
     ];
     let result = store.commit(batch).await;
     assert!(
-        matches!(&result, Err(StoreError::Internal(detail)) if detail.contains("writes 0 and 2")),
+        matches!(&result, Err(StoreError::Internal { context, .. }) if context.contains("writes 0 and 2")),
         "{result:?}"
     );
     assert_eq!(store.usage(org_id, "2026-03").await.unwrap().agents, 0);
@@ -316,7 +316,7 @@ async fn a_batch_over_the_transaction_limit_is_refused() {
     batch.push(Write::CreateOrg(org.clone()));
     assert!(matches!(
         store.commit(batch).await,
-        Err(StoreError::Internal(_))
+        Err(StoreError::Internal { .. })
     ));
     assert_eq!(store.get_org(org.org_id).await.unwrap(), None);
 
@@ -351,12 +351,18 @@ async fn a_closed_port_makes_reads_and_writes_unavailable_quickly() {
 
     let started = Instant::now();
     let read = store.get_org(Uuid::new_v4()).await;
-    assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+    assert!(
+        matches!(read, Err(StoreError::Unavailable { .. })),
+        "{read:?}"
+    );
+    // The SDK's error stays beneath the store's, for the log.
+    let cause = read.as_ref().err().and_then(std::error::Error::source);
+    assert!(cause.is_some(), "{read:?}");
     let write = store
         .commit(vec![Write::CreateOrg(conformance::org(Plan::Free))])
         .await;
     assert!(
-        matches!(write, Err(StoreError::Unavailable(_))),
+        matches!(write, Err(StoreError::Unavailable { .. })),
         "{write:?}"
     );
     assert!(

@@ -305,7 +305,9 @@ async fn every_rotation_event_succeeds_or_fails_as_expected_on_moto() {
 #[tokio::test]
 #[ignore = "a tool of scripts/check-packaging.sh, not a test"]
 async fn seed_dynamodb_fixture() {
-    let tables = agentidp_store_dynamodb::TableNames::from_env().unwrap();
+    let tables =
+        agentidp_store_dynamodb::TableNames::from_lookup(&agentidp_core::config::process_env)
+            .unwrap();
     let client = agentidp_store_dynamodb::client_from_env().await;
     let store = agentidp_store_dynamodb::DynamoStore::new(client, tables);
     fixture::seed(&store, Utc::now()).await;

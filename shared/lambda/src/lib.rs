@@ -9,7 +9,8 @@ pub use agentidp_http::FunctionGroup;
 use lambda_http::request::RequestContext as GatewayContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
-use agentidp_aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR, secret_id_from_env};
+use agentidp_aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR};
+use agentidp_core::config::{self, Config};
 use agentidp_core::service::Idp;
 use agentidp_http::{ApiRequest, Origin};
 
@@ -42,20 +43,20 @@ pub async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Why a function could not start. Its `Debug` is its message, because that is what a failed
+/// Why a function could not start. Its `Debug` is its message and its causes, because that is what a failed
 /// `main` prints to the function's log: `Error: environment variable … is required but not
 /// set`, not a quoted string or a struct.
 #[derive(thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] agentidp_core::config::ConfigError),
-    #[error("the secret hasher cannot be built: {0}")]
+    #[error("the secret hasher cannot be built")]
     Hasher(#[from] agentidp_core::secret::SecretError),
 }
 
 impl std::fmt::Debug for StartupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
+        std::fmt::Display::fmt(&agentidp_core::error::Chain(self), f)
     }
 }
 
@@ -66,17 +67,32 @@ impl std::fmt::Debug for StartupError {
 /// their roles may not read the private one. The keys are read lazily, so a cold start with
 /// Secrets Manager unreachable still starts, answers 503, and recovers on a later call.
 pub async fn idp_from_env(group: FunctionGroup) -> Result<Arc<Idp>, StartupError> {
-    let config = agentidp_core::config::Config::from_env()?;
-    let tables = agentidp_store_dynamodb::TableNames::from_env()?;
+    idp_from(group, &config::process_env).await
+}
+
+/// [`idp_from_env`] with the variables read through `lookup`. Every variable is read before
+/// the SDK is set up, so a missing one fails the cold start at once, by name.
+async fn idp_from(
+    group: FunctionGroup,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Arc<Idp>, StartupError> {
+    let config = Config::from_lookup(lookup)?;
+    let tables = agentidp_store_dynamodb::TableNames::from_lookup(lookup)?;
+    let signs = match group {
+        FunctionGroup::Tokens => true,
+        FunctionGroup::Agents | FunctionGroup::Credentials | FunctionGroup::Audit => false,
+    };
+    let key_secret = if signs {
+        config::required(lookup, SIGNING_KEY_SECRET_VAR)?
+    } else {
+        config::required(lookup, PUBLIC_KEYS_SECRET_VAR)?
+    };
     let sdk = agentidp_aws::sdk_config().await;
     let secrets = agentidp_aws::SecretsManagerClient::new(&sdk);
-    let keys = match group {
-        FunctionGroup::Tokens => {
-            agentidp_aws::signing_keys(secrets, secret_id_from_env(SIGNING_KEY_SECRET_VAR)?)
-        }
-        FunctionGroup::Agents | FunctionGroup::Credentials | FunctionGroup::Audit => {
-            agentidp_aws::verifying_keys(secrets, secret_id_from_env(PUBLIC_KEYS_SECRET_VAR)?)
-        }
+    let keys = if signs {
+        agentidp_aws::signing_keys(secrets, key_secret)
+    } else {
+        agentidp_aws::verifying_keys(secrets, key_secret)
     };
     let store =
         agentidp_store_dynamodb::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
@@ -102,6 +118,69 @@ mod tests {
         assert_eq!(
             format!("{failed:?}"),
             "environment variable AGENTIDP_ISSUER is required but not set"
+        );
+    }
+
+    fn deployment_without(missing: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            let value = match name {
+                "AGENTIDP_ISSUER" => "https://idp.example.com",
+                _ if name == missing => return None,
+                _ if name.ends_with("_TABLE") || name.ends_with("_SECRET_ID") => "named",
+                _ => return None,
+            };
+            Some(value.to_owned())
+        }
+    }
+
+    /// Why a start from `lookup` fails, if it does.
+    async fn start_failure(
+        group: FunctionGroup,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        idp_from(group, &lookup).await.err().map(|e| e.to_string())
+    }
+
+    fn missing(variable: &str) -> Option<String> {
+        Some(format!(
+            "environment variable {variable} is required but not set"
+        ))
+    }
+
+    #[tokio::test]
+    async fn only_the_tokens_function_needs_the_private_key_secret() {
+        let without_private = || deployment_without(SIGNING_KEY_SECRET_VAR);
+        assert_eq!(
+            start_failure(FunctionGroup::Tokens, without_private()).await,
+            missing(SIGNING_KEY_SECRET_VAR)
+        );
+        for group in [
+            FunctionGroup::Agents,
+            FunctionGroup::Credentials,
+            FunctionGroup::Audit,
+        ] {
+            assert_eq!(
+                start_failure(group, without_private()).await,
+                None,
+                "{group:?}"
+            );
+            assert_eq!(
+                start_failure(group, deployment_without(PUBLIC_KEYS_SECRET_VAR)).await,
+                missing(PUBLIC_KEYS_SECRET_VAR),
+                "{group:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_name_fails_the_start_by_name() {
+        assert_eq!(
+            start_failure(
+                FunctionGroup::Agents,
+                deployment_without("AGENTIDP_AUDIT_TABLE")
+            )
+            .await,
+            missing("AGENTIDP_AUDIT_TABLE")
         );
     }
 }

@@ -261,7 +261,7 @@ impl<'a> ItemReader<'a> {
     }
 
     fn malformed(&self, name: &str) -> StoreError {
-        StoreError::Internal(format!(
+        StoreError::broken(format!(
             "{} item: attribute {name} is missing or malformed",
             self.what
         ))

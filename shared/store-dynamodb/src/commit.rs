@@ -17,7 +17,7 @@ use crate::DynamoStore;
 use crate::codec::{
     COUNT, PLAN, VERSION, agent_item, audit_item, credential_item, n, org_item, s, time,
 };
-use crate::errors::{build_error, is_throttling_code, sdk_error};
+use crate::errors::{build_error, is_throttling_code, sdk_cause, sdk_error};
 use crate::keys::{
     AGENT_COUNTER_SK, Item, ItemId, ORG_SK, agent_sk, audit_sk, name_sk, token_counter_sk,
     ttl_seconds,
@@ -178,7 +178,7 @@ impl Commit for DynamoStore {
             return Ok(());
         }
         if writes.len() > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::broken(format!(
                 "a batch of {} writes exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} items per transaction",
                 writes.len()
             )));
@@ -186,7 +186,7 @@ impl Commit for DynamoStore {
         let mut seen: HashMap<ItemId, usize> = HashMap::with_capacity(writes.len());
         for (index, write) in writes.iter().enumerate() {
             if let Some(first) = seen.insert(item_id(write), index) {
-                return Err(StoreError::Internal(format!(
+                return Err(StoreError::broken(format!(
                     "writes {first} and {index} of the batch touch the same item, which one DynamoDB transaction cannot"
                 )));
             }
@@ -219,9 +219,12 @@ impl Commit for DynamoStore {
             match cancellation(cancelled.cancellation_reasons()) {
                 Cancellation::Condition(index) if is_decrement(&writes[index]) => {
                     if switches == MAX_DECREMENT_SWITCHES {
-                        return Err(StoreError::Unavailable(format!(
-                            "TransactWriteItems: the agent counter of write {index} kept changing"
-                        )));
+                        return Err(StoreError::Unavailable {
+                            context: format!(
+                                "TransactWriteItems: the agent counter of write {index} kept changing"
+                            ),
+                            source: sdk_cause(err),
+                        });
                     }
                     switches += 1;
                     decrements[index] = decrements[index].other();
@@ -229,31 +232,39 @@ impl Commit for DynamoStore {
                 Cancellation::Condition(index) => {
                     return Err(match writes.get(index) {
                         Some(write) => write.condition_failed(index),
-                        None => StoreError::Internal(format!(
-                            "TransactWriteItems cancelled write {index} of a batch of {}",
-                            writes.len()
-                        )),
+                        None => StoreError::Internal {
+                            context: format!(
+                                "TransactWriteItems cancelled write {index} of a batch of {}",
+                                writes.len()
+                            ),
+                            source: sdk_cause(err),
+                        },
                     });
                 }
                 Cancellation::Conflict(index) => {
                     conflicts += 1;
                     if conflicts == TRANSACTION_ATTEMPTS {
-                        return Err(StoreError::Unavailable(format!(
-                            "TransactWriteItems: write {index} kept conflicting with concurrent transactions \
-                             ({TRANSACTION_ATTEMPTS} attempts)"
-                        )));
+                        return Err(StoreError::Unavailable {
+                            context: format!(
+                                "TransactWriteItems: write {index} kept conflicting with concurrent \
+                                 transactions ({TRANSACTION_ATTEMPTS} attempts)"
+                            ),
+                            source: sdk_cause(err),
+                        });
                     }
                     tokio::time::sleep(backoff(conflicts)).await;
                 }
                 Cancellation::Throttled(codes) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "TransactWriteItems throttled: {codes}"
-                    )));
+                    return Err(StoreError::Unavailable {
+                        context: format!("TransactWriteItems throttled: {codes}"),
+                        source: sdk_cause(err),
+                    });
                 }
                 Cancellation::Other(codes) => {
-                    return Err(StoreError::Internal(format!(
-                        "TransactWriteItems cancelled: {codes}"
-                    )));
+                    return Err(StoreError::Internal {
+                        context: format!("TransactWriteItems cancelled: {codes}"),
+                        source: sdk_cause(err),
+                    });
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! DynamoDB errors as [`StoreError`]s.
 
-use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 
+use agentidp_core::error::Cause;
 use agentidp_core::store::StoreError;
 
 /// Error codes that mean "try again later" rather than "this request is wrong".
@@ -21,33 +22,42 @@ pub(crate) fn is_throttling_code(code: &str) -> bool {
 }
 
 /// Unreachable endpoint, timeout, throttling or a 5xx: `Unavailable`. Anything else: `Internal`.
-/// The detail holds the operation, the error code and DynamoDB's message, never an item.
+/// The context names the operation, the kind of failure and the HTTP status; the source is the
+/// SDK's error beneath it (DynamoDB's error code and message, or the connection's failure).
 pub(crate) fn sdk_error<E>(operation: &str, err: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-            StoreError::Unavailable(format!("{operation}: {}", DisplayErrorContext(&err)))
-        }
+    let status = err.raw_response().map(|response| response.status());
+    let unavailable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
-            let status = err.raw_response().map(|response| response.status());
-            let code = err.code().unwrap_or("unknown");
-            let detail = format!(
-                "{operation}: {code} (HTTP {}): {}",
-                status.map_or(0, |s| s.as_u16()),
-                err.message().unwrap_or("no message")
-            );
-            if status.is_some_and(|s| s.is_server_error()) || is_throttling_code(code) {
-                StoreError::Unavailable(detail)
-            } else {
-                StoreError::Internal(detail)
-            }
+            status.is_some_and(|s| s.is_server_error())
+                || err.code().is_some_and(is_throttling_code)
         }
-        _ => StoreError::Internal(format!("{operation}: {}", DisplayErrorContext(&err))),
+        _ => false,
+    };
+    let context = match status {
+        Some(status) => format!("{operation}: {err} (HTTP {})", status.as_u16()),
+        None => format!("{operation}: {err}"),
+    };
+    let source = sdk_cause(err);
+    if unavailable {
+        StoreError::Unavailable { context, source }
+    } else {
+        StoreError::Internal { context, source }
     }
 }
 
+/// The error beneath an SDK error, without the raw HTTP response the SDK keeps beside it: a
+/// response it could not parse may hold items, and with them credentials' secret hashes.
+pub(crate) fn sdk_cause<E>(err: SdkError<E>) -> Option<Cause>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    err.into_source().ok()
+}
+
 pub(crate) fn build_error(err: BuildError) -> StoreError {
-    StoreError::Internal(format!("building a DynamoDB request: {err}"))
+    StoreError::internal("building a DynamoDB request", err)
 }

@@ -91,9 +91,10 @@ impl DynamoStore {
                 }
             }
         }
-        Err(StoreError::Unavailable(
-            "BatchGetItem: keys stayed unprocessed (throttled)".into(),
-        ))
+        Err(StoreError::Unavailable {
+            context: "BatchGetItem: keys stayed unprocessed (throttled)".into(),
+            source: None,
+        })
     }
 
     /// Every item a query matches, one request per 1 MB page.

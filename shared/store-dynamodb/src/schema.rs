@@ -186,11 +186,18 @@ pub struct TableNames {
 
 impl TableNames {
     /// The names a deployment passes in `AGENTIDP_*_TABLE`; the error names a missing variable.
-    pub fn from_env() -> Result<Self, agentidp_core::config::ConfigError> {
-        Self::build(|spec| {
-            std::env::var(spec.env_var)
-                .map_err(|_| agentidp_core::config::ConfigError::Missing(spec.env_var))
-        })
+    pub fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, agentidp_core::config::ConfigError> {
+        Self::build(|spec| agentidp_core::config::required(lookup, spec.env_var))
+    }
+
+    /// Whether `lookup` names any table at all: a local server with none uses its own names,
+    /// while one with only some would silently mix them, so that is an error.
+    pub fn any_named(lookup: &impl Fn(&str) -> Option<String>) -> bool {
+        TABLE_SPECS
+            .iter()
+            .any(|spec| lookup(spec.env_var).is_some())
     }
 
     /// `<prefix>-orgs`, `<prefix>-agents`, …: for tests and the local server.
@@ -393,9 +400,10 @@ async fn wait_until_active(client: &Client, name: &str) -> StoreResult<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(StoreError::Unavailable(format!(
-        "table {name} did not become active within 2 minutes"
-    )))
+    Err(StoreError::Unavailable {
+        context: format!("table {name} did not become active within 2 minutes"),
+        source: None,
+    })
 }
 
 #[cfg(test)]

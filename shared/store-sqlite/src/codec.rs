@@ -12,13 +12,11 @@ use agentidp_core::store::{StoreError, StoreResult};
 
 /// SQLite's error as the store's: busy or locked is worth a retry later, the rest is not.
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
-    {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            _ => StoreError::Internal(e.to_string()),
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::unavailable("SQLite", e)
         }
+        _ => StoreError::internal("SQLite", e),
     }
 }
 
@@ -238,7 +236,7 @@ fn uuid(text: &str) -> StoreResult<Uuid> {
 
 pub(crate) fn to_i64<N: TryInto<i64> + Copy + std::fmt::Display>(n: N) -> StoreResult<i64> {
     n.try_into()
-        .map_err(|_| StoreError::Internal(format!("{n} does not fit a sqlite integer")))
+        .map_err(|_| StoreError::broken(format!("{n} does not fit a sqlite integer")))
 }
 
 pub(crate) fn to_u64(n: i64) -> StoreResult<u64> {
@@ -247,14 +245,13 @@ pub(crate) fn to_u64(n: i64) -> StoreResult<u64> {
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value)
-        .map_err(|e| StoreError::Internal(format!("cannot encode a stored value: {e}")))
+        .map_err(|e| StoreError::internal("cannot encode a stored value", e))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Internal(format!("stored JSON does not decode: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::internal("stored JSON does not decode", e))
 }
 
 fn corrupt(what: &str, found: &str) -> StoreError {
-    StoreError::Internal(format!("stored {what} is not valid: {found:?}"))
+    StoreError::broken(format!("stored {what} is not valid: {found:?}"))
 }

@@ -28,7 +28,7 @@ impl Commit for SqliteStore {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let lead = {
             let mut queue = self.commits.lock().map_err(|_| {
-                StoreError::Internal("sqlite commit queue poisoned by an earlier panic".into())
+                StoreError::broken("sqlite commit queue poisoned by an earlier panic")
             })?;
             queue.waiting.push((writes, reply));
             !std::mem::replace(&mut queue.writing, true)
@@ -37,9 +37,9 @@ impl Commit for SqliteStore {
             let (conn, commits) = (Arc::clone(&self.conn), Arc::clone(&self.commits));
             tokio::task::spawn_blocking(move || write_queued(&conn, &commits));
         }
-        answer.await.map_err(|_| {
-            StoreError::Internal("the sqlite writer stopped before answering".into())
-        })?
+        answer
+            .await
+            .map_err(|e| StoreError::internal("the sqlite writer stopped before answering", e))?
     }
 }
 
@@ -67,13 +67,17 @@ fn write_queued(conn: &Mutex<Connection>, commits: &Mutex<CommitQueue>) {
                 }
             }
             Err(e) => {
-                let message = e.to_string();
-                let unavailable = matches!(e, StoreError::Unavailable(_));
+                // The group's one transaction failed every batch in it: each caller gets that
+                // failure as the source of its own error, of the same kind.
+                let unavailable = matches!(e, StoreError::Unavailable { .. });
+                let failed = Arc::new(e);
                 for reply in replies {
+                    let context = "the group commit's transaction";
+                    let source = Arc::clone(&failed);
                     let _ = reply.send(Err(if unavailable {
-                        StoreError::Unavailable(message.clone())
+                        StoreError::unavailable(context, source)
                     } else {
-                        StoreError::Internal(message.clone())
+                        StoreError::internal(context, source)
                     }));
                 }
             }

@@ -72,7 +72,7 @@ impl SqliteStore {
         ] {
             if file == path || file.exists() {
                 agentidp_core::files::make_private(&file).map_err(|e| {
-                    StoreError::Internal(format!("making {} private: {e}", file.display()))
+                    StoreError::internal(format!("making {} private", file.display()), e)
                 })?;
             }
         }
@@ -83,7 +83,7 @@ impl SqliteStore {
             .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
             .map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::broken(format!(
                 "{} cannot use write-ahead logging (journal mode stayed {mode})",
                 path.display()
             )));
@@ -172,7 +172,7 @@ fn free_reader(readers: &[Mutex<Connection>], turn: usize) -> Option<MutexGuard<
 }
 
 fn poisoned() -> StoreError {
-    StoreError::Internal("sqlite connection lock poisoned by an earlier panic".into())
+    StoreError::broken("sqlite connection lock poisoned by an earlier panic")
 }
 
 async fn blocking<T: Send + 'static>(
@@ -180,7 +180,7 @@ async fn blocking<T: Send + 'static>(
 ) -> StoreResult<T> {
     tokio::task::spawn_blocking(op)
         .await
-        .map_err(|e| StoreError::Internal(format!("sqlite task did not complete: {e}")))?
+        .map_err(|e| StoreError::internal("the sqlite task did not complete", e))?
 }
 
 /// Queries and writes through the connection's statement cache: the hot paths (a token request

@@ -141,7 +141,7 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(db)?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::broken(format!(
                 "database schema version {found} is newer than this build's {SCHEMA_VERSION}"
             )));
         }

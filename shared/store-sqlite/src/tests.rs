@@ -402,7 +402,7 @@ async fn reopening_keeps_the_schema_and_refuses_a_newer_one() {
 
     assert!(matches!(
         SqliteStore::open(&path),
-        Err(StoreError::Internal(_))
+        Err(StoreError::Internal { .. })
     ));
 }
 
@@ -446,7 +446,7 @@ async fn reader_connections_refuse_to_write() {
         .read(|conn| conn.execute("DELETE FROM organizations", []).map_err(db))
         .await;
     assert!(
-        matches!(refused, Err(StoreError::Internal(_))),
+        matches!(refused, Err(StoreError::Internal { .. })),
         "{refused:?}"
     );
 }
@@ -475,8 +475,19 @@ async fn a_write_blocked_by_another_connection_reports_unavailable() {
     };
     let result = store.commit(vec![Write::CreateOrg(org.clone())]).await;
     assert!(
-        matches!(result, Err(StoreError::Unavailable(_))),
+        matches!(result, Err(StoreError::Unavailable { .. })),
         "{result:?}"
+    );
+    // SQLite's own error stays in the chain, for the log.
+    let err = result.unwrap_err();
+    let busy = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<rusqlite::Error>());
+    assert_eq!(
+        busy.and_then(rusqlite::Error::sqlite_error_code),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err:?}"
     );
     held.rollback().unwrap();
 

@@ -163,7 +163,12 @@ impl Idp {
                 guard: Guard::NameTaken,
                 ..
             }) => Err(ServiceError::AgentNameTaken),
-            Err(e) => Err(e.into()),
+            // Another guard failing here is a bug: the conversion makes it an internal error.
+            Err(
+                e @ (StoreError::ConditionFailed { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Internal { .. }),
+            ) => Err(e.into()),
         }
     }
 

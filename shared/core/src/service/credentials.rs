@@ -40,11 +40,12 @@ fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> 
 
 impl Idp {
     fn new_secret(&self) -> ServiceResult<(ClientSecret, String)> {
-        let secret = ClientSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let secret = ClientSecret::generate()
+            .map_err(|e| ServiceError::internal("generating a client secret", e))?;
         let hash = self
             .hasher
             .hash(&secret)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::internal("hashing a client secret", e))?;
         Ok((secret, hash))
     }
 
@@ -55,7 +56,7 @@ impl Idp {
         let idp = self.clone();
         tokio::task::spawn_blocking(move || idp.new_secret())
             .await
-            .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")))?
+            .map_err(|e| ServiceError::internal("the hashing task failed", e))?
     }
 
     pub async fn generate_credential(

@@ -14,6 +14,7 @@ use crate::domain::time::Clock;
 use crate::domain::{
     Actor, AuditAction, AuditEvent, Organization, Outcome, PlanLimits, Scope, ScopeSet,
 };
+use crate::error::Cause;
 use crate::secret::SecretHasher;
 use crate::signing::KeySource;
 use crate::store::{Store, StoreError, Write};
@@ -77,20 +78,52 @@ pub enum ServiceError {
     RateLimited { retry_after: u64 },
     #[error("too many concurrent changes")]
     Contended,
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A dependency (the store, the key secret) cannot be reached now; `source` is its error.
+    #[error("unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Cause,
+    },
+    /// A bug, corrupt data or a failed dependency call that retrying will not fix. Logged,
+    /// never shown to clients. `source` is `None` when an invariant broke.
+    #[error("internal: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
+impl ServiceError {
+    pub fn internal(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        ServiceError::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A broken invariant: nothing failed beneath it.
+    pub fn broken(context: impl Into<String>) -> Self {
+        ServiceError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+/// The store's error becomes the source, so the log still shows the driver's or SDK's error.
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
-            StoreError::ConditionFailed { guard, index } => ServiceError::Internal(format!(
-                "unexpected failure of the {guard:?} condition at write {index}"
-            )),
-            StoreError::Internal(detail) => ServiceError::Internal(detail),
+            StoreError::Unavailable { .. } => ServiceError::Unavailable {
+                context: "the store".into(),
+                source: Box::new(e),
+            },
+            StoreError::ConditionFailed { .. } => {
+                ServiceError::internal("a condition failed unexpectedly", e)
+            }
+            StoreError::Internal { .. } => ServiceError::internal("the store failed", e),
         }
     }
 }
@@ -101,12 +134,15 @@ impl From<crate::signing::KeyError> for ServiceError {
     fn from(e: crate::signing::KeyError) -> Self {
         use crate::signing::KeyError;
         match e {
-            KeyError::Unavailable(detail) => ServiceError::Unavailable(detail),
+            KeyError::Unavailable { .. } => ServiceError::Unavailable {
+                context: "the signing keys".into(),
+                source: Box::new(e),
+            },
             KeyError::Generation
             | KeyError::Malformed(_)
             | KeyError::Empty
             | KeyError::Signing(_)
-            | KeyError::VerifyOnly => ServiceError::Internal(e.to_string()),
+            | KeyError::VerifyOnly => ServiceError::internal("the signing keys", e),
         }
     }
 }
@@ -140,7 +176,7 @@ pub(crate) fn settle<T>(committed: Result<(), StoreError>, value: T) -> ServiceR
     match committed {
         Ok(()) => Ok(Round::Done(value)),
         Err(StoreError::ConditionFailed { .. }) => Ok(Round::Again),
-        Err(e) => Err(e.into()),
+        Err(e @ (StoreError::Unavailable { .. } | StoreError::Internal { .. })) => Err(e.into()),
     }
 }
 
@@ -292,7 +328,7 @@ impl Idp {
     pub async fn limits(&self, org_id: Uuid) -> ServiceResult<PlanLimits> {
         match self.org(org_id).await? {
             Some(org) => Ok(self.config.limits(org.plan)),
-            None => Err(ServiceError::Internal(format!(
+            None => Err(ServiceError::broken(format!(
                 "organization {org_id} of a valid caller does not exist"
             ))),
         }

@@ -55,11 +55,12 @@ impl Idp {
     }
 
     fn new_admin_credential(&self, agent: &Agent) -> ServiceResult<(Credential, ClientSecret)> {
-        let secret = ClientSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let secret = ClientSecret::generate()
+            .map_err(|e| ServiceError::internal("generating a client secret", e))?;
         let hash = self
             .hasher
             .hash(&secret)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::internal("hashing a client secret", e))?;
         Ok((
             Credential {
                 credential_id: Uuid::new_v4(),

@@ -12,6 +12,7 @@ use super::{
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
 use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
+use crate::error::Cause;
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
 use crate::store::{Guard, StoreError, Write};
@@ -30,7 +31,7 @@ pub struct ClientAuthentication {
     pub method: ClientAuthMethod,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
     #[error("invalid_request: {0}")]
     InvalidRequest(String),
@@ -51,10 +52,20 @@ pub enum OAuthError {
     /// Too many failed authentications of this client or from this address.
     #[error("rate limited")]
     RateLimited { retry_after: u64 },
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A dependency cannot be reached now; as [`ServiceError::Unavailable`].
+    #[error("unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Cause,
+    },
+    /// Logged, never shown to clients; as [`ServiceError::Internal`].
+    #[error("internal: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl From<StoreError> for OAuthError {
@@ -66,10 +77,15 @@ impl From<StoreError> for OAuthError {
 impl From<ServiceError> for OAuthError {
     /// The OAuth endpoints call operations that refuse in their own terms (`OAuthError`); what
     /// reaches here from the shared operations is a dependency failing, a throttle, or a bug.
-    /// Every variant is named, so a new one has to be placed.
+    /// Every variant is named, so a new one has to be placed. A dependency's failure or a bug
+    /// keeps its context and source as they are; any other refusal is unexpected here and
+    /// becomes the source of an `Internal`.
     fn from(e: ServiceError) -> Self {
         match e {
-            ServiceError::Unavailable(detail) => OAuthError::Unavailable(detail),
+            ServiceError::Unavailable { context, source } => {
+                OAuthError::Unavailable { context, source }
+            }
+            ServiceError::Internal { context, source } => OAuthError::Internal { context, source },
             ServiceError::RateLimited { retry_after } => OAuthError::RateLimited { retry_after },
             ServiceError::Validation(_)
             | ServiceError::Unauthenticated(_)
@@ -82,8 +98,10 @@ impl From<ServiceError> for OAuthError {
             | ServiceError::AgentNameTaken
             | ServiceError::InvalidStatusTransition { .. }
             | ServiceError::PlanLimit(_)
-            | ServiceError::Contended
-            | ServiceError::Internal(_) => OAuthError::Internal(e.to_string()),
+            | ServiceError::Contended => OAuthError::Internal {
+                context: "an operation refused unexpectedly".into(),
+                source: Some(Box::new(e)),
+            },
         }
     }
 }
@@ -214,7 +232,7 @@ impl Idp {
                     None => idp.hasher.verify_against_dummy(&presented),
                 })
                 .await
-                .map_err(|e| ServiceError::Internal(format!("verification task failed: {e}")))
+                .map_err(|e| ServiceError::internal("the verification task failed", e))
             }
         };
         self.hasher.in_flight.share(key, verify).await
@@ -278,8 +296,8 @@ impl Idp {
         let denial = match (denial, credential) {
             (None, Some(credential)) => return Ok(Ok(credential)),
             (None, None) => {
-                return Err(ServiceError::Internal(
-                    "a client without a credential passed authentication".into(),
+                return Err(ServiceError::broken(
+                    "a client without a credential passed authentication",
                 ));
             }
             (Some(denial), credential) => (denial, credential),
@@ -448,7 +466,12 @@ impl Idp {
                     retry_after: crate::domain::time::seconds_until_next_month(self.now()),
                 })
             }
-            Err(e) => Err(e.into()),
+            // Another guard failing here is a bug: the conversion makes it an internal error.
+            Err(
+                e @ (StoreError::ConditionFailed { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Internal { .. }),
+            ) => Err(e.into()),
         }
     }
 
@@ -527,7 +550,20 @@ impl Idp {
                 .await
                 .map_err(|e| match e {
                     ServiceError::Unauthenticated(_) => OAuthError::InvalidClient { basic: false },
-                    other => other.into(),
+                    ServiceError::Validation(_)
+                    | ServiceError::InsufficientScope { .. }
+                    | ServiceError::AgentNotFound
+                    | ServiceError::CredentialNotFound
+                    | ServiceError::AuditEventNotFound
+                    | ServiceError::AgentNotActive(_)
+                    | ServiceError::CredentialRevoked
+                    | ServiceError::AgentNameTaken
+                    | ServiceError::InvalidStatusTransition { .. }
+                    | ServiceError::PlanLimit(_)
+                    | ServiceError::RateLimited { .. }
+                    | ServiceError::Contended
+                    | ServiceError::Unavailable { .. }
+                    | ServiceError::Internal { .. } => e.into(),
                 }),
         }
     }
@@ -608,5 +644,97 @@ impl Idp {
             ])
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::error::Chain;
+
+    fn disk_failure() -> std::io::Error {
+        std::io::Error::other("disk sector 7 unreadable")
+    }
+
+    /// The store error an error's source is, if it is one.
+    fn store_source<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a StoreError> {
+        e.source()
+            .and_then(|source| source.downcast_ref::<StoreError>())
+    }
+
+    #[test]
+    fn a_store_errors_source_survives_the_conversion_to_service_and_oauth_errors() {
+        let service = ServiceError::from(StoreError::internal("reading agents", disk_failure()));
+        let store = store_source(&service);
+        assert!(
+            matches!(store, Some(StoreError::Internal { .. })),
+            "{service:?}"
+        );
+        let cause = store.and_then(Error::source);
+        assert!(
+            cause.is_some_and(|e| e.is::<std::io::Error>()),
+            "{service:?}"
+        );
+
+        let oauth = OAuthError::from(service);
+        assert!(matches!(oauth, OAuthError::Internal { .. }), "{oauth:?}");
+        let cause = store_source(&oauth).and_then(Error::source);
+        assert_eq!(
+            cause.map(ToString::to_string).as_deref(),
+            Some("disk sector 7 unreadable")
+        );
+        assert_eq!(
+            Chain(&oauth).to_string(),
+            "internal: the store failed: store failure: reading agents: disk sector 7 unreadable"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_store_stays_unavailable_with_its_source_through_both_conversions() {
+        let oauth = OAuthError::from(StoreError::unavailable("GetItem", disk_failure()));
+        assert!(matches!(oauth, OAuthError::Unavailable { .. }), "{oauth:?}");
+        assert!(
+            matches!(store_source(&oauth), Some(StoreError::Unavailable { .. })),
+            "{oauth:?}"
+        );
+        assert_eq!(
+            Chain(&oauth).to_string(),
+            "unavailable: the store: store unavailable: GetItem: disk sector 7 unreadable"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_key_file_keeps_its_cause_through_the_conversions() {
+        let unreadable = KeyError::Unavailable {
+            context: "reading keys.json".into(),
+            source: Some(Box::new(disk_failure())),
+        };
+        let oauth = OAuthError::from(unreadable);
+        let keys = oauth
+            .source()
+            .and_then(|source| source.downcast_ref::<KeyError>());
+        assert!(
+            matches!(keys, Some(KeyError::Unavailable { .. })),
+            "{oauth:?}"
+        );
+        assert_eq!(
+            Chain(&oauth).to_string(),
+            "unavailable: the signing keys: the key source is unavailable: reading keys.json: \
+             disk sector 7 unreadable"
+        );
+    }
+
+    #[test]
+    fn an_unexpected_refusal_reaching_an_oauth_endpoint_is_the_source_of_its_internal_error() {
+        let oauth = OAuthError::from(ServiceError::Contended);
+        let refusal = oauth
+            .source()
+            .and_then(|source| source.downcast_ref::<ServiceError>());
+        assert!(
+            matches!(refusal, Some(ServiceError::Contended)),
+            "{oauth:?}"
+        );
     }
 }

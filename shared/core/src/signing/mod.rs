@@ -29,8 +29,14 @@ pub enum KeyError {
     Empty,
     #[error("signing failed: {0}")]
     Signing(String),
-    #[error("the key source is unavailable: {0}")]
-    Unavailable(String),
+    /// The key secret or file cannot be read now (or holds no key yet): worth retrying later.
+    /// `source` is the error reading it, `None` when the read worked but found nothing usable.
+    #[error("the key source is unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<crate::error::Cause>,
+    },
     /// The set was loaded from public keys only (the functions that verify and never sign).
     #[error("this key set holds public keys only and cannot sign")]
     VerifyOnly,

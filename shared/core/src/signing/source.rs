@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{Jwks, KeyError, KeySet, KeySetDocument, MAX_TOKEN_BYTES, SigningAlgorithm};
+use crate::error::Chain;
 
 /// Where the key set comes from. A secret (Secrets Manager on AWS) is read lazily and re-read after
 /// `refresh_after`, so a rotation reaches warm instances, and a failed read at cold start is
@@ -110,7 +111,7 @@ impl CachedKeys {
                 Some(keys)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "re-reading the signing keys for an unknown key id failed");
+                tracing::warn!(error = %Chain(&e), "re-reading the signing keys for an unknown key id failed");
                 None
             }
         }
@@ -128,10 +129,10 @@ impl CachedKeys {
             // A new stack's secrets hold no key until its first rotation, and the public one also
             // until a rotation after the upgrade that added it (docs/deploy.md): not ready yet
             // (503), rather than broken (500).
-            Err(KeyError::Empty) => Err(KeyError::Unavailable(format!(
-                "the key secret {} holds no key yet",
-                self.secret.name()
-            ))),
+            Err(KeyError::Empty) => Err(KeyError::Unavailable {
+                context: format!("the key secret {} holds no key yet", self.secret.name()),
+                source: None,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -165,7 +166,7 @@ impl CachedKeys {
             // secret cannot be read, and try again on the next call.
             Err(e) => match stale {
                 Some(keys) => {
-                    tracing::warn!(error = %e, "re-reading the signing keys failed; using the cached set");
+                    tracing::warn!(error = %Chain(&e), "re-reading the signing keys failed; using the cached set");
                     Ok(keys)
                 }
                 None => Err(e),
@@ -213,15 +214,18 @@ impl KeySource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let document = KeySetDocument::generate(alg, Utc::now())?;
                 crate::files::write_private(path, document.to_json()?.as_bytes()).map_err(|e| {
-                    KeyError::Unavailable(format!("writing {}: {e}", path.display()))
+                    KeyError::Unavailable {
+                        context: format!("writing {}", path.display()),
+                        source: Some(Box::new(e)),
+                    }
                 })?;
                 document
             }
             Err(e) => {
-                return Err(KeyError::Unavailable(format!(
-                    "reading {}: {e}",
-                    path.display()
-                )));
+                return Err(KeyError::Unavailable {
+                    context: format!("reading {}", path.display()),
+                    source: Some(Box::new(e)),
+                });
             }
         };
         Ok(KeySource::Fixed(Arc::new(KeySet::from_document(

@@ -54,7 +54,7 @@ async fn the_functions_key_source_loads_the_key_set_from_secrets_manager() {
     );
     assert!(matches!(
         missing.keys().await,
-        Err(KeyError::Unavailable(_))
+        Err(KeyError::Unavailable { .. })
     ));
 }
 
@@ -246,7 +246,7 @@ async fn an_unreachable_secrets_manager_is_unavailable_and_a_later_call_recovers
     // Cold start with Secrets Manager not answering: unavailable, not a panic or a hang.
     let started = std::time::Instant::now();
     let err = source.keys().await.unwrap_err();
-    assert!(matches!(err, KeyError::Unavailable(_)), "{err}");
+    assert!(matches!(err, KeyError::Unavailable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The same source, once Secrets Manager answers again: no restart needed.

@@ -72,7 +72,7 @@ async fn a_verifying_functions_key_source_holds_no_key_that_signs() {
     let unpublished = verifying_source(client.clone(), &public, Duration::from_secs(300));
     assert!(matches!(
         unpublished.keys().await,
-        Err(KeyError::Unavailable(_))
+        Err(KeyError::Unavailable { .. })
     ));
     let jwks = KeySet::from_document(&document).unwrap().jwks();
     client
