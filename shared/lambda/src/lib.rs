@@ -12,6 +12,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use agentidp_aws::{PUBLIC_KEYS_SECRET_VAR, SIGNING_KEY_SECRET_VAR};
 use agentidp_core::config::{self, Config};
 use agentidp_core::service::Idp;
+use agentidp_core::store::Store;
 use agentidp_http::{ApiRequest, Origin};
 
 /// Turns an API Gateway event into the request every endpoint takes.
@@ -94,11 +95,13 @@ async fn idp_from(
     } else {
         agentidp_aws::verifying_keys(secrets, key_secret)
     };
-    let store =
-        agentidp_store_dynamodb::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+    let store: Arc<dyn Store> = Arc::new(agentidp_store_dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        tables,
+    ));
     let idp = Idp::new(
         config,
-        Arc::new(store),
+        store,
         keys,
         Arc::new(agentidp_core::domain::time::SystemClock),
     )?;

@@ -13,6 +13,7 @@ use crate::domain::time::usage_month;
 use crate::domain::{
     Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Outcome, Scope, ScopeSet,
 };
+use crate::store::{AgentReader, Commit, CredentialReader, OrgReader};
 use crate::store::{Guard, StoreError, Write};
 
 /// The fields of `POST /agents`, validated.
@@ -97,7 +98,7 @@ async fn listing_is_complete(rewrites: &[Write], agent: &Agent) -> bool {
     false
 }
 
-impl Idp {
+impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
     pub async fn create_agent(&self, caller: &Caller, input: NewAgent) -> ServiceResult<Agent> {
         caller.require(Scope::AgentsWrite)?;
         refuse_ungrantable_scopes(caller, &input.scopes)?;

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{Caller, Idp, ServiceError, ServiceResult};
 use crate::domain::{AuditAction, AuditEvent, Outcome, Scope};
 use crate::store::{AuditPosition, AuditQuery};
+use crate::store::{AuditReader, OrgReader};
 use crate::validation::FieldError;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub struct AuditEventPage {
     pub next_cursor: Option<String>,
 }
 
-impl Idp {
+impl<S: OrgReader + AuditReader + ?Sized> Idp<S> {
     async fn retention_start(&self, org_id: Uuid) -> ServiceResult<(DateTime<Utc>, DateTime<Utc>)> {
         let limits = self.limits(org_id).await?;
         let now = self.now();

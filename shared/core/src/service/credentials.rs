@@ -13,6 +13,7 @@ use crate::domain::credential::EffectiveCredentialStatus;
 use crate::domain::{AuditAction, Credential, CredentialStatus, Outcome, Scope};
 use crate::secret::ClientSecret;
 use crate::store::Write;
+use crate::store::{AgentReader, Commit, CredentialReader, OrgReader};
 use crate::validation::FieldError;
 
 /// A credential with its secret in plain text: the one response that shows it.
@@ -38,7 +39,7 @@ fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> 
     }
 }
 
-impl Idp {
+impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> Idp<S> {
     fn new_secret(&self) -> ServiceResult<(ClientSecret, String)> {
         let secret = ClientSecret::generate()
             .map_err(|e| ServiceError::internal("generating a client secret", e))?;

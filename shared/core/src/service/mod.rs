@@ -17,7 +17,7 @@ use crate::domain::{
 use crate::error::Cause;
 use crate::secret::SecretHasher;
 use crate::signing::KeySource;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Commit, OrgReader, Store, StoreError, Write};
 use crate::validation::FieldError;
 
 pub mod agents;
@@ -235,16 +235,21 @@ impl Caller {
     }
 }
 
-/// Everything the operations need, built once per cold start.
-pub struct Idp {
+/// Everything the operations need, built once per cold start. The store is a type parameter so
+/// that each group of operations states the store traits it reads and writes (its `impl`
+/// block's bounds) and the compiler holds it to them; everything outside the core uses the
+/// default, one store that is all of them.
+pub struct Idp<S: ?Sized = dyn Store> {
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<S>,
     pub keys: KeySource,
     pub hasher: SecretHasher,
     pub clock: Arc<dyn Clock>,
     orgs: Mutex<HashMap<Uuid, (Organization, Instant)>>,
 }
 
+/// Built on one store that is every trait: what the functions and the local server run. (The
+/// operations' bounds are checked whatever the store; nothing needs another one built.)
 impl Idp {
     pub fn new(
         config: Config,
@@ -262,11 +267,22 @@ impl Idp {
             orgs: Mutex::new(HashMap::new()),
         })
     }
+}
 
+impl<S: ?Sized> Idp<S> {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
+    pub fn forget_org(&self, org_id: Uuid) {
+        if let Ok(mut cache) = self.orgs.lock() {
+            cache.remove(&org_id);
+        }
+    }
+}
+
+/// The organization of a request: its plan and limits.
+impl<S: OrgReader + ?Sized> Idp<S> {
     /// The organization, from a short-lived per-instance cache: its plan changes rarely, and
     /// every write needs it for limits and audit retention.
     pub async fn org(&self, org_id: Uuid) -> ServiceResult<Option<Organization>> {
@@ -283,12 +299,18 @@ impl Idp {
         Ok(org)
     }
 
-    pub fn forget_org(&self, org_id: Uuid) {
-        if let Ok(mut cache) = self.orgs.lock() {
-            cache.remove(&org_id);
+    pub async fn limits(&self, org_id: Uuid) -> ServiceResult<PlanLimits> {
+        match self.org(org_id).await? {
+            Some(org) => Ok(self.config.limits(org.plan)),
+            None => Err(ServiceError::broken(format!(
+                "organization {org_id} of a valid caller does not exist"
+            ))),
         }
     }
+}
 
+/// A refusal is audited, so refusing needs the audit trail too.
+impl<S: Commit + ?Sized> Idp<S> {
     /// Refuses a change to an agent (or to its credential `resource`) by a caller that holds
     /// less than the agent, and files the refusal under the `action` attempted. The change's
     /// own write is conditional on the version the scopes were read at, so a grant racing this
@@ -323,15 +345,6 @@ impl Idp {
             missing,
             shortfall: ScopeShortfall::Target,
         })
-    }
-
-    pub async fn limits(&self, org_id: Uuid) -> ServiceResult<PlanLimits> {
-        match self.org(org_id).await? {
-            Some(org) => Ok(self.config.limits(org.plan)),
-            None => Err(ServiceError::broken(format!(
-                "organization {org_id} of a valid caller does not exist"
-            ))),
-        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::domain::{
 };
 use crate::secret::ClientSecret;
 use crate::store::Write;
+use crate::store::{AgentReader, Commit, OrgReader};
 
 /// The name of the agent that holds an organization's bootstrap admin credential.
 pub const BOOTSTRAP_AGENT_NAME: &str = "bootstrap-admin";
@@ -33,7 +34,7 @@ fn operator_context() -> RequestContext {
     }
 }
 
-impl Idp {
+impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
     fn new_admin_agent(&self, org_id: Uuid) -> Agent {
         let now = self.now();
         Agent {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Caller, Idp, ServiceError, ServiceResult};
 use crate::store::Write;
+use crate::store::{Commit, OrgReader, ThrottleReader};
 
 /// The window of the per-client limit, which `client_failures_per_minute` names.
 const CLIENT_WINDOW_SECONDS: i64 = 60;
@@ -133,7 +134,7 @@ fn counted_address(source_ip: &str) -> Option<String> {
     }
 }
 
-impl Idp {
+impl<S: OrgReader + ThrottleReader + Commit + ?Sized> Idp<S> {
     pub(crate) fn auth_counters(&self, client_id: &str, source_ip: Option<&str>) -> AuthCounters {
         let limits = self.config.throttle;
         let now = self.now();

@@ -15,6 +15,9 @@ use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
 use crate::error::Cause;
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
+use crate::store::{
+    AgentReader, Commit, CredentialReader, OrgReader, RevocationReader, ThrottleReader,
+};
 use crate::store::{Guard, StoreError, Write};
 
 /// How the client presented its credentials (RFC 6749 §2.3.1).
@@ -188,7 +191,17 @@ impl Denial {
     }
 }
 
-impl Idp {
+impl<
+    S: OrgReader
+        + AgentReader
+        + CredentialReader
+        + RevocationReader
+        + ThrottleReader
+        + Commit
+        + ?Sized
+        + 'static,
+> Idp<S>
+{
     pub fn token_policy(&self) -> TokenPolicy {
         TokenPolicy {
             issuer: self.config.issuer.clone(),
