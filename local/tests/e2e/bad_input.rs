@@ -11,17 +11,10 @@ use crate::support::{Response, TestServer};
 
 /// What the organization holds, as its admin sees it.
 async fn snapshot(server: &TestServer, token: &str, agent: &str) -> Value {
-    let agents = server
-        .call(Method::GET, "/api/v1/agents?limit=100", Some(token), None)
-        .await
-        .body;
+    let agents = server.api(token).list_agents("limit=100").await.body;
     let credentials = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent}/credentials?limit=100"),
-            Some(token),
-            None,
-        )
+        .api(token)
+        .list_credentials(agent, "limit=100")
         .await
         .body;
     let audit = server.audit_events(token, "").await;
@@ -99,18 +92,11 @@ async fn every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_n
     let agent = server.create_agent(&token, "target", &["data:read"]).await;
     let (credential, _, _) = server.create_credential(&token, &agent).await;
     let foreign_cursor = server
-        .call(
-            Method::GET,
-            "/api/v1/audit?limit=1",
-            Some(&other_token),
-            None,
-        )
+        .api(&other_token)
+        .audit("limit=1")
         .await
         .str("nextCursor");
-    let own_cursor = server
-        .call(Method::GET, "/api/v1/audit?limit=1", Some(&token), None)
-        .await
-        .str("nextCursor");
+    let own_cursor = server.api(&token).audit("limit=1").await.str("nextCursor");
 
     let agents = "/api/v1/agents".to_owned();
     let one = format!("{agents}/{agent}");

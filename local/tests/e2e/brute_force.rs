@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use agentidp_core::store::Store;
-use reqwest::Method;
 
 use crate::support::{Response, TestServer};
 
@@ -175,21 +174,10 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
     );
     assert_eq!(cold.idp.hasher.verifications(), 0);
     let agent_token = cold.token(&client_id, &secret).await;
-    let introspected = cold
-        .send(
-            cold.request(Method::POST, "/api/v1/token/introspect")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
-        .await;
+    let as_client = cold.api_as_client(&client_id, &secret);
+    let introspected = as_client.introspect(&agent_token).await;
     assert_eq!(introspected.body["active"], true, "{}", introspected.text);
-    let revoked = cold
-        .send(
-            cold.request(Method::POST, "/api/v1/token/revoke")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
-        .await;
+    let revoked = as_client.revoke_token(&agent_token).await;
     assert_eq!(revoked.status, 200, "{}", revoked.text);
 
     // Now warm: the verified secret passes even from the attacker's address, guesses do not.
@@ -349,28 +337,14 @@ async fn a_right_secret_for_an_unusable_credential_is_not_counted_as_a_guess(
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
     let (_, client_id, secret) = server.create_credential(&token, &agent).await;
-    server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(&token),
-            Some(serde_json::json!({"status": "suspended"})),
-        )
-        .await;
+    server.api(&token).suspend(&agent).await;
     for _ in 0..4 {
         assert_eq!(
             server.token_request(&client_id, &secret, None).await.status,
             401
         );
     }
-    server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(&token),
-            Some(serde_json::json!({"status": "active"})),
-        )
-        .await;
+    server.api(&token).reactivate(&agent).await;
     assert_eq!(
         server.token_request(&client_id, &secret, None).await.status,
         200
@@ -386,17 +360,9 @@ async fn an_organization_over_its_request_rate_gets_429_until_the_minute_ends(
     let token = server.admin_token(&admin).await;
     let other_token = server.admin_token(&other).await;
     for _ in 0..5 {
-        assert_eq!(
-            server
-                .call(Method::GET, "/api/v1/agents", Some(&token), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(server.api(&token).list_agents("").await.status, 200);
     }
-    let limited = server
-        .call(Method::GET, "/api/v1/agents", Some(&token), None)
-        .await;
+    let limited = server.api(&token).list_agents("").await;
     assert_eq!((limited.status, limited.code()), (429, "RATE_LIMITED"));
     assert!(
         limited
@@ -407,27 +373,18 @@ async fn an_organization_over_its_request_rate_gets_429_until_the_minute_ends(
             <= 60
     );
     let refused_write = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&token),
-            Some(serde_json::json!({"name": "x"})),
-        )
+        .api(&token)
+        .create_agent(serde_json::json!({"name": "x"}))
         .await;
     assert_eq!(refused_write.status, 429);
     assert_eq!(
-        server
-            .call(Method::GET, "/api/v1/agents", Some(&other_token), None)
-            .await
-            .status,
+        server.api(&other_token).list_agents("").await.status,
         200,
         "other organizations are unaffected"
     );
     server.clock.advance(chrono::Duration::seconds(61));
     let token = server.admin_token(&admin).await;
-    let listed = server
-        .call(Method::GET, "/api/v1/agents", Some(&token), None)
-        .await;
+    let listed = server.api(&token).list_agents("").await;
     assert_eq!(listed.status, 200);
     assert_eq!(listed.body["total"], 1, "the refused create wrote nothing");
 }

@@ -29,12 +29,8 @@ async fn generating_returns_the_secret_once_and_listing_never_shows_it(store: Ar
         .await;
 
     let created = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(&token),
-            Some(json!({})),
-        )
+        .api(&token)
+        .generate_credential(&agent, json!({}))
         .await;
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.header("cache-control"), Some("no-store"));
@@ -62,14 +58,7 @@ async fn generating_returns_the_secret_once_and_listing_never_shows_it(store: Ar
         "2026-03-28T09:00:00.000Z".len()
     );
 
-    let listed = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let listed = server.api(&token).list_credentials(&agent, "").await;
     assert_eq!(listed.status, 200);
     assert_eq!(listed.body["total"], 1);
     assert_eq!(listed.body["page"], 1);
@@ -94,18 +83,13 @@ async fn an_expiry_in_the_future_is_kept_and_one_in_the_past_or_unparseable_is_r
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
-    let path = format!("/api/v1/agents/{agent}/credentials");
+    let api = server.api(&token);
 
     let future = (server.clock_now() + chrono::Duration::days(30))
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string();
-    let created = server
-        .call(
-            Method::POST,
-            &path,
-            Some(&token),
-            Some(json!({ "expiresAt": future })),
-        )
+    let created = api
+        .generate_credential(&agent, json!({ "expiresAt": future }))
         .await;
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.body["expiresAt"], json!(future));
@@ -115,14 +99,12 @@ async fn an_expiry_in_the_future_is_kept_and_one_in_the_past_or_unparseable_is_r
         json!({"expiresAt": "next tuesday"}),
         json!({"expiresAt": 5}),
     ] {
-        let refused = server
-            .call(Method::POST, &path, Some(&token), Some(bad.clone()))
-            .await;
+        let refused = api.generate_credential(&agent, bad.clone()).await;
         assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
         assert_eq!(refused.code(), "VALIDATION_ERROR");
         assert_eq!(refused.body["details"][0]["field"], "expiresAt");
     }
-    let listed = server.call(Method::GET, &path, Some(&token), None).await;
+    let listed = api.list_credentials(&agent, "").await;
     assert_eq!(listed.body["total"], 1, "refused requests wrote nothing");
 }
 
@@ -131,17 +113,12 @@ async fn an_expired_credential_gets_no_tokens_and_its_listing_shows_it(store: Ar
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
-    let path = format!("/api/v1/agents/{agent}/credentials");
     let expiry = (server.clock_now() + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string();
     let created = server
-        .call(
-            Method::POST,
-            &path,
-            Some(&token),
-            Some(json!({ "expiresAt": expiry })),
-        )
+        .api(&token)
+        .generate_credential(&agent, json!({ "expiresAt": expiry }))
         .await;
     let (client_id, secret) = (created.str("clientId"), created.str("clientSecret"));
     assert_eq!(
@@ -155,22 +132,14 @@ async fn an_expired_credential_gets_no_tokens_and_its_listing_shows_it(store: Ar
     assert_eq!(refused.status, 401);
     assert_eq!(refused.oauth_error(), "invalid_client");
     let expired = server
-        .call(
-            Method::GET,
-            &format!("{path}?status=expired"),
-            Some(&token),
-            None,
-        )
+        .api(&token)
+        .list_credentials(&agent, "status=expired")
         .await;
     assert_eq!(expired.body["total"], 1);
     assert_eq!(expired.body["data"][0]["status"], "expired");
     let active = server
-        .call(
-            Method::GET,
-            &format!("{path}?status=active"),
-            Some(&token),
-            None,
-        )
+        .api(&token)
+        .list_credentials(&agent, "status=active")
         .await;
     assert_eq!(active.body["total"], 0);
 }
@@ -198,14 +167,7 @@ async fn an_agent_holds_several_active_credentials_for_zero_downtime_rotation(
             .status,
         200
     );
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{old_id}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let revoked = server.api(&token).revoke_credential(&agent, &old_id).await;
     assert_eq!(revoked.status, 204);
     assert_eq!(
         server
@@ -234,24 +196,10 @@ async fn listing_paginates_and_filters_by_status(store: Arc<dyn Store>) {
         // Listings are oldest first; the manual clock stands still unless moved.
         server.clock.advance(chrono::Duration::milliseconds(1));
     }
-    let path = format!("/api/v1/agents/{agent}/credentials");
-    server
-        .call(
-            Method::DELETE,
-            &format!("{path}/{}", ids[0]),
-            Some(&token),
-            None,
-        )
-        .await;
+    let api = server.api(&token);
+    api.revoke_credential(&agent, &ids[0]).await;
 
-    let page2 = server
-        .call(
-            Method::GET,
-            &format!("{path}?page=2&limit=2"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let page2 = api.list_credentials(&agent, "page=2&limit=2").await;
     assert_eq!(page2.status, 200);
     assert_eq!(
         (
@@ -269,25 +217,11 @@ async fn listing_paginates_and_filters_by_status(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(page_ids, [ids[2].as_str(), ids[3].as_str()]);
 
-    let revoked = server
-        .call(
-            Method::GET,
-            &format!("{path}?status=revoked"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let revoked = api.list_credentials(&agent, "status=revoked").await;
     assert_eq!(revoked.body["total"], 1);
     assert_eq!(revoked.body["data"][0]["credentialId"], json!(ids[0]));
     assert!(revoked.body["data"][0]["revokedAt"].is_string());
-    let active = server
-        .call(
-            Method::GET,
-            &format!("{path}?status=active&limit=50"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let active = api.list_credentials(&agent, "status=active&limit=50").await;
     assert_eq!(active.body["total"], 4);
 
     for bad in [
@@ -299,9 +233,7 @@ async fn listing_paginates_and_filters_by_status(store: Arc<dyn Store>) {
         "status=lost",
         "page=1&page=2",
     ] {
-        let refused = server
-            .call(Method::GET, &format!("{path}?{bad}"), Some(&token), None)
-            .await;
+        let refused = api.list_credentials(&agent, bad).await;
         assert_eq!(refused.status, 400, "{bad}");
         assert_eq!(refused.code(), "VALIDATION_ERROR");
     }
@@ -317,14 +249,7 @@ async fn rotation_keeps_the_ids_replaces_the_secret_and_leaves_issued_tokens_val
     let (credential_id, client_id, old_secret) = server.create_credential(&token, &agent).await;
     let token_before = server.token(&client_id, &old_secret).await;
 
-    let rotated = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials/{credential_id}/rotate"),
-            Some(&token),
-            Some(json!({})),
-        )
-        .await;
+    let rotated = server.api(&token).rotate(&agent, &credential_id).await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
     assert_eq!(rotated.str("credentialId"), credential_id);
     assert_eq!(rotated.str("clientId"), client_id);
@@ -358,9 +283,9 @@ async fn a_revoked_credential_is_kept_cannot_be_used_rotated_or_revoked_again(
     let agent = server.create_agent(&token, "bot", &[]).await;
     let (credential_id, client_id, secret) = server.create_credential(&token, &agent).await;
     let issued = server.token(&client_id, &secret).await;
-    let path = format!("/api/v1/agents/{agent}/credentials/{credential_id}");
+    let api = server.api(&token);
 
-    let revoked = server.call(Method::DELETE, &path, Some(&token), None).await;
+    let revoked = api.revoke_credential(&agent, &credential_id).await;
     assert_eq!(revoked.status, 204);
     assert!(revoked.text.is_empty());
 
@@ -373,26 +298,12 @@ async fn a_revoked_credential_is_kept_cannot_be_used_rotated_or_revoked_again(
         true,
         "issued tokens live until they expire"
     );
-    let rotate = server
-        .call(
-            Method::POST,
-            &format!("{path}/rotate"),
-            Some(&token),
-            Some(json!({})),
-        )
-        .await;
+    let rotate = api.rotate(&agent, &credential_id).await;
     assert_eq!((rotate.status, rotate.code()), (409, "CREDENTIAL_REVOKED"));
-    let again = server.call(Method::DELETE, &path, Some(&token), None).await;
+    let again = api.revoke_credential(&agent, &credential_id).await;
     assert_eq!((again.status, again.code()), (409, "CREDENTIAL_REVOKED"));
 
-    let listed = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let listed = api.list_credentials(&agent, "").await;
     assert_eq!(
         listed.body["data"][0]["status"], "revoked",
         "the record is retained"
@@ -443,23 +354,10 @@ async fn a_suspended_agent_cannot_receive_credentials(store: Arc<dyn Store>) {
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(&token),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let api = server.api(&token);
+    let suspended = api.suspend(&agent).await;
     assert_eq!(suspended.status, 200);
-    let refused = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(&token),
-            Some(json!({})),
-        )
-        .await;
+    let refused = api.generate_credential(&agent, json!({})).await;
     assert_eq!((refused.status, refused.code()), (409, "AGENT_NOT_ACTIVE"));
 }
 

@@ -160,121 +160,32 @@ async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_hal
     let before = snapshot(&*direct, org_id).await;
 
     proxy.set_up(false);
-    let agents = format!("/api/v1/agents/{agent}");
-    let credentials = format!("{agents}/credentials");
-    let credential = format!("{credentials}/{credential_id}");
-    let event_id = uuid::Uuid::new_v4();
+    let api = server.api(&token);
+    let event_id = uuid::Uuid::new_v4().to_string();
     let calls: Vec<(&str, Response)> = vec![
-        (
-            "create agent",
-            server
-                .call(
-                    Method::POST,
-                    "/api/v1/agents",
-                    Some(&token),
-                    Some(json!({"name": "n"})),
-                )
-                .await,
-        ),
-        (
-            "list agents",
-            server
-                .call(Method::GET, "/api/v1/agents", Some(&token), None)
-                .await,
-        ),
-        (
-            "get agent",
-            server.call(Method::GET, &agents, Some(&token), None).await,
-        ),
+        ("create agent", api.create_agent(json!({"name": "n"})).await),
+        ("list agents", api.list_agents("").await),
+        ("get agent", api.get_agent(&agent).await),
         (
             "patch agent",
-            server
-                .call(
-                    Method::PATCH,
-                    &agents,
-                    Some(&token),
-                    Some(json!({"description": "d"})),
-                )
-                .await,
+            api.update_agent(&agent, json!({"description": "d"})).await,
         ),
-        (
-            "delete agent",
-            server
-                .call(Method::DELETE, &agents, Some(&token), None)
-                .await,
-        ),
-        (
-            "generate",
-            server
-                .call(Method::POST, &credentials, Some(&token), Some(json!({})))
-                .await,
-        ),
-        (
-            "list credentials",
-            server
-                .call(Method::GET, &credentials, Some(&token), None)
-                .await,
-        ),
-        (
-            "rotate",
-            server
-                .call(
-                    Method::POST,
-                    &format!("{credential}/rotate"),
-                    Some(&token),
-                    Some(json!({})),
-                )
-                .await,
-        ),
+        ("delete agent", api.delete_agent(&agent).await),
+        ("generate", api.generate_credential(&agent, json!({})).await),
+        ("list credentials", api.list_credentials(&agent, "").await),
+        ("rotate", api.rotate(&agent, &credential_id).await),
         (
             "revoke credential",
-            server
-                .call(Method::DELETE, &credential, Some(&token), None)
-                .await,
+            api.revoke_credential(&agent, &credential_id).await,
         ),
         (
             "token",
             server.token_request(&client_id, &secret, None).await,
         ),
-        (
-            "introspect",
-            server
-                .send(
-                    server
-                        .request(Method::POST, "/api/v1/token/introspect")
-                        .bearer_auth(&token)
-                        .form(&[("token", agent_token.as_str())]),
-                )
-                .await,
-        ),
-        (
-            "revoke token",
-            server
-                .send(
-                    server
-                        .request(Method::POST, "/api/v1/token/revoke")
-                        .bearer_auth(&token)
-                        .form(&[("token", agent_token.as_str())]),
-                )
-                .await,
-        ),
-        (
-            "list audit",
-            server
-                .call(Method::GET, "/api/v1/audit", Some(&token), None)
-                .await,
-        ),
-        (
-            "get audit",
-            server
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/audit/{event_id}"),
-                    Some(&token),
-                    None,
-                )
-                .await,
-        ),
+        ("introspect", api.introspect(&agent_token).await),
+        ("revoke token", api.revoke_token(&agent_token).await),
+        ("list audit", api.audit("").await),
+        ("get audit", api.audit_event(&event_id).await),
     ];
     for (what, response) in &calls {
         assert_unavailable(response, what);
@@ -287,9 +198,7 @@ async fn with_dynamodb_unreachable_every_endpoint_answers_503_and_nothing_is_hal
         "the outage changed nothing"
     );
     // And the service recovers without a restart.
-    let listed = server
-        .call(Method::GET, "/api/v1/agents", Some(&token), None)
-        .await;
+    let listed = api.list_agents("").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
     assert_eq!(
         server.introspect(&token, &agent_token).await["active"],
@@ -343,8 +252,6 @@ async fn with_secrets_manager_unreachable_at_cold_start_tokens_answer_503_then_r
 
     proxy.set_up(true);
     let token = server.admin_token(&admin).await;
-    let listed = server
-        .call(Method::GET, "/api/v1/agents", Some(&token), None)
-        .await;
+    let listed = server.api(&token).list_agents("").await;
     assert_eq!(listed.status, 200, "recovered without a restart");
 }

@@ -34,12 +34,8 @@ async fn tenant(server: &TestServer, name: &str) -> Tenant {
         .create_agent(&admin_token, "worker", &["weather:read"])
         .await;
     let patched = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent_id}"),
-            Some(&admin_token),
-            Some(json!({"description": name})),
-        )
+        .api(&admin_token)
+        .update_agent(&agent_id, json!({"description": name}))
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     let (credential_id, client_id, secret) =
@@ -74,30 +70,10 @@ fn random_id() -> String {
 
 /// Everything `t` can see of itself, to show the other tenant's calls changed nothing.
 async fn view_of(server: &TestServer, t: &Tenant) -> (Value, Value, Value, Vec<Value>) {
-    let agents = server
-        .call(
-            Method::GET,
-            "/api/v1/agents?limit=100",
-            Some(&t.admin_token),
-            None,
-        )
-        .await;
-    let agent = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", t.agent_id),
-            Some(&t.admin_token),
-            None,
-        )
-        .await;
-    let credentials = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}/credentials", t.agent_id),
-            Some(&t.admin_token),
-            None,
-        )
-        .await;
+    let api = server.api(&t.admin_token);
+    let agents = api.list_agents("limit=100").await;
+    let agent = api.get_agent(&t.agent_id).await;
+    let credentials = api.list_credentials(&t.agent_id, "").await;
     assert_eq!(
         (agents.status, agent.status, credentials.status),
         (200, 200, 200)
@@ -258,12 +234,8 @@ async fn another_organizations_ids_answer_as_ids_that_do_not_exist(store: Arc<dy
     )
     .await;
     let filtered = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?agentId={foreign_agent}"),
-            Some(token),
-            None,
-        )
+        .api(token)
+        .audit(&format!("agentId={foreign_agent}"))
         .await;
     assert_eq!(filtered.body["data"], json!([]), "{}", filtered.text);
     assert_eq!(
@@ -301,12 +273,8 @@ async fn a_token_of_one_organization_is_inactive_for_another(store: Arc<dyn Stor
             json!({"active": false})
         );
         let by_client = server
-            .send(
-                server
-                    .request(Method::POST, "/api/v1/token/introspect")
-                    .basic_auth(&a.client_id, Some(&a.secret))
-                    .form(&[("token", foreign.as_str())]),
-            )
+            .api_as_client(&a.client_id, &a.secret)
+            .introspect(foreign)
             .await;
         assert_eq!(by_client.status, 200, "{}", by_client.text);
         assert_eq!(by_client.body, json!({"active": false}));
@@ -329,14 +297,7 @@ async fn a_token_of_one_organization_is_inactive_for_another(store: Arc<dyn Stor
     assert_eq!(own["org_id"], b.org_id.as_str());
 
     // A's token does not open B's management API for A either way round.
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", a.agent_id),
-            Some(&b.admin_token),
-            None,
-        )
-        .await;
+    let response = server.api(&b.admin_token).get_agent(&a.agent_id).await;
     assert_eq!(response.status, 404, "{}", response.text);
 }
 
@@ -349,24 +310,13 @@ async fn an_organization_cannot_revoke_another_organizations_token(store: Arc<dy
 
     for foreign in [&b.agent_token, &b.admin_token] {
         // By bearer token (RFC 7009 answers 200 whatever the token) ...
-        let response = server
-            .send(
-                server
-                    .request(Method::POST, "/api/v1/token/revoke")
-                    .bearer_auth(&a.admin_token)
-                    .form(&[("token", foreign.as_str())]),
-            )
-            .await;
+        let response = server.api(&a.admin_token).revoke_token(foreign).await;
         assert_eq!(response.status, 200, "{}", response.text);
         assert_eq!(response.body, json!({}));
         // ... and by client credentials.
         let response = server
-            .send(
-                server
-                    .request(Method::POST, "/api/v1/token/revoke")
-                    .basic_auth(&a.client_id, Some(&a.secret))
-                    .form(&[("token", foreign.as_str())]),
-            )
+            .api_as_client(&a.client_id, &a.secret)
+            .revoke_token(foreign)
             .await;
         assert_eq!(response.status, 200, "{}", response.text);
         assert_eq!(response.body, json!({}));
@@ -381,9 +331,7 @@ async fn an_organization_cannot_revoke_another_organizations_token(store: Arc<dy
         server.introspect(&b.admin_token, &b.admin_token).await["active"],
         true
     );
-    let response = server
-        .call(Method::GET, "/api/v1/agents", Some(&b.admin_token), None)
-        .await;
+    let response = server.api(&b.admin_token).list_agents("").await;
     assert_eq!(response.status, 200, "{}", response.text);
     // Neither trail records a revocation.
     assert_eq!(
@@ -418,14 +366,8 @@ async fn listings_and_audit_never_show_another_organizations_data(store: Arc<dyn
     let b = tenant(&server, "org-b").await;
 
     for (me, other) in [(&a, &b), (&b, &a)] {
-        let agents = server
-            .call(
-                Method::GET,
-                "/api/v1/agents?limit=100",
-                Some(&me.admin_token),
-                None,
-            )
-            .await;
+        let api = server.api(&me.admin_token);
+        let agents = api.list_agents("limit=100").await;
         assert_eq!(agents.status, 200, "{}", agents.text);
         let mut listed: Vec<&str> = agents.body["data"]
             .as_array()
@@ -440,14 +382,7 @@ async fn listings_and_audit_never_show_another_organizations_data(store: Arc<dyn
         assert_eq!(agents.body["total"], 2);
         // Filtered listings too.
         for status in ["active", "suspended", "decommissioned"] {
-            let filtered = server
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/agents?status={status}"),
-                    Some(&me.admin_token),
-                    None,
-                )
-                .await;
+            let filtered = api.list_agents(&format!("status={status}")).await;
             assert_eq!(filtered.status, 200, "{}", filtered.text);
             for id in ids_of(other) {
                 assert!(
@@ -458,14 +393,7 @@ async fn listings_and_audit_never_show_another_organizations_data(store: Arc<dyn
             }
         }
 
-        let credentials = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/agents/{}/credentials", me.agent_id),
-                Some(&me.admin_token),
-                None,
-            )
-            .await;
+        let credentials = api.list_credentials(&me.agent_id, "").await;
         assert_eq!(credentials.body["total"], 1, "{}", credentials.text);
         assert_eq!(
             credentials.body["data"][0]["credentialId"],
@@ -533,23 +461,9 @@ async fn another_organizations_agent_name_is_free_and_its_changes_stay_there(
     let a = tenant(&server, "org-a").await;
     let b = tenant(&server, "org-b").await;
     // B decommissions its "worker"; A's "worker" is untouched and its tokens still work.
-    let gone = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{}", b.agent_id),
-            Some(&b.admin_token),
-            None,
-        )
-        .await;
+    let gone = server.api(&b.admin_token).delete_agent(&b.agent_id).await;
     assert_eq!(gone.status, 204, "{}", gone.text);
-    let got = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", a.agent_id),
-            Some(&a.admin_token),
-            None,
-        )
-        .await;
+    let got = server.api(&a.admin_token).get_agent(&a.agent_id).await;
     assert_eq!(got.body["status"], "active", "{}", got.text);
     assert_eq!(
         server.introspect(&a.admin_token, &a.agent_token).await["active"],
@@ -560,12 +474,8 @@ async fn another_organizations_agent_name_is_free_and_its_changes_stay_there(
     assert_ne!(again, a.agent_id);
     // A still cannot create a second "worker" of its own.
     let clash = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&a.admin_token),
-            Some(json!({"name": "worker", "scopes": []})),
-        )
+        .api(&a.admin_token)
+        .create_agent(json!({"name": "worker", "scopes": []}))
         .await;
     assert_eq!(clash.status, 409, "{}", clash.text);
     assert_eq!(clash.code(), "AGENT_NAME_TAKEN");

@@ -20,14 +20,8 @@ async fn registering_an_agent_returns_every_field_and_names_are_unique(store: Ar
         "scopes": ["invoices:read"],
         "metadata": {"team": "finance"}
     });
-    let created = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&token),
-            Some(body.clone()),
-        )
-        .await;
+    let api = server.api(&token);
+    let created = api.create_agent(body.clone()).await;
     assert_eq!(created.status, 201, "{}", created.text);
     for field in [
         "name",
@@ -43,37 +37,16 @@ async fn registering_an_agent_returns_every_field_and_names_are_unique(store: Ar
     assert_eq!(created.body["decommissionedAt"], json!(null));
     let agent_id = created.str("agentId");
 
-    let fetched = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent_id}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let fetched = api.get_agent(&agent_id).await;
     assert_eq!(fetched.body, created.body);
 
-    let same_name = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&token),
-            Some(json!({"name": "Invoice-Reader"})),
-        )
-        .await;
+    let same_name = api.create_agent(json!({"name": "Invoice-Reader"})).await;
     assert_eq!(
         (same_name.status, same_name.code()),
         (409, "AGENT_NAME_TAKEN")
     );
 
-    let listed = server
-        .call(
-            Method::GET,
-            "/api/v1/agents?status=active",
-            Some(&token),
-            None,
-        )
-        .await;
+    let listed = api.list_agents("status=active").await;
     assert_eq!(listed.status, 200);
     // The bootstrap admin agent and the new one.
     assert_eq!(listed.body["total"], 2);
@@ -94,14 +67,7 @@ async fn invalid_agent_bodies_are_refused_field_by_field(store: Arc<dyn Store>) 
         (json!({"name": "ok", "metadata": {"k": 1}}), "metadata.k"),
         (json!({"name": "ok", "colour": "red"}), "colour"),
     ] {
-        let refused = server
-            .call(
-                Method::POST,
-                "/api/v1/agents",
-                Some(&token),
-                Some(body.clone()),
-            )
-            .await;
+        let refused = server.api(&token).create_agent(body.clone()).await;
         assert_eq!(
             (refused.status, refused.code()),
             (400, "VALIDATION_ERROR"),
@@ -152,9 +118,7 @@ async fn invalid_agent_bodies_are_refused_field_by_field(store: Arc<dyn Store>) 
         (too_large.status, too_large.code()),
         (413, "PAYLOAD_TOO_LARGE")
     );
-    let listed = server
-        .call(Method::GET, "/api/v1/agents", Some(&token), None)
-        .await;
+    let listed = server.api(&token).list_agents("").await;
     assert_eq!(listed.body["total"], 1, "nothing was written");
 }
 
@@ -163,13 +127,11 @@ async fn patch_changes_fields_and_renames_free_the_old_name(store: Arc<dyn Store
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "alpha", &[]).await;
-    let path = format!("/api/v1/agents/{agent}");
-    let changed = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"name": "beta", "description": "second", "metadata": {"a": "b"}})),
+    let api = server.api(&token);
+    let changed = api
+        .update_agent(
+            &agent,
+            json!({"name": "beta", "description": "second", "metadata": {"a": "b"}}),
         )
         .await;
     assert_eq!(changed.status, 200, "{}", changed.text);
@@ -180,33 +142,14 @@ async fn patch_changes_fields_and_renames_free_the_old_name(store: Arc<dyn Store
         ),
         (Some("beta"), Some("second"))
     );
-    let cleared = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"description": null})),
-        )
-        .await;
+    let cleared = api.update_agent(&agent, json!({"description": null})).await;
     assert_eq!(cleared.body["description"], json!(null));
     // The old name is free again; the new one is taken.
     server.create_agent(&token, "alpha", &[]).await;
-    let taken = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&token),
-            Some(json!({"name": "beta"})),
-        )
-        .await;
+    let taken = api.create_agent(json!({"name": "beta"})).await;
     assert_eq!(taken.code(), "AGENT_NAME_TAKEN");
-    let bad = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"status": "decommissioned"})),
-        )
+    let bad = api
+        .update_agent(&agent, json!({"status": "decommissioned"}))
         .await;
     assert_eq!((bad.status, bad.code()), (400, "VALIDATION_ERROR"));
 }
@@ -220,16 +163,8 @@ async fn a_suspended_agent_gets_no_tokens_and_its_tokens_are_inactive_until_reac
     let agent = server.create_agent(&token, "bot", &["data:read"]).await;
     let (_, client_id, secret) = server.create_credential(&token, &agent).await;
     let agent_token = server.token(&client_id, &secret).await;
-    let path = format!("/api/v1/agents/{agent}");
 
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let suspended = server.api(&token).suspend(&agent).await;
     assert_eq!(
         (suspended.status, suspended.body["status"].as_str()),
         (200, Some("suspended"))
@@ -243,14 +178,7 @@ async fn a_suspended_agent_gets_no_tokens_and_its_tokens_are_inactive_until_reac
         json!({"active": false})
     );
 
-    let reactivated = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    let reactivated = server.api(&token).reactivate(&agent).await;
     assert_eq!(reactivated.body["status"], "active");
     assert_eq!(
         server.introspect(&token, &agent_token).await["active"],
@@ -274,7 +202,8 @@ async fn decommissioning_revokes_every_credential_for_good_and_keeps_the_record(
     let agent_token = server.token(&client_a, &secret_a).await;
     let path = format!("/api/v1/agents/{agent}");
 
-    let deleted = server.call(Method::DELETE, &path, Some(&token), None).await;
+    let api = server.api(&token);
+    let deleted = api.delete_agent(&agent).await;
     assert_eq!(deleted.status, 204);
     assert_eq!(
         server
@@ -295,17 +224,10 @@ async fn decommissioning_revokes_every_credential_for_good_and_keeps_the_record(
         json!({"active": false})
     );
 
-    let kept = server.call(Method::GET, &path, Some(&token), None).await;
+    let kept = api.get_agent(&agent).await;
     assert_eq!(kept.body["status"], "decommissioned");
     assert!(kept.body["decommissionedAt"].is_string());
-    let credentials = server
-        .call(
-            Method::GET,
-            &format!("{path}/credentials?status=revoked"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let credentials = api.list_credentials(&agent, "status=revoked").await;
     assert_eq!(credentials.body["total"], 2);
 
     for (method, body) in [
@@ -318,14 +240,7 @@ async fn decommissioning_revokes_every_credential_for_good_and_keeps_the_record(
             (409, "INVALID_STATUS_TRANSITION")
         );
     }
-    let renamed = server
-        .call(
-            Method::PATCH,
-            &path,
-            Some(&token),
-            Some(json!({"name": "other"})),
-        )
-        .await;
+    let renamed = api.update_agent(&agent, json!({"name": "other"})).await;
     assert_eq!((renamed.status, renamed.code()), (409, "AGENT_NOT_ACTIVE"));
     // Its name is free for a new agent.
     server.create_agent(&token, "bot", &[]).await;
@@ -342,57 +257,28 @@ async fn a_scope_taken_from_an_agent_stops_opening_the_management_api_at_once(
         .await;
     let (_, client_id, secret) = server.create_credential(&token, &manager).await;
     let manager_token = server.token(&client_id, &secret).await;
+    let as_manager = server.api(&manager_token);
     assert_eq!(
-        server
-            .call(
-                Method::POST,
-                "/api/v1/agents",
-                Some(&manager_token),
-                Some(json!({"name": "a"}))
-            )
-            .await
-            .status,
+        as_manager.create_agent(json!({"name": "a"})).await.status,
         201
     );
 
     let narrowed = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{manager}"),
-            Some(&token),
-            Some(json!({"scopes": ["agents:read"]})),
-        )
+        .api(&token)
+        .update_agent(&manager, json!({"scopes": ["agents:read"]}))
         .await;
     assert_eq!(narrowed.status, 200);
-    let refused = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&manager_token),
-            Some(json!({"name": "b"})),
-        )
-        .await;
+    let refused = as_manager.create_agent(json!({"name": "b"})).await;
     assert_eq!(
         (refused.status, refused.code()),
         (403, "INSUFFICIENT_SCOPE"),
         "the issued token no longer writes"
     );
-    let regrant = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{manager}"),
-            Some(&manager_token),
-            Some(json!({"scopes": ["agents:write"]})),
-        )
+    let regrant = as_manager
+        .update_agent(&manager, json!({"scopes": ["agents:write"]}))
         .await;
     assert_eq!(regrant.status, 403, "nor can it give itself the scope back");
-    assert_eq!(
-        server
-            .call(Method::GET, "/api/v1/agents", Some(&manager_token), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(as_manager.list_agents("").await.status, 200);
 }
 
 agentidp_testkit::per_store!(

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use agentidp_core::store::Store;
 use chrono::{Datelike, TimeZone, Utc};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{Response, TestServer};
@@ -40,21 +39,15 @@ fn assert_plan_limit(response: &Response, limit: &str, max: u64, current: u64) {
 }
 
 async fn agents_listing(server: &TestServer, token: &str) -> Value {
-    let response = server
-        .call(Method::GET, "/api/v1/agents?limit=100", Some(token), None)
-        .await;
+    let response = server.api(token).list_agents("limit=100").await;
     assert_eq!(response.status, 200, "{}", response.text);
     response.body
 }
 
 async fn credentials_listing(server: &TestServer, token: &str, agent_id: &str) -> Value {
     let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent_id}/credentials?limit=100"),
-            Some(token),
-            None,
-        )
+        .api(token)
+        .list_credentials(agent_id, "limit=100")
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
     response.body
@@ -62,23 +55,15 @@ async fn credentials_listing(server: &TestServer, token: &str, agent_id: &str) -
 
 async fn create(server: &TestServer, token: &str, name: &str) -> Response {
     server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(token),
-            Some(json!({"name": name, "scopes": []})),
-        )
+        .api(token)
+        .create_agent(json!({"name": name, "scopes": []}))
         .await
 }
 
 async fn generate(server: &TestServer, token: &str, agent_id: &str) -> Response {
     server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent_id}/credentials"),
-            Some(token),
-            Some(json!({})),
-        )
+        .api(token)
+        .generate_credential(agent_id, json!({}))
         .await
 }
 
@@ -102,27 +87,13 @@ async fn the_agent_limit_refuses_one_agent_more_and_writes_nothing(store: Arc<dy
     assert_eq!(server.audit_events(&token, "").await, audit_before);
 
     // A suspended agent still holds its place.
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{first}"),
-            Some(&token),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let suspended = server.api(&token).suspend(&first).await;
     assert_eq!(suspended.status, 200, "{}", suspended.text);
     assert_plan_limit(&create(&server, &token, "third").await, "maxAgents", 3, 3);
 
     // A decommissioned one does not: decommissioning frees a place, and the refused name was
     // never taken.
-    let gone = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{second}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let gone = server.api(&token).delete_agent(&second).await;
     assert_eq!(gone.status, 204, "{}", gone.text);
     let third = create(&server, &token, "third").await;
     assert_eq!(third.status, 201, "{}", third.text);
@@ -136,14 +107,7 @@ async fn the_agent_limit_refuses_one_agent_more_and_writes_nothing(store: Arc<dy
     assert_eq!(server.audit_events(&token, "").await, audit_full);
 
     // Decommissioning the suspended one frees another place.
-    let gone = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{first}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let gone = server.api(&token).delete_agent(&first).await;
     assert_eq!(gone.status, 204, "{}", gone.text);
     assert_eq!(create(&server, &token, "fourth").await.status, 201);
     assert_plan_limit(&create(&server, &token, "fifth").await, "maxAgents", 3, 3);
@@ -228,14 +192,7 @@ async fn the_credential_limit_counts_active_credentials_per_agent(store: Arc<dyn
     assert_eq!(server.audit_events(&token, "").await, audit_before);
 
     // Rotation replaces a secret; it does not add a credential.
-    let rotated = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials/{first}/rotate"),
-            Some(&token),
-            Some(json!({})),
-        )
-        .await;
+    let rotated = server.api(&token).rotate(&agent, &first).await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
     assert_plan_limit(
         &generate(&server, &token, &agent).await,
@@ -256,14 +213,7 @@ async fn the_credential_limit_counts_active_credentials_per_agent(store: Arc<dyn
     );
 
     // Revoking one frees one.
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{first}"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let revoked = server.api(&token).revoke_credential(&agent, &first).await;
     assert_eq!(revoked.status, 204, "{}", revoked.text);
     let third = generate(&server, &token, &agent).await;
     assert_eq!(third.status, 201, "{}", third.text);

@@ -8,12 +8,14 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
+mod client;
 mod support;
 
 mod audit_trail;
 mod bad_input;
 mod brute_force;
 mod credentials;
+mod error_bodies;
 mod faults;
 mod isolation;
 mod lifecycle;

@@ -218,12 +218,8 @@ async fn introspection_reports_active_tokens_and_only_active_false_otherwise(
         assert!(!by_bearer[claim].is_null(), "{claim}");
     }
     let by_client = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/introspect")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
+        .api_as_client(&client_id, &secret)
+        .introspect(&agent_token)
         .await;
     assert_eq!(by_client.body["active"], true);
 
@@ -274,22 +270,15 @@ async fn introspection_reports_active_tokens_and_only_active_false_otherwise(
 async fn introspection_reports_only_the_scopes_the_agent_still_holds(store: Arc<dyn Store>) {
     let (server, admin_token, agent, client_id, secret) = setup(store).await;
     let agent_token = server.token(&client_id, &secret).await;
-    let agent_path = format!("/api/v1/agents/{agent}");
     let set_scopes = |scopes: Value| {
-        server.call(
-            Method::PATCH,
-            &agent_path,
-            Some(&admin_token),
-            Some(json!({ "scopes": scopes })),
-        )
+        server
+            .api(&admin_token)
+            .update_agent(&agent, json!({ "scopes": scopes }))
     };
     let by_client = || {
-        server.send(
-            server
-                .request(Method::POST, "/api/v1/token/introspect")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
+        server
+            .api_as_client(&client_id, &secret)
+            .introspect(&agent_token)
     };
     assert_eq!(
         server.introspect(&admin_token, &agent_token).await["scope"],
@@ -324,20 +313,11 @@ async fn introspection_reports_only_the_scopes_the_agent_still_holds(store: Arc<
 async fn revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens(store: Arc<dyn Store>) {
     let (server, admin_token, agent, client_id, secret) = setup(store).await;
     let agent_token = server.token(&client_id, &secret).await;
-    let revoke = |auth: &str, token: &str| {
-        server
-            .request(Method::POST, "/api/v1/token/revoke")
-            .bearer_auth(auth)
-            .form(&[("token", token.to_owned())])
-    };
+    let as_admin = server.api(&admin_token);
     // A token revoked by the client it was issued to.
     let own = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
+        .api_as_client(&client_id, &secret)
+        .revoke_token(&agent_token)
         .await;
     assert_eq!(own.status, 200, "{}", own.text);
     assert_eq!(
@@ -347,20 +327,14 @@ async fn revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens(stor
 
     // A token revoked by an admin bearer of the same organization.
     let second = server.token(&client_id, &secret).await;
-    assert_eq!(server.send(revoke(&admin_token, &second)).await.status, 200);
+    assert_eq!(as_admin.revoke_token(&second).await.status, 200);
     assert_eq!(
         server.introspect(&admin_token, &second).await,
         json!({"active": false})
     );
 
     // Unknown or garbage tokens: 200 and nothing changes.
-    assert_eq!(
-        server
-            .send(revoke(&admin_token, "not-a-token"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(as_admin.revoke_token("not-a-token").await.status, 200);
 
     // A token without agents:write cannot revoke others' tokens.
     let reader = server
@@ -369,7 +343,7 @@ async fn revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens(stor
     let (_, reader_client, reader_secret) = server.create_credential(&admin_token, &reader).await;
     let reader_token = server.token(&reader_client, &reader_secret).await;
     let third = server.token(&client_id, &secret).await;
-    let refused = server.send(revoke(&reader_token, &third)).await;
+    let refused = server.api(&reader_token).revoke_token(&third).await;
     assert_eq!(refused.status, 401);
     assert_eq!(
         server.introspect(&admin_token, &third).await["active"],
@@ -377,18 +351,8 @@ async fn revocation_takes_effect_at_once_and_answers_200_for_unknown_tokens(stor
     );
 
     // Revoked tokens cannot call the management API either.
-    assert_eq!(
-        server.send(revoke(&admin_token, &admin_token)).await.status,
-        200
-    );
-    let after = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent}"),
-            Some(&admin_token),
-            None,
-        )
-        .await;
+    assert_eq!(as_admin.revoke_token(&admin_token).await.status, 200);
+    let after = as_admin.get_agent(&agent).await;
     assert_eq!(after.status, 401);
 }
 
@@ -479,26 +443,12 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
         "one bcrypt verification for twenty requests"
     );
 
-    let credential_id = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(&admin_token),
-            None,
-        )
-        .await
-        .body["data"][0]["credentialId"]
+    let as_admin = server.api(&admin_token);
+    let credential_id = as_admin.list_credentials(&agent, "").await.body["data"][0]["credentialId"]
         .as_str()
         .unwrap()
         .to_owned();
-    let rotated = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials/{credential_id}/rotate"),
-            Some(&admin_token),
-            Some(json!({})),
-        )
-        .await;
+    let rotated = as_admin.rotate(&agent, &credential_id).await;
     assert_eq!(
         server.token_request(&client_id, &secret, None).await.status,
         401,
@@ -520,14 +470,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
         200
     );
 
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{credential_id}"),
-            Some(&admin_token),
-            None,
-        )
-        .await;
+    let revoked = as_admin.revoke_credential(&agent, &credential_id).await;
     assert_eq!(revoked.status, 204);
     assert_eq!(
         server

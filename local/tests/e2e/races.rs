@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use agentidp_core::store::Store;
 use futures_util::future::join_all;
-use reqwest::Method;
 use serde_json::json;
 
 use crate::support::TestServer;
@@ -18,10 +17,8 @@ async fn twenty_parallel_rotations_leave_exactly_one_working_secret_and_every_ro
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
     let (credential_id, client_id, first_secret) = server.create_credential(&token, &agent).await;
-    let path = format!("/api/v1/agents/{agent}/credentials/{credential_id}/rotate");
     let rotations =
-        join_all((0..20).map(|_| server.call(Method::POST, &path, Some(&token), Some(json!({})))))
-            .await;
+        join_all((0..20).map(|_| server.api(&token).rotate(&agent, &credential_id))).await;
     let mut secrets = vec![first_secret];
     for rotation in &rotations {
         assert_eq!(rotation.status, 200, "{}", rotation.text);
@@ -48,12 +45,9 @@ async fn parallel_creates_of_one_agent_name_let_exactly_one_win(store: Arc<dyn S
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let attempts = join_all((0..12).map(|_| {
-        server.call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&token),
-            Some(json!({"name": "contested"})),
-        )
+        server
+            .api(&token)
+            .create_agent(json!({"name": "contested"}))
     }))
     .await;
     let created = attempts.iter().filter(|r| r.status == 201).count();
@@ -62,9 +56,7 @@ async fn parallel_creates_of_one_agent_name_let_exactly_one_win(store: Arc<dyn S
         .filter(|r| r.status == 409 && r.code() == "AGENT_NAME_TAKEN")
         .count();
     assert_eq!((created, taken), (1, 11));
-    let listed = server
-        .call(Method::GET, "/api/v1/agents?limit=100", Some(&token), None)
-        .await;
+    let listed = server.api(&token).list_agents("limit=100").await;
     let named: Vec<_> = listed.body["data"]
         .as_array()
         .unwrap()
@@ -80,17 +72,13 @@ async fn decommission_racing_credential_generation_leaves_no_active_credential(
     let server = TestServer::start(store).await;
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
+    let api = server.api(&token);
     for round in 0..3 {
         let agent = server
             .create_agent(&token, &format!("racer-{round}"), &[])
             .await;
-        let generate_path = format!("/api/v1/agents/{agent}/credentials");
-        let agent_path = format!("/api/v1/agents/{agent}");
-        let generations = join_all(
-            (0..6)
-                .map(|_| server.call(Method::POST, &generate_path, Some(&token), Some(json!({})))),
-        );
-        let decommission = server.call(Method::DELETE, &agent_path, Some(&token), None);
+        let generations = join_all((0..6).map(|_| api.generate_credential(&agent, json!({}))));
+        let decommission = api.delete_agent(&agent);
         let (generated, decommissioned) = tokio::join!(generations, decommission);
         assert_eq!(decommissioned.status, 204, "{}", decommissioned.text);
         for response in &generated {
@@ -101,14 +89,7 @@ async fn decommission_racing_credential_generation_leaves_no_active_credential(
                 response.text
             );
         }
-        let active = server
-            .call(
-                Method::GET,
-                &format!("{generate_path}?status=active"),
-                Some(&token),
-                None,
-            )
-            .await;
+        let active = api.list_credentials(&agent, "status=active").await;
         assert_eq!(
             active.body["total"], 0,
             "round {round}: an active credential survived decommissioning"

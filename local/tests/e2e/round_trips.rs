@@ -52,15 +52,11 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     let (credential, client_id, secret) = server.create_credential(&token, &agent).await;
     // Warm: the client's secret has passed bcrypt once, the organization is cached.
     let agent_token = server.token(&client_id, &secret).await;
-    let event_id = server
-        .call(Method::GET, "/api/v1/audit?limit=1", Some(&token), None)
-        .await
-        .body["data"][0]["eventId"]
+    let api = server.api(&token);
+    let event_id = api.audit("limit=1").await.body["data"][0]["eventId"]
         .as_str()
         .unwrap()
         .to_owned();
-    let agent_path = format!("/api/v1/agents/{agent}");
-    let credentials = format!("{agent_path}/credentials");
 
     let mut measured: Vec<(&str, usize)> = Vec::new();
     macro_rules! measure {
@@ -78,14 +74,7 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     );
     measure!(
         "POST /api/v1/token/introspect (bearer)",
-        server
-            .send(
-                server
-                    .request(Method::POST, "/api/v1/token/introspect")
-                    .bearer_auth(&token)
-                    .form(&[("token", agent_token.as_str())])
-            )
-            .await
+        api.introspect(&agent_token).await
     );
     measure!(
         "GET /.well-known/jwks.json",
@@ -101,124 +90,47 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     );
     measure!(
         "POST /api/v1/agents",
-        server
-            .call(
-                Method::POST,
-                "/api/v1/agents",
-                Some(&token),
-                Some(json!({"name": "another"}))
-            )
-            .await
+        api.create_agent(json!({"name": "another"})).await
     );
-    measure!(
-        "GET /api/v1/agents",
-        server
-            .call(Method::GET, "/api/v1/agents", Some(&token), None)
-            .await
-    );
-    measure!(
-        "GET /api/v1/agents/{agentId}",
-        server
-            .call(Method::GET, &agent_path, Some(&token), None)
-            .await
-    );
+    measure!("GET /api/v1/agents", api.list_agents("").await);
+    measure!("GET /api/v1/agents/{agentId}", api.get_agent(&agent).await);
     measure!(
         "PATCH /api/v1/agents/{agentId} (fields)",
-        server
-            .call(
-                Method::PATCH,
-                &agent_path,
-                Some(&token),
-                Some(json!({"description": "d"}))
-            )
-            .await
+        api.update_agent(&agent, json!({"description": "d"})).await
     );
     measure!(
         "PATCH /api/v1/agents/{agentId} (status)",
-        server
-            .call(
-                Method::PATCH,
-                &agent_path,
-                Some(&token),
-                Some(json!({"status": "suspended"}))
-            )
-            .await
+        api.suspend(&agent).await
     );
-    server
-        .call(
-            Method::PATCH,
-            &agent_path,
-            Some(&token),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    api.reactivate(&agent).await;
     measure!(
         "POST /api/v1/agents/{agentId}/credentials",
-        server
-            .call(Method::POST, &credentials, Some(&token), Some(json!({})))
-            .await
+        api.generate_credential(&agent, json!({})).await
     );
     measure!(
         "GET /api/v1/agents/{agentId}/credentials",
-        server
-            .call(Method::GET, &credentials, Some(&token), None)
-            .await
+        api.list_credentials(&agent, "").await
     );
     measure!(
         "POST .../credentials/{credentialId}/rotate",
-        server
-            .call(
-                Method::POST,
-                &format!("{credentials}/{credential}/rotate"),
-                Some(&token),
-                Some(json!({}))
-            )
-            .await
+        api.rotate(&agent, &credential).await
     );
     measure!(
         "DELETE .../credentials/{credentialId}",
-        server
-            .call(
-                Method::DELETE,
-                &format!("{credentials}/{credential}"),
-                Some(&token),
-                None
-            )
-            .await
+        api.revoke_credential(&agent, &credential).await
     );
-    measure!(
-        "GET /api/v1/audit",
-        server
-            .call(Method::GET, "/api/v1/audit?limit=20", Some(&token), None)
-            .await
-    );
+    measure!("GET /api/v1/audit", api.audit("limit=20").await);
     measure!(
         "GET /api/v1/audit/{eventId}",
-        server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit/{event_id}"),
-                Some(&token),
-                None
-            )
-            .await
+        api.audit_event(&event_id).await
     );
     measure!(
         "POST /api/v1/token/revoke (bearer)",
-        server
-            .send(
-                server
-                    .request(Method::POST, "/api/v1/token/revoke")
-                    .bearer_auth(&token)
-                    .form(&[("token", agent_token.as_str())])
-            )
-            .await
+        api.revoke_token(&agent_token).await
     );
     measure!(
         "DELETE /api/v1/agents/{agentId}",
-        server
-            .call(Method::DELETE, &agent_path, Some(&token), None)
-            .await
+        api.delete_agent(&agent).await
     );
 
     for (name, count) in &measured {

@@ -180,30 +180,10 @@ async fn snapshot(
     admin_token: &str,
     ids: &Ids,
 ) -> (Value, Value, Value, Vec<Value>) {
-    let agents = server
-        .call(
-            Method::GET,
-            "/api/v1/agents?limit=100",
-            Some(admin_token),
-            None,
-        )
-        .await;
-    let agent = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", ids.agent_id),
-            Some(admin_token),
-            None,
-        )
-        .await;
-    let credentials = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}/credentials", ids.agent_id),
-            Some(admin_token),
-            None,
-        )
-        .await;
+    let api = server.api(admin_token);
+    let agents = api.list_agents("limit=100").await;
+    let agent = api.get_agent(&ids.agent_id).await;
+    let credentials = api.list_credentials(&ids.agent_id, "").await;
     assert_eq!(agents.status, 200);
     assert_eq!(agent.status, 200);
     assert_eq!(credentials.status, 200);
@@ -256,9 +236,7 @@ async fn an_expired_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
     server
         .clock
         .advance(chrono::Duration::seconds(lifetime - 1));
-    let response = server
-        .call(Method::GET, "/api/v1/agents", Some(&admin_token), None)
-        .await;
+    let response = server.api(&admin_token).list_agents("").await;
     assert_eq!(
         response.status, 200,
         "a second before expiry the token still works: {}",
@@ -285,19 +263,10 @@ async fn a_revoked_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
     let (_, writer) = server
         .agent_with_token(&admin_token, "writer", &["agents:write", "audit:read"])
         .await;
-    let response = server
-        .call(Method::GET, "/api/v1/agents", Some(&writer), None)
-        .await;
+    let response = server.api(&writer).list_agents("").await;
     assert_eq!(response.status, 200, "{}", response.text);
 
-    let revoked = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .bearer_auth(&admin_token)
-                .form(&[("token", &writer)]),
-        )
-        .await;
+    let revoked = server.api(&admin_token).revoke_token(&writer).await;
     assert_eq!(revoked.status, 200, "{}", revoked.text);
     let before = snapshot(&server, &admin_token, &ids).await;
     expect_401_everywhere(&server, &ids, Some(&writer), true).await;
@@ -316,32 +285,17 @@ async fn a_read_only_token_can_list_and_get_agents_and_nothing_else(store: Arc<d
         .await;
     let before = snapshot(&server, &admin_token, &ids).await;
 
-    let listed = server
-        .call(Method::GET, "/api/v1/agents?limit=100", Some(&reader), None)
-        .await;
+    let as_reader = server.api(&reader);
+    let listed = as_reader.list_agents("limit=100").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
     assert_eq!(
         listed.body, before.0,
         "the reader sees the same listing as the admin"
     );
-    let got = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", ids.agent_id),
-            Some(&reader),
-            None,
-        )
-        .await;
+    let got = as_reader.get_agent(&ids.agent_id).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.body, before.1);
-    let own = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{reader_id}"),
-            Some(&reader),
-            None,
-        )
-        .await;
+    let own = as_reader.get_agent(&reader_id).await;
     assert_eq!(own.status, 200, "{}", own.text);
 
     for ((method, path, body), scope) in endpoints(&ids).into_iter().zip(REQUIRED) {
@@ -370,13 +324,8 @@ async fn a_read_only_token_can_list_and_get_agents_and_nothing_else(store: Arc<d
         assert_insufficient_scope(&response, scope, &what);
     }
     // The reader cannot change itself either.
-    let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{reader_id}"),
-            Some(&reader),
-            Some(json!({"scopes": ["agents:write"]})),
-        )
+    let response = as_reader
+        .update_agent(&reader_id, json!({"scopes": ["agents:write"]}))
         .await;
     assert_insufficient_scope(&response, "agents:write", "PATCH own agent");
 
@@ -393,85 +342,35 @@ async fn agents_write_implies_agents_read_but_not_audit_read(store: Arc<dyn Stor
     let (_, writer) = server
         .agent_with_token(&admin_token, "writer", &["agents:write"])
         .await;
+    let as_writer = server.api(&writer);
 
-    let listed = server
-        .call(Method::GET, "/api/v1/agents", Some(&writer), None)
-        .await;
+    let listed = as_writer.list_agents("").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
-    let got = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{}", ids.agent_id),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let got = as_writer.get_agent(&ids.agent_id).await;
     assert_eq!(got.status, 200, "{}", got.text);
 
     let created = server
         .create_agent(&writer, "made-by-writer", &["weather:read"])
         .await;
-    let patched = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{created}"),
-            Some(&writer),
-            Some(json!({"description": "by the writer"})),
-        )
+    let patched = as_writer
+        .update_agent(&created, json!({"description": "by the writer"}))
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!(patched.body["description"], "by the writer");
     let (credential_id, _, _) = server.create_credential(&writer, &created).await;
-    let credentials = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{created}/credentials"),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let credentials = as_writer.list_credentials(&created, "").await;
     assert_eq!(credentials.status, 200, "{}", credentials.text);
     assert_eq!(credentials.body["total"], 1);
-    let rotated = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{created}/credentials/{credential_id}/rotate"),
-            Some(&writer),
-            Some(json!({})),
-        )
-        .await;
+    let rotated = as_writer.rotate(&created, &credential_id).await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{created}/credentials/{credential_id}"),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let revoked = as_writer.revoke_credential(&created, &credential_id).await;
     assert_eq!(revoked.status, 204, "{}", revoked.text);
-    let decommissioned = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{created}"),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let decommissioned = as_writer.delete_agent(&created).await;
     assert_eq!(decommissioned.status, 204, "{}", decommissioned.text);
 
-    let audit = server
-        .call(Method::GET, "/api/v1/audit", Some(&writer), None)
-        .await;
+    let audit = as_writer.audit("").await;
     assert_insufficient_scope(&audit, "audit:read", "GET /api/v1/audit");
-    let event = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit/{}", ids.event_id),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let event = as_writer.audit_event(&ids.event_id).await;
     assert_insufficient_scope(&event, "audit:read", "GET /api/v1/audit/{eventId}");
 }
 
@@ -483,22 +382,13 @@ async fn audit_read_alone_opens_the_audit_trail_and_nothing_else(store: Arc<dyn 
         .await;
     let before = snapshot(&server, &admin_token, &ids).await;
 
-    let listed = server
-        .call(Method::GET, "/api/v1/audit", Some(&auditor), None)
-        .await;
+    let listed = server.api(&auditor).audit("").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
     assert_eq!(
         listed.body["data"].as_array().unwrap().len(),
         before.3.len()
     );
-    let event = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit/{}", ids.event_id),
-            Some(&auditor),
-            None,
-        )
-        .await;
+    let event = server.api(&auditor).audit_event(&ids.event_id).await;
     assert_eq!(event.status, 200, "{}", event.text);
     assert_eq!(event.body["eventId"], ids.event_id.as_str());
 
@@ -569,12 +459,8 @@ async fn a_caller_cannot_grant_a_management_scope_it_lacks(store: Arc<dyn Store>
     ] {
         let what = format!("create with {scopes}");
         let response = server
-            .call(
-                Method::POST,
-                "/api/v1/agents",
-                Some(&writer),
-                Some(json!({"name": "escalated", "scopes": scopes})),
-            )
+            .api(&writer)
+            .create_agent(json!({"name": "escalated", "scopes": scopes}))
             .await;
         assert_eq!(response.status, 403, "{what}: {}", response.text);
         assert_eq!(
@@ -594,12 +480,8 @@ async fn a_caller_cannot_grant_a_management_scope_it_lacks(store: Arc<dyn Store>
 
         let what = format!("patch to {scopes}");
         let response = server
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/agents/{}", ids.agent_id),
-                Some(&writer),
-                Some(json!({"scopes": scopes})),
-            )
+            .api(&writer)
+            .update_agent(&ids.agent_id, json!({"scopes": scopes}))
             .await;
         assert_eq!(response.status, 403, "{what}: {}", response.text);
         assert_eq!(
@@ -620,26 +502,15 @@ async fn a_caller_cannot_grant_a_management_scope_it_lacks(store: Arc<dyn Store>
     let granted = server
         .create_agent(&writer, "escalated", &["agents:write", "weather:read"])
         .await;
-    let got = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{granted}"),
-            Some(&writer),
-            None,
-        )
-        .await;
+    let got = server.api(&writer).get_agent(&granted).await;
     assert_eq!(got.body["scopes"], json!(["agents:write", "weather:read"]));
     // The admin holds audit:read, so it may grant it.
     let audited = server
         .create_agent(&admin_token, "audited", &["audit:read"])
         .await;
     let patched = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{audited}"),
-            Some(&admin_token),
-            Some(json!({"scopes": ["audit:read", "agents:write"]})),
-        )
+        .api(&admin_token)
+        .update_agent(&audited, json!({"scopes": ["audit:read", "agents:write"]}))
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
 }
@@ -651,12 +522,8 @@ async fn a_refused_grant_names_only_real_scopes_in_its_challenge(store: Arc<dyn 
         .agent_with_token(&admin_token, "writer", &["agents:write"])
         .await;
     let response = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(&writer),
-            Some(json!({"name": "escalated", "scopes": ["audit:read"]})),
-        )
+        .api(&writer)
+        .create_agent(json!({"name": "escalated", "scopes": ["audit:read"]}))
         .await;
     assert_eq!(response.status, 403, "{}", response.text);
     assert_challenge_names_only_scopes(&response, "create");
@@ -669,12 +536,8 @@ async fn a_refused_grant_names_only_real_scopes_in_its_challenge(store: Arc<dyn 
         response.header("www-authenticate")
     );
     let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{}", ids.agent_id),
-            Some(&writer),
-            Some(json!({"scopes": ["audit:read"]})),
-        )
+        .api(&writer)
+        .update_agent(&ids.agent_id, json!({"scopes": ["audit:read"]}))
         .await;
     assert_eq!(response.status, 403, "{}", response.text);
     assert_challenge_names_only_scopes(&response, "patch");
@@ -720,31 +583,16 @@ async fn a_suspended_agents_token_cannot_call_the_management_api(store: Arc<dyn 
     let (writer_id, writer) = server
         .agent_with_token(&admin_token, "writer", &["agents:write", "audit:read"])
         .await;
-    let response = server
-        .call(Method::GET, "/api/v1/agents", Some(&writer), None)
-        .await;
+    let (as_admin, as_writer) = (server.api(&admin_token), server.api(&writer));
+    let response = as_writer.list_agents("").await;
     assert_eq!(response.status, 200, "{}", response.text);
 
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{writer_id}"),
-            Some(&admin_token),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let suspended = as_admin.suspend(&writer_id).await;
     assert_eq!(suspended.status, 200, "{}", suspended.text);
     let before = snapshot(&server, &admin_token, &ids).await;
     expect_401_everywhere(&server, &ids, Some(&writer), true).await;
     // It cannot reactivate itself.
-    let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{writer_id}"),
-            Some(&writer),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    let response = as_writer.reactivate(&writer_id).await;
     assert_invalid_token(&response, "self-reactivation");
     assert_eq!(
         snapshot(&server, &admin_token, &ids).await,
@@ -753,29 +601,13 @@ async fn a_suspended_agents_token_cannot_call_the_management_api(store: Arc<dyn 
     );
 
     // Reactivated, its unexpired token is honoured again.
-    let reactivated = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{writer_id}"),
-            Some(&admin_token),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    let reactivated = as_admin.reactivate(&writer_id).await;
     assert_eq!(reactivated.status, 200, "{}", reactivated.text);
-    let response = server
-        .call(Method::GET, "/api/v1/agents", Some(&writer), None)
-        .await;
+    let response = as_writer.list_agents("").await;
     assert_eq!(response.status, 200, "{}", response.text);
 
     // Decommissioned, never again.
-    let gone = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{writer_id}"),
-            Some(&admin_token),
-            None,
-        )
-        .await;
+    let gone = as_admin.delete_agent(&writer_id).await;
     assert_eq!(gone.status, 204, "{}", gone.text);
     expect_401_everywhere(&server, &ids, Some(&writer), true).await;
 }

@@ -253,13 +253,7 @@ impl TestServer {
     }
 
     pub async fn introspect(&self, caller_token: &str, token: &str) -> Value {
-        let response = self
-            .send(
-                self.request(Method::POST, "/api/v1/token/introspect")
-                    .bearer_auth(caller_token)
-                    .form(&[("token", token)]),
-            )
-            .await;
+        let response = self.api(caller_token).introspect(token).await;
         assert_eq!(response.status, 200, "{}", response.text);
         response.body
     }
@@ -267,12 +261,8 @@ impl TestServer {
     /// Registers an agent and returns its id.
     pub async fn create_agent(&self, token: &str, name: &str, scopes: &[&str]) -> String {
         let response = self
-            .call(
-                Method::POST,
-                "/api/v1/agents",
-                Some(token),
-                Some(serde_json::json!({"name": name, "scopes": scopes})),
-            )
+            .api(token)
+            .create_agent(serde_json::json!({"name": name, "scopes": scopes}))
             .await;
         assert_eq!(response.status, 201, "{}", response.text);
         response.str("agentId")
@@ -295,12 +285,8 @@ impl TestServer {
     /// Generates a credential and returns (credentialId, clientId, clientSecret).
     pub async fn create_credential(&self, token: &str, agent_id: &str) -> (String, String, String) {
         let response = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/agents/{agent_id}/credentials"),
-                Some(token),
-                Some(serde_json::json!({})),
-            )
+            .api(token)
+            .generate_credential(agent_id, serde_json::json!({}))
             .await;
         assert_eq!(response.status, 201, "{}", response.text);
         (
@@ -315,11 +301,11 @@ impl TestServer {
         let mut events = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("/api/v1/audit?limit=200{query}");
+            let mut page = format!("limit=200{query}");
             if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={c}"));
+                page.push_str(&format!("&cursor={c}"));
             }
-            let response = self.call(Method::GET, &path, Some(token), None).await;
+            let response = self.api(token).audit(&page).await;
             assert_eq!(response.status, 200, "{}", response.text);
             events.extend(response.body["data"].as_array().unwrap().iter().cloned());
             match response.body["nextCursor"].as_str() {

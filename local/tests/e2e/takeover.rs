@@ -143,14 +143,7 @@ async fn a_writer_cannot_take_over_the_admin_agent(store: Arc<dyn Store>) {
         response.body["scope"],
         "agents:read agents:write audit:read"
     );
-    let audit = server
-        .call(
-            Method::GET,
-            "/api/v1/audit",
-            Some(&response.str("access_token")),
-            None,
-        )
-        .await;
+    let audit = server.api(&response.str("access_token")).audit("").await;
     assert_eq!(audit.status, 200, "{}", audit.text);
 }
 
@@ -246,12 +239,8 @@ async fn a_writer_may_change_agents_that_hold_no_more_than_it(store: Arc<dyn Sto
     }
     // Including itself.
     let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{writer_id}"),
-            Some(&writer),
-            Some(json!({"description": "self"})),
-        )
+        .api(&writer)
+        .update_agent(&writer_id, json!({"description": "self"}))
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
 }

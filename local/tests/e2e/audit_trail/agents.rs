@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use agentidp_core::store::Store;
-use reqwest::Method;
 use serde_json::json;
 
-use super::{Expected, exactly_one_event, org, tick};
+use super::{Expected, assert_event_snapshot, exactly_one_event, org, tick};
 use crate::support::TestServer;
 
 async fn creating_an_agent_records_agent_created_with_its_name_and_scopes(store: Arc<dyn Store>) {
@@ -16,12 +15,8 @@ async fn creating_an_agent_records_agent_created_with_its_name_and_scopes(store:
 
     let before = tick(&server, t).await;
     let response = server
-        .call(
-            Method::POST,
-            "/api/v1/agents",
-            Some(t),
-            Some(json!({"name": "subject", "scopes": ["weather:read", "weather:write"]})),
-        )
+        .api(t)
+        .create_agent(json!({"name": "subject", "scopes": ["weather:read", "weather:write"]}))
         .await;
     assert_eq!(response.status, 201, "{}", response.text);
     let agent = response.str("agentId");
@@ -45,6 +40,7 @@ async fn creating_an_agent_records_agent_created_with_its_name_and_scopes(store:
         event["details"]["scopes"],
         json!(["weather:read", "weather:write"])
     );
+    assert_event_snapshot("agent_created", &org, &event, &[(&agent, "[agent]")]);
 }
 
 async fn updating_an_agent_records_agent_updated_with_the_changed_fields(store: Arc<dyn Store>) {
@@ -55,12 +51,8 @@ async fn updating_an_agent_records_agent_updated_with_the_changed_fields(store: 
 
     let before = tick(&server, t).await;
     let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"description": "now described"})),
-        )
+        .api(t)
+        .update_agent(&agent, json!({"description": "now described"}))
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
     let event = exactly_one_event(
@@ -82,6 +74,7 @@ async fn updating_an_agent_records_agent_updated_with_the_changed_fields(store: 
         json!(["description"]),
         "{event}"
     );
+    assert_event_snapshot("agent_updated", &org, &event, &[(&agent, "[agent]")]);
 }
 
 async fn suspending_an_agent_records_agent_suspended(store: Arc<dyn Store>) {
@@ -91,16 +84,9 @@ async fn suspending_an_agent_records_agent_suspended(store: Arc<dyn Store>) {
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let response = server.api(t).suspend(&agent).await;
     assert_eq!(response.status, 200, "{}", response.text);
-    exactly_one_event(
+    let event = exactly_one_event(
         &server,
         t,
         &before,
@@ -114,6 +100,7 @@ async fn suspending_an_agent_records_agent_suspended(store: Arc<dyn Store>) {
         },
     )
     .await;
+    assert_event_snapshot("agent_suspended", &org, &event, &[(&agent, "[agent]")]);
 }
 
 async fn reactivating_an_agent_records_agent_reactivated(store: Arc<dyn Store>) {
@@ -121,27 +108,13 @@ async fn reactivating_an_agent_records_agent_reactivated(store: Arc<dyn Store>) 
     let org = org(&server, "audited").await;
     let t = org.token.as_str();
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let suspended = server.api(t).suspend(&agent).await;
     assert_eq!(suspended.status, 200, "{}", suspended.text);
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    let response = server.api(t).reactivate(&agent).await;
     assert_eq!(response.status, 200, "{}", response.text);
-    exactly_one_event(
+    let event = exactly_one_event(
         &server,
         t,
         &before,
@@ -155,6 +128,7 @@ async fn reactivating_an_agent_records_agent_reactivated(store: Arc<dyn Store>) 
         },
     )
     .await;
+    assert_event_snapshot("agent_reactivated", &org, &event, &[(&agent, "[agent]")]);
 }
 
 /// One event, even though decommissioning revokes the agent's credentials too.
@@ -167,26 +141,12 @@ async fn decommissioning_an_agent_records_one_event_naming_the_credentials_it_re
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
     // A credential revoked beforehand: the event names only those the decommissioning revoked.
     let (first, _, _) = server.create_credential(t, &agent).await;
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{first}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let revoked = server.api(t).revoke_credential(&agent, &first).await;
     assert_eq!(revoked.status, 204, "{}", revoked.text);
     let (second, _, _) = server.create_credential(t, &agent).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let response = server.api(t).delete_agent(&agent).await;
     assert_eq!(response.status, 204, "{}", response.text);
     let event = exactly_one_event(
         &server,
@@ -206,6 +166,12 @@ async fn decommissioning_an_agent_records_one_event_naming_the_credentials_it_re
         event["details"]["revokedCredentialIds"],
         json!([second]),
         "{event}"
+    );
+    assert_event_snapshot(
+        "agent_decommissioned",
+        &org,
+        &event,
+        &[(&agent, "[agent]"), (&second, "[credential]")],
     );
 }
 

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use agentidp_core::store::Store;
-use reqwest::Method;
 use serde_json::json;
 
-use super::{Expected, exactly_one_event, org, tick};
+use super::{Expected, assert_event_snapshot, exactly_one_event, org, tick};
 use crate::support::TestServer;
 
 async fn generating_a_credential_records_credential_generated_with_its_client_id(
@@ -18,14 +17,7 @@ async fn generating_a_credential_records_credential_generated_with_its_client_id
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials"),
-            Some(t),
-            Some(json!({})),
-        )
-        .await;
+    let response = server.api(t).generate_credential(&agent, json!({})).await;
     assert_eq!(response.status, 201, "{}", response.text);
     let (credential, client_id) = (response.str("credentialId"), response.str("clientId"));
     let event = exactly_one_event(
@@ -44,6 +36,16 @@ async fn generating_a_credential_records_credential_generated_with_its_client_id
     .await;
     assert_eq!(event["details"]["clientId"], client_id.as_str());
     assert_eq!(event["timestamp"], response.body["createdAt"], "{event}");
+    assert_event_snapshot(
+        "credential_generated",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+        ],
+    );
 }
 
 async fn rotating_a_credential_records_credential_rotated_with_its_client_id(
@@ -56,14 +58,7 @@ async fn rotating_a_credential_records_credential_rotated_with_its_client_id(
     let (credential, client_id, _) = server.create_credential(t, &agent).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}/rotate"),
-            Some(t),
-            Some(json!({})),
-        )
-        .await;
+    let response = server.api(t).rotate(&agent, &credential).await;
     assert_eq!(response.status, 200, "{}", response.text);
     assert!(
         response.body["clientSecret"].is_string(),
@@ -85,6 +80,16 @@ async fn rotating_a_credential_records_credential_rotated_with_its_client_id(
     )
     .await;
     assert_eq!(event["details"]["clientId"], client_id.as_str());
+    assert_event_snapshot(
+        "credential_rotated",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+        ],
+    );
 }
 
 async fn revoking_a_credential_records_credential_revoked(store: Arc<dyn Store>) {
@@ -92,19 +97,12 @@ async fn revoking_a_credential_records_credential_revoked(store: Arc<dyn Store>)
     let org = org(&server, "audited").await;
     let t = org.token.as_str();
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
-    let (credential, _, _) = server.create_credential(t, &agent).await;
+    let (credential, client_id, _) = server.create_credential(t, &agent).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let response = server.api(t).revoke_credential(&agent, &credential).await;
     assert_eq!(response.status, 204, "{}", response.text);
-    exactly_one_event(
+    let event = exactly_one_event(
         &server,
         t,
         &before,
@@ -118,6 +116,16 @@ async fn revoking_a_credential_records_credential_revoked(store: Arc<dyn Store>)
         },
     )
     .await;
+    assert_event_snapshot(
+        "credential_revoked",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+        ],
+    );
 }
 
 agentidp_testkit::per_store!(

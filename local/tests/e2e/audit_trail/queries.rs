@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use agentidp_core::domain::time::format_timestamp;
 use agentidp_core::store::Store;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{ids, org};
@@ -37,12 +36,8 @@ async fn the_filters_select_exactly_the_matching_events(store: Arc<dyn Store>) {
         );
         server.clock.advance(chrono::Duration::seconds(10));
         let patched = server
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/agents/{agent}"),
-                Some(t),
-                Some(json!({"owner": "ops"})),
-            )
+            .api(t)
+            .update_agent(agent, json!({"owner": "ops"}))
             .await;
         assert_eq!(patched.status, 200);
     }
@@ -147,14 +142,7 @@ async fn the_filters_select_exactly_the_matching_events(store: Arc<dyn Store>) {
         "from=yesterday",
         "to=2026-13-01T00:00:00Z",
     ] {
-        let response = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit?{query}"),
-                Some(t),
-                None,
-            )
-            .await;
+        let response = server.api(t).audit(query).await;
         assert_eq!(response.status, 400, "{query}: {}", response.text);
         assert_eq!(
             response.code(),
@@ -164,11 +152,11 @@ async fn the_filters_select_exactly_the_matching_events(store: Arc<dyn Store>) {
         );
     }
     let backwards = format!(
-        "/api/v1/audit?from={}&to={}",
+        "from={}&to={}",
         format_timestamp(&marks[1]).replace('+', "%2B"),
         format_timestamp(&marks[0]).replace('+', "%2B")
     );
-    let response = server.call(Method::GET, &backwards, Some(t), None).await;
+    let response = server.api(t).audit(&backwards).await;
     assert_eq!(response.status, 400, "{}", response.text);
     assert_eq!(response.code(), "VALIDATION_ERROR");
 }
@@ -178,12 +166,12 @@ async fn pages(server: &TestServer, token: &str, query: &str, limit: usize) -> V
     let mut pages = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut path = format!("/api/v1/audit?limit={limit}{query}");
+        let mut page = format!("limit={limit}{query}");
         if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
+            page.push_str(&format!("&cursor={c}"));
         }
-        let response = server.call(Method::GET, &path, Some(token), None).await;
-        assert_eq!(response.status, 200, "{path}: {}", response.text);
+        let response = server.api(token).audit(&page).await;
+        assert_eq!(response.status, 200, "{page}: {}", response.text);
         assert_eq!(response.body["limit"], limit, "{}", response.text);
         let data = response.body["data"].as_array().unwrap().clone();
         assert!(data.len() <= limit);
@@ -209,12 +197,8 @@ async fn cursor_pagination_yields_each_event_once_newest_first(store: Arc<dyn St
             server.clock.advance(chrono::Duration::seconds(1));
         }
         let response = server
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/agents/{agent}"),
-                Some(t),
-                Some(json!({"description": format!("v{i}")})),
-            )
+            .api(t)
+            .update_agent(&agent, json!({"description": format!("v{i}")}))
             .await;
         assert_eq!(response.status, 200, "{}", response.text);
         if i % 8 == 4 {
@@ -281,32 +265,17 @@ async fn cursor_pagination_yields_each_event_once_newest_first(store: Arc<dyn St
     }
 
     // Events written while paging do not disturb the pages already promised.
-    let first = server
-        .call(
-            Method::GET,
-            "/api/v1/audit?limit=10&action=agent.updated",
-            Some(t),
-            None,
-        )
-        .await;
+    let first = server.api(t).audit("limit=10&action=agent.updated").await;
     server.clock.advance(chrono::Duration::seconds(1));
     let response = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"description": "late"})),
-        )
+        .api(t)
+        .update_agent(&agent, json!({"description": "late"}))
         .await;
     assert_eq!(response.status, 200);
     let cursor = first.str("nextCursor");
     let second = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=10&action=agent.updated&cursor={cursor}"),
-            Some(t),
-            None,
-        )
+        .api(t)
+        .audit(&format!("limit=10&action=agent.updated&cursor={cursor}"))
         .await;
     assert_eq!(second.body["data"].as_array().unwrap()[..], all[10..20]);
 }
@@ -322,18 +291,10 @@ async fn a_cursor_from_another_organization_or_other_filters_is_refused(store: A
                 .await;
         }
     }
-    let first = server
-        .call(Method::GET, "/api/v1/audit?limit=2", Some(&a.token), None)
-        .await;
+    let (as_a, as_b) = (server.api(&a.token), server.api(&b.token));
+    let first = as_a.audit("limit=2").await;
     let cursor = first.str("nextCursor");
-    let filtered = server
-        .call(
-            Method::GET,
-            "/api/v1/audit?limit=1&action=agent.created",
-            Some(&a.token),
-            None,
-        )
-        .await;
+    let filtered = as_a.audit("limit=1&action=agent.created").await;
     let filtered_cursor = filtered.str("nextCursor");
 
     let assert_refused = |response: &Response, what: &str| {
@@ -351,22 +312,12 @@ async fn a_cursor_from_another_organization_or_other_filters_is_refused(store: A
         );
     };
     // Another organization.
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=2&cursor={cursor}"),
-            Some(&b.token),
-            None,
-        )
-        .await;
+    let response = as_b.audit(&format!("limit=2&cursor={cursor}")).await;
     assert_refused(&response, "org B with org A's cursor");
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=1&action=agent.created&cursor={filtered_cursor}"),
-            Some(&b.token),
-            None,
-        )
+    let response = as_b
+        .audit(&format!(
+            "limit=1&action=agent.created&cursor={filtered_cursor}"
+        ))
         .await;
     assert_refused(&response, "org B with org A's filtered cursor");
     // Other filters.
@@ -376,63 +327,31 @@ async fn a_cursor_from_another_organization_or_other_filters_is_refused(store: A
         &format!("&agentId={}", a.agent_id),
         "&from=2020-01-01T00:00:00Z",
     ] {
-        let response = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit?limit=2{query}&cursor={cursor}"),
-                Some(&a.token),
-                None,
-            )
-            .await;
+        let response = as_a.audit(&format!("limit=2{query}&cursor={cursor}")).await;
         assert_refused(&response, query);
     }
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=1&cursor={filtered_cursor}"),
-            Some(&a.token),
-            None,
-        )
+    let response = as_a
+        .audit(&format!("limit=1&cursor={filtered_cursor}"))
         .await;
     assert_refused(&response, "a filtered cursor without its filter");
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=1&action=agent.updated&cursor={filtered_cursor}"),
-            Some(&a.token),
-            None,
-        )
+    let response = as_a
+        .audit(&format!(
+            "limit=1&action=agent.updated&cursor={filtered_cursor}"
+        ))
         .await;
     assert_refused(&response, "a filtered cursor under another action");
     // Garbage.
     for garbage in ["x", "e30", "bm90IGpzb24", "%00"] {
-        let response = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit?cursor={garbage}"),
-                Some(&a.token),
-                None,
-            )
-            .await;
+        let response = as_a.audit(&format!("cursor={garbage}")).await;
         assert_refused(&response, garbage);
     }
     // With its own filters, in its own organization, the cursor works.
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=2&cursor={cursor}"),
-            Some(&a.token),
-            None,
-        )
-        .await;
+    let response = as_a.audit(&format!("limit=2&cursor={cursor}")).await;
     assert_eq!(response.status, 200, "{}", response.text);
-    let response = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit?limit=1&action=agent.created&cursor={filtered_cursor}"),
-            Some(&a.token),
-            None,
-        )
+    let response = as_a
+        .audit(&format!(
+            "limit=1&action=agent.created&cursor={filtered_cursor}"
+        ))
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
 }

@@ -37,22 +37,14 @@ async fn reads_and_refused_calls_leave_no_event(store: Arc<dyn Store>) {
     // Introspection is a read too, by bearer token and by client credentials.
     assert_eq!(server.introspect(t, &agent_token).await["active"], true);
     let by_client = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/introspect")
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[("token", agent_token.as_str())]),
-        )
+        .api_as_client(&client_id, &secret)
+        .introspect(&agent_token)
         .await;
     assert_eq!(by_client.body["active"], true, "{}", by_client.text);
     // A patch that changes nothing changes no state.
     let same = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"name": "subject"})),
-        )
+        .api(t)
+        .update_agent(&agent, json!({"name": "subject"}))
         .await;
     assert_eq!(same.status, 200, "{}", same.text);
     // Refused management calls change nothing and record nothing.
@@ -113,35 +105,14 @@ async fn reads_and_refused_calls_leave_no_event(store: Arc<dyn Store>) {
         assert_eq!(response.status, status, "{what}: {}", response.text);
     }
     // Revoking an unknown token is a no-op (RFC 7009) and records nothing.
-    let response = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .bearer_auth(t)
-                .form(&[("token", "not-a-token")]),
-        )
-        .await;
+    let response = server.api(t).revoke_token("not-a-token").await;
     assert_eq!(response.status, 200, "{}", response.text);
     // Revoking a revoked credential again is refused and records nothing new.
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let revoked = server.api(t).revoke_credential(&agent, &credential).await;
     assert_eq!(revoked.status, 204);
     let after_revoke = server.audit_events(t, "").await;
     assert_eq!(new_events(&before, &after_revoke).len(), 1);
-    let again = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let again = server.api(t).revoke_credential(&agent, &credential).await;
     assert_eq!(again.status, 409, "{}", again.text);
     assert_eq!(server.audit_events(t, "").await, after_revoke);
     let new: Vec<Value> = new_events(&before, &after_revoke);

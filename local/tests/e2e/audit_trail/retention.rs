@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use agentidp_core::domain::time::format_timestamp;
 use agentidp_core::store::Store;
-use reqwest::Method;
 
 use super::{ids, new_events, org};
 use crate::support::TestServer;
@@ -30,14 +29,7 @@ async fn events_older_than_ninety_days_are_gone_from_list_and_get(store: Arc<dyn
     );
     for event in &old {
         let id = event["eventId"].as_str().unwrap();
-        let response = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit/{id}"),
-                Some(&token),
-                None,
-            )
-            .await;
+        let response = server.api(&token).audit_event(id).await;
         assert_eq!(response.status, 200, "{}", response.text);
     }
     let day_89 = new_events(&old, &listed);
@@ -73,23 +65,12 @@ async fn events_older_than_ninety_days_are_gone_from_list_and_get(store: Arc<dyn
         );
     }
     let missing = server
-        .call(
-            Method::GET,
-            &format!("/api/v1/audit/{}", uuid::Uuid::new_v4()),
-            Some(&token),
-            None,
-        )
+        .api(&token)
+        .audit_event(&uuid::Uuid::new_v4().to_string())
         .await;
     assert_eq!(missing.status, 404);
     for id in &old_ids {
-        let response = server
-            .call(
-                Method::GET,
-                &format!("/api/v1/audit/{id}"),
-                Some(&token),
-                None,
-            )
-            .await;
+        let response = server.api(&token).audit_event(id).await;
         assert_eq!(response.status, 404, "{}", response.text);
         assert_eq!(response.code(), "AUDIT_EVENT_NOT_FOUND");
         assert_eq!(

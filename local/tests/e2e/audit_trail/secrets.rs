@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use agentidp_core::store::Store;
 use reqwest::Method;
-use serde_json::json;
 
 use super::{ids, org};
 use crate::support::TestServer;
@@ -30,14 +29,7 @@ async fn events_never_contain_a_secret_or_a_token(store: Arc<dyn Store>) {
         .await;
     assert_eq!(posted.status, 200, "{}", posted.text);
     tokens.push(posted.str("access_token"));
-    let rotated = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}/rotate"),
-            Some(t),
-            Some(json!({})),
-        )
-        .await;
+    let rotated = server.api(t).rotate(&agent, &credential).await;
     let new_secret = rotated.str("clientSecret");
     secrets.push(new_secret.clone());
     tokens.push(server.token(&client_id, &new_secret).await);
@@ -52,14 +44,7 @@ async fn events_never_contain_a_secret_or_a_token(store: Arc<dyn Store>) {
         server.token_request(&client_id, &secret, None).await.status,
         401
     );
-    let revoke = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .bearer_auth(t)
-                .form(&[("token", tokens[1].as_str())]),
-        )
-        .await;
+    let revoke = server.api(t).revoke_token(&tokens[1]).await;
     assert_eq!(revoke.status, 200);
     // Revocation by the client itself, with client_secret_post.
     let revoke = server
@@ -73,26 +58,14 @@ async fn events_never_contain_a_secret_or_a_token(store: Arc<dyn Store>) {
     let (_, other_client, other_secret) = server.create_credential(t, &agent).await;
     secrets.push(other_secret.clone());
     tokens.push(server.token(&other_client, &other_secret).await);
-    let gone = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let gone = server.api(t).delete_agent(&agent).await;
     assert_eq!(gone.status, 204);
 
     let events = server.audit_events(t, "").await;
     assert!(events.iter().any(|e| e["action"] == "token.revoked"));
     let mut texts = vec![serde_json::to_string(&events).unwrap()];
     for id in ids(&events) {
-        texts.push(
-            server
-                .call(Method::GET, &format!("/api/v1/audit/{id}"), Some(t), None)
-                .await
-                .text,
-        );
+        texts.push(server.api(t).audit_event(&id).await.text);
     }
     for text in &texts {
         for secret in &secrets {

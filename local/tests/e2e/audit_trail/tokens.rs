@@ -3,10 +3,8 @@
 use std::sync::Arc;
 
 use agentidp_core::store::Store;
-use reqwest::Method;
-use serde_json::json;
 
-use super::{Expected, client_actor, exactly_one_event, jti_of, org, tick};
+use super::{Expected, assert_event_snapshot, client_actor, exactly_one_event, jti_of, org, tick};
 use crate::support::TestServer;
 
 /// The actor is the client, the subject the agent, the resource the token's jti.
@@ -15,7 +13,7 @@ async fn issuing_a_token_records_token_issued_by_the_client_for_its_jti(store: A
     let org = org(&server, "audited").await;
     let t = org.token.as_str();
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
-    let (_, client_id, secret) = server.create_credential(t, &agent).await;
+    let (credential, client_id, secret) = server.create_credential(t, &agent).await;
 
     let before = tick(&server, t).await;
     let response = server
@@ -39,6 +37,17 @@ async fn issuing_a_token_records_token_issued_by_the_client_for_its_jti(store: A
     )
     .await;
     assert_eq!(event["details"]["scope"], "weather:read", "{event}");
+    assert_event_snapshot(
+        "token_issued",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+            (&jti, "[jti]"),
+        ],
+    );
 }
 
 async fn a_wrong_secret_records_token_denied_as_invalid_client_secret(store: Arc<dyn Store>) {
@@ -71,6 +80,16 @@ async fn a_wrong_secret_records_token_denied_as_invalid_client_secret(store: Arc
         event["details"]["reason"], "invalid_client_secret",
         "{event}"
     );
+    assert_event_snapshot(
+        "token_denied_invalid_client_secret",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+        ],
+    );
 }
 
 /// The revoking caller is the actor, the token's agent the subject.
@@ -81,21 +100,14 @@ async fn revoking_a_token_records_token_revoked_once_and_revoking_it_again_recor
     let org = org(&server, "audited").await;
     let t = org.token.as_str();
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
-    let (_, client_id, secret) = server.create_credential(t, &agent).await;
+    let (credential, client_id, secret) = server.create_credential(t, &agent).await;
     let access_token = server.token(&client_id, &secret).await;
     let jti = jti_of(&server, t, &access_token).await;
 
     let before = tick(&server, t).await;
-    let response = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .bearer_auth(t)
-                .form(&[("token", access_token.as_str())]),
-        )
-        .await;
+    let response = server.api(t).revoke_token(&access_token).await;
     assert_eq!(response.status, 200, "{}", response.text);
-    exactly_one_event(
+    let event = exactly_one_event(
         &server,
         t,
         &before,
@@ -109,16 +121,20 @@ async fn revoking_a_token_records_token_revoked_once_and_revoking_it_again_recor
         },
     )
     .await;
+    assert_event_snapshot(
+        "token_revoked",
+        &org,
+        &event,
+        &[
+            (&agent, "[agent]"),
+            (&credential, "[credential]"),
+            (&client_id, "[client]"),
+            (&jti, "[jti]"),
+        ],
+    );
     // Revoking it again changes nothing and records nothing.
     let before = tick(&server, t).await;
-    let response = server
-        .send(
-            server
-                .request(Method::POST, "/api/v1/token/revoke")
-                .bearer_auth(t)
-                .form(&[("token", access_token.as_str())]),
-        )
-        .await;
+    let response = server.api(t).revoke_token(&access_token).await;
     assert_eq!(response.status, 200, "{}", response.text);
     assert_eq!(server.audit_events(t, "").await, before);
 }
@@ -130,6 +146,11 @@ async fn token_denials_record_why(store: Arc<dyn Store>) {
     let agent = server.create_agent(t, "subject", &["weather:read"]).await;
     let (credential, client_id, secret) = server.create_credential(t, &agent).await;
     let resource = format!("credential/{credential}");
+    let ids = [
+        (agent.as_str(), "[agent]"),
+        (credential.as_str(), "[credential]"),
+        (client_id.as_str(), "[client]"),
+    ];
 
     // A scope the agent does not hold.
     let before = tick(&server, t).await;
@@ -160,16 +181,10 @@ async fn token_denials_record_why(store: Arc<dyn Store>) {
             .contains("payroll:write"),
         "{event}"
     );
+    assert_event_snapshot("token_denied_scope_not_allowed", &org, &event, &ids);
 
     // A suspended agent.
-    let suspended = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"status": "suspended"})),
-        )
-        .await;
+    let suspended = server.api(t).suspend(&agent).await;
     assert_eq!(suspended.status, 200);
     let before = tick(&server, t).await;
     let response = server.token_request(&client_id, &secret, None).await;
@@ -189,25 +204,12 @@ async fn token_denials_record_why(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(event["details"]["reason"], "agent_not_active", "{event}");
+    assert_event_snapshot("token_denied_agent_not_active", &org, &event, &ids);
 
     // A revoked credential.
-    let reactivated = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/agents/{agent}"),
-            Some(t),
-            Some(json!({"status": "active"})),
-        )
-        .await;
+    let reactivated = server.api(t).reactivate(&agent).await;
     assert_eq!(reactivated.status, 200);
-    let revoked = server
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{agent}/credentials/{credential}"),
-            Some(t),
-            None,
-        )
-        .await;
+    let revoked = server.api(t).revoke_credential(&agent, &credential).await;
     assert_eq!(revoked.status, 204);
     let before = tick(&server, t).await;
     let response = server.token_request(&client_id, &secret, None).await;
@@ -227,6 +229,7 @@ async fn token_denials_record_why(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(event["details"]["reason"], "credential_revoked", "{event}");
+    assert_event_snapshot("token_denied_credential_revoked", &org, &event, &ids);
 
     // An unknown client belongs to no organization: nothing is filed anywhere.
     let before = tick(&server, t).await;
