@@ -69,7 +69,7 @@ async fn main() -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("binding {address}: {e}"))?;
-    tracing::info!(%address, issuer = %idp.config.issuer, store = ?args.store, "AgentIdP listening");
+    tracing::info!(%address, issuer = %idp.config().issuer, store = ?args.store, "AgentIdP listening");
     agentidp_local::serve(listener, idp, async {
         let _ = tokio::signal::ctrl_c().await;
     })

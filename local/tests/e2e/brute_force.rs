@@ -79,7 +79,7 @@ async fn repeated_failures_lock_a_client_out_at_their_address_even_with_the_righ
             401
         );
     }
-    let verifications_before = server.idp.hasher.verifications();
+    let verifications_before = server.idp.hasher().verifications();
     for _ in 0..5 {
         let locked = server.token_request(&client_id, &secret, None).await;
         assert_eq!(
@@ -96,7 +96,7 @@ async fn repeated_failures_lock_a_client_out_at_their_address_even_with_the_righ
         assert_eq!(locked.header("cache-control"), Some("no-store"));
     }
     assert_eq!(
-        server.idp.hasher.verifications(),
+        server.idp.hasher().verifications(),
         verifications_before,
         "a locked-out request runs no bcrypt"
     );
@@ -153,7 +153,7 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
     }
     assert_eq!(statuses, [[401; 10].as_slice(), &[429; 5]].concat());
     // Hammering on while locked out costs no bcrypt, and spends none of the client's budget.
-    let verifications = server.idp.hasher.verifications();
+    let verifications = server.idp.hasher().verifications();
     for _ in 0..40 {
         assert_eq!(
             token_request_via(&server, &attacker, &client_id, WRONG)
@@ -162,7 +162,7 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
             429
         );
     }
-    assert_eq!(server.idp.hasher.verifications(), verifications);
+    assert_eq!(server.idp.hasher().verifications(), verifications);
 
     // Another instance, whose cache has never seen the secret.
     let cold = cold_instance_beside(&server, store).await;
@@ -172,7 +172,7 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
         (429, "slow_down"),
         "a cold instance cannot tell the right secret from a guess without bcrypt"
     );
-    assert_eq!(cold.idp.hasher.verifications(), 0);
+    assert_eq!(cold.idp.hasher().verifications(), 0);
     let agent_token = cold.token(&client_id, &secret).await;
     let as_client = cold.api_as_client(&client_id, &secret);
     let introspected = as_client.introspect(&agent_token).await;
@@ -183,10 +183,10 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
     // Now warm: the verified secret passes even from the attacker's address, guesses do not.
     let warm = token_request_via(&cold, &attacker, &client_id, &secret).await;
     assert_eq!(warm.status, 200, "{}", warm.text);
-    let verifications = cold.idp.hasher.verifications();
+    let verifications = cold.idp.hasher().verifications();
     let guess = token_request_via(&cold, &attacker, &client_id, WRONG).await;
     assert_eq!((guess.status, guess.oauth_error()), (429, "slow_down"));
-    assert_eq!(cold.idp.hasher.verifications(), verifications);
+    assert_eq!(cold.idp.hasher().verifications(), verifications);
 
     let reasons = token_denials(&server, &token, &agent).await;
     assert_eq!(
@@ -198,14 +198,14 @@ async fn guesses_from_one_address_do_not_lock_the_client_out_at_another(store: A
 
 async fn guessing_one_client_from_twenty_addresses_still_meets_429s(store: Arc<dyn Store>) {
     let server = TestServer::start(store.clone()).await;
-    let budget = server.idp.config.throttle.client_failures_per_minute;
+    let budget = server.idp.config().throttle.client_failures_per_minute;
     let admin = server.new_org("acme").await;
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
     let (_, client_id, secret) = server.create_credential(&token, &agent).await;
     server.token(&client_id, &secret).await;
     let attackers: Vec<reqwest::Client> = (10..30).map(from_host).collect();
-    let verifications = server.idp.hasher.verifications();
+    let verifications = server.idp.hasher().verifications();
     // Three guesses from each address: below every address's own lockout.
     let mut refused = Vec::new();
     let mut denied: u64 = 0;
@@ -225,7 +225,7 @@ async fn guessing_one_client_from_twenty_addresses_still_meets_429s(store: Arc<d
         "the client's budget of failures per minute is spent, then guesses are refused"
     );
     assert_eq!(
-        server.idp.hasher.verifications() - verifications,
+        server.idp.hasher().verifications() - verifications,
         budget,
         "a refused guess costs no bcrypt"
     );
@@ -293,7 +293,7 @@ async fn an_address_guessing_many_client_ids_is_locked_out_but_secrets_already_v
             token_request_via(&server, &egress, &uuid::Uuid::new_v4().to_string(), WRONG).await;
         assert_eq!(guess.status, 401, "{}", guess.text);
     }
-    let verifications = server.idp.hasher.verifications();
+    let verifications = server.idp.hasher().verifications();
     let guess = token_request_via(&server, &egress, &uuid::Uuid::new_v4().to_string(), WRONG).await;
     assert_eq!((guess.status, guess.oauth_error()), (429, "slow_down"));
     assert_eq!(
@@ -316,7 +316,7 @@ async fn an_address_guessing_many_client_ids_is_locked_out_but_secrets_already_v
         introspect.status, 429,
         "every client authentication is behind the same lockout"
     );
-    assert_eq!(server.idp.hasher.verifications(), verifications);
+    assert_eq!(server.idp.hasher().verifications(), verifications);
     // One it has verified costs nothing and reveals nothing: the lockout does not stop it.
     let warm = token_request_via(&server, &egress, &client_id, &secret).await;
     assert_eq!(warm.status, 200, "{}", warm.text);

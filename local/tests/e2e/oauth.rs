@@ -408,19 +408,19 @@ async fn simultaneous_first_requests_from_one_client_share_one_bcrypt_verificati
     let token = server.admin_token(&admin).await;
     let agent = server.create_agent(&token, "bot", &[]).await;
     let (_, client_id, secret) = server.create_credential(&token, &agent).await;
-    let before = server.idp.hasher.verifications();
+    let before = server.idp.hasher().verifications();
     let wrong =
         join_all((0..8).map(|_| server.token_request(&client_id, "sk_live_wrong", None))).await;
     assert!(wrong.iter().all(|r| r.status == 401));
     let right = join_all((0..16).map(|_| server.token_request(&client_id, &secret, None))).await;
     assert!(right.iter().all(|r| r.status == 200));
     assert_eq!(
-        server.idp.hasher.verifications() - before,
+        server.idp.hasher().verifications() - before,
         2,
         "one verification for the eight wrong secrets sent together, one for the sixteen right"
     );
     assert_eq!(
-        server.idp.hasher.in_flight.running(),
+        server.idp.hasher().in_flight.running(),
         0,
         "nothing is left behind"
     );
@@ -430,7 +430,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
     store: Arc<dyn Store>,
 ) {
     let (server, admin_token, agent, client_id, secret) = setup(store).await;
-    let before = server.idp.hasher.verifications();
+    let before = server.idp.hasher().verifications();
     for _ in 0..20 {
         assert_eq!(
             server.token_request(&client_id, &secret, None).await.status,
@@ -438,7 +438,7 @@ async fn a_warm_instance_runs_bcrypt_once_per_client_and_rotation_or_revocation_
         );
     }
     assert_eq!(
-        server.idp.hasher.verifications() - before,
+        server.idp.hasher().verifications() - before,
         1,
         "one bcrypt verification for twenty requests"
     );

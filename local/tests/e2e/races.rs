@@ -131,7 +131,6 @@ async fn parallel_token_requests_at_the_quota_edge_never_go_over_the_limit(store
     let month = agentidp_core::domain::time::usage_month(&server.clock_now());
     assert_eq!(
         server
-            .idp
             .store
             .usage(org_id, &month)
             .await

@@ -232,7 +232,7 @@ async fn an_expired_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
     let server = TestServer::start(store).await;
     let (admin, admin_token, ids) = setup(&server).await;
     let before = snapshot(&server, &admin_token, &ids).await;
-    let lifetime = server.idp.config.token_lifetime_seconds;
+    let lifetime = server.idp.config().token_lifetime_seconds;
     server
         .clock
         .advance(chrono::Duration::seconds(lifetime - 1));

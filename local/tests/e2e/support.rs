@@ -60,6 +60,8 @@ impl Response {
 pub struct TestServer {
     pub base: String,
     pub idp: Arc<Idp>,
+    /// The server's store, for what a test checks beneath the API.
+    pub store: Arc<dyn Store>,
     pub clock: ManualClock,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -100,7 +102,8 @@ impl TestServer {
         config.throttle.address_failures = 1_000_000;
         adjust(&mut config);
         let clock = ManualClock::starting_at(chrono::Utc::now());
-        let idp = Arc::new(Idp::new(config, store, keys, Arc::new(clock.clone())).unwrap());
+        let idp =
+            Arc::new(Idp::new(config, Arc::clone(&store), keys, Arc::new(clock.clone())).unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = idp.clone();
         tokio::spawn(async move {
@@ -113,6 +116,7 @@ impl TestServer {
         Self {
             base,
             idp,
+            store,
             clock,
             http: reqwest::Client::new(),
             shutdown: Some(tx),

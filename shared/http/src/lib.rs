@@ -292,7 +292,7 @@ pub async fn handle(
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            bcrypt_verifications = idp.hasher.verifications(),
+            bcrypt_verifications = idp.hasher().verifications(),
             "request served"
         );
         response

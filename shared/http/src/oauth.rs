@@ -262,12 +262,12 @@ pub(super) async fn serve(
             Ok(no_store(json_response(StatusCode::OK, &json!({}))))
         }
         Endpoint::Jwks => {
-            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
+            let keys = idp.published_keys().await.map_err(OAuthError::from)?;
             Ok(public_json(&keys.jwks()))
         }
         Endpoint::Metadata => {
-            let keys = idp.keys.keys().await.map_err(OAuthError::from)?;
-            let issuer = &idp.config.issuer;
+            let keys = idp.published_keys().await.map_err(OAuthError::from)?;
+            let issuer = &idp.config().issuer;
             Ok(public_json(&json!({
                 "issuer": issuer,
                 "token_endpoint": format!("{issuer}/api/v1/token"),

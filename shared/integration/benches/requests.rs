@@ -200,7 +200,7 @@ fn first_requests_together(w: &World, burst: usize) -> u64 {
                 credential["clientSecret"].as_str().unwrap()
             ))
         );
-        let before = w.idp.hasher.verifications();
+        let before = w.idp.hasher().verifications();
         let calls = (0..burst).map(|_| {
             let idp = Arc::clone(&w.idp);
             let req = request(
@@ -216,7 +216,7 @@ fn first_requests_together(w: &World, burst: usize) -> u64 {
         for call in calls.collect::<Vec<_>>() {
             assert_eq!(call.await.unwrap(), 200);
         }
-        w.idp.hasher.verifications() - before
+        w.idp.hasher().verifications() - before
     })
 }
 
@@ -228,7 +228,7 @@ fn requests(c: &mut Criterion) {
             first_requests_together(&w, burst)
         );
     }
-    let verifications_before = w.idp.hasher.verifications();
+    let verifications_before = w.idp.hasher().verifications();
     let mut group = c.benchmark_group("request");
     // A warm token request takes about a millisecond: 100 samples need more than the default 5 s.
     group.measurement_time(std::time::Duration::from_secs(8));
@@ -325,7 +325,7 @@ fn requests(c: &mut Criterion) {
     });
     group.finish();
     assert_eq!(
-        w.idp.hasher.verifications(),
+        w.idp.hasher().verifications(),
         verifications_before,
         "the warm client's secret was verified with bcrypt again"
     );

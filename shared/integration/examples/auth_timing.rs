@@ -112,6 +112,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ratio =
         ms(unknown_times.iter().sum::<Duration>()) / ms(wrong_times.iter().sum::<Duration>());
     println!("mean ratio unknown / wrong secret: {ratio:.3}");
-    println!("bcrypt verifications run: {}", idp.hasher.verifications());
+    println!("bcrypt verifications run: {}", idp.hasher().verifications());
     Ok(())
 }

@@ -240,11 +240,11 @@ impl Caller {
 /// block's bounds) and the compiler holds it to them; everything outside the core uses the
 /// default, one store that is all of them.
 pub struct Idp<S: ?Sized = dyn Store> {
-    pub config: Config,
-    pub store: Arc<S>,
-    pub keys: KeySource,
-    pub hasher: SecretHasher,
-    pub clock: Arc<dyn Clock>,
+    pub(crate) config: Config,
+    pub(crate) store: Arc<S>,
+    pub(crate) keys: KeySource,
+    pub(crate) hasher: SecretHasher,
+    pub(crate) clock: Arc<dyn Clock>,
     orgs: Mutex<HashMap<Uuid, (Organization, Instant)>>,
 }
 
@@ -272,6 +272,22 @@ impl Idp {
 impl<S: ?Sized> Idp<S> {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The bcrypt work done so far, for the request log and the tests of the secret cache.
+    pub fn hasher(&self) -> &SecretHasher {
+        &self.hasher
+    }
+
+    /// The key set as published: the JWKS and the metadata's algorithms.
+    pub async fn published_keys(
+        &self,
+    ) -> Result<Arc<crate::signing::KeySet>, crate::signing::KeyError> {
+        self.keys.keys().await
     }
 
     pub fn forget_org(&self, org_id: Uuid) {
