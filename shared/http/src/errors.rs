@@ -8,6 +8,7 @@ use crate::{ApiResponse, json_response};
 use agentidp_core::error::Chain;
 use agentidp_core::service::tokens::OAuthError;
 use agentidp_core::service::{LimitExceeded, ScopeShortfall, ServiceError, Unauthenticated};
+use agentidp_core::validation::FieldError;
 
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: &str = "2";
@@ -15,6 +16,9 @@ const RETRY_AFTER_UNAVAILABLE: &str = "2";
 #[derive(Debug)]
 pub enum ApiError {
     Service(ServiceError),
+    /// A request that does not parse (a body that is not a JSON object, a bad field or query
+    /// parameter): the same 400 as the operations' own validation, found before any is called.
+    Invalid(Vec<FieldError>),
     OAuth(OAuthError),
     /// An OAuth endpoint's transport problem (413, 415), in the OAuth shape.
     OAuthHttp {
@@ -50,6 +54,7 @@ impl ApiError {
     pub fn into_response(self) -> ApiResponse {
         match self {
             ApiError::Service(e) => service_error(e),
+            ApiError::Invalid(details) => invalid(details),
             ApiError::OAuth(e) => oauth_error(e),
             ApiError::OAuthHttp {
                 status,
@@ -106,14 +111,18 @@ fn set(response: &mut ApiResponse, name: header::HeaderName, value: &str) {
     }
 }
 
+fn invalid(details: Vec<FieldError>) -> ApiResponse {
+    management(
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_ERROR",
+        "The request is invalid; see details.",
+        json!(details),
+    )
+}
+
 fn service_error(e: ServiceError) -> ApiResponse {
     match e {
-        ServiceError::Validation(details) => management(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
-            "The request is invalid; see details.",
-            json!(details),
-        ),
+        ServiceError::Validation(details) => invalid(details),
         ServiceError::Unauthenticated(reason) => {
             let mut response = management(
                 StatusCode::UNAUTHORIZED,

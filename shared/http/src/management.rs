@@ -23,7 +23,7 @@ const DEFAULT_PAGE_LIMIT: u32 = 20;
 const DEFAULT_AUDIT_LIMIT: u32 = 50;
 
 fn validation(errors: Vec<FieldError>) -> ApiError {
-    ApiError::Service(ServiceError::Validation(errors))
+    ApiError::Invalid(errors)
 }
 
 /// The bearer token of the `Authorization` header, if it has one.
