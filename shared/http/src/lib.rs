@@ -120,7 +120,7 @@ pub enum Endpoint {
 
 /// Every route served: method, path template, endpoint, and the function that serves it.
 /// The SAM template and the OpenAPI spec are checked against this table.
-pub const ROUTES: [(&str, &str, Endpoint, FunctionGroup); 16] = [
+pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
     (
         "POST",
         "/api/v1/agents",
@@ -255,7 +255,7 @@ pub fn route(method: &Method, path: &str) -> Result<Matched, Vec<&'static str>> 
         path
     };
     let mut allowed = Vec::new();
-    for (m, template, endpoint, group) in ROUTES {
+    for &(m, template, endpoint, group) in ROUTES {
         if let Some(params) = match_template(template, path) {
             if m == method.as_str() {
                 return Ok(Matched {
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn every_route_in_the_table_matches_its_own_template() {
-        for (method, template, endpoint, group) in ROUTES {
+        for &(method, template, endpoint, group) in ROUTES {
             let path = template
                 .replace("{agentId}", "a")
                 .replace("{credentialId}", "c")

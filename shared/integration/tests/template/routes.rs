@@ -100,7 +100,7 @@ fn every_route_is_routed_to_its_groups_function_and_nothing_else_is() {
         );
     }
     let mut expected = BTreeMap::new();
-    for (method, template_path, _, group) in ROUTES {
+    for &(method, template_path, _, group) in ROUTES {
         let function = functions
             .get(&binary_of(group))
             .unwrap_or_else(|| panic!("no function runs {}", binary_of(group)));
