@@ -93,21 +93,27 @@ def component_schema(name: str) -> dict:
 
 def rust_routes() -> set[tuple[str, str]]:
     """(METHOD, path template) of every entry of `ROUTES` in shared/http/src/lib.rs."""
-    text = ROUTES_RS.read_text(encoding="utf-8")
-    match = re.search(r"pub const ROUTES\s*:\s*\[[^\]]*;\s*(\d+)\]\s*=\s*\[(.*?)\n\];", text, re.S)
-    if not match:
-        raise AssertionError("cannot find `pub const ROUTES: [...; N] = [...];` in shared/http/src/lib.rs")
-    declared, body = int(match.group(1)), match.group(2)
+    body = routes_body()
     entries = re.findall(r'\(\s*"([A-Z]+)"\s*,\s*"([^"]+)"\s*,\s*Endpoint::\w+\s*,\s*FunctionGroup::\w+\s*,?\s*\)', body)
+    # Every entry names one endpoint: an entry this pattern misses would silently drop a route.
+    declared = body.count("Endpoint::")
     if len(entries) != declared:
-        raise AssertionError(f"parsed {len(entries)} routes from ROUTES but it declares {declared}")
+        raise AssertionError(f"parsed {len(entries)} routes from ROUTES but it has {declared} entries")
     return {(m, p) for m, p in entries}
+
+
+def routes_body() -> str:
+    """The entries of `pub const ROUTES: &[...] = &[...];` in shared/http/src/lib.rs."""
+    text = ROUTES_RS.read_text(encoding="utf-8")
+    match = re.search(r"pub const ROUTES\s*:[^=]*=\s*&?\[(.*?)\n\];", text, re.S)
+    if not match:
+        raise AssertionError("cannot find `pub const ROUTES: &[...] = &[...];` in shared/http/src/lib.rs")
+    return match.group(1)
 
 
 def rust_route_endpoints() -> dict[str, tuple[str, str]]:
     """Endpoint variant name -> (METHOD, path template), from `ROUTES`."""
-    text = ROUTES_RS.read_text(encoding="utf-8")
-    body = re.search(r"pub const ROUTES.*?=\s*\[(.*?)\n\];", text, re.S).group(1)
+    body = routes_body()
     return {
         endpoint: (m, p)
         for m, p, endpoint in re.findall(r'\(\s*"([A-Z]+)"\s*,\s*"([^"]+)"\s*,\s*Endpoint::(\w+)', body)

@@ -16,7 +16,7 @@ SCOPE_RS = REPO / "shared" / "core" / "src" / "domain" / "scope.rs"
 API_REFERENCE = REPO / "docs" / "developers" / "api-reference.md"
 AUDIT_GUIDE = REPO / "docs" / "developers" / "guides" / "query-audit-logs.md"
 
-OAUTH_ENDPOINTS = {"Token", "Introspect", "Revoke", "Jwks", "Metadata"}
+OAUTH_ENDPOINTS = {"Token", "Introspect", "Revoke", "Jwks", "Metadata", "OpenIdConfiguration", "Authorize"}
 
 
 def status_number(name: str) -> int:
@@ -42,6 +42,13 @@ def rust_error_codes() -> set[tuple[int, str]]:
     for path in API_DIR.glob("*.rs"):
         for s in re.findall(r"OAuthHttp\s*\{\s*status:\s*StatusCode::(\w+)", path.read_text(encoding="utf-8")):
             pairs.add((status_number(s), "invalid_request"))
+    # The authorization endpoint's refusals carry their code; errors.rs answers them with 400.
+    assert re.search(r'Unauthorizable\s*\{\s*error,\s*description\s*\}\s*=>\s*\{?\s*oauth_body\(StatusCode::BAD_REQUEST,\s*error', text), (
+        "errors.rs no longer answers Unauthorizable with 400: update this test"
+    )
+    for path in API_DIR.glob("*.rs"):
+        for c in re.findall(r'Unauthorizable\s*\{\s*error:\s*"([a-z_]+)"', path.read_text(encoding="utf-8")):
+            pairs.add((400, c))
     assert len(pairs) > 20, pairs
     return pairs
 

@@ -25,6 +25,13 @@ pub enum ApiError {
         status: StatusCode,
         description: String,
     },
+    /// The authorization endpoint's answer to every request: no response type is supported
+    /// (`response_type` given) or the request is malformed. Never a redirect: no client has a
+    /// redirection URI registered, so none can be trusted (RFC 6749 §4.1.2.1).
+    Unauthorizable {
+        error: &'static str,
+        description: String,
+    },
     RouteNotFound,
     MethodNotAllowed(String),
     PayloadTooLarge,
@@ -60,6 +67,9 @@ impl ApiError {
                 status,
                 description,
             } => oauth_body(status, "invalid_request", &description, json!({})),
+            ApiError::Unauthorizable { error, description } => {
+                oauth_body(StatusCode::BAD_REQUEST, error, &description, json!({}))
+            }
             ApiError::RouteNotFound => management(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",

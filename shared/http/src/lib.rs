@@ -114,6 +114,10 @@ pub enum Endpoint {
     Revoke,
     Jwks,
     Metadata,
+    /// The same metadata at the OpenID Connect discovery path (RFC 8414 §5).
+    OpenIdConfiguration,
+    /// An authorization endpoint that supports no response type (see `oauth::authorize`).
+    Authorize,
     ListAudit,
     GetAudit,
 }
@@ -203,6 +207,24 @@ pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
         "GET",
         "/.well-known/oauth-authorization-server",
         Endpoint::Metadata,
+        FunctionGroup::Tokens,
+    ),
+    (
+        "GET",
+        "/.well-known/openid-configuration",
+        Endpoint::OpenIdConfiguration,
+        FunctionGroup::Tokens,
+    ),
+    (
+        "GET",
+        "/api/v1/authorize",
+        Endpoint::Authorize,
+        FunctionGroup::Tokens,
+    ),
+    (
+        "POST",
+        "/api/v1/authorize",
+        Endpoint::Authorize,
         FunctionGroup::Tokens,
     ),
     (
@@ -314,7 +336,7 @@ async fn dispatch(
     };
     let oauth = matches!(
         matched.endpoint,
-        Endpoint::Token | Endpoint::Introspect | Endpoint::Revoke
+        Endpoint::Token | Endpoint::Introspect | Endpoint::Revoke | Endpoint::Authorize
     );
     if request.body.len() > MAX_BODY_BYTES {
         return Err(if oauth {
@@ -328,7 +350,9 @@ async fn dispatch(
         | Endpoint::Introspect
         | Endpoint::Revoke
         | Endpoint::Jwks
-        | Endpoint::Metadata => oauth::serve(idp, matched.endpoint, request).await,
+        | Endpoint::Metadata
+        | Endpoint::OpenIdConfiguration
+        | Endpoint::Authorize => oauth::serve(idp, matched.endpoint, request).await,
         _ => management::serve(idp, matched.endpoint, &matched.params, request).await,
     }
 }

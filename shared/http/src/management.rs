@@ -335,6 +335,8 @@ pub(super) async fn serve(
         | Endpoint::Introspect
         | Endpoint::Revoke
         | Endpoint::Jwks
-        | Endpoint::Metadata => Err(ApiError::RouteNotFound),
+        | Endpoint::Metadata
+        | Endpoint::OpenIdConfiguration
+        | Endpoint::Authorize => Err(ApiError::RouteNotFound),
     }
 }

@@ -1,5 +1,6 @@
 //! The OAuth endpoints: token (RFC 6749 §4.4), introspection (RFC 7662), revocation
-//! (RFC 7009), JWKS (RFC 7517) and authorization server metadata (RFC 8414).
+//! (RFC 7009), JWKS (RFC 7517), authorization server metadata (RFC 8414, also at the OpenID
+//! Connect discovery path) and an authorization endpoint that supports no response type.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -265,24 +266,75 @@ pub(super) async fn serve(
             let keys = idp.published_keys().await.map_err(OAuthError::from)?;
             Ok(public_json(&keys.jwks()))
         }
-        Endpoint::Metadata => {
-            let keys = idp.published_keys().await.map_err(OAuthError::from)?;
-            let issuer = &idp.config().issuer;
-            Ok(public_json(&json!({
-                "issuer": issuer,
-                "token_endpoint": format!("{issuer}/api/v1/token"),
-                "introspection_endpoint": format!("{issuer}/api/v1/token/introspect"),
-                "revocation_endpoint": format!("{issuer}/api/v1/token/revoke"),
-                "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-                "grant_types_supported": ["client_credentials"],
-                "response_types_supported": [],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "scopes_supported": MANAGEMENT_SCOPES,
-                "access_token_signing_alg_values_supported": keys.algorithms(),
-            })))
-        }
+        Endpoint::Metadata | Endpoint::OpenIdConfiguration => metadata(idp).await,
+        Endpoint::Authorize => Err(authorize(&request)),
         _ => Err(ApiError::RouteNotFound),
     }
+}
+
+/// RFC 8414 metadata, served at both discovery paths with the same issuer: some verifiers
+/// (AWS Bedrock AgentCore's, AGNTCY's) only look at `/.well-known/openid-configuration`. We are
+/// not an OpenID Provider (no ID tokens), so the document has no `id_token_*` or
+/// `subject_types_supported`. `authorization_endpoint` is listed because the MCP SDKs' metadata
+/// models require it; `response_types_supported` is empty, as that endpoint supports none.
+async fn metadata(idp: &Idp) -> Result<ApiResponse, ApiError> {
+    let keys = idp.published_keys().await.map_err(OAuthError::from)?;
+    let issuer = &idp.config().issuer;
+    Ok(public_json(&json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/api/v1/authorize"),
+        "token_endpoint": format!("{issuer}/api/v1/token"),
+        "introspection_endpoint": format!("{issuer}/api/v1/token/introspect"),
+        "revocation_endpoint": format!("{issuer}/api/v1/token/revoke"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": MANAGEMENT_SCOPES,
+        "access_token_signing_alg_values_supported": keys.algorithms(),
+    })))
+}
+
+/// The authorization endpoint. Agents get tokens from the token endpoint, with no user and no
+/// browser, so no response type is supported: every request is answered with an error in the
+/// body, never by redirecting, as RFC 6749 §4.1.2.1 requires when the redirection URI cannot be
+/// checked (no client has one registered). `response_type` missing is `invalid_request`, any
+/// value `unsupported_response_type`; no parameter value is echoed back.
+fn authorize(request: &ApiRequest) -> ApiError {
+    let params = if request.method == http::Method::POST {
+        parameters(request)
+    } else {
+        query_parameters(&request.query)
+    };
+    let params = match params {
+        Ok(params) => params,
+        Err(refused) => return refused,
+    };
+    if params.contains_key("response_type") {
+        ApiError::Unauthorizable {
+            error: "unsupported_response_type",
+            description: "AgentIdP supports no response type at this endpoint: agents obtain tokens from the token endpoint (client_credentials)".into(),
+        }
+    } else {
+        ApiError::Unauthorizable {
+            error: "invalid_request",
+            description: "response_type is required".into(),
+        }
+    }
+}
+
+/// The parameters of a query string, a repeated one refused as in a body (RFC 6749 §3.1).
+fn query_parameters(query: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if params
+            .insert(name.to_string(), value.into_owned())
+            .is_some()
+        {
+            return Err(invalid(format!("the parameter {name} is repeated")));
+        }
+    }
+    Ok(params)
 }

@@ -30,6 +30,7 @@ async fn reads_and_refused_calls_leave_no_event(store: Arc<dyn Store>) {
         format!("/api/v1/audit/{event_id}"),
         "/.well-known/jwks.json".to_owned(),
         "/.well-known/oauth-authorization-server".to_owned(),
+        "/.well-known/openid-configuration".to_owned(),
     ] {
         let response = server.call(Method::GET, &path, Some(t), None).await;
         assert_eq!(response.status, 200, "{path}: {}", response.text);
