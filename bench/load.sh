@@ -15,9 +15,10 @@
 #   agents-list   GET /api/v1/agents?limit=20 (AgentIdP only; oidc-provider has no equivalent)
 #   audit-query   GET /api/v1/audit?limit=50 (AgentIdP only)
 #
-# Needs: wrk, curl, jq (Debian: apt-get install -y wrk curl jq), node >= 20 and npm, and a release
-# build (cargo build --release --bin agentidp-local; built here if missing). oidc-provider is
-# installed from bench/oidc-provider/package-lock.json with `npm ci` when node_modules is missing.
+# Needs: wrk, curl, jq (Debian: apt-get install -y wrk curl jq), python3, node >= 20 and npm, and a
+# release build (cargo build --release --bin agentidp-local; built here if missing). oidc-provider
+# is installed from bench/oidc-provider/package-lock.json with `npm ci` when node_modules is
+# missing. AgentIdP is started by scripts/agentidp_local.py.
 #
 # Environment:
 #   DURATION=10         seconds per measured run
@@ -73,8 +74,8 @@ BENCH_ENV=(
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 
-for tool in wrk curl jq node npm; do
-  command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install -y wrk curl jq; node >= 20 with npm)"
+for tool in wrk curl jq python3 node npm; do
+  command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install -y wrk curl jq python3; node >= 20 with npm)"
 done
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
   || die "node >= 20 is needed for oidc-provider 8.8.1"
@@ -105,13 +106,14 @@ if [[ -n ${DATA_PARENT:-} ]]; then
 else
   DATA=$WORK/agentidp
 fi
-A_PID=""
+A_PID=""    # AgentIdP's, for its CPU time
+A_RUNNER="" # scripts/agentidp_local.py's, in front of AgentIdP: killing it stops AgentIdP
 O_PID=""
 cleanup() {
-  for pid in $A_PID $O_PID; do
+  for pid in $A_RUNNER $O_PID; do
     kill "$pid" 2>/dev/null || true
   done
-  for pid in $A_PID $O_PID; do
+  for pid in $A_RUNNER $O_PID; do
     wait "$pid" 2>/dev/null || true
   done
   if [[ ${KEEP:-0} == 1 ]]; then
@@ -134,17 +136,20 @@ wait_port() {
 A=http://127.0.0.1:$A_PORT
 O=http://127.0.0.1:$O_PORT
 
-start_agentidp() {
+start_agentidp() { # sets A_PID, A_RUNNER, and ADMIN_ID and ADMIN_SECRET: the bootstrap credential
   echo "=== agentidp started" >>"$WORK/agentidp.log"
-  env "${BENCH_ENV[@]}" NO_COLOR=1 nice -n "$NICE" "$BIN" --data-dir "$DATA" --port "$A_PORT" \
-    >>"$WORK/agentidp.out" 2>>"$WORK/agentidp.log" &
-  A_PID=$!
-  wait_port "$A_PORT"
+  local out
+  exec {out}< <(exec env "${BENCH_ENV[@]}" NO_COLOR=1 nice -n "$NICE" python3 "$ROOT/scripts/agentidp_local.py" \
+    --binary "$BIN" --data-dir "$DATA" --port "$A_PORT" --stdout "$WORK/agentidp.out" --log "$WORK/agentidp.log")
+  A_RUNNER=$!
+  read -r _ A_PID ADMIN_ID ADMIN_SECRET <&"$out" || die "agentidp-local did not start"
+  exec {out}<&-
 }
 
 stop_agentidp() {
-  kill "$A_PID"
-  wait "$A_PID" 2>/dev/null || true
+  kill "$A_RUNNER"
+  wait "$A_RUNNER" 2>/dev/null || true
+  A_RUNNER=""
   A_PID=""
 }
 
@@ -170,10 +175,6 @@ FSYNC_MS=$(awk -v s="$DSYNC_S" 'BEGIN {printf "%.2f", s * 1000 / 200}')
 
 # --- AgentIdP setup ------------------------------------------------------------------------
 start_agentidp
-BOOT=$DATA/bootstrap.json
-for _ in $(seq 1 100); do [[ -s $BOOT ]] && break; sleep 0.05; done
-ADMIN_ID=$(jq -r .clientId "$BOOT")
-ADMIN_SECRET=$(jq -r .clientSecret "$BOOT")
 
 token_for() { # client_id secret -> access token from AgentIdP
   curl -sf -u "$1:$2" -d grant_type=client_credentials "$A/api/v1/token" | jq -r .access_token

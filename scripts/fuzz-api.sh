@@ -8,9 +8,9 @@
 #
 # On a fresh machine it makes the virtual environment .tools/venv-fuzz (gitignored) from the
 # pinned tests/fuzz-requirements.txt, builds the debug agentidp-local, starts it on a free
-# loopback port with a temporary data directory, takes a bearer token from the bootstrap admin
-# credential, runs `schemathesis run` (four passes, see below), stops the server and exits
-# non-zero on any failure, printing one summary line.
+# loopback port with a temporary data directory (scripts/agentidp_local.py), takes a bearer
+# token from its bootstrap admin credential, runs `schemathesis run` (four passes, see below),
+# stops the server and exits non-zero on any failure, printing one summary line.
 # Schemathesis' cache, JUnit reports and logs (one per pass) and the server's log are left in
 # .tools/fuzz/ (from there, `../venv-fuzz/bin/st replay <Test Case ID>` replays a failure
 # against a running server).
@@ -90,33 +90,16 @@ export AGENTIDP_TOKEN_LIFETIME_SECONDS=86400
 unset AGENTIDP_ISSUER
 
 step "starting agentidp-local on a free loopback port"
-port=""
-for attempt in 1 2 3; do
-    # A free port, chosen by the kernel; another process could take it before the server
-    # binds it, hence the retries.
-    port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    data_dir="$work/data-$attempt"
-    target/debug/agentidp-local --data-dir "$data_dir" --port "$port" >"$work/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 1 100); do
-        if curl -fsS -o /dev/null "http://127.0.0.1:$port/.well-known/jwks.json" 2>/dev/null; then
-            break 2
-        fi
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    echo "fuzz-api: agentidp-local did not start on port $port (attempt $attempt):" >&2
-    cat "$work/server.log" >&2
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-    [[ "$attempt" == 3 ]] && exit 1
-done
+data_dir="$work/data"
+# scripts/agentidp_local.py stays running in front of the server: $server_pid is its pid, and
+# killing it stops the server.
+exec {server_out}< <(exec "$py" scripts/agentidp_local.py --binary target/debug/agentidp-local \
+    --data-dir "$data_dir" --log "$work/server.log")
+server_pid=$!
+read -r port _ client_id client_secret <&"$server_out" || exit 1
 base_url="http://127.0.0.1:$port"
 echo "listening on $base_url (data dir $data_dir)"
 
-client_id="$(json_field clientId <"$data_dir/bootstrap.json")"
-client_secret="$(json_field clientSecret <"$data_dir/bootstrap.json")"
 token="$(curl -fsS -u "$client_id:$client_secret" -d grant_type=client_credentials \
     "$base_url/api/v1/token" | json_field access_token)"
 admin_agent_id="$(curl -fsS -u "$client_id:$client_secret" --data-urlencode "token=$token" \
@@ -175,73 +158,9 @@ username = "${FUZZ_READER_CLIENT_ID}"
 password = "${FUZZ_READER_CLIENT_SECRET}"
 EOF
 
-# Two hooks (Python, run inside Schemathesis before and after each request):
-#
-# 1. The fuzzer's token belongs to the bootstrap admin agent, an agent of the organization like
-#    the ones it creates: the stateful phase and the identifiers Schemathesis learns from
-#    responses would sooner or later suspend or decommission it, or revoke or rotate its
-#    credential, and every later request would be a 401 that tests nothing. Requests that would
-#    change that one agent (anything but GET under /api/v1/agents/<admin id>) go to a decoy
-#    agent made for the purpose instead. (Not to an id that does not exist: its 404 would fail
-#    the check that a resource the stateful phase just created can be found, whenever
-#    Schemathesis fills the id of its next request with the admin's, which it learnt from a
-#    list.) Every other agent is fair game.
-# 2. Schemathesis infers no usable link to rotate or revoke a credential (they need the agent's
-#    id and the credential's, together), so on its own it reaches only their 404s. The hook
-#    remembers each (agent, credential) pair the API returns, and in half of the positive cases
-#    of those two operations (chosen from the generated ids, so the run stays reproducible)
-#    sends one of the eight latest pairs instead: rotation's 200 and 409 and revocation's 204
-#    and 409 get tested.
-cat >"$work/hooks.py" <<'EOF'
-import os
-import zlib
-
-import schemathesis
-
-PROTECTED_AGENT_ID = os.environ["FUZZ_ADMIN_AGENT_ID"]
-DECOY_AGENT_ID = os.environ["FUZZ_DECOY_AGENT_ID"]
-CREDENTIALS = "/api/v1/agents/{agentId}/credentials"
-ONE_CREDENTIAL = {CREDENTIALS + "/{credentialId}", CREDENTIALS + "/{credentialId}/rotate"}
-known_pairs = []
-
-
-def is_negative(case):
-    meta = case.meta
-    return meta is not None and meta.generation.mode.is_negative
-
-
-@schemathesis.hook
-def before_call(context, case, kwargs):
-    params = case.path_parameters
-    if not params:
-        return
-    if case.operation.path in ONE_CREDENTIAL and known_pairs and not is_negative(case):
-        pick = zlib.crc32(repr(sorted(params.items())).encode())
-        if pick % 2 == 0:
-            recent = known_pairs[-8:]
-            params["agentId"], params["credentialId"] = recent[pick // 2 % len(recent)]
-    if params.get("agentId") == PROTECTED_AGENT_ID and case.method.upper() != "GET":
-        params["agentId"] = DECOY_AGENT_ID
-
-
-@schemathesis.hook
-def after_call(context, case, response):
-    agent_id = (case.path_parameters or {}).get("agentId")
-    if case.operation.path != CREDENTIALS or agent_id == PROTECTED_AGENT_ID:
-        return
-    if response.status_code not in (200, 201):
-        return
-    try:
-        body = response.json()
-        credentials = body["data"] if response.status_code == 200 else [body]
-        pairs = [(agent_id, credential["credentialId"]) for credential in credentials]
-    except (ValueError, KeyError, TypeError):
-        return  # not the declared body: the checks report it
-    for pair in pairs:
-        if pair not in known_pairs:
-            known_pairs.append(pair)
-EOF
-export SCHEMATHESIS_HOOKS="$work/hooks.py"
+# Hooks that keep the fuzzer's own agent usable and reach credential rotation and revocation:
+# scripts/fuzz_hooks.py says how.
+export SCHEMATHESIS_HOOKS="$repo/scripts/fuzz_hooks.py"
 
 # Checks: every built-in one except
 #   positive_data_acceptance — it expects a 2xx for every request the spec's schemas allow, but

@@ -61,6 +61,7 @@ import yaml
 
 import fixture_secrets
 import sam_local_docker
+from agentidp_local import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("AGENTIDP_TOOLS_DIR", REPO / ".tools"))
@@ -79,12 +80,6 @@ def log(message: str) -> None:
 
 def step(title: str) -> None:
     print(f"\n==> sam-local: {title}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------

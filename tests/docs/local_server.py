@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
-import subprocess
+import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from spec_support import REPO, Exchange
+
+# scripts/agentidp_local.py starts the server, as it does for the fuzz run and the load benchmark.
+sys.path.insert(0, str(REPO / "scripts"))
+import agentidp_local
 
 
 def binary(name: str) -> Path:
@@ -35,16 +37,12 @@ def binary(name: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RecordingProxy:
-    """Forwards every request to the server and keeps (request, response) in order."""
+    """Forwards every request to the server and keeps (request, response) in order. The server's
+    port may be set after the proxy's is known (LocalServer gives the server the proxy's URL)."""
 
     def __init__(self, upstream_port: int, port: int = 0):
+        self.upstream_port = upstream_port
         self.exchanges: list[Exchange] = []
         self.lock = threading.Lock()
         proxy = self
@@ -59,7 +57,7 @@ class RecordingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                connection = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                connection = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 try:
                     connection.request(self.command, self.path, body=body, headers=headers)
                     response = connection.getresponse()
@@ -115,70 +113,38 @@ class LocalServer:
     """`agentidp-local` on a fresh data directory (`<workdir>/.agentidp`), behind the proxy."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.data_dir = workdir / ".agentidp"
-        self.log_path = workdir / "agentidp-local.log"
-        self.log = self.log_path.open("wb")
-        # A port free a moment ago may be taken before the server binds it: try another.
-        for attempt in range(3):
-            self.server_port = free_port()
-            self.proxy = RecordingProxy(self.server_port)
-            self.base = f"http://127.0.0.1:{self.proxy.port}"
-            self._start()
-            try:
-                self._wait_ready()
-                return
-            except AssertionError:
-                self.stop(close_log=False)
-                if attempt == 2:
-                    self.log.close()
-                    raise
-
-    def _start(self):
-        env = dict(os.environ)
-        env["AGENTIDP_BCRYPT_COST"] = "4"
-        for name in list(env):
-            # The server's own settings come from the harness only (defaults otherwise).
-            if name.startswith("AGENTIDP_") and name != "AGENTIDP_BCRYPT_COST" or name == "AWS_ENDPOINT_URL_DYNAMODB":
-                env.pop(name)
-        self.process = subprocess.Popen(
-            [
-                str(binary("agentidp-local")),
-                "--data-dir", str(self.data_dir),
-                "--port", str(self.server_port),
-                "--issuer", self.base,
-            ],
-            cwd=self.workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def _wait_ready(self):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"agentidp-local exited with {self.process.returncode}:\n{self.read_log()}")
-            if (self.data_dir / "bootstrap.json").exists():
-                try:
-                    with socket.create_connection(("127.0.0.1", self.server_port), timeout=1):
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise AssertionError(f"agentidp-local did not start within 60 s:\n{self.read_log()}")
+        # The proxy first: its URL is the server's issuer.
+        self.proxy = RecordingProxy(upstream_port=0)
+        self.base = f"http://127.0.0.1:{self.proxy.port}"
+        try:
+            self.server = agentidp_local.start(
+                binary("agentidp-local"),
+                workdir / ".agentidp",
+                workdir / "agentidp-local.log",
+                args=["--issuer", self.base],
+                env=_server_environment(),
+                cwd=workdir,
+            )
+        except BaseException:
+            self.proxy.close()
+            raise
+        self.proxy.upstream_port = self.server.port
+        self.process = self.server.process
 
     def read_log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        return self.server.read_log()
 
-    def stop(self, close_log: bool = True):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self):
+        self.server.stop()
         self.proxy.close()
-        if close_log:
-            self.log.close()
+
+
+def _server_environment() -> dict[str, str]:
+    """The server's own settings come from the harness only (defaults otherwise)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGENTIDP_") and name != "AWS_ENDPOINT_URL_DYNAMODB"
+    }
+    env["AGENTIDP_BCRYPT_COST"] = "4"
+    return env

@@ -69,7 +69,7 @@ class SamLocalServer:
     def read_log(self) -> str:
         return self.sam_log.read_text(encoding="utf-8", errors="replace")[-4000:]
 
-    def stop(self, close_log: bool = True):
+    def stop(self):
         """The proxy and sam local outlive the page: the runner stops them."""
 
 
