@@ -184,6 +184,28 @@ pub async fn bootstrap_if_empty(
     Ok(Some(bootstrapped))
 }
 
+/// Runs the data migrations on every organization (idempotent: a second run changes nothing)
+/// and returns what they changed, as `agentidp-admin migrate` prints it: one entry per agent
+/// given scopes.
+pub async fn migrate(idp: &Arc<Idp>) -> Result<Vec<serde_json::Value>, String> {
+    let mut changed = Vec::new();
+    for org in idp.list_orgs().await.map_err(|e| Chain(&e).to_string())? {
+        let granted = idp
+            .grant_new_management_scopes(org.org_id)
+            .await
+            .map_err(|e| Chain(&e).to_string())?;
+        changed.extend(granted.into_iter().map(|grant| {
+            json!({
+                "orgId": org.org_id,
+                "agentId": grant.agent_id,
+                "name": grant.name,
+                "addedScopes": grant.added,
+            })
+        }));
+    }
+    Ok(changed)
+}
+
 async fn forward(
     State(idp): State<Arc<Idp>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -260,7 +260,10 @@ async fn the_operator_cli_works_on_the_data_directory_while_the_server_runs() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(scope, "agents:read agents:write audit:read");
+    assert_eq!(
+        scope,
+        "agents:read agents:write audit:read resources:read resources:write"
+    );
 
     let org_id = created["orgId"].as_str().unwrap();
     let orgs = admin(dir.path(), &["list-orgs"]);
@@ -279,6 +282,85 @@ async fn the_operator_cli_works_on_the_data_directory_while_the_server_runs() {
     )
     .await;
     assert_eq!(response.status(), 200);
+}
+
+/// Takes the resource scopes from every agent of the data directory's store and from its
+/// credentials' copies, as a version before resources left them.
+async fn as_before_resources(data_dir: &Path) {
+    use agentidp_core::store::{AgentReader, Commit, CredentialReader, OrgReader, Write};
+    let store =
+        agentidp_store_sqlite::SqliteStore::open(&data_dir.join(agentidp_local::DATABASE_FILE))
+            .unwrap();
+    let old = |scopes: &[String]| -> Vec<String> {
+        scopes
+            .iter()
+            .filter(|s| !s.starts_with("resources:"))
+            .cloned()
+            .collect()
+    };
+    for org in store.list_orgs().await.unwrap() {
+        for agent in store.list_agents(org.org_id).await.unwrap() {
+            let mut writes = Vec::new();
+            for credential in store
+                .list_credentials(org.org_id, agent.agent_id)
+                .await
+                .unwrap()
+            {
+                let mut older = credential.clone();
+                older.agent_scopes = old(&credential.agent_scopes);
+                older.version += 1;
+                writes.push(Write::PutCredential {
+                    credential: older,
+                    expected_version: Some(credential.version),
+                });
+            }
+            let mut older = agent.clone();
+            older.scopes = old(&agent.scopes);
+            older.version += 1;
+            writes.push(Write::PutAgent {
+                agent: older,
+                expected_version: Some(agent.version),
+            });
+            store.commit(writes).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn migrate_gives_an_older_admin_the_resource_scopes_once_and_the_server_does_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = admin(dir.path(), &["create-org", "--name", "older"]);
+    let (org_id, client_id, secret) = (
+        created["orgId"].as_str().unwrap(),
+        created["clientId"].as_str().unwrap(),
+        created["clientSecret"].as_str().unwrap(),
+    );
+    as_before_resources(dir.path()).await;
+
+    let changed = admin(dir.path(), &["migrate"]);
+    assert_eq!(changed.as_array().unwrap().len(), 1, "{changed}");
+    assert_eq!(changed[0]["orgId"], org_id);
+    assert_eq!(changed[0]["name"], "bootstrap-admin");
+    assert_eq!(
+        changed[0]["addedScopes"],
+        serde_json::json!(["resources:read", "resources:write"])
+    );
+    assert_eq!(admin(dir.path(), &["migrate"]), serde_json::json!([]));
+
+    // The local server runs the same migration when it starts.
+    as_before_resources(dir.path()).await;
+    let server = start_server(dir.path());
+    assert!(
+        !dir.path().join("bootstrap.json").exists(),
+        "an organization existed"
+    );
+    let response = token(&server.base, client_id, secret).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["scope"],
+        "agents:read agents:write audit:read resources:read resources:write"
+    );
+    assert_eq!(admin(dir.path(), &["migrate"]), serde_json::json!([]));
 }
 
 #[test]

@@ -130,10 +130,19 @@ def rust_required_scopes() -> dict[tuple[str, str], str]:
     """(METHOD, path) -> scope, from `required_scope` in management.rs."""
     text = MANAGEMENT_RS.read_text(encoding="utf-8")
     body = re.search(r"fn required_scope\(endpoint: Endpoint\) -> Scope \{\s*match endpoint \{(.*?)\n    \}\n\}", text, re.S).group(1)
-    names = {"AgentsRead": "agents:read", "AgentsWrite": "agents:write", "AuditRead": "audit:read"}
+    names = {
+        "AgentsRead": "agents:read",
+        "AgentsWrite": "agents:write",
+        "AuditRead": "audit:read",
+        "ResourcesRead": "resources:read",
+        "ResourcesWrite": "resources:write",
+    }
     routes = rust_route_endpoints()
     scopes, default = {}, None
-    for arm, scope in re.findall(r"^\s*(.+?)\s*=>\s*Scope::(\w+),", body, re.M):
+    # An arm is `Endpoint::A | Endpoint::B => Scope::X,`, or its body in braces when rustfmt
+    # breaks a long one; the default arm is `_ => Scope::X,`.
+    arms = re.findall(r"^\s*((?:Endpoint::\w+(?:\s*\|\s*)?)+|_)\s*=>\s*\{?\s*Scope::(\w+)", body, re.M)
+    for arm, scope in arms:
         if arm == "_":
             default = names[scope]
         else:
@@ -151,8 +160,10 @@ def test_the_spec_requires_the_scope_the_code_checks():
     for (method, path), scope in rust_required_scopes().items():
         security = spec["paths"][path][method.lower()]["security"]
         expected = [{"agentidp": [scope]}]
-        if scope == "agents:read":
-            expected.append({"agentidp": ["agents:write"]})  # agents:write implies agents:read
+        # agents:write implies agents:read, resources:write resources:read.
+        implied_by = {"agents:read": "agents:write", "resources:read": "resources:write"}
+        if scope in implied_by:
+            expected.append({"agentidp": [implied_by[scope]]})
         assert security == expected, f"{method} {path}"
 
 
@@ -214,6 +225,13 @@ def test_the_spec_states_the_field_limits_the_code_enforces():
     assert audit_limit["schema"]["maximum"] == limits["AUDIT_LIMIT_MAX"]
     assert audit_limit["schema"]["default"] == limits["DEFAULT_AUDIT_LIMIT"]
     assert schemas["AgentPage"]["properties"]["limit"]["maximum"] == limits["PAGE_LIMIT_MAX"]
+    assert schemas["ResourceIdentifier"]["maxLength"] == limits["IDENTIFIER_CHARS"]
+    for request in ("CreateResourceRequest", "UpdateResourceRequest"):
+        properties = schemas[request]["properties"]
+        assert max_length(properties["name"]) == limits["NAME_CHARS"], request
+        assert max_length(properties["description"]["oneOf"][0]) == limits["DESCRIPTION_CHARS"], request
+    assert schemas["ResourceScopes"]["maxItems"] == limits["LIST_ITEMS"]
+    assert schemas["ResourcePage"]["properties"]["limit"]["maximum"] == limits["PAGE_LIMIT_MAX"]
     assert schemas["AuditPage"]["properties"]["limit"]["maximum"] == limits["AUDIT_LIMIT_MAX"]
 
 

@@ -22,11 +22,11 @@ def test_every_operation_in_the_spec_is_a_route_in_the_code():
     assert not extra, f"operations in docs/openapi.yaml that ROUTES does not serve: {sorted(extra)}"
 
 
-def test_there_are_nineteen_routes():
-    # 16 API routes (the authorization endpoint's GET and POST among them) and the three
+def test_there_are_twenty_four_routes():
+    # 21 API routes (the authorization endpoint's GET and POST among them) and the three
     # /.well-known documents, as the developer docs say.
-    assert len(rust_routes()) == 19
-    assert len([p for p in rust_routes() if not p[1].startswith("/.well-known/")]) == 16
+    assert len(rust_routes()) == 24
+    assert len([p for p in rust_routes() if not p[1].startswith("/.well-known/")]) == 21
 
 
 def test_every_operation_has_an_id_a_summary_and_security():

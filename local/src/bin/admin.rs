@@ -6,14 +6,14 @@ use agentidp_core::config::{Config, process_env};
 use agentidp_core::domain::Plan;
 use agentidp_core::domain::time::format_timestamp;
 use agentidp_core::error::Chain;
-use agentidp_local::{DEFAULT_DATA_DIR, StoreKind, StoreOptions, build_idp};
+use agentidp_local::{DEFAULT_DATA_DIR, StoreKind, StoreOptions, build_idp, migrate};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "agentidp-admin",
-    about = "Operate AgentIdP: organizations, plans, bootstrap credentials"
+    about = "Operate AgentIdP: organizations, plans, bootstrap credentials, migrations"
 )]
 struct Args {
     /// The embedded store's directory (the local server's, safe to use while it runs).
@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         org: uuid::Uuid,
     },
+    /// Bring every organization's data up to this version (once after an upgrade; running it
+    /// again changes nothing). Prints each change.
+    Migrate,
 }
 
 #[tokio::main]
@@ -108,6 +111,7 @@ async fn main() -> Result<(), String> {
                 "clientSecret": issued.client_secret.expose(),
             })
         }
+        Command::Migrate => json!(migrate(&idp).await?),
     };
     println!(
         "{}",

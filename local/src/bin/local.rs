@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use agentidp_core::config::{Config, process_env};
 use agentidp_local::{
     BOOTSTRAP_FILE, DEFAULT_DATA_DIR, EXPIRY_PURGE_INTERVAL, StoreKind, StoreOptions,
-    bootstrap_if_empty, bootstrap_json, build_idp,
+    bootstrap_if_empty, bootstrap_json, build_idp, migrate,
 };
 use clap::Parser;
 
@@ -65,6 +65,11 @@ async fn main() -> Result<(), String> {
                 .map_err(|e| e.to_string())?
         );
         println!("Saved to {}", args.data_dir.join(BOOTSTRAP_FILE).display());
+    }
+    // An embedded store made by an older version gets what an upgrade brings, as an operator
+    // of DynamoDB gets it from `agentidp-admin migrate`.
+    for change in migrate(&idp).await? {
+        tracing::info!(%change, "migrated");
     }
     let listener = tokio::net::TcpListener::bind(address)
         .await

@@ -9,16 +9,19 @@ use serde_json::{Value, json};
 
 use crate::support::{Response, TestServer};
 
+mod resources;
+
 /// What the organization holds, as its admin sees it.
 async fn snapshot(server: &TestServer, token: &str, agent: &str) -> Value {
     let agents = server.api(token).list_agents("limit=100").await.body;
+    let resources = server.api(token).list_resources("limit=100").await.body;
     let credentials = server
         .api(token)
         .list_credentials(agent, "limit=100")
         .await
         .body;
     let audit = server.audit_events(token, "").await;
-    json!({ "agents": agents, "credentials": credentials, "audit": audit })
+    json!({ "agents": agents, "resources": resources, "credentials": credentials, "audit": audit })
 }
 
 enum Body {
@@ -91,6 +94,9 @@ async fn every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_n
     let other_token = server.admin_token(&other).await;
     let agent = server.create_agent(&token, "target", &["data:read"]).await;
     let (credential, _, _) = server.create_credential(&token, &agent).await;
+    let resource = server
+        .create_resource(&token, "https://target.example.com/mcp", &["tools:call"])
+        .await;
     let foreign_cursor = server
         .api(&other_token)
         .audit("limit=1")
@@ -104,7 +110,7 @@ async fn every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_n
     let cred = format!("{creds}/{credential}");
     let big = "x".repeat(70 * 1024);
     let long_name = format!(r#"{{"name":"{}"}}"#, "n".repeat(129));
-    let cases = vec![
+    let mut cases = vec![
         // POST /agents
         case(
             Method::POST,
@@ -652,6 +658,7 @@ async fn every_endpoint_refuses_bad_input_with_its_documented_body_and_changes_n
             "METHOD_NOT_ALLOWED",
         ),
     ];
+    cases.extend(resources::cases(&resource, &big));
 
     let before = snapshot(&server, &token, &agent).await;
     for case in &cases {

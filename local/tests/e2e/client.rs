@@ -111,6 +111,46 @@ impl Api<'_> {
             .await
     }
 
+    /// `POST /api/v1/resources` with `body`.
+    pub async fn create_resource(self, body: Value) -> Response {
+        self.call(Method::POST, "/api/v1/resources", Some(body))
+            .await
+    }
+
+    /// `GET /api/v1/resources`, with `query` (`page=2&limit=5`) if not empty.
+    pub async fn list_resources(self, query: &str) -> Response {
+        self.call(Method::GET, &with_query("/api/v1/resources", query), None)
+            .await
+    }
+
+    pub async fn get_resource(self, resource_id: &str) -> Response {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/resources/{resource_id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /api/v1/resources/{resourceId}` with `changes`.
+    pub async fn update_resource(self, resource_id: &str, changes: Value) -> Response {
+        self.call(
+            Method::PATCH,
+            &format!("/api/v1/resources/{resource_id}"),
+            Some(changes),
+        )
+        .await
+    }
+
+    pub async fn delete_resource(self, resource_id: &str) -> Response {
+        self.call(
+            Method::DELETE,
+            &format!("/api/v1/resources/{resource_id}"),
+            None,
+        )
+        .await
+    }
+
     /// `POST /api/v1/agents/{agentId}/credentials` with `body` (`{}`, or an `expiresAt`).
     pub async fn generate_credential(self, agent_id: &str, body: Value) -> Response {
         self.call(

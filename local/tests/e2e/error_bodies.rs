@@ -55,6 +55,15 @@ async fn management_errors_have_the_documented_bodies(store: Arc<dyn Store>) {
         &api.create_agent(json!({"name": "", "scopes": ["has space"], "colour": "red"}))
             .await,
     );
+    assert_error_snapshot(
+        "validation_error_of_a_resource",
+        &api.create_resource(json!({
+            "identifier": "http://mcp.example.com/mcp#tools",
+            "name": "mcp",
+            "scopes": ["tools:call", "resources:write"],
+        }))
+        .await,
+    );
     // 401
     assert_error_snapshot(
         "unauthorized_without_a_token",
@@ -87,6 +96,7 @@ async fn management_errors_have_the_documented_bodies(store: Arc<dyn Store>) {
     assert_error_snapshot("agent_not_found", &api.get_agent(&missing).await);
     assert_error_snapshot("credential_not_found", &api.rotate(&agent, &missing).await);
     assert_error_snapshot("audit_event_not_found", &api.audit_event(&missing).await);
+    assert_error_snapshot("resource_not_found", &api.get_resource(&missing).await);
     assert_error_snapshot(
         "route_not_found",
         &server
@@ -109,6 +119,14 @@ async fn management_errors_have_the_documented_bodies(store: Arc<dyn Store>) {
     assert_error_snapshot(
         "agent_name_taken",
         &api.create_agent(json!({"name": "target"})).await,
+    );
+    server
+        .create_resource(&admin_token, "https://mcp.example.com/mcp", &[])
+        .await;
+    assert_error_snapshot(
+        "resource_identifier_taken",
+        &api.create_resource(json!({"identifier": "HTTPS://MCP.EXAMPLE.COM/mcp", "name": "again"}))
+            .await,
     );
     assert_eq!(api.revoke_credential(&agent, &credential).await.status, 204);
     assert_error_snapshot(

@@ -481,10 +481,88 @@ async fn another_organizations_agent_name_is_free_and_its_changes_stay_there(
     assert_eq!(clash.code(), "AGENT_NAME_TAKEN");
 }
 
+/// An organization's resources as its admin sees them: the listing, one resource, the trail.
+async fn resources_view(
+    server: &TestServer,
+    token: &str,
+    resource_id: &str,
+) -> (Value, Value, Vec<Value>) {
+    let api = server.api(token);
+    (
+        api.list_resources("").await.body,
+        api.get_resource(resource_id).await.body,
+        server.audit_events(token, "").await,
+    )
+}
+
+async fn another_organizations_resources_answer_as_missing_and_are_never_listed(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let a = server.new_org("org-a").await;
+    let b = server.new_org("org-b").await;
+    let a_token = server.admin_token(&a).await;
+    let b_token = server.admin_token(&b).await;
+    // The same identifier in both: identifiers are unique per organization only.
+    let identifier = "https://shared.example.com/mcp";
+    let own = server
+        .create_resource(&a_token, identifier, &["tools:call"])
+        .await;
+    let foreign = server
+        .create_resource(&b_token, identifier, &["tools:list"])
+        .await;
+    let b_before = resources_view(&server, &b_token, &foreign).await;
+
+    let foreign_path = format!("/api/v1/resources/{foreign}");
+    let missing_path = format!("/api/v1/resources/{}", random_id());
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"name": "taken over"}))),
+        (
+            Method::PATCH,
+            Some(json!({"identifier": "https://elsewhere.example.com/"})),
+        ),
+        (Method::DELETE, None),
+    ] {
+        assert_same_as_missing(
+            &server,
+            &a_token,
+            method,
+            &foreign_path,
+            &missing_path,
+            body,
+            (404, "RESOURCE_NOT_FOUND"),
+        )
+        .await;
+    }
+    let listed = server.api(&a_token).list_resources("limit=100").await;
+    assert_eq!(listed.body["total"], 1, "{}", listed.text);
+    assert_eq!(listed.body["data"][0]["resourceId"], own.as_str());
+    assert_eq!(
+        resources_view(&server, &b_token, &foreign).await,
+        b_before,
+        "A's calls changed B's resources"
+    );
+    // A's own changes and deletion leave B's resource of the same identifier alone.
+    let api = server.api(&a_token);
+    assert_eq!(
+        api.update_resource(&own, json!({"scopes": []}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(api.delete_resource(&own).await.status, 204);
+    assert_eq!(
+        server.api(&b_token).get_resource(&foreign).await.body,
+        b_before.1
+    );
+}
+
 agentidp_testkit::per_store!(
     another_organizations_ids_answer_as_ids_that_do_not_exist,
     a_token_of_one_organization_is_inactive_for_another,
     an_organization_cannot_revoke_another_organizations_token,
     listings_and_audit_never_show_another_organizations_data,
     another_organizations_agent_name_is_free_and_its_changes_stay_there,
+    another_organizations_resources_answer_as_missing_and_are_never_listed,
 );

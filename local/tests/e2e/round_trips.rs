@@ -53,6 +53,9 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     // Warm: the client's secret has passed bcrypt once, the organization is cached.
     let agent_token = server.token(&client_id, &secret).await;
     let api = server.api(&token);
+    server
+        .create_resource(&token, "https://mcp.example.com/mcp", &["data:read"])
+        .await;
     let event_id = api.audit("limit=1").await.body["data"][0]["eventId"]
         .as_str()
         .unwrap()
@@ -71,6 +74,20 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     measure!(
         "POST /api/v1/token (warm client)",
         server.token_request(&client_id, &secret, None).await
+    );
+    measure!(
+        "POST /api/v1/token (warm client, resource)",
+        server
+            .send(
+                server
+                    .request(Method::POST, "/api/v1/token")
+                    .basic_auth(&client_id, Some(&secret))
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("resource", "https://mcp.example.com/mcp"),
+                    ]),
+            )
+            .await
     );
     measure!(
         "POST /api/v1/token/introspect (bearer)",
@@ -132,12 +149,35 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         "DELETE /api/v1/agents/{agentId}",
         api.delete_agent(&agent).await
     );
+    let resource = measure!(
+        "POST /api/v1/resources",
+        api.create_resource(
+            json!({"identifier": "https://counted.example.com/", "name": "counted"})
+        )
+        .await
+    )
+    .str("resourceId");
+    measure!("GET /api/v1/resources", api.list_resources("").await);
+    measure!(
+        "GET /api/v1/resources/{resourceId}",
+        api.get_resource(&resource).await
+    );
+    measure!(
+        "PATCH /api/v1/resources/{resourceId}",
+        api.update_resource(&resource, json!({"scopes": ["tools:call"]}))
+            .await
+    );
+    measure!(
+        "DELETE /api/v1/resources/{resourceId}",
+        api.delete_resource(&resource).await
+    );
 
     for (name, count) in &measured {
         println!("| {name} | {count} |");
     }
     let expected: Vec<(&str, usize)> = vec![
         ("POST /api/v1/token (warm client)", 2),
+        ("POST /api/v1/token (warm client, resource)", 2),
         ("POST /api/v1/token/introspect (bearer)", 2),
         ("GET /.well-known/jwks.json", 0),
         ("GET /.well-known/oauth-authorization-server", 0),
@@ -154,6 +194,11 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         ("GET /api/v1/audit/{eventId}", 3),
         ("POST /api/v1/token/revoke (bearer)", 3),
         ("DELETE /api/v1/agents/{agentId}", 5),
+        ("POST /api/v1/resources", 3),
+        ("GET /api/v1/resources", 3),
+        ("GET /api/v1/resources/{resourceId}", 3),
+        ("PATCH /api/v1/resources/{resourceId}", 4),
+        ("DELETE /api/v1/resources/{resourceId}", 4),
     ];
     assert_eq!(measured, expected);
 }

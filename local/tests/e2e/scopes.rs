@@ -13,6 +13,7 @@ struct Ids {
     agent_id: String,
     credential_id: String,
     event_id: String,
+    resource_id: String,
 }
 
 /// Every management endpoint, as (method, path, body), against existing records.
@@ -21,6 +22,7 @@ fn endpoints(ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
         agent_id,
         credential_id,
         event_id,
+        resource_id,
     } = ids;
     vec![
         (
@@ -58,11 +60,32 @@ fn endpoints(ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
         ),
         (Method::GET, "/api/v1/audit".into(), None),
         (Method::GET, format!("/api/v1/audit/{event_id}"), None),
+        (
+            Method::POST,
+            "/api/v1/resources".into(),
+            Some(json!({"identifier": "https://new.example.com/", "name": "new"})),
+        ),
+        (Method::GET, "/api/v1/resources".into(), None),
+        (
+            Method::GET,
+            format!("/api/v1/resources/{resource_id}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/resources/{resource_id}"),
+            Some(json!({"name": "changed"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/resources/{resource_id}"),
+            None,
+        ),
     ]
 }
 
 /// The scope each endpoint of [`endpoints`] requires, in the same order.
-const REQUIRED: [&str; 11] = [
+const REQUIRED: [&str; 16] = [
     "agents:write",
     "agents:read",
     "agents:read",
@@ -74,9 +97,14 @@ const REQUIRED: [&str; 11] = [
     "agents:write",
     "audit:read",
     "audit:read",
+    "resources:write",
+    "resources:read",
+    "resources:read",
+    "resources:write",
+    "resources:write",
 ];
 
-/// An organization with a target agent holding a credential, and an audit event id.
+/// An organization with a target agent holding a credential, a resource, and an audit event id.
 async fn setup(server: &TestServer) -> (Admin, String, Ids) {
     let admin = server.new_org("scopes").await;
     let admin_token = server.admin_token(&admin).await;
@@ -84,6 +112,9 @@ async fn setup(server: &TestServer) -> (Admin, String, Ids) {
         .create_agent(&admin_token, "target", &["weather:read"])
         .await;
     let (credential_id, _, _) = server.create_credential(&admin_token, &agent_id).await;
+    let resource_id = server
+        .create_resource(&admin_token, "https://target.example.com/", &["tools:call"])
+        .await;
     let events = server.audit_events(&admin_token, "").await;
     let event_id = events[0]["eventId"].as_str().unwrap().to_owned();
     (
@@ -93,6 +124,7 @@ async fn setup(server: &TestServer) -> (Admin, String, Ids) {
             agent_id,
             credential_id,
             event_id,
+            resource_id,
         },
     )
 }
@@ -173,22 +205,30 @@ async fn expect_401_everywhere(
     }
 }
 
-/// The target agent, its credentials and the audit trail, to show that refused calls changed
-/// nothing.
+/// The target agent, its credentials, the resources and the audit trail, to show that refused
+/// calls changed nothing.
 async fn snapshot(
     server: &TestServer,
     admin_token: &str,
     ids: &Ids,
-) -> (Value, Value, Value, Vec<Value>) {
+) -> (Value, Value, Value, Vec<Value>, Value) {
     let api = server.api(admin_token);
     let agents = api.list_agents("limit=100").await;
     let agent = api.get_agent(&ids.agent_id).await;
     let credentials = api.list_credentials(&ids.agent_id, "").await;
+    let resources = api.list_resources("limit=100").await;
     assert_eq!(agents.status, 200);
     assert_eq!(agent.status, 200);
     assert_eq!(credentials.status, 200);
+    assert_eq!(resources.status, 200);
     let events = server.audit_events(admin_token, "").await;
-    (agents.body, agent.body, credentials.body, events)
+    (
+        agents.body,
+        agent.body,
+        credentials.body,
+        events,
+        resources.body,
+    )
 }
 
 async fn a_call_without_a_token_is_refused_with_a_bearer_challenge(store: Arc<dyn Store>) {
@@ -249,8 +289,8 @@ async fn an_expired_token_is_refused_on_every_endpoint(store: Arc<dyn Store>) {
     let fresh = server.admin_token(&admin).await;
     let after = snapshot(&server, &fresh, &ids).await;
     assert_eq!(
-        (&after.0, &after.1, &after.2),
-        (&before.0, &before.1, &before.2)
+        (&after.0, &after.1, &after.2, &after.4),
+        (&before.0, &before.1, &before.2, &before.4)
     );
     assert_eq!(after.3.len(), before.3.len() + 1, "{:#?}", after.3);
     assert_eq!(after.3[0]["action"], "token.issued");
@@ -312,6 +352,7 @@ async fn a_read_only_token_can_list_and_get_agents_and_nothing_else(store: Arc<d
         agent_id: uuid::Uuid::new_v4().to_string(),
         credential_id: uuid::Uuid::new_v4().to_string(),
         event_id: uuid::Uuid::new_v4().to_string(),
+        resource_id: uuid::Uuid::new_v4().to_string(),
     };
     for ((method, path, _), scope) in endpoints(&missing).into_iter().zip(REQUIRED) {
         if scope == "agents:read" {
@@ -438,7 +479,7 @@ fn assert_challenge_names_only_scopes(response: &Response, what: &str) {
     let value = rest.split('"').next().unwrap();
     for token in value.split(' ') {
         assert!(
-            ["agents:read", "agents:write", "audit:read"].contains(&token),
+            agentidp_core::domain::scope::MANAGEMENT_SCOPES.contains(&token),
             "{what}: the challenge's scope attribute holds {token:?}, not a scope: {challenge}"
         );
     }

@@ -286,6 +286,20 @@ impl TestServer {
         (agent_id, token)
     }
 
+    /// Registers a resource and returns its id.
+    pub async fn create_resource(&self, token: &str, identifier: &str, scopes: &[&str]) -> String {
+        let response = self
+            .api(token)
+            .create_resource(serde_json::json!({
+                "identifier": identifier,
+                "name": identifier,
+                "scopes": scopes,
+            }))
+            .await;
+        assert_eq!(response.status, 201, "{}", response.text);
+        response.str("resourceId")
+    }
+
     /// Generates a credential and returns (credentialId, clientId, clientSecret).
     pub async fn create_credential(&self, token: &str, agent_id: &str) -> (String, String, String) {
         let response = self

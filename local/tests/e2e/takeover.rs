@@ -102,6 +102,9 @@ fn assert_takeover_refused(response: &Response, missing: &[&str], what: &str) {
     );
 }
 
+/// What an `agents:write` writer lacks of the admin agent, which holds every management scope.
+const ADMIN_BEYOND_WRITER: [&str; 3] = ["audit:read", "resources:read", "resources:write"];
+
 async fn attempt_every_change(
     server: &TestServer,
     admin: &Admin,
@@ -127,7 +130,7 @@ async fn a_writer_cannot_take_over_the_admin_agent(store: Arc<dyn Store>) {
         .await;
     let before = state_of(&server, &admin_token, &admin.agent_id).await;
 
-    attempt_every_change(&server, &admin, &writer, &["audit:read"]).await;
+    attempt_every_change(&server, &admin, &writer, &ADMIN_BEYOND_WRITER).await;
 
     assert_eq!(
         state_of(&server, &admin_token, &admin.agent_id).await,
@@ -141,7 +144,7 @@ async fn a_writer_cannot_take_over_the_admin_agent(store: Arc<dyn Store>) {
     assert_eq!(response.status, 200, "{}", response.text);
     assert_eq!(
         response.body["scope"],
-        "agents:read agents:write audit:read"
+        "agents:read agents:write audit:read resources:read resources:write"
     );
     let audit = server.api(&response.str("access_token")).audit("").await;
     assert_eq!(audit.status, 200, "{}", audit.text);
@@ -181,7 +184,7 @@ async fn a_refused_takeover_is_audited_as_a_failure(store: Arc<dyn Store>) {
         .agent_with_token(&admin_token, "writer", &["agents:write"])
         .await;
 
-    attempt_every_change(&server, &admin, &writer, &["audit:read"]).await;
+    attempt_every_change(&server, &admin, &writer, &ADMIN_BEYOND_WRITER).await;
 
     let failures = server.audit_events(&admin_token, "&outcome=failure").await;
     // The test clock stands still, so events of one instant may list in any order.
@@ -206,7 +209,7 @@ async fn a_refused_takeover_is_audited_as_a_failure(store: Arc<dyn Store>) {
         );
         assert_eq!(
             event["details"]["missingScopes"],
-            json!(["audit:read"]),
+            json!(ADMIN_BEYOND_WRITER),
             "{event:#}"
         );
     }

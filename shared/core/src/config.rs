@@ -145,6 +145,13 @@ impl Config {
                     1,
                     3650,
                 )?,
+                max_resources: number(
+                    &lookup,
+                    "AGENTIDP_FREE_MAX_RESOURCES",
+                    free.max_resources,
+                    1,
+                    u64::MAX,
+                )?,
             },
             throttle: ThrottleLimits {
                 lockout_window_seconds: number(
@@ -293,5 +300,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.free_limits.max_agents, 3);
+        let config = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "http://x"),
+            ("AGENTIDP_FREE_MAX_RESOURCES", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(config.free_limits.max_resources, 2);
     }
 }

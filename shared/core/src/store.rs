@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{Agent, AuditAction, AuditEvent, Credential, Organization, Outcome, Plan};
+use crate::domain::{
+    Agent, AuditAction, AuditEvent, Credential, Organization, Outcome, Plan, Resource,
+    ResourceTarget,
+};
 use crate::error::Cause;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +74,17 @@ pub enum Guard {
     OrgIsNew,
     /// `SetPlan`: the organization exists.
     OrgExists,
-    /// `PutAgent` or `PutCredential`: the record is new, or still at the version read.
+    /// `PutAgent`, `PutCredential`, `PutResource` or `DeleteResource`: the record is new, or
+    /// still at the version read.
     StaleVersion,
     /// `ClaimAgentName`: no other agent holds the name.
     NameTaken,
+    /// `ClaimResourceIdentifier`: no other resource of the organization holds the identifier.
+    IdentifierTaken,
     /// `CountAgents` upwards: the organization is below its plan's agent limit.
     AgentLimit,
+    /// `CountResources` upwards: the organization is below its plan's resource limit.
+    ResourceLimit,
     /// `CountTokenRequest`: the month's token requests are below the plan's quota.
     TokenQuota,
 }
@@ -107,9 +115,34 @@ pub enum Write {
         credential: Credential,
         expected_version: Option<u64>,
     },
+    /// Same condition rule as `PutAgent`, on the resource's version.
+    PutResource {
+        resource: Resource,
+        expected_version: Option<u64>,
+    },
+    /// Condition: the stored resource has exactly `expected_version`. The record is gone after.
+    DeleteResource {
+        org_id: Uuid,
+        resource_id: Uuid,
+        expected_version: u64,
+    },
+    /// Writes the organization's claim of `target.identifier`, holding the resource's id and a
+    /// copy of its scopes (what a token request for it reads). Condition: no claim of that
+    /// identifier exists, or it is already this resource's (then it is rewritten, which keeps
+    /// the copy of the scopes in step).
+    ClaimResourceIdentifier(ResourceTarget),
+    /// Unconditional; frees the identifier for reuse.
+    ReleaseResourceIdentifier { org_id: Uuid, identifier: String },
     /// Moves the organization's count of non-decommissioned agents by `delta`.
     /// Condition when `delta > 0`: the count before is below `limit`.
     CountAgents {
+        org_id: Uuid,
+        delta: i64,
+        limit: u64,
+    },
+    /// Moves the organization's count of resources by `delta`, as `CountAgents` does.
+    /// Condition when `delta > 0`: the count before is below `limit`.
+    CountResources {
         org_id: Uuid,
         delta: i64,
         limit: u64,
@@ -143,11 +176,17 @@ impl Write {
         match self {
             Write::CreateOrg(_) => Some(Guard::OrgIsNew),
             Write::SetPlan { .. } => Some(Guard::OrgExists),
-            Write::PutAgent { .. } | Write::PutCredential { .. } => Some(Guard::StaleVersion),
+            Write::PutAgent { .. }
+            | Write::PutCredential { .. }
+            | Write::PutResource { .. }
+            | Write::DeleteResource { .. } => Some(Guard::StaleVersion),
             Write::ClaimAgentName { .. } => Some(Guard::NameTaken),
+            Write::ClaimResourceIdentifier(_) => Some(Guard::IdentifierTaken),
             Write::CountAgents { delta, .. } => (*delta > 0).then_some(Guard::AgentLimit),
+            Write::CountResources { delta, .. } => (*delta > 0).then_some(Guard::ResourceLimit),
             Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
             Write::ReleaseAgentName { .. }
+            | Write::ReleaseResourceIdentifier { .. }
             | Write::RevokeToken { .. }
             | Write::Audit(_)
             | Write::Tally { .. } => None,
@@ -176,6 +215,7 @@ pub trait Commit: Send + Sync {
 pub struct Usage {
     pub agents: u64,
     pub token_requests: u64,
+    pub resources: u64,
 }
 
 #[async_trait]
@@ -183,7 +223,7 @@ pub trait OrgReader: Send + Sync {
     async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>>;
     /// Operator use only (not a request path): may scan.
     async fn list_orgs(&self) -> StoreResult<Vec<Organization>>;
-    /// Non-decommissioned agents, and token requests in `month` (`YYYY-MM`).
+    /// Non-decommissioned agents, resources, and token requests in `month` (`YYYY-MM`).
     async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage>;
 }
 
@@ -193,6 +233,19 @@ pub trait AgentReader: Send + Sync {
     /// Every agent of the organization, oldest first. Bounded by the plan's agent limit plus
     /// decommissioned ones.
     async fn list_agents(&self, org_id: Uuid) -> StoreResult<Vec<Agent>>;
+}
+
+#[async_trait]
+pub trait ResourceReader: Send + Sync {
+    async fn get_resource(&self, org_id: Uuid, resource_id: Uuid) -> StoreResult<Option<Resource>>;
+    /// Every resource of the organization, oldest first. Bounded by the plan's resource limit.
+    async fn list_resources(&self, org_id: Uuid) -> StoreResult<Vec<Resource>>;
+    /// The organization's claim of a normalised identifier: one strongly consistent read by key.
+    async fn resource_by_identifier(
+        &self,
+        org_id: Uuid,
+        identifier: &str,
+    ) -> StoreResult<Option<ResourceTarget>>;
 }
 
 #[async_trait]
@@ -230,14 +283,27 @@ pub trait ThrottleReader: Send + Sync {
     /// Adds one to a throttle counter outside any batch and returns its new value: the request
     /// rate check, in one round trip.
     async fn add_tally(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<u64>;
-    /// The token endpoint's one read: the credential of `client_id` (when it is a UUID) and
-    /// the throttle counters of `keys`, as [`ThrottleReader::tallies`] gives them.
+    /// The token endpoint's one read: the credential of `client_id` (when it is a UUID), the
+    /// throttle counters of `keys`, as [`ThrottleReader::tallies`] gives them, and the claim of
+    /// `resource` (an organization and a normalised identifier) when asked for, as
+    /// [`ResourceReader::resource_by_identifier`] gives it.
     async fn client_standing(
         &self,
         client_id: Option<Uuid>,
         keys: &[String],
+        resource: Option<(Uuid, &str)>,
         now: DateTime<Utc>,
-    ) -> StoreResult<(Option<Credential>, Vec<u64>)>;
+    ) -> StoreResult<ClientStanding>;
+}
+
+/// What [`ThrottleReader::client_standing`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStanding {
+    pub credential: Option<Credential>,
+    /// One per key asked for, in order.
+    pub tallies: Vec<u64>,
+    /// `None` when not asked for, or when the organization has no such resource.
+    pub resource: Option<ResourceTarget>,
 }
 
 /// Filters of `GET /audit`. The window `[not_before, until]` always applies: `not_before` is the
@@ -290,6 +356,7 @@ pub trait Store:
     + OrgReader
     + AgentReader
     + CredentialReader
+    + ResourceReader
     + RevocationReader
     + AuditReader
     + ThrottleReader
@@ -301,6 +368,7 @@ impl<T> Store for T where
         + OrgReader
         + AgentReader
         + CredentialReader
+        + ResourceReader
         + RevocationReader
         + AuditReader
         + ThrottleReader

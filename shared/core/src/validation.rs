@@ -35,6 +35,8 @@ pub mod limits {
     pub const METADATA_ENTRIES: usize = 50;
     pub const METADATA_KEY_CHARS: usize = 64;
     pub const METADATA_VALUE_CHARS: usize = 1024;
+    /// A resource identifier (an absolute URI), in bytes, which are its characters: it is ASCII.
+    pub const IDENTIFIER_CHARS: usize = 512;
     pub const PAGE_LIMIT_MAX: u32 = 100;
     pub const AUDIT_LIMIT_MAX: usize = 200;
 }
@@ -300,6 +302,100 @@ pub fn check_scope(value: &str) -> Option<String> {
     }
 }
 
+/// A scope a resource may list: a scope token, but never a management scope, which only the
+/// management API's own audience may carry.
+pub fn check_resource_scope(value: &str) -> Option<String> {
+    check_scope(value).or_else(|| {
+        crate::domain::Scope::parse(value).map(|_| {
+            format!(
+                "{value} is a management scope, which only this IdP's management API accepts; \
+                 a resource cannot list it"
+            )
+        })
+    })
+}
+
+/// A character RFC 3986 allows in a URI: unreserved, reserved, or `%` of a percent-encoding.
+fn is_uri_character(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// Whether every `%` starts a percent-encoding (`%` and two hex digits).
+fn percent_encodings_are_whole(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(name) => *name == "localhost",
+        url::Host::Ipv4(address) => address.is_loopback(),
+        url::Host::Ipv6(address) => address.is_loopback(),
+    }
+}
+
+/// A resource identifier (RFC 8707 §2), normalised: an absolute `https` URI, or `http` on a
+/// loopback host (`localhost`, 127.0.0.0/8, `[::1]`) for local development; no fragment, no
+/// user information, ASCII, at most [`limits::IDENTIFIER_CHARS`]. The normalised form is the
+/// text as given with its scheme and host lowercased (RFC 3986 §6.2.2.1: they are
+/// case-insensitive), and nothing else: a resource server compares a token's `aud` with its
+/// own URL as a string, so a trailing slash, an explicit default port or a path's dot segments
+/// make another identifier. The host (and port) must be written as the URL parser writes them
+/// back, so that no other spelling of an address (`0x7f.1`, `%6c%6f...`, a port with a leading
+/// zero) passes for it. The error is the problem, for the field the caller names.
+pub fn resource_identifier(text: &str) -> Result<String, &'static str> {
+    const ABSOLUTE: &str =
+        "must be an absolute URI with a host, such as https://mcp.example.com/mcp";
+    if text.len() > limits::IDENTIFIER_CHARS {
+        return Err("must be at most 512 characters");
+    }
+    if !text.bytes().all(is_uri_character) || !percent_encodings_are_whole(text) {
+        return Err("must be a URI: ASCII, no spaces, other characters percent-encoded (RFC 3986)");
+    }
+    if text.contains('#') {
+        return Err("must not have a fragment (RFC 8707 §2)");
+    }
+    let (scheme, rest) = text.split_once("://").ok_or(ABSOLUTE)?;
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(authority_end);
+    if authority.contains('@') {
+        return Err("must not have user information");
+    }
+    let parsed = url::Url::parse(text).map_err(|_| ABSOLUTE)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let host = parsed.host().ok_or(ABSOLUTE)?;
+    match scheme.as_str() {
+        "https" => {}
+        "http" if is_loopback(&host) => {}
+        _ => {
+            return Err(
+                "must use https, or http on a loopback host (localhost, 127.0.0.0/8, [::1])",
+            );
+        }
+    }
+    let authority = authority.to_ascii_lowercase();
+    let written_host = parsed.host_str().unwrap_or_default();
+    let canonical = match parsed.port() {
+        Some(port) => format!("{written_host}:{port}"),
+        None => written_host.to_owned(),
+    };
+    let default_port = parsed
+        .port_or_known_default()
+        .map(|port| format!("{written_host}:{port}"));
+    if authority != canonical && Some(&authority) != default_port.as_ref() {
+        return Err(
+            "must write its host and port in canonical form (lowercase name, dotted IPv4, \
+             compressed IPv6 in brackets, port without leading zeros)",
+        );
+    }
+    Ok(format!("{scheme}://{authority}{path_and_query}"))
+}
+
 /// Path ids: anything that is not a UUID is answered as not found.
 pub fn parse_id(text: &str) -> Option<Uuid> {
     if text.len() != 36 {
@@ -477,6 +573,100 @@ mod tests {
             query.number("limit", 20, 1, 100);
             assert!(query.finish().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resource_identifiers_keep_their_text_but_lowercase_scheme_and_host() {
+        for (given, normalised) in [
+            ("https://mcp.example.com/mcp", "https://mcp.example.com/mcp"),
+            (
+                "HTTPS://MCP.Example.COM/Path/A",
+                "https://mcp.example.com/Path/A",
+            ),
+            ("https://api.example.com", "https://api.example.com"),
+            ("https://api.example.com/", "https://api.example.com/"),
+            (
+                "https://api.example.com:443/x",
+                "https://api.example.com:443/x",
+            ),
+            (
+                "https://api.example.com:8443/x?tenant=A",
+                "https://api.example.com:8443/x?tenant=A",
+            ),
+            (
+                "https://api.example.com/a/../b",
+                "https://api.example.com/a/../b",
+            ),
+            (
+                "https://api.example.com/%7Euser",
+                "https://api.example.com/%7Euser",
+            ),
+            ("http://localhost:8000/mcp", "http://localhost:8000/mcp"),
+            ("http://LOCALHOST/mcp", "http://localhost/mcp"),
+            ("http://127.0.0.1:9/mcp", "http://127.0.0.1:9/mcp"),
+            ("http://127.3.2.1/", "http://127.3.2.1/"),
+            ("http://[::1]:8000/", "http://[::1]:8000/"),
+            ("https://[2001:db8::1]/", "https://[2001:db8::1]/"),
+            (
+                "https://xn--bcher-kva.example/",
+                "https://xn--bcher-kva.example/",
+            ),
+        ] {
+            assert_eq!(
+                resource_identifier(given),
+                Ok(normalised.to_owned()),
+                "{given}"
+            );
+        }
+    }
+
+    #[test]
+    fn resource_identifiers_that_rfc_8707_or_this_idp_refuses_are_refused() {
+        let long = format!("https://api.example.com/{}", "a".repeat(500));
+        for bad in [
+            "",
+            "/relative/path",
+            "api.example.com/mcp",
+            "//api.example.com/mcp",
+            "urn:example:resource",
+            "mailto:ops@example.com",
+            "https://api.example.com/mcp#section",
+            "https://api.example.com/#",
+            "https://user:pass@api.example.com/",
+            "https://@api.example.com/",
+            "http://api.example.com/mcp",
+            "http://localhost.example.com/",
+            "http://128.0.0.1/",
+            "http://[::2]/",
+            "ftp://api.example.com/",
+            "https:///path",
+            "https://",
+            "https://api.example.com/a b",
+            "https://api.example.com/\u{e9}",
+            "https://bücher.example/",
+            "https://api.example.com/%zz",
+            "https://api.example.com/%4",
+            "http://0x7f.0.0.1/",
+            "http://2130706433/",
+            "https://api.example.com:0443/",
+            "https://api.example.com:/",
+            "https://api.example.com:99999/",
+            "https://[0:0:0:0:0:0:0:1]/",
+            "https://api%2Eexample.com/",
+            "https://api.example.com\\@evil.example/",
+            long.as_str(),
+        ] {
+            assert!(resource_identifier(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_resource_cannot_list_a_management_scope() {
+        for scope in crate::domain::scope::MANAGEMENT_SCOPES {
+            assert!(check_resource_scope(scope).unwrap().contains(scope));
+        }
+        assert_eq!(check_resource_scope("tools:call"), None);
+        assert!(check_resource_scope("has space").is_some());
     }
 
     #[test]

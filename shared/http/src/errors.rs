@@ -198,6 +198,12 @@ fn service_error(e: ServiceError) -> ApiResponse {
             "No credential with this id exists for this agent.",
             json!([]),
         ),
+        ServiceError::ResourceNotFound => management(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            "No resource with this id exists.",
+            json!([]),
+        ),
         ServiceError::AuditEventNotFound => management(
             StatusCode::NOT_FOUND,
             "AUDIT_EVENT_NOT_FOUND",
@@ -221,6 +227,12 @@ fn service_error(e: ServiceError) -> ApiResponse {
             "AGENT_NAME_TAKEN",
             "Another agent of this organization already has this name.",
             json!([{ "field": "name", "message": "is already taken" }]),
+        ),
+        ServiceError::ResourceIdentifierTaken => management(
+            StatusCode::CONFLICT,
+            "RESOURCE_IDENTIFIER_TAKEN",
+            "Another resource of this organization already has this identifier.",
+            json!([{ "field": "identifier", "message": "is already registered" }]),
         ),
         ServiceError::InvalidStatusTransition { from, to } => management(
             StatusCode::CONFLICT,
@@ -315,6 +327,12 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
         OAuthError::InvalidScope(description) => oauth_body(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
+            &description,
+            json!({}),
+        ),
+        OAuthError::InvalidTarget(description) => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
             &description,
             json!({}),
         ),

@@ -105,6 +105,11 @@ pub enum Endpoint {
     GetAgent,
     UpdateAgent,
     DecommissionAgent,
+    CreateResource,
+    ListResources,
+    GetResource,
+    UpdateResource,
+    DeleteResource,
     GenerateCredential,
     ListCredentials,
     RotateCredential,
@@ -153,6 +158,36 @@ pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
         "DELETE",
         "/api/v1/agents/{agentId}",
         Endpoint::DecommissionAgent,
+        FunctionGroup::Agents,
+    ),
+    (
+        "POST",
+        "/api/v1/resources",
+        Endpoint::CreateResource,
+        FunctionGroup::Agents,
+    ),
+    (
+        "GET",
+        "/api/v1/resources",
+        Endpoint::ListResources,
+        FunctionGroup::Agents,
+    ),
+    (
+        "GET",
+        "/api/v1/resources/{resourceId}",
+        Endpoint::GetResource,
+        FunctionGroup::Agents,
+    ),
+    (
+        "PATCH",
+        "/api/v1/resources/{resourceId}",
+        Endpoint::UpdateResource,
+        FunctionGroup::Agents,
+    ),
+    (
+        "DELETE",
+        "/api/v1/resources/{resourceId}",
+        Endpoint::DeleteResource,
         FunctionGroup::Agents,
     ),
     (
@@ -406,6 +441,7 @@ mod tests {
         for &(method, template, endpoint, group) in ROUTES {
             let path = template
                 .replace("{agentId}", "a")
+                .replace("{resourceId}", "r")
                 .replace("{credentialId}", "c")
                 .replace("{eventId}", "e");
             let matched = route(&Method::from_bytes(method.as_bytes()).unwrap(), &path).unwrap();

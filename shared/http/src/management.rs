@@ -1,4 +1,4 @@
-//! The management endpoints: agents, credentials, audit. Parse, call the domain, map.
+//! The management endpoints: agents, resources, credentials, audit. Parse, call the domain, map.
 
 use std::sync::Arc;
 
@@ -8,15 +8,18 @@ use uuid::Uuid;
 use crate::errors::ApiError;
 use crate::views::{
     AgentView, AuditEventView, AuditPageView, CredentialView, IssuedCredentialView, PageView,
+    ResourceView,
 };
 use crate::{ApiRequest, ApiResponse, Endpoint, empty_response, json_response, media_type};
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::{AgentStatus, AuditAction, Outcome, Scope};
 use agentidp_core::service::agents::{AgentChanges, NewAgent};
 use agentidp_core::service::audit::AuditFilters;
+use agentidp_core::service::resources::{NewResource, ResourceChanges};
 use agentidp_core::service::{Caller, Idp, ServiceError};
 use agentidp_core::validation::{
-    BodyError, FieldError, JsonObject, QueryParams, check_capability, check_scope, limits, parse_id,
+    BodyError, FieldError, JsonObject, QueryParams, check_capability, check_resource_scope,
+    check_scope, limits, parse_id, resource_identifier,
 };
 
 const DEFAULT_PAGE_LIMIT: u32 = 20;
@@ -112,6 +115,58 @@ fn read_changes(body: &mut JsonObject) -> AgentChanges {
     }
 }
 
+/// The `identifier` field, normalised. A refused one is recorded among the body's errors, and so
+/// is a null one (as `null`) or an absent one when `missing` names that problem.
+fn read_identifier(
+    body: &mut JsonObject,
+    missing: Option<&'static str>,
+    null: &'static str,
+) -> Option<String> {
+    let problem = match body.optional_text("identifier", limits::IDENTIFIER_CHARS) {
+        _ if body.errors.iter().any(|e| e.field == "identifier") => return None,
+        Some(Some(text)) => match resource_identifier(&text) {
+            Ok(identifier) => return Some(identifier),
+            Err(problem) => problem,
+        },
+        Some(None) => null,
+        None => missing?,
+    };
+    body.errors.push(FieldError::new("identifier", problem));
+    None
+}
+
+fn read_new_resource(body: &mut JsonObject) -> NewResource {
+    NewResource {
+        identifier: read_identifier(body, Some("is required"), "is required").unwrap_or_default(),
+        name: body
+            .required_text("name", limits::NAME_CHARS)
+            .unwrap_or_default(),
+        description: body
+            .optional_text("description", limits::DESCRIPTION_CHARS)
+            .flatten(),
+        scopes: body
+            .string_list("scopes", check_resource_scope)
+            .unwrap_or_default(),
+    }
+}
+
+fn read_resource_changes(body: &mut JsonObject) -> ResourceChanges {
+    let name = match body.optional_text("name", limits::NAME_CHARS) {
+        Some(None) => {
+            body.errors
+                .push(FieldError::new("name", "cannot be cleared"));
+            None
+        }
+        other => other.flatten(),
+    };
+    ResourceChanges {
+        identifier: read_identifier(body, None, "cannot be cleared"),
+        name,
+        description: body.optional_text("description", limits::DESCRIPTION_CHARS),
+        scopes: body.string_list("scopes", check_resource_scope),
+    }
+}
+
 fn read_expiry(request: &ApiRequest) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     let mut body = json_body(request)?;
     let expires_at = body.optional_timestamp("expiresAt");
@@ -145,6 +200,10 @@ fn required_scope(endpoint: Endpoint) -> Scope {
     match endpoint {
         Endpoint::ListAgents | Endpoint::GetAgent => Scope::AgentsRead,
         Endpoint::ListAudit | Endpoint::GetAudit => Scope::AuditRead,
+        Endpoint::ListResources | Endpoint::GetResource => Scope::ResourcesRead,
+        Endpoint::CreateResource | Endpoint::UpdateResource | Endpoint::DeleteResource => {
+            Scope::ResourcesWrite
+        }
         _ => Scope::AgentsWrite,
     }
 }
@@ -207,6 +266,56 @@ pub(super) async fn serve(
         Endpoint::DecommissionAgent => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
             idp.decommission_agent(&caller, agent_id).await?;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Endpoint::CreateResource => {
+            let mut body = json_body(&request)?;
+            let input = read_new_resource(&mut body);
+            body.finish().map_err(validation)?;
+            let resource = idp.create_resource(&caller, input).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &ResourceView::from(&resource),
+            ))
+        }
+        Endpoint::ListResources => {
+            let mut query = QueryParams::parse(&request.query);
+            let (page, limit) = pagination(&mut query);
+            query.finish().map_err(validation)?;
+            let listed = idp.list_resources(&caller, page, limit).await?;
+            let data = listed.resources.iter().map(ResourceView::from).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &PageView {
+                    data,
+                    total: listed.total,
+                    page,
+                    limit,
+                },
+            ))
+        }
+        Endpoint::GetResource => {
+            let resource_id = path_id(params, 0, ServiceError::ResourceNotFound)?;
+            let resource = idp.get_resource(&caller, resource_id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ResourceView::from(&resource),
+            ))
+        }
+        Endpoint::UpdateResource => {
+            let resource_id = path_id(params, 0, ServiceError::ResourceNotFound)?;
+            let mut body = json_body(&request)?;
+            let changes = read_resource_changes(&mut body);
+            body.finish().map_err(validation)?;
+            let resource = idp.update_resource(&caller, resource_id, changes).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ResourceView::from(&resource),
+            ))
+        }
+        Endpoint::DeleteResource => {
+            let resource_id = path_id(params, 0, ServiceError::ResourceNotFound)?;
+            idp.delete_resource(&caller, resource_id).await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Endpoint::GenerateCredential => {

@@ -27,6 +27,16 @@ fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::OAuth(OAuthError::InvalidRequest(description.into()))
 }
 
+fn repeated(name: &str) -> ApiError {
+    if name == "resource" {
+        ApiError::OAuth(OAuthError::InvalidTarget(
+            "one resource per token request: ask for a token for each".into(),
+        ))
+    } else {
+        invalid(format!("the parameter {name} is repeated"))
+    }
+}
+
 /// A JSON object's members in order, repeats included: a map type would keep only the last of
 /// two `client_secret`s, where a repeated parameter must be refused.
 struct JsonMembers(Vec<(String, Value)>);
@@ -57,7 +67,9 @@ impl<'de> serde::Deserialize<'de> for JsonMembers {
 }
 
 /// The request parameters, from a form (RFC 6749) or a JSON object of strings. A parameter
-/// given twice is refused (RFC 6749 §3.2).
+/// given twice is refused (RFC 6749 §3.2); `resource` twice with `invalid_target`, as RFC 8707
+/// allows several but one token here is for one resource: a token every one of several
+/// audiences accepts is replayable at each of them.
 fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError> {
     let mut params = BTreeMap::new();
     match media_type(&request.headers).as_deref() {
@@ -67,7 +79,7 @@ fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError
                     .insert(name.to_string(), value.into_owned())
                     .is_some()
                 {
-                    return Err(invalid(format!("the parameter {name} is repeated")));
+                    return Err(repeated(&name));
                 }
             }
         }
@@ -84,7 +96,7 @@ fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError
                     return Err(invalid(format!("the parameter {name} must be a string")));
                 };
                 if params.insert(name.clone(), text).is_some() {
-                    return Err(invalid(format!("the parameter {name} is repeated")));
+                    return Err(repeated(&name));
                 }
             }
         }
@@ -218,7 +230,17 @@ pub(super) async fn serve(
                     "the scope parameter is malformed".into(),
                 )));
             }
-            let grant = idp.issue_token(auth, scope, &request.context).await?;
+            let resource = params
+                .get("resource")
+                .map(|text| {
+                    agentidp_core::validation::resource_identifier(text).map_err(|problem| {
+                        ApiError::OAuth(OAuthError::InvalidTarget(format!("resource {problem}")))
+                    })
+                })
+                .transpose()?;
+            let grant = idp
+                .issue_token(auth, scope, resource.as_deref(), &request.context)
+                .await?;
             Ok(no_store(json_response(
                 StatusCode::OK,
                 &json!({

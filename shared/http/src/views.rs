@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::time::format_timestamp;
-use agentidp_core::domain::{Actor, Agent, AuditEvent, Credential};
+use agentidp_core::domain::{Actor, Agent, AuditEvent, Credential, Resource};
 use agentidp_core::service::credentials::IssuedCredential;
 
 fn ts(at: &DateTime<Utc>) -> String {
@@ -45,6 +45,32 @@ impl From<&Agent> for AgentView {
             created_at: ts(&a.created_at),
             updated_at: ts(&a.updated_at),
             decommissioned_at: a.decommissioned_at.as_ref().map(ts),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceView {
+    pub resource_id: Uuid,
+    pub identifier: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Resource> for ResourceView {
+    fn from(r: &Resource) -> Self {
+        Self {
+            resource_id: r.resource_id,
+            identifier: r.identifier.clone(),
+            name: r.name.clone(),
+            description: r.description.clone(),
+            scopes: r.scopes.clone(),
+            created_at: ts(&r.created_at),
+            updated_at: ts(&r.updated_at),
         }
     }
 }

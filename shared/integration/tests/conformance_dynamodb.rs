@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use agentidp_core::domain::{AuditAction, Outcome, Plan};
 use agentidp_core::store::{
-    AgentReader, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader, RevocationReader,
-    StoreError, Write,
+    AgentReader, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader, ResourceReader,
+    RevocationReader, StoreError, Write,
 };
 use agentidp_store_dynamodb::{
     DynamoStore, MAX_TRANSACTION_ITEMS, TABLE_SPECS, TableNames, client_from_env, ensure_tables,
@@ -137,6 +137,18 @@ async fn each_read_takes_the_round_trips_the_table_design_gives() {
     assert_eq!(requests.take(), 1, "list_credentials");
     store.is_token_revoked("no-such-jti").await.unwrap();
     assert_eq!(requests.take(), 1, "is_token_revoked");
+    store
+        .get_resource(org.org_id, Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 1, "get_resource");
+    store.list_resources(org.org_id).await.unwrap();
+    assert_eq!(requests.take(), 1, "list_resources");
+    store
+        .resource_by_identifier(org.org_id, "https://mcp.example.com/")
+        .await
+        .unwrap();
+    assert_eq!(requests.take(), 1, "resource_by_identifier");
     store.commit(Vec::new()).await.unwrap();
     assert_eq!(requests.take(), 0, "an empty commit");
 }

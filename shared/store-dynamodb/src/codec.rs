@@ -9,11 +9,14 @@ use uuid::Uuid;
 
 use agentidp_core::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan,
+    Outcome, Plan, Resource, ResourceTarget,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
-use crate::keys::{Item, ORG_SK, action_key, agent_key, agent_sk, audit_sk, pk_sk, ttl_seconds};
+use crate::keys::{
+    Item, ORG_SK, action_key, agent_key, agent_sk, audit_sk, identifier_sk, pk_sk, resource_sk,
+    ttl_seconds,
+};
 use crate::schema::{ACTION_KEY, AGENT_KEY, CREDENTIAL_ID, EVENT_ID, EXPIRES_AT, PK};
 
 // Attributes that expressions name.
@@ -22,6 +25,7 @@ pub(crate) const COUNT: &str = "count";
 pub(crate) const PLAN: &str = "plan";
 pub(crate) const ACTION: &str = "action";
 pub(crate) const OUTCOME: &str = "outcome";
+pub(crate) const RESOURCE_ID: &str = "resourceId";
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -111,6 +115,63 @@ pub(crate) fn agent_from(item: &Item) -> StoreResult<Agent> {
         decommissioned_at: r.opt_time("decommissionedAt")?,
         active_credentials: r.u64("activeCredentials")?,
         version: r.u64(VERSION)?,
+    })
+}
+
+pub(crate) fn resource_item(resource: &Resource) -> Item {
+    let mut item = pk_sk(
+        resource.org_id.to_string(),
+        &resource_sk(resource.resource_id),
+    );
+    item.insert("resourceId".into(), s(resource.resource_id.to_string()));
+    item.insert("identifier".into(), s(resource.identifier.clone()));
+    item.insert("name".into(), s(resource.name.clone()));
+    insert_opt(
+        &mut item,
+        "description",
+        resource.description.clone().map(s),
+    );
+    item.insert("scopes".into(), string_list(&resource.scopes));
+    item.insert("createdAt".into(), time(&resource.created_at));
+    item.insert("updatedAt".into(), time(&resource.updated_at));
+    item.insert(VERSION.into(), n(resource.version));
+    item
+}
+
+pub(crate) fn resource_from(item: &Item) -> StoreResult<Resource> {
+    let r = ItemReader::new(item, "resource");
+    Ok(Resource {
+        resource_id: r.uuid("resourceId")?,
+        org_id: r.uuid(PK)?,
+        identifier: r.s("identifier")?.to_owned(),
+        name: r.s("name")?.to_owned(),
+        description: r.opt_s("description")?.map(str::to_owned),
+        scopes: r.string_list("scopes")?,
+        created_at: r.time("createdAt")?,
+        updated_at: r.time("updatedAt")?,
+        version: r.u64(VERSION)?,
+    })
+}
+
+/// The claim of an identifier: what a token request for the resource reads.
+pub(crate) fn target_item(target: &ResourceTarget) -> Item {
+    let mut item = pk_sk(
+        target.org_id.to_string(),
+        &identifier_sk(&target.identifier),
+    );
+    item.insert(RESOURCE_ID.into(), s(target.resource_id.to_string()));
+    item.insert("identifier".into(), s(target.identifier.clone()));
+    item.insert("scopes".into(), string_list(&target.scopes));
+    item
+}
+
+pub(crate) fn target_from(item: &Item) -> StoreResult<ResourceTarget> {
+    let r = ItemReader::new(item, "resource identifier claim");
+    Ok(ResourceTarget {
+        org_id: r.uuid(PK)?,
+        resource_id: r.uuid(RESOURCE_ID)?,
+        identifier: r.s("identifier")?.to_owned(),
+        scopes: r.string_list("scopes")?,
     })
 }
 

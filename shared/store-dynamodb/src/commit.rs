@@ -15,12 +15,13 @@ use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
 
 use crate::DynamoStore;
 use crate::codec::{
-    COUNT, PLAN, VERSION, agent_item, audit_item, credential_item, n, org_item, s, time,
+    COUNT, PLAN, RESOURCE_ID, VERSION, agent_item, audit_item, credential_item, n, org_item,
+    resource_item, s, target_item, time,
 };
 use crate::errors::{build_error, is_throttling_code, sdk_cause, sdk_error};
 use crate::keys::{
-    AGENT_COUNTER_SK, Item, ItemId, ORG_SK, agent_sk, audit_sk, name_sk, token_counter_sk,
-    ttl_seconds,
+    AGENT_COUNTER_SK, Item, ItemId, ORG_SK, RESOURCE_COUNTER_SK, agent_sk, audit_sk, identifier_sk,
+    name_sk, resource_sk, token_counter_sk, ttl_seconds,
 };
 use crate::schema::{EXPIRES_AT, PK, TableRole};
 
@@ -28,12 +29,12 @@ use crate::schema::{EXPIRES_AT, PK, TableRole};
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Attempts at a transaction that DynamoDB cancels for a conflict with a concurrent one.
 const TRANSACTION_ATTEMPTS: u32 = 4;
-/// Times a batch is sent again with an agent-counter decrement switched to its other form.
+/// Times a batch is sent again with a counter decrement switched to its other form.
 const MAX_DECREMENT_SWITCHES: u32 = 4;
 
 impl DynamoStore {
-    /// The request for one write. `decrement` says how a decrement of the agent counter is sent
-    /// this time (see [`Decrement`]); other writes ignore it.
+    /// The request for one write. `decrement` says how a decrement of a counter of agents or
+    /// resources is sent this time (see [`Decrement`]); other writes ignore it.
     fn transact_item(&self, write: &Write, decrement: Decrement) -> StoreResult<TransactWriteItem> {
         let tables = &self.tables;
         let id = item_id(write);
@@ -69,7 +70,33 @@ impl DynamoStore {
                 credential_item(credential),
                 version_guard(*expected_version),
             ),
-            Write::CountAgents { delta, limit, .. } => {
+            Write::PutResource {
+                resource,
+                expected_version,
+            } => put(
+                &tables.orgs,
+                resource_item(resource),
+                version_guard(*expected_version),
+            ),
+            Write::DeleteResource {
+                expected_version, ..
+            } => {
+                let expressions = Expressions::condition("#version = :expected")
+                    .name("#version", VERSION)
+                    .value(":expected", n(expected_version));
+                delete_if(&tables.orgs, id.key(), expressions)
+            }
+            Write::ClaimResourceIdentifier(target) => {
+                let expressions =
+                    Expressions::condition("attribute_not_exists(#pk) OR #resource = :resource")
+                        .name("#pk", PK)
+                        .name("#resource", RESOURCE_ID)
+                        .value(":resource", s(target.resource_id.to_string()));
+                put(&tables.orgs, target_item(target), expressions)
+            }
+            Write::ReleaseResourceIdentifier { .. } => delete(&tables.orgs, id.key()),
+            Write::CountAgents { delta, limit, .. }
+            | Write::CountResources { delta, limit, .. } => {
                 let expressions = match u64::try_from(*delta) {
                     Ok(increment) => counter_increment(increment, *limit),
                     Err(_) => counter_decrement(delta.unsigned_abs(), decrement),
@@ -123,7 +150,22 @@ fn item_id(write: &Write) -> ItemId {
             credential.client_id.to_string(),
             None,
         ),
+        Write::PutResource { resource, .. } => {
+            org_item(&resource.org_id, resource_sk(resource.resource_id))
+        }
+        Write::DeleteResource {
+            org_id,
+            resource_id,
+            ..
+        } => org_item(org_id, resource_sk(*resource_id)),
+        Write::ClaimResourceIdentifier(target) => {
+            org_item(&target.org_id, identifier_sk(&target.identifier))
+        }
+        Write::ReleaseResourceIdentifier { org_id, identifier } => {
+            org_item(org_id, identifier_sk(identifier))
+        }
         Write::CountAgents { org_id, .. } => org_item(org_id, AGENT_COUNTER_SK.into()),
+        Write::CountResources { org_id, .. } => org_item(org_id, RESOURCE_COUNTER_SK.into()),
         Write::CountTokenRequest { org_id, month, .. } => org_item(org_id, token_counter_sk(month)),
         Write::RevokeToken { jti, .. } => ItemId::new(TableRole::RevokedTokens, jti.clone(), None),
         Write::Tally { key, .. } => ItemId::new(TableRole::Throttle, key.clone(), None),
@@ -135,7 +177,7 @@ fn item_id(write: &Write) -> ItemId {
     }
 }
 
-/// How a decrement of the agent counter is sent. The count never goes below zero, which no
+/// How a decrement of a counter of agents or resources is sent. The count never goes below zero, which no
 /// single update expression can say, so a decrement is one of two conditional updates whose
 /// conditions are each other's negation: subtract when the count covers the decrement, or set
 /// zero when it does not. The first attempt subtracts; if exactly that condition fails, the
@@ -156,7 +198,7 @@ impl Decrement {
 }
 
 fn is_decrement(write: &Write) -> bool {
-    matches!(write, Write::CountAgents { delta, .. } if *delta < 0)
+    matches!(write, Write::CountAgents { delta, .. } | Write::CountResources { delta, .. } if *delta < 0)
 }
 
 #[async_trait]
@@ -167,7 +209,7 @@ impl Commit for DynamoStore {
     ///   [`StoreError::Unavailable`], not `ConditionFailed`: no condition was found false, and a
     ///   caller must not read a lost race into it (for a quota counter, `ConditionFailed` means
     ///   "limit reached").
-    /// - The first failed condition is that of an agent-counter decrement (see [`Decrement`]):
+    /// - The first failed condition is that of a counter decrement (see [`Decrement`]):
     ///   the decrement is switched to its other form and the batch sent again, at most four
     ///   times, after which the counter is taken to be too busy (`Unavailable`).
     ///
@@ -221,7 +263,7 @@ impl Commit for DynamoStore {
                     if switches == MAX_DECREMENT_SWITCHES {
                         return Err(StoreError::Unavailable {
                             context: format!(
-                                "TransactWriteItems: the agent counter of write {index} kept changing"
+                                "TransactWriteItems: the counter of write {index} kept changing"
                             ),
                             source: sdk_cause(err),
                         });
@@ -443,9 +485,22 @@ fn update(table: &str, key: Item, expressions: Expressions) -> StoreResult<Trans
 }
 
 fn delete(table: &str, key: Item) -> StoreResult<TransactWriteItem> {
+    delete_if(table, key, Expressions::default())
+}
+
+fn delete_if(table: &str, key: Item, expressions: Expressions) -> StoreResult<TransactWriteItem> {
+    let Expressions {
+        condition,
+        update: _,
+        names,
+        values,
+    } = expressions;
     let delete = Delete::builder()
         .table_name(table)
         .set_key(Some(key))
+        .set_condition_expression(condition)
+        .set_expression_attribute_names(non_empty(names))
+        .set_expression_attribute_values(non_empty(values))
         .build()
         .map_err(build_error)?;
     Ok(TransactWriteItem::builder().delete(delete).build())

@@ -15,6 +15,8 @@ use crate::schema::{JTI, PK, SK, TableRole};
 pub(crate) const ORG_SK: &str = "ORG";
 pub(crate) const AGENT_COUNTER_SK: &str = "USAGE#AGENTS";
 pub(crate) const AGENT_SK_PREFIX: &str = "AGENT#";
+pub(crate) const RESOURCE_COUNTER_SK: &str = "USAGE#RESOURCES";
+pub(crate) const RESOURCE_SK_PREFIX: &str = "RESOURCE#";
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -59,6 +61,16 @@ pub(crate) fn agent_sk(agent_id: Uuid) -> String {
 
 pub(crate) fn name_sk(name_key: &str) -> String {
     format!("NAME#{name_key}")
+}
+
+pub(crate) fn resource_sk(resource_id: Uuid) -> String {
+    format!("{RESOURCE_SK_PREFIX}{resource_id}")
+}
+
+/// The organization's claim of a resource identifier (normalised, ASCII, at most 512 bytes, well
+/// within a sort key's 1,024).
+pub(crate) fn identifier_sk(identifier: &str) -> String {
+    format!("IDENTIFIER#{identifier}")
 }
 
 pub(crate) fn token_counter_sk(month: &str) -> String {

@@ -8,22 +8,26 @@ use aws_sdk_dynamodb::types::KeysAndAttributes;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use agentidp_core::domain::{Agent, AuditEvent, Credential, Organization};
+use agentidp_core::domain::{
+    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget,
+};
 use agentidp_core::store::{
-    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, CredentialReader, OrgReader,
-    RevocationReader, StoreResult, ThrottleReader, Usage,
+    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, ClientStanding,
+    CredentialReader, OrgReader, ResourceReader, RevocationReader, StoreResult, ThrottleReader,
+    Usage,
 };
 
 use crate::DynamoStore;
 use crate::codec::{
-    ACTION, COUNT, ItemReader, OUTCOME, agent_from, audit_from, credential_from, n, org_from, s,
-    time,
+    ACTION, COUNT, ItemReader, OUTCOME, agent_from, audit_from, credential_from, n, org_from,
+    resource_from, s, target_from, time,
 };
 use crate::commit::Expressions;
 use crate::errors::{build_error, sdk_error};
 use crate::keys::{
-    AGENT_COUNTER_SK, AGENT_SK_PREFIX, ORG_SK, action_key, agent_key, agent_sk, audit_sk,
-    audit_sk_ceiling, audit_sk_floor, pk_sk, token_counter_sk, ttl_seconds,
+    AGENT_COUNTER_SK, AGENT_SK_PREFIX, ORG_SK, RESOURCE_COUNTER_SK, RESOURCE_SK_PREFIX, action_key,
+    agent_key, agent_sk, audit_sk, audit_sk_ceiling, audit_sk_floor, identifier_sk, pk_sk,
+    resource_sk, token_counter_sk, ttl_seconds,
 };
 use crate::schema::{
     ACTION_KEY, AGENT_KEY, AUDIT_BY_ACTION_INDEX, AUDIT_BY_AGENT_INDEX, AUDIT_BY_EVENT_ID_INDEX,
@@ -69,14 +73,16 @@ impl OrgReader for DynamoStore {
         Ok(orgs)
     }
 
-    /// One consistent `BatchGetItem` of the two counters (repeated only for keys DynamoDB
+    /// One consistent `BatchGetItem` of the three counters (repeated only for keys DynamoDB
     /// returns unprocessed under throttling). A counter never written counts zero.
     async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage> {
         let table = &self.tables.orgs;
         let agents_sk = AGENT_COUNTER_SK.to_owned();
+        let resources_sk = RESOURCE_COUNTER_SK.to_owned();
         let tokens_sk = token_counter_sk(month);
         let keys = KeysAndAttributes::builder()
             .keys(pk_sk(org_id.to_string(), &agents_sk))
+            .keys(pk_sk(org_id.to_string(), &resources_sk))
             .keys(pk_sk(org_id.to_string(), &tokens_sk))
             .consistent_read(true)
             .build()
@@ -93,6 +99,8 @@ impl OrgReader for DynamoStore {
             let sk = reader.s(SK)?;
             if sk == agents_sk {
                 usage.agents = count;
+            } else if sk == resources_sk {
+                usage.resources = count;
             } else if sk == tokens_sk {
                 usage.token_requests = count;
             }
@@ -131,6 +139,53 @@ impl AgentReader for DynamoStore {
             .collect::<StoreResult<Vec<_>>>()?;
         agents.sort_by_key(|agent| (agent.created_at, agent.agent_id));
         Ok(agents)
+    }
+}
+
+#[async_trait]
+impl ResourceReader for DynamoStore {
+    /// One consistent `GetItem`.
+    async fn get_resource(&self, org_id: Uuid, resource_id: Uuid) -> StoreResult<Option<Resource>> {
+        let key = pk_sk(org_id.to_string(), &resource_sk(resource_id));
+        self.get_item(&self.tables.orgs, key)
+            .await?
+            .map(|item| resource_from(&item))
+            .transpose()
+    }
+
+    /// A consistent `Query` of the orgs table (begins_with `RESOURCE#`), one request per 1 MB
+    /// page.
+    async fn list_resources(&self, org_id: Uuid) -> StoreResult<Vec<Resource>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.tables.orgs)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(org_id.to_string()))
+            .expression_attribute_values(":prefix", s(RESOURCE_SK_PREFIX));
+        let items = Self::query_all(query).await?;
+        let mut resources = items
+            .iter()
+            .map(resource_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        resources.sort_by_key(|resource| (resource.created_at, resource.resource_id));
+        Ok(resources)
+    }
+
+    /// One consistent `GetItem` of the claim (`IDENTIFIER#<identifier>`).
+    async fn resource_by_identifier(
+        &self,
+        org_id: Uuid,
+        identifier: &str,
+    ) -> StoreResult<Option<ResourceTarget>> {
+        let key = pk_sk(org_id.to_string(), &identifier_sk(identifier));
+        self.get_item(&self.tables.orgs, key)
+            .await?
+            .map(|item| target_from(&item))
+            .transpose()
     }
 }
 
@@ -280,20 +335,22 @@ impl ThrottleReader for DynamoStore {
 
     /// As [`ThrottleReader::client_standing`] without a credential.
     async fn tallies(&self, keys: &[String], now: DateTime<Utc>) -> StoreResult<Vec<u64>> {
-        Ok(self.client_standing(None, keys, now).await?.1)
+        Ok(self.client_standing(None, keys, None, now).await?.tallies)
     }
 
-    /// One consistent `BatchGetItem` over the credentials and throttle tables (repeated only
-    /// for keys DynamoDB returns unprocessed under throttling). TTL deletes lazily, so expired
-    /// counters are skipped here.
+    /// One consistent `BatchGetItem` over the credentials, throttle and orgs tables (repeated
+    /// only for keys DynamoDB returns unprocessed under throttling). TTL deletes lazily, so
+    /// expired counters are skipped here.
     async fn client_standing(
         &self,
         client_id: Option<Uuid>,
         keys: &[String],
+        resource: Option<(Uuid, &str)>,
         now: DateTime<Utc>,
-    ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
+    ) -> StoreResult<ClientStanding> {
         let throttle_table = &self.tables.throttle;
         let credentials_table = &self.tables.credentials;
+        let orgs_table = &self.tables.orgs;
         let mut unique: Vec<&String> = keys.iter().collect();
         unique.sort();
         unique.dedup();
@@ -317,8 +374,20 @@ impl ThrottleReader for DynamoStore {
                 .map_err(build_error)?;
             request.insert(credentials_table.clone(), credential_keys);
         }
+        if let Some((org_id, identifier)) = resource {
+            let claim_keys = KeysAndAttributes::builder()
+                .keys(pk_sk(org_id.to_string(), &identifier_sk(identifier)))
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            request.insert(orgs_table.clone(), claim_keys);
+        }
         if request.is_empty() {
-            return Ok((None, vec![0; keys.len()]));
+            return Ok(ClientStanding {
+                credential: None,
+                tallies: vec![0; keys.len()],
+                resource: None,
+            });
         }
         let mut found = self.batch_get(request).await?;
         let mut counts: HashMap<String, u64> = HashMap::new();
@@ -336,12 +405,19 @@ impl ThrottleReader for DynamoStore {
             .and_then(|items| items.into_iter().next())
             .map(|item| credential_from(&item))
             .transpose()?;
-        Ok((
+        let resource = found
+            .remove(orgs_table)
+            .and_then(|items| items.into_iter().next())
+            .map(|item| target_from(&item))
+            .transpose()?;
+        Ok(ClientStanding {
             credential,
-            keys.iter()
+            tallies: keys
+                .iter()
                 .map(|k| counts.get(k).copied().unwrap_or(0))
                 .collect(),
-        ))
+            resource,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use agentidp_core::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan,
+    Outcome, Plan, Resource, ResourceTarget,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
@@ -105,6 +105,76 @@ impl RawAgent {
             decommissioned_at: self.decommissioned_at_ms.map(time).transpose()?,
             active_credentials: to_u64(self.active_credentials)?,
             version: to_u64(self.version)?,
+        })
+    }
+}
+
+pub(crate) struct RawResource {
+    org_id: String,
+    resource_id: String,
+    identifier: String,
+    name: String,
+    description: Option<String>,
+    scopes: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: i64,
+}
+
+pub(crate) fn raw_resource(row: &Row<'_>) -> rusqlite::Result<RawResource> {
+    Ok(RawResource {
+        org_id: row.get(0)?,
+        resource_id: row.get(1)?,
+        identifier: row.get(2)?,
+        name: row.get(3)?,
+        description: row.get(4)?,
+        scopes: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        updated_at_ms: row.get(7)?,
+        version: row.get(8)?,
+    })
+}
+
+impl RawResource {
+    pub(crate) fn decode(self) -> StoreResult<Resource> {
+        Ok(Resource {
+            resource_id: uuid(&self.resource_id)?,
+            org_id: uuid(&self.org_id)?,
+            identifier: self.identifier,
+            name: self.name,
+            description: self.description,
+            scopes: from_json(&self.scopes)?,
+            created_at: time(self.created_at_ms)?,
+            updated_at: time(self.updated_at_ms)?,
+            version: to_u64(self.version)?,
+        })
+    }
+}
+
+/// A row of `resource_identifiers`: org id, identifier, resource id, scopes.
+pub(crate) struct RawTarget {
+    org_id: String,
+    identifier: String,
+    resource_id: String,
+    scopes: String,
+}
+
+pub(crate) fn raw_target(row: &Row<'_>) -> rusqlite::Result<RawTarget> {
+    Ok(RawTarget {
+        org_id: row.get(0)?,
+        identifier: row.get(1)?,
+        resource_id: row.get(2)?,
+        scopes: row.get(3)?,
+    })
+}
+
+impl RawTarget {
+    pub(crate) fn decode(self) -> StoreResult<ResourceTarget> {
+        Ok(ResourceTarget {
+            org_id: uuid(&self.org_id)?,
+            resource_id: uuid(&self.resource_id)?,
+            identifier: self.identifier,
+            scopes: from_json(&self.scopes)?,
         })
     }
 }

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params};
 
-use agentidp_core::domain::{Agent, AuditEvent, Credential};
+use agentidp_core::domain::{Agent, AuditEvent, Credential, Resource};
 use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
 
 use crate::codec::{db, millis, to_i64, to_json};
-use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS};
+use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS};
 use crate::{CachedStatements, SqliteStore, poisoned};
 
 /// Group commit: batches that arrive while a transaction is being written wait, and the next
@@ -140,21 +140,44 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
             return Ok(true);
         }
         Write::PutCredential { credential, expected_version } => put_credential(tx, credential, *expected_version)?,
-        Write::CountAgents { org_id, delta, limit } => {
-            let org_id = org_id.to_string();
-            let before: i64 = tx
-                .cached_row("SELECT agents FROM agent_counts WHERE org_id = ?1", [&org_id], |row| row.get(0))
-                .optional().map_err(db)?
-                .unwrap_or(0);
-            if *delta > 0 && !below(before, *limit) {
-                return Ok(false);
-            }
+        Write::PutResource { resource, expected_version } => put_resource(tx, resource, *expected_version)?,
+        Write::DeleteResource { org_id, resource_id, expected_version } => tx.cached_execute(
+            "DELETE FROM resources WHERE org_id = ?1 AND resource_id = ?2 AND version = ?3",
+            (org_id.to_string(), resource_id.to_string(), to_i64(*expected_version)?),
+        ).map_err(db)?,
+        // Inserted, or rewritten when the claim is already this resource's; another resource's
+        // claim leaves no row changed.
+        Write::ClaimResourceIdentifier(target) => tx.cached_execute(
+            "INSERT INTO resource_identifiers (org_id, identifier, resource_id, scopes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (org_id, identifier) DO UPDATE SET scopes = excluded.scopes
+             WHERE resource_id = excluded.resource_id",
+            (target.org_id.to_string(), &target.identifier, target.resource_id.to_string(), to_json(&target.scopes)?),
+        ).map_err(db)?,
+        Write::ReleaseResourceIdentifier { org_id, identifier } => {
             tx.cached_execute(
-                "INSERT INTO agent_counts (org_id, agents) VALUES (?1, ?2)
-                 ON CONFLICT (org_id) DO UPDATE SET agents = excluded.agents",
-                (&org_id, before.saturating_add(*delta).max(0)),
-            ).map_err(db)?
+                "DELETE FROM resource_identifiers WHERE org_id = ?1 AND identifier = ?2",
+                (org_id.to_string(), identifier),
+            ).map_err(db)?;
+            return Ok(true);
         }
+        Write::CountAgents { org_id, delta, limit } => count(
+            tx,
+            "SELECT agents FROM agent_counts WHERE org_id = ?1",
+            "INSERT INTO agent_counts (org_id, agents) VALUES (?1, ?2)
+             ON CONFLICT (org_id) DO UPDATE SET agents = excluded.agents",
+            org_id.to_string(),
+            *delta,
+            *limit,
+        )?,
+        Write::CountResources { org_id, delta, limit } => count(
+            tx,
+            "SELECT resources FROM resource_counts WHERE org_id = ?1",
+            "INSERT INTO resource_counts (org_id, resources) VALUES (?1, ?2)
+             ON CONFLICT (org_id) DO UPDATE SET resources = excluded.resources",
+            org_id.to_string(),
+            *delta,
+            *limit,
+        )?,
         Write::CountTokenRequest { org_id, month, limit } => {
             let org_id = org_id.to_string();
             let before: i64 = tx
@@ -190,6 +213,28 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
         ).map_err(db)?,
     };
     Ok(changed == 1)
+}
+
+/// Moves an organization's counter (read by `select`, written by `upsert`) by `delta`, never
+/// below zero; an increase only while the count is below `limit`. Rows changed: 0 when refused.
+fn count(
+    tx: &Connection,
+    select: &str,
+    upsert: &str,
+    org_id: String,
+    delta: i64,
+    limit: u64,
+) -> StoreResult<usize> {
+    let before: i64 = tx
+        .cached_row(select, [&org_id], |row| row.get(0))
+        .optional()
+        .map_err(db)?
+        .unwrap_or(0);
+    if delta > 0 && !below(before, limit) {
+        return Ok(0);
+    }
+    tx.cached_execute(upsert, (&org_id, before.saturating_add(delta).max(0)))
+        .map_err(db)
 }
 
 fn below(count: i64, limit: u64) -> bool {
@@ -241,6 +286,49 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
          WHERE org_id = :org_id AND agent_id = :agent_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)
+}
+
+fn put_resource(
+    tx: &Connection,
+    resource: &Resource,
+    expected_version: Option<u64>,
+) -> StoreResult<usize> {
+    let org_id = resource.org_id.to_string();
+    let resource_id = resource.resource_id.to_string();
+    let scopes = to_json(&resource.scopes)?;
+    let version = to_i64(resource.version)?;
+    let values = named_params! {
+        ":org_id": org_id,
+        ":resource_id": resource_id,
+        ":identifier": resource.identifier,
+        ":name": resource.name,
+        ":description": resource.description,
+        ":scopes": scopes,
+        ":created_at_ms": millis(&resource.created_at),
+        ":updated_at_ms": millis(&resource.updated_at),
+        ":version": version,
+    };
+    let Some(expected) = expected_version else {
+        return tx
+            .cached_execute(
+                &format!(
+                    "INSERT INTO resources ({RESOURCE_COLUMNS}) VALUES (:org_id, :resource_id, :identifier, \
+                     :name, :description, :scopes, :created_at_ms, :updated_at_ms, :version) ON CONFLICT DO NOTHING"
+                ),
+                values,
+            )
+            .map_err(db);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    tx.cached_execute(
+        "UPDATE resources SET identifier = :identifier, name = :name, description = :description, \
+         scopes = :scopes, created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, version = :version \
+         WHERE org_id = :org_id AND resource_id = :resource_id AND version = :expected_version",
+        with_expected.as_slice(),
+    )
+    .map_err(db)
 }
 
 fn put_credential(

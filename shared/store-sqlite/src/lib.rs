@@ -33,7 +33,7 @@ use crate::commit::CommitQueue;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Enough for every statement the store runs, each audit filter combination included, so the
 /// hot ones are never evicted.
-const STATEMENT_CACHE_CAPACITY: usize = 64;
+const STATEMENT_CACHE_CAPACITY: usize = 96;
 
 pub struct SqliteStore {
     /// Every write goes through this connection.

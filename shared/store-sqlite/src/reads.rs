@@ -6,17 +6,20 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
-use agentidp_core::domain::{Agent, AuditEvent, Credential, Organization};
+use agentidp_core::domain::{
+    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget,
+};
 use agentidp_core::store::{
-    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, CredentialReader, OrgReader,
-    RevocationReader, StoreResult, ThrottleReader, Usage,
+    AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, ClientStanding,
+    CredentialReader, OrgReader, ResourceReader, RevocationReader, StoreResult, ThrottleReader,
+    Usage,
 };
 
 use crate::codec::{
-    RawAgent, RawAuditEvent, RawCredential, RawOrg, db, millis, raw_agent, raw_audit,
-    raw_credential, raw_org, to_i64, to_u64,
+    RawAgent, RawAuditEvent, RawCredential, RawOrg, RawResource, RawTarget, db, millis, raw_agent,
+    raw_audit, raw_credential, raw_org, raw_resource, raw_target, to_i64, to_u64,
 };
-use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS};
+use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS};
 use crate::{CachedStatements, SqliteStore};
 
 #[async_trait]
@@ -59,6 +62,15 @@ impl OrgReader for SqliteStore {
                 .optional()
                 .map_err(db)?
                 .unwrap_or(0);
+            let resources: i64 = conn
+                .cached_row(
+                    "SELECT resources FROM resource_counts WHERE org_id = ?1",
+                    [&org_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db)?
+                .unwrap_or(0);
             let token_requests: i64 = conn
                 .cached_row(
                     "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
@@ -71,6 +83,7 @@ impl OrgReader for SqliteStore {
             Ok(Usage {
                 agents: to_u64(agents)?,
                 token_requests: to_u64(token_requests)?,
+                resources: to_u64(resources)?,
             })
         })
         .await
@@ -103,6 +116,52 @@ impl AgentReader for SqliteStore {
             rows.map(|row| row.map_err(db)?.decode()).collect()
         })
         .await
+    }
+}
+
+#[async_trait]
+impl ResourceReader for SqliteStore {
+    async fn get_resource(&self, org_id: Uuid, resource_id: Uuid) -> StoreResult<Option<Resource>> {
+        self.read_point(move |conn| {
+            conn.cached_row(
+                &format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resources WHERE org_id = ?1 AND resource_id = ?2"
+                ),
+                (org_id.to_string(), resource_id.to_string()),
+                raw_resource,
+            )
+            .optional()
+            .map_err(db)?
+            .map(RawResource::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_resources(&self, org_id: Uuid) -> StoreResult<Vec<Resource>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resources WHERE org_id = ?1 \
+                     ORDER BY created_at_ms, resource_id"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([org_id.to_string()], raw_resource)
+                .map_err(db)?;
+            rows.map(|row| row.map_err(db)?.decode()).collect()
+        })
+        .await
+    }
+
+    async fn resource_by_identifier(
+        &self,
+        org_id: Uuid,
+        identifier: &str,
+    ) -> StoreResult<Option<ResourceTarget>> {
+        let identifier = identifier.to_owned();
+        self.read_point(move |conn| read_resource_target(conn, org_id, &identifier))
+            .await
     }
 }
 
@@ -191,16 +250,26 @@ impl ThrottleReader for SqliteStore {
         &self,
         client_id: Option<Uuid>,
         keys: &[String],
+        resource: Option<(Uuid, &str)>,
         now: DateTime<Utc>,
-    ) -> StoreResult<(Option<Credential>, Vec<u64>)> {
+    ) -> StoreResult<ClientStanding> {
         let keys = keys.to_vec();
-        // One trip to the blocking pool for both, as a token request makes this read first.
+        let resource = resource.map(|(org_id, identifier)| (org_id, identifier.to_owned()));
+        // One trip to the blocking pool for all three, as a token request makes this read first.
         self.read_point(move |conn| {
             let credential = match client_id {
                 Some(id) => read_credential_by_client_id(conn, id)?,
                 None => None,
             };
-            Ok((credential, read_tallies(conn, &keys, now)?))
+            let resource = match &resource {
+                Some((org_id, identifier)) => read_resource_target(conn, *org_id, identifier)?,
+                None => None,
+            };
+            Ok(ClientStanding {
+                credential,
+                tallies: read_tallies(conn, &keys, now)?,
+                resource,
+            })
         })
         .await
     }
@@ -225,6 +294,23 @@ impl ThrottleReader for SqliteStore {
         self.read_point(move |conn| read_tallies(conn, &keys, now))
             .await
     }
+}
+
+fn read_resource_target(
+    conn: &Connection,
+    org_id: Uuid,
+    identifier: &str,
+) -> StoreResult<Option<ResourceTarget>> {
+    conn.cached_row(
+        "SELECT org_id, identifier, resource_id, scopes FROM resource_identifiers \
+         WHERE org_id = ?1 AND identifier = ?2",
+        (org_id.to_string(), identifier),
+        raw_target,
+    )
+    .optional()
+    .map_err(db)?
+    .map(RawTarget::decode)
+    .transpose()
 }
 
 fn read_credential_by_client_id(

@@ -10,8 +10,11 @@ use crate::codec::db;
 use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
 
 /// Bumped whenever the schema below changes; a database written by a newer build is refused
-/// rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// rather than misread. Version 3 adds resources, their identifier claims and their count: new
+/// tables, which `SCHEMA` creates in an older file as in a new one, so that step needs no
+/// statement of its own; the version keeps an older build from opening a file whose resources it
+/// would not see.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2 keeps a copy of the agent's scopes on each credential; a version-1 file gets the
 /// column, filled from its agents.
@@ -56,6 +59,35 @@ CREATE TABLE IF NOT EXISTS agent_names (
     name_key TEXT NOT NULL,
     agent_id TEXT NOT NULL,
     PRIMARY KEY (org_id, name_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS resources (
+    org_id        TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    identifier    TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    description   TEXT,
+    scopes        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    version       INTEGER NOT NULL,
+    PRIMARY KEY (org_id, resource_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS resources_by_age ON resources (org_id, created_at_ms, resource_id);
+
+-- The organization's claim of an identifier: its primary key makes identifiers unique per
+-- organization, and it holds what a token request for the resource reads, as on DynamoDB.
+CREATE TABLE IF NOT EXISTS resource_identifiers (
+    org_id      TEXT NOT NULL,
+    identifier  TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    PRIMARY KEY (org_id, identifier)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS resource_counts (
+    org_id    TEXT PRIMARY KEY NOT NULL,
+    resources INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS credentials (
@@ -124,6 +156,9 @@ CREATE INDEX IF NOT EXISTS audit_by_action ON audit_events (org_id, action, time
 
 pub(crate) const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabilities, scopes, metadata, status, \
      created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version";
+
+pub(crate) const RESOURCE_COLUMNS: &str = "org_id, resource_id, identifier, name, description, scopes, created_at_ms, \
+     updated_at_ms, version";
 
 pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
      created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes";

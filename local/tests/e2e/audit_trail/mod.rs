@@ -2,14 +2,16 @@
 //! filters and cursors work, retention ends visibility, and no secret or token is ever recorded.
 //!
 //! Each action that changes state has its own test, in the file of what it acts on
-//! (organizations, agents, credentials, tokens), so one failing action hides no other; each also
-//! matches its whole event against a snapshot in `snapshots/`. This module holds what they share.
+//! (organizations, agents, resources, credentials, tokens), so one failing action hides no other;
+//! each also matches its whole event against a snapshot in `snapshots/`. This module holds what
+//! they share.
 
 mod agents;
 mod credentials;
 mod organizations;
 mod queries;
 mod reads;
+mod resources;
 mod retention;
 mod secrets;
 mod tokens;

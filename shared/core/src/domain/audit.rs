@@ -32,10 +32,16 @@ pub enum AuditAction {
     TokenDenied,
     #[serde(rename = "token.revoked")]
     TokenRevoked,
+    #[serde(rename = "resource.created")]
+    ResourceCreated,
+    #[serde(rename = "resource.updated")]
+    ResourceUpdated,
+    #[serde(rename = "resource.deleted")]
+    ResourceDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 16] = [
         AuditAction::OrganizationCreated,
         AuditAction::OrganizationPlanChanged,
         AuditAction::AgentCreated,
@@ -49,6 +55,9 @@ impl AuditAction {
         AuditAction::TokenIssued,
         AuditAction::TokenDenied,
         AuditAction::TokenRevoked,
+        AuditAction::ResourceCreated,
+        AuditAction::ResourceUpdated,
+        AuditAction::ResourceDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +75,9 @@ impl AuditAction {
             AuditAction::TokenIssued => "token.issued",
             AuditAction::TokenDenied => "token.denied",
             AuditAction::TokenRevoked => "token.revoked",
+            AuditAction::ResourceCreated => "resource.created",
+            AuditAction::ResourceUpdated => "resource.updated",
+            AuditAction::ResourceDeleted => "resource.deleted",
         }
     }
 
@@ -153,7 +165,7 @@ pub struct AuditEvent {
     pub actor: Actor,
     /// The agent the event is about, which filters `?agentId=`.
     pub subject_agent_id: Option<Uuid>,
-    /// `agent/<id>`, `credential/<id>`, `token/<jti>` or `organization/<id>`.
+    /// `agent/<id>`, `credential/<id>`, `token/<jti>`, `organization/<id>` or `resource/<id>`.
     pub resource: String,
     pub request_id: String,
     pub source_ip: Option<String>,

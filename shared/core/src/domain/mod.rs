@@ -4,6 +4,7 @@ pub mod agent;
 pub mod audit;
 pub mod credential;
 pub mod org;
+pub mod resource;
 pub mod scope;
 pub mod time;
 
@@ -11,4 +12,5 @@ pub use agent::{Agent, AgentStatus};
 pub use audit::{Actor, AuditAction, AuditEvent, Outcome};
 pub use credential::{Credential, CredentialStatus};
 pub use org::{Organization, Plan, PlanLimits};
+pub use resource::{Resource, ResourceTarget};
 pub use scope::{Scope, ScopeSet};

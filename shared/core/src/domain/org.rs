@@ -38,6 +38,8 @@ pub struct PlanLimits {
     /// Token requests per calendar month (UTC).
     pub monthly_token_requests: u64,
     pub audit_retention_days: u32,
+    /// Registered resources (RFC 8707 audiences).
+    pub max_resources: u64,
 }
 
 impl PlanLimits {
@@ -46,6 +48,7 @@ impl PlanLimits {
         max_active_credentials_per_agent: 10,
         monthly_token_requests: 10_000,
         audit_retention_days: 90,
+        max_resources: 10,
     };
 
     /// Enterprise is bounded too: an agent's state change rewrites its active credentials in one
@@ -55,6 +58,7 @@ impl PlanLimits {
         max_active_credentials_per_agent: 50,
         monthly_token_requests: 1_000_000_000,
         audit_retention_days: 365,
+        max_resources: u64::MAX,
     };
 }
 

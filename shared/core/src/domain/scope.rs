@@ -6,9 +6,21 @@ use std::fmt;
 pub const AGENTS_READ: &str = "agents:read";
 pub const AGENTS_WRITE: &str = "agents:write";
 pub const AUDIT_READ: &str = "audit:read";
+pub const RESOURCES_READ: &str = "resources:read";
+pub const RESOURCES_WRITE: &str = "resources:write";
 
 /// The scopes that open this IdP's own management API.
-pub const MANAGEMENT_SCOPES: [&str; 3] = [AGENTS_READ, AGENTS_WRITE, AUDIT_READ];
+pub const MANAGEMENT_SCOPES: [&str; 5] = [
+    AGENTS_READ,
+    AGENTS_WRITE,
+    AUDIT_READ,
+    RESOURCES_READ,
+    RESOURCES_WRITE,
+];
+
+/// The management scopes there were before resources: an agent holding all of them is a full
+/// admin of its organization, which the migration to the resource scopes looks for.
+pub const FULL_ADMIN_SCOPES_BEFORE_RESOURCES: [&str; 3] = [AGENTS_READ, AGENTS_WRITE, AUDIT_READ];
 
 /// What a management endpoint requires of the caller's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,13 +28,21 @@ pub enum Scope {
     AgentsRead,
     AgentsWrite,
     AuditRead,
+    ResourcesRead,
+    ResourcesWrite,
 }
 
 impl Scope {
+    pub const ALL: [Scope; 5] = [
+        Scope::AgentsRead,
+        Scope::AgentsWrite,
+        Scope::AuditRead,
+        Scope::ResourcesRead,
+        Scope::ResourcesWrite,
+    ];
+
     pub fn parse(text: &str) -> Option<Scope> {
-        [Scope::AgentsRead, Scope::AgentsWrite, Scope::AuditRead]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +50,8 @@ impl Scope {
             Scope::AgentsRead => AGENTS_READ,
             Scope::AgentsWrite => AGENTS_WRITE,
             Scope::AuditRead => AUDIT_READ,
+            Scope::ResourcesRead => RESOURCES_READ,
+            Scope::ResourcesWrite => RESOURCES_WRITE,
         }
     }
 }
@@ -57,11 +79,14 @@ impl ScopeSet {
         self.0.contains(scope)
     }
 
-    /// `agents:write` implies `agents:read`.
+    /// `agents:write` implies `agents:read`, and `resources:write` implies `resources:read`.
     pub fn permits(&self, required: Scope) -> bool {
         match required {
             Scope::AgentsRead => self.contains(AGENTS_READ) || self.contains(AGENTS_WRITE),
-            other => self.contains(other.as_str()),
+            Scope::ResourcesRead => self.contains(RESOURCES_READ) || self.contains(RESOURCES_WRITE),
+            Scope::AgentsWrite | Scope::AuditRead | Scope::ResourcesWrite => {
+                self.contains(required.as_str())
+            }
         }
     }
 
@@ -110,6 +135,28 @@ mod tests {
         assert!(set.permits(Scope::AgentsRead));
         assert!(set.permits(Scope::AgentsWrite));
         assert!(!set.permits(Scope::AuditRead));
+    }
+
+    #[test]
+    fn resources_write_implies_resources_read_and_nothing_else() {
+        let set = ScopeSet::parse("resources:write");
+        assert!(set.permits(Scope::ResourcesRead));
+        assert!(set.permits(Scope::ResourcesWrite));
+        for other in [Scope::AgentsRead, Scope::AgentsWrite, Scope::AuditRead] {
+            assert!(!set.permits(other), "{other:?}");
+        }
+        let reader = ScopeSet::parse("resources:read");
+        assert!(reader.permits(Scope::ResourcesRead));
+        assert!(!reader.permits(Scope::ResourcesWrite));
+    }
+
+    #[test]
+    fn every_management_scope_parses_to_itself() {
+        assert_eq!(Scope::ALL.len(), MANAGEMENT_SCOPES.len());
+        for (scope, text) in Scope::ALL.into_iter().zip(MANAGEMENT_SCOPES) {
+            assert_eq!(scope.as_str(), text);
+            assert_eq!(Scope::parse(text), Some(scope));
+        }
     }
 
     #[test]

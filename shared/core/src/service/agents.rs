@@ -90,7 +90,7 @@ pub(crate) fn credential_sync_writes(
 /// of active credentials is read consistently. If the listing shows fewer, it is behind, and
 /// writing from it could leave a credential holding a stale copy of the agent's status: wait
 /// briefly and read again.
-async fn listing_is_complete(rewrites: &[Write], agent: &Agent) -> bool {
+pub(crate) async fn listing_is_complete(rewrites: &[Write], agent: &Agent) -> bool {
     if rewrites.len() as u64 == agent.active_credentials {
         return true;
     }

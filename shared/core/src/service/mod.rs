@@ -23,7 +23,9 @@ use crate::validation::FieldError;
 pub mod agents;
 pub mod audit;
 pub mod credentials;
+pub mod migrations;
 pub mod orgs;
+pub mod resources;
 pub mod throttle;
 pub mod tokens;
 
@@ -61,12 +63,16 @@ pub enum ServiceError {
     CredentialNotFound,
     #[error("audit event not found")]
     AuditEventNotFound,
+    #[error("resource not found")]
+    ResourceNotFound,
     #[error("agent not active")]
     AgentNotActive(String),
     #[error("credential revoked")]
     CredentialRevoked,
     #[error("agent name taken")]
     AgentNameTaken,
+    #[error("resource identifier taken")]
+    ResourceIdentifierTaken,
     #[error("invalid status transition from {from} to {to}")]
     InvalidStatusTransition {
         from: &'static str,
@@ -246,6 +252,10 @@ pub struct Idp<S: ?Sized = dyn Store> {
     pub(crate) hasher: SecretHasher,
     pub(crate) clock: Arc<dyn Clock>,
     orgs: Mutex<HashMap<Uuid, (Organization, Instant)>>,
+    /// The organization of each client this instance has authenticated. A credential never
+    /// changes organization, so this never goes stale; it lets a token request for a resource
+    /// read the resource in the same round trip as the credential.
+    pub(crate) client_orgs: Mutex<HashMap<Uuid, Uuid>>,
 }
 
 /// Built on one store that is every trait: what the functions and the local server run. (The
@@ -265,6 +275,7 @@ impl Idp {
             hasher,
             clock,
             orgs: Mutex::new(HashMap::new()),
+            client_orgs: Mutex::new(HashMap::new()),
         })
     }
 }

@@ -82,7 +82,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
         ))
     }
 
-    fn operator_event(
+    pub(super) fn operator_event(
         &self,
         org_id: Uuid,
         action: AuditAction,

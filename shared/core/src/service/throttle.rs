@@ -173,23 +173,28 @@ impl<S: OrgReader + ThrottleReader + Commit + ?Sized> Idp<S> {
         AuthCounters(counters)
     }
 
-    /// The client id's credential and the lock, if any, its attempt meets, from one read round
-    /// trip.
+    /// The client id's credential, the lock, if any, its attempt meets, and the claim of
+    /// `resource` when asked for, from one read round trip.
     pub(crate) async fn client_standing(
         &self,
         client_id: Option<Uuid>,
         counters: &AuthCounters,
-    ) -> ServiceResult<(Option<crate::domain::Credential>, Option<Lock>)> {
+        resource: Option<(Uuid, &str)>,
+    ) -> ServiceResult<(
+        Option<crate::domain::Credential>,
+        Option<Lock>,
+        Option<crate::domain::ResourceTarget>,
+    )> {
         let now = self.now();
-        let (credential, counts) = self
+        let standing = self
             .store
-            .client_standing(client_id, &counters.keys(), now)
+            .client_standing(client_id, &counters.keys(), resource, now)
             .await?;
         // The lock that lasts longest: `Retry-After` must not send the client back too early.
         let lock = counters
             .0
             .iter()
-            .zip(counts)
+            .zip(standing.tallies)
             .filter(|(counter, count)| *count >= counter.limit)
             .min_by_key(|(counter, _)| std::cmp::Reverse(counter.window.ends_at))
             .map(|(counter, count)| Lock {
@@ -200,7 +205,7 @@ impl<S: OrgReader + ThrottleReader + Commit + ?Sized> Idp<S> {
                 first: count == counter.limit,
                 counter: counter.clone(),
             });
-        Ok((credential, lock))
+        Ok((standing.credential, lock, standing.resource))
     }
 
     /// Counts one management request of the caller's organization, refusing it past the

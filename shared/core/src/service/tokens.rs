@@ -11,12 +11,16 @@ use super::{
 };
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
-use crate::domain::{Actor, AuditAction, Credential, Outcome, ScopeSet};
+use crate::domain::{Actor, AuditAction, Credential, Outcome, ResourceTarget, ScopeSet};
+
+/// How many clients' organizations an instance keeps: about 5 MB at most.
+const KNOWN_CLIENT_ORGS: usize = 65_536;
 use crate::error::Cause;
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, KeyError, TokenPolicy};
 use crate::store::{
-    AgentReader, Commit, CredentialReader, OrgReader, RevocationReader, ThrottleReader,
+    AgentReader, Commit, CredentialReader, OrgReader, ResourceReader, RevocationReader,
+    ThrottleReader,
 };
 use crate::store::{Guard, StoreError, Write};
 
@@ -43,6 +47,9 @@ pub enum OAuthError {
     InvalidClient { basic: bool },
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
+    /// RFC 8707 §2: the `resource` is malformed, repeated, or not one the client may ask for.
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
     #[error("quota exceeded")]
@@ -96,9 +103,11 @@ impl From<ServiceError> for OAuthError {
             | ServiceError::AgentNotFound
             | ServiceError::CredentialNotFound
             | ServiceError::AuditEventNotFound
+            | ServiceError::ResourceNotFound
             | ServiceError::AgentNotActive(_)
             | ServiceError::CredentialRevoked
             | ServiceError::AgentNameTaken
+            | ServiceError::ResourceIdentifierTaken
             | ServiceError::InvalidStatusTransition { .. }
             | ServiceError::PlanLimit(_)
             | ServiceError::Contended => OAuthError::Internal {
@@ -131,6 +140,14 @@ pub struct ActiveToken {
     pub client_id: Option<Uuid>,
     /// The agent's scopes now, which may be fewer than when the token was issued.
     pub agent_scopes: ScopeSet,
+}
+
+/// Which tokens a check accepts: the management API only its own (a token for a resource must
+/// never work there), introspection and revocation any of the organization's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAudience {
+    ManagementApi,
+    Any,
 }
 
 impl ActiveToken {
@@ -195,6 +212,7 @@ impl<
     S: OrgReader
         + AgentReader
         + CredentialReader
+        + ResourceReader
         + RevocationReader
         + ThrottleReader
         + Commit
@@ -252,15 +270,24 @@ impl<
     }
 
     /// Checks a client's credentials. An unknown client costs one bcrypt verification against a
-    /// dummy hash, the same as a known client with a wrong secret.
+    /// dummy hash, the same as a known client with a wrong secret. With `resource` (a normalised
+    /// identifier), an authenticated client also gets its organization's claim of it, if there
+    /// is one: read with the credential when this instance knows the client's organization,
+    /// else in a second read.
     async fn authenticate_client(
         self: &Arc<Self>,
         auth: &ClientAuthentication,
         context: &RequestContext,
-    ) -> ServiceResult<Result<Credential, ClientRefusal>> {
+        resource: Option<&str>,
+    ) -> ServiceResult<Result<(Credential, Option<ResourceTarget>), ClientRefusal>> {
         let client_id = Uuid::parse_str(&auth.client_id).ok();
         let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
-        let (credential, lock) = self.client_standing(client_id, &counters).await?;
+        let known_org = client_id.and_then(|id| self.known_client_org(id));
+        let joined = resource
+            .zip(known_org)
+            .map(|(identifier, org)| (org, identifier));
+        let (credential, lock, joined_target) =
+            self.client_standing(client_id, &counters, joined).await?;
         // A secret this instance has verified passes every lockout: lockouts stop bcrypt from
         // being spent on guesses, and this costs none; refusing it would only let whoever knows
         // the (public) client id lock the client out.
@@ -307,7 +334,21 @@ impl<
             Some(_) => None,
         };
         let denial = match (denial, credential) {
-            (None, Some(credential)) => return Ok(Ok(credential)),
+            (None, Some(credential)) => {
+                self.remember_client_org(&credential);
+                let target = match resource {
+                    None => None,
+                    Some(_) if joined.is_some_and(|(org, _)| org == credential.org_id) => {
+                        joined_target
+                    }
+                    Some(identifier) => {
+                        self.store
+                            .resource_by_identifier(credential.org_id, identifier)
+                            .await?
+                    }
+                };
+                return Ok(Ok((credential, target)));
+            }
             (None, None) => {
                 return Err(ServiceError::broken(
                     "a client without a credential passed authentication",
@@ -333,6 +374,23 @@ impl<
         }
         self.store.commit(writes).await?;
         Ok(Err(ClientRefusal::Denied))
+    }
+
+    fn known_client_org(&self, client_id: Uuid) -> Option<Uuid> {
+        self.client_orgs
+            .lock()
+            .ok()
+            .and_then(|orgs| orgs.get(&client_id).copied())
+    }
+
+    fn remember_client_org(&self, credential: &Credential) {
+        if let Ok(mut orgs) = self.client_orgs.lock() {
+            // Bounded: a fresh start costs each client one extra read on its next resource.
+            if orgs.len() >= KNOWN_CLIENT_ORGS {
+                orgs.clear();
+            }
+            orgs.insert(credential.client_id, credential.org_id);
+        }
     }
 
     async fn denial_event<const N: usize>(
@@ -376,16 +434,20 @@ impl<
         Ok(())
     }
 
-    /// `POST /token`, grant type `client_credentials`.
+    /// `POST /token`, grant type `client_credentials`. With `resource` (a normalised identifier,
+    /// RFC 8707), the token is for that resource of the client's organization: its `aud` is the
+    /// identifier and its scopes are those granted that the resource has (none of them
+    /// management scopes). Without, it is for the management API, as before resources existed.
     pub async fn issue_token(
         self: &Arc<Self>,
         auth: ClientAuthentication,
         requested_scope: Option<&str>,
+        resource: Option<&str>,
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
-        let credential = match self.authenticate_client(&auth, context).await? {
-            Ok(credential) => credential,
+        let (credential, target) = match self.authenticate_client(&auth, context, resource).await? {
+            Ok(authenticated) => authenticated,
             Err(refusal) => return Err(refusal.into_oauth(basic)),
         };
         // The credential carries the agent's status (checked above) and scopes, kept in step on
@@ -410,13 +472,49 @@ impl<
                 requested
             }
         };
+        let (audience, granted) = match (resource, target) {
+            (None, _) => (self.config.audience.clone(), granted),
+            (Some(identifier), None) => {
+                self.audit_denial(
+                    &credential,
+                    "resource_not_registered",
+                    context,
+                    [("resource", json!(identifier))],
+                )
+                .await?;
+                return Err(OAuthError::InvalidTarget(
+                    "the resource is not one registered in the client's organization".into(),
+                ));
+            }
+            (Some(_), Some(target)) => {
+                let resource_scopes = ScopeSet::from_list(target.scopes.iter().cloned());
+                let narrowed = granted.intersection(&resource_scopes);
+                // A resource with no scopes takes tokens that only say who they are for.
+                if narrowed.is_empty() && !resource_scopes.is_empty() {
+                    self.audit_denial(
+                        &credential,
+                        "scope_not_allowed",
+                        context,
+                        [
+                            ("requestedScope", json!(granted.to_string())),
+                            ("resource", json!(target.identifier)),
+                        ],
+                    )
+                    .await?;
+                    return Err(OAuthError::InvalidScope(
+                        "none of the scopes granted is one the resource accepts".into(),
+                    ));
+                }
+                (target.identifier, narrowed)
+            }
+        };
         let limits = self.limits(credential.org_id).await?;
         let now = self.now();
         let policy = self.token_policy();
         let claims = AccessTokenClaims {
             iss: policy.issuer.clone(),
             sub: credential.agent_id.to_string(),
-            aud: policy.audience.clone(),
+            aud: audience,
             exp: now.timestamp() + policy.lifetime_seconds,
             iat: now.timestamp(),
             nbf: now.timestamp(),
@@ -434,10 +532,16 @@ impl<
             actor: Actor::client(Some(credential.client_id)),
             subject_agent_id: Some(credential.agent_id),
             resource: format!("token/{}", claims.jti),
-            details: details([
-                ("scope", json!(claims.scope)),
-                ("expiresIn", json!(policy.lifetime_seconds)),
-            ]),
+            details: {
+                let mut issued = details([
+                    ("scope", json!(claims.scope)),
+                    ("expiresIn", json!(policy.lifetime_seconds)),
+                ]);
+                if resource.is_some() {
+                    issued.insert("resource".to_owned(), json!(claims.aud));
+                }
+                issued
+            },
         }
         .at(now, &limits, context);
         let writes = vec![
@@ -488,11 +592,21 @@ impl<
         }
     }
 
-    /// An access token that is valid now: signature, claims, not revoked, and its agent active.
-    /// `Ok(None)` for every kind of invalid token; `Err` only when a dependency failed.
-    pub async fn active_token(&self, token: &str) -> ServiceResult<Option<ActiveToken>> {
+    /// An access token that is valid now for `audience`: signature, claims, not revoked, and
+    /// its agent active. `Ok(None)` for every kind of invalid token; `Err` only when a
+    /// dependency failed.
+    pub async fn active_token(
+        &self,
+        token: &str,
+        audience: TokenAudience,
+    ) -> ServiceResult<Option<ActiveToken>> {
         let keys = self.keys.keys_for_token(token).await?;
-        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+        let (policy, now) = (self.token_policy(), self.now());
+        let verified = match audience {
+            TokenAudience::ManagementApi => keys.verify(token, &policy, now),
+            TokenAudience::Any => keys.verify_any_audience(token, &policy, now),
+        };
+        let Ok(claims) = verified else {
             return Ok(None);
         };
         let (Some(org_id), Some(agent_id)) = (claims.org_uuid(), claims.agent_id()) else {
@@ -525,7 +639,7 @@ impl<
     ) -> ServiceResult<Caller> {
         let token = token.ok_or(ServiceError::Unauthenticated(Unauthenticated::NoToken))?;
         let active = self
-            .active_token(token)
+            .active_token(token, TokenAudience::ManagementApi)
             .await?
             .ok_or(ServiceError::Unauthenticated(Unauthenticated::InvalidToken))?;
         Ok(Caller {
@@ -545,8 +659,8 @@ impl<
     ) -> Result<Caller, OAuthError> {
         match auth {
             EndpointAuth::Client(client) => {
-                match self.authenticate_client(client, context).await? {
-                    Ok(credential) => Ok(Caller {
+                match self.authenticate_client(client, context, None).await? {
+                    Ok((credential, _)) => Ok(Caller {
                         org_id: credential.org_id,
                         agent_id: credential.agent_id,
                         client_id: Some(credential.client_id),
@@ -568,9 +682,11 @@ impl<
                     | ServiceError::AgentNotFound
                     | ServiceError::CredentialNotFound
                     | ServiceError::AuditEventNotFound
+                    | ServiceError::ResourceNotFound
                     | ServiceError::AgentNotActive(_)
                     | ServiceError::CredentialRevoked
                     | ServiceError::AgentNameTaken
+                    | ServiceError::ResourceIdentifierTaken
                     | ServiceError::InvalidStatusTransition { .. }
                     | ServiceError::PlanLimit(_)
                     | ServiceError::RateLimited { .. }
@@ -592,7 +708,7 @@ impl<
     ) -> Result<Option<ActiveToken>, OAuthError> {
         let caller = self.endpoint_caller(auth, context).await?;
         Ok(self
-            .active_token(token)
+            .active_token(token, TokenAudience::Any)
             .await?
             .filter(|t| t.org_id == caller.org_id)
             .map(|mut t| {
@@ -620,8 +736,9 @@ impl<
             .keys_for_token(token)
             .await
             .map_err(OAuthError::from)?;
-        // An expired token needs no revocation; signature and claims still must check out.
-        let Ok(claims) = keys.verify(token, &self.token_policy(), self.now()) else {
+        // An expired token needs no revocation; signature and claims still must check out. A
+        // token for a resource is revoked like one for the management API.
+        let Ok(claims) = keys.verify_any_audience(token, &self.token_policy(), self.now()) else {
             return Ok(());
         };
         let may_revoke = match auth {

@@ -95,11 +95,34 @@ impl KeySet {
     }
 
     /// Checks the signature with the key the `kid` names, pinned to that key's algorithm, then
-    /// `typ`, `iss`, `aud`, and `exp`/`nbf` against `now` (the injected clock, not the system's).
+    /// `typ`, `iss`, `aud` (the policy's audience: the management API's), and `exp`/`nbf` against
+    /// `now` (the injected clock, not the system's).
     pub fn verify(
         &self,
         token: &str,
         policy: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<AccessTokenClaims, TokenRejection> {
+        self.verify_for(token, policy, Some(&policy.audience), now)
+    }
+
+    /// As [`KeySet::verify`], for any audience: what introspection and revocation accept, since
+    /// a token for a resource is as much the organization's as one for the management API.
+    /// Whoever relies on the answer checks `aud` against its own identifier.
+    pub fn verify_any_audience(
+        &self,
+        token: &str,
+        policy: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<AccessTokenClaims, TokenRejection> {
+        self.verify_for(token, policy, None, now)
+    }
+
+    fn verify_for(
+        &self,
+        token: &str,
+        policy: &TokenPolicy,
+        audience: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<AccessTokenClaims, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
@@ -129,7 +152,10 @@ impl KeySet {
         validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
         validation.set_issuer(&[&policy.issuer]);
-        validation.set_audience(&[&policy.audience]);
+        match audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
         let data = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.decoding, &validation)
             .map_err(|_| TokenRejection::Invalid)?;
         let claims = data.claims;
@@ -170,5 +196,48 @@ mod tests {
             );
             assert_eq!(keys.jwks().keys[0].alg, alg.as_str());
         }
+    }
+
+    #[test]
+    fn a_token_for_a_resource_verifies_only_where_any_audience_is_accepted() {
+        let now = Utc::now();
+        let keys =
+            KeySet::from_document(&KeySetDocument::generate(SigningAlgorithm::ES256, now).unwrap())
+                .unwrap();
+        let for_mcp = AccessTokenClaims {
+            aud: "https://mcp.example.com/mcp".into(),
+            ..claims(now)
+        };
+        let token = keys.sign(&for_mcp).unwrap();
+        assert_eq!(
+            keys.verify(&token, &policy(), now).unwrap_err(),
+            TokenRejection::Invalid,
+            "the management API's audience is not this resource's"
+        );
+        let other_resource = TokenPolicy {
+            audience: "https://other.example.com/mcp".into(),
+            ..policy()
+        };
+        assert!(keys.verify(&token, &other_resource, now).is_err());
+        let mcp = TokenPolicy {
+            audience: for_mcp.aud.clone(),
+            ..policy()
+        };
+        assert_eq!(keys.verify(&token, &mcp, now).unwrap().aud, for_mcp.aud);
+        assert_eq!(
+            keys.verify_any_audience(&token, &policy(), now)
+                .unwrap()
+                .aud,
+            for_mcp.aud
+        );
+        let wrong_issuer = TokenPolicy {
+            issuer: "https://elsewhere.example.com".into(),
+            ..policy()
+        };
+        assert!(
+            keys.verify_any_audience(&token, &wrong_issuer, now)
+                .is_err(),
+            "any audience, but still only our issuer"
+        );
     }
 }

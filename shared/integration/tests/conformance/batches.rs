@@ -264,7 +264,8 @@ pub async fn a_batch_of_every_kind_of_write_lands_together<S: Store + 'static>(s
         store.usage(org_id, "2026-03").await.unwrap(),
         Usage {
             agents: 1,
-            token_requests: 1
+            token_requests: 1,
+            resources: 0
         }
     );
     assert!(store.is_token_revoked(&jti).await.unwrap());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use agentidp_core::domain::Plan;
-use agentidp_core::store::{Store, Usage, Write};
+use agentidp_core::store::{ClientStanding, Store, Usage, Write};
 use chrono::Duration;
 use tokio::sync::Barrier;
 use uuid::Uuid;
@@ -112,7 +112,8 @@ pub async fn parallel_agent_counts_at_the_limit_never_exceed_it<S: Store + 'stat
         store.usage(org_id, "2026-03").await.unwrap(),
         Usage {
             agents: 5,
-            token_requests: 0
+            token_requests: 0,
+            resources: 0
         }
     );
 }
@@ -143,28 +144,32 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
         store.usage(org_id, "2026-03").await.unwrap(),
         Usage {
             agents: 0,
-            token_requests: 3
+            token_requests: 3,
+            resources: 0
         }
     );
     assert_eq!(
         store.usage(org_id, "2026-04").await.unwrap(),
         Usage {
             agents: 0,
-            token_requests: 1
+            token_requests: 1,
+            resources: 0
         }
     );
     assert_eq!(
         store.usage(org_id, "2026-05").await.unwrap(),
         Usage {
             agents: 0,
-            token_requests: 0
+            token_requests: 0,
+            resources: 0
         }
     );
     assert_eq!(
         store.usage(other_org, "2026-03").await.unwrap(),
         Usage {
             agents: 0,
-            token_requests: 1
+            token_requests: 1,
+            resources: 0
         }
     );
 }
@@ -189,7 +194,8 @@ pub async fn parallel_token_requests_at_the_limit_never_exceed_it<S: Store + 'st
         store.usage(org_id, "2026-03").await.unwrap(),
         Usage {
             agents: 0,
-            token_requests: 5
+            token_requests: 5,
+            resources: 0
         }
     );
 }
@@ -280,7 +286,9 @@ pub async fn adding_to_a_tally_returns_its_new_count_and_the_batch_form_agrees<
     assert_eq!(store.tallies(&[key], now_ms()).await.unwrap(), vec![4]);
 }
 
-pub async fn a_clients_standing_reads_its_credential_and_counters_together<S: Store + 'static>(
+pub async fn a_clients_standing_reads_its_credential_counters_and_resource_together<
+    S: Store + 'static,
+>(
     store: Arc<S>,
 ) {
     let (org_id, agent_id) = (Uuid::new_v4(), Uuid::new_v4());
@@ -300,24 +308,65 @@ pub async fn a_clients_standing_reads_its_credential_and_counters_together<S: St
         }])
         .await
         .unwrap();
+    let mcp = super::resources::resource(org_id, "https://mcp.example.com/mcp", now_ms());
+    super::resources::register(&store, &mcp).await;
     let absent = format!("auth-address#{}", Uuid::new_v4());
-    let (found, counts) = store
+    let standing = store
         .client_standing(
             Some(credential.client_id),
             &[key.clone(), absent.clone()],
+            Some((org_id, &mcp.identifier)),
             now_ms(),
         )
         .await
         .unwrap();
-    assert_eq!((found, counts), (Some(credential), vec![1, 0]));
-    let (found, counts) = store
-        .client_standing(Some(Uuid::new_v4()), &[absent], now_ms())
+    assert_eq!(
+        standing,
+        ClientStanding {
+            credential: Some(credential.clone()),
+            tallies: vec![1, 0],
+            resource: Some(mcp.target()),
+        }
+    );
+    // The claim is the organization's: the same identifier elsewhere, or another one, is none.
+    for (org, identifier) in [
+        (Uuid::new_v4(), mcp.identifier.as_str()),
+        (org_id, "https://mcp.example.com/other"),
+    ] {
+        let standing = store
+            .client_standing(
+                Some(credential.client_id),
+                &[],
+                Some((org, identifier)),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(standing.resource, None, "{org} {identifier}");
+        assert_eq!(standing.credential.as_ref(), Some(&credential));
+    }
+    let standing = store
+        .client_standing(Some(Uuid::new_v4()), &[absent], None, now_ms())
         .await
         .unwrap();
-    assert_eq!((found, counts), (None, vec![0]));
     assert_eq!(
-        store.client_standing(None, &[], now_ms()).await.unwrap(),
-        (None, vec![])
+        standing,
+        ClientStanding {
+            credential: None,
+            tallies: vec![0],
+            resource: None,
+        }
+    );
+    assert_eq!(
+        store
+            .client_standing(None, &[], None, now_ms())
+            .await
+            .unwrap(),
+        ClientStanding {
+            credential: None,
+            tallies: vec![],
+            resource: None,
+        }
     );
 }
 

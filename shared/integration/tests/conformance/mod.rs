@@ -30,6 +30,7 @@ pub mod batches;
 pub mod counters;
 pub mod credentials;
 pub mod orgs;
+pub mod resources;
 pub mod revocations;
 
 /// Expands, for an expression that evaluates to a future of a store, into one
@@ -60,6 +61,16 @@ macro_rules! conformance_suite {
             agents::agents_are_listed_oldest_first_with_ties_broken_by_id,
             agents::a_claimed_agent_name_is_taken_until_released,
             agents::parallel_claims_of_one_agent_name_let_exactly_one_win,
+            resources::a_resource_reads_back_equal_by_id_and_its_claim_by_identifier,
+            resources::resources_are_listed_oldest_first_with_ties_broken_by_id,
+            resources::updating_or_deleting_a_resource_needs_the_version_that_is_stored,
+            resources::an_identifier_is_claimed_by_one_resource_which_alone_may_rewrite_its_claim,
+            resources::moving_a_resource_to_a_new_identifier_moves_its_claim,
+            resources::deleting_a_resource_frees_its_identifier,
+            resources::another_organizations_resources_and_identifiers_are_invisible,
+            resources::the_resource_count_stops_at_the_limit_and_never_goes_below_zero,
+            resources::parallel_claims_of_one_identifier_let_exactly_one_win,
+            resources::parallel_resource_counts_at_the_limit_never_exceed_it,
             credentials::a_credential_reads_back_equal_by_client_id_and_by_its_ids,
             credentials::creating_a_credential_that_already_exists_fails,
             credentials::updating_a_credential_needs_the_version_that_is_stored,
@@ -74,7 +85,7 @@ macro_rules! conformance_suite {
             counters::an_organization_without_counters_has_zero_usage,
             counters::failure_counters_add_up_per_key_and_read_zero_when_absent_or_expired,
             counters::adding_to_a_tally_returns_its_new_count_and_the_batch_form_agrees,
-            counters::a_clients_standing_reads_its_credential_and_counters_together,
+            counters::a_clients_standing_reads_its_credential_counters_and_resource_together,
             counters::parallel_failures_are_all_counted,
             revocations::a_revoked_token_is_reported_and_revoking_it_again_is_harmless,
             revocations::a_tokens_standing_reads_its_revocation_and_its_agent_together,
