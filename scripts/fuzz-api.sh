@@ -80,9 +80,9 @@ export AGENTIDP_ORG_REQUESTS_PER_MINUTE=10000000
 export AGENTIDP_LOCKOUT_CLIENT_FAILURES=1000000
 export AGENTIDP_LOCKOUT_ADDRESS_FAILURES=1000000
 export AGENTIDP_LOCKOUT_CLIENT_FAILURES_PER_MINUTE=1000000
-# The free plan's 100 agents would be used up early by the creates the fuzzer sends; past that
-# every create is a 403 PLAN_LIMIT_EXCEEDED and the agents it would have made (and the
-# operations on them the stateful phase chains) go untested.
+# The free plan's 100 agents and 10 resources would be used up early by the creates the fuzzer
+# sends; past that every create is a 403 PLAN_LIMIT_EXCEEDED and the records it would have made
+# (and the operations on them the stateful phase chains) go untested.
 export AGENTIDP_FREE_MAX_AGENTS=1000000
 export AGENTIDP_FREE_MAX_RESOURCES=1000000
 # The fuzzer's token is taken once, before the run: the longest lifetime lets a long run

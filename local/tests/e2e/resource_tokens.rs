@@ -283,7 +283,36 @@ async fn a_resource_token_is_revoked_and_introspected_only_by_its_organization(
     );
 }
 
+async fn this_apis_own_audience_cannot_be_registered_as_a_resource(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("own-audience").await;
+    let admin_token = server.admin_token(&admin).await;
+    let api = server.api(&admin_token);
+    // In another case: identifiers are compared normalised.
+    let own = server.base.replacen("http", "HTTP", 1);
+    let refused = api
+        .create_resource(json!({"identifier": own, "name": "this API", "scopes": ["x:y"]}))
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert_eq!(refused.body["details"][0]["field"], "identifier");
+    let registered = server
+        .create_resource(&admin_token, &format!("{}/mcp", server.base), &["x:y"])
+        .await;
+    let moved = api
+        .update_resource(&registered, json!({"identifier": server.base}))
+        .await;
+    assert_eq!(moved.status, 400, "{}", moved.text);
+    assert_eq!(
+        api.list_resources("").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 agentidp_testkit::per_store!(
+    this_apis_own_audience_cannot_be_registered_as_a_resource,
     a_token_for_a_resource_is_audienced_to_it_with_the_scopes_it_shares,
     the_management_api_refuses_a_token_for_a_resource,
     an_unregistered_or_foreign_resource_is_an_invalid_target_and_issues_nothing,

@@ -10,6 +10,7 @@ use super::{
 use crate::domain::time::usage_month;
 use crate::domain::{AuditAction, Outcome, Resource, Scope};
 use crate::store::{Commit, Guard, OrgReader, ResourceReader, StoreError, Write};
+use crate::validation::FieldError;
 
 /// The fields of `POST /resources`, validated: the identifier normalised
 /// ([`crate::validation::resource_identifier`]), no management scope among the scopes.
@@ -42,12 +43,27 @@ fn resource_path(resource_id: Uuid) -> String {
 }
 
 impl<S: OrgReader + ResourceReader + Commit + ?Sized> Idp<S> {
+    /// This API's own audience is no resource: a token for it would be a management API token,
+    /// and a resource's tokens must never be accepted here.
+    fn refuse_own_audience(&self, identifier: &str) -> ServiceResult<()> {
+        let own = &self.config.audience;
+        let normalised = crate::validation::resource_identifier(own).ok();
+        if identifier == own || normalised.as_deref() == Some(identifier) {
+            return Err(ServiceError::Validation(vec![FieldError::new(
+                "identifier",
+                "is this API's own audience: its tokens are the ones asked for without resource",
+            )]));
+        }
+        Ok(())
+    }
+
     pub async fn create_resource(
         &self,
         caller: &Caller,
         input: NewResource,
     ) -> ServiceResult<Resource> {
         caller.require(Scope::ResourcesWrite)?;
+        self.refuse_own_audience(&input.identifier)?;
         let limits = self.limits(caller.org_id).await?;
         let now = self.now();
         let resource = Resource {
@@ -150,6 +166,9 @@ impl<S: OrgReader + ResourceReader + Commit + ?Sized> Idp<S> {
         changes: ResourceChanges,
     ) -> ServiceResult<Resource> {
         caller.require(Scope::ResourcesWrite)?;
+        if let Some(identifier) = &changes.identifier {
+            self.refuse_own_audience(identifier)?;
+        }
         let limits = &self.limits(caller.org_id).await?;
         let changes = &changes;
         retry_optimistically(|_| async move {
