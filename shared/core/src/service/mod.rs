@@ -24,6 +24,7 @@ pub mod agents;
 pub mod audit;
 pub mod credentials;
 pub mod migrations;
+mod oauth_error;
 pub mod orgs;
 pub mod resources;
 pub mod throttle;
