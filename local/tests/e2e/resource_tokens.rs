@@ -272,6 +272,30 @@ async fn a_resource_token_is_revoked_and_introspected_only_by_its_organization(
         true
     );
 
+    // A resource token is no credential at these endpoints: they take this API's tokens.
+    let as_bearer = server.api(&token);
+    assert_eq!(as_bearer.introspect(&token).await.status, 401);
+    assert_eq!(as_bearer.revoke_token(&token).await.status, 401);
+    assert_eq!(
+        server.introspect(&admin_token, &token).await["active"],
+        true
+    );
+    // `resource` means nothing at introspection: repeated, it is only a repeated parameter.
+    let repeated = server
+        .send(
+            server
+                .request(Method::POST, "/api/v1/token/introspect")
+                .basic_auth(&client_id, Some(&secret))
+                .form(&[
+                    ("token", token.as_str()),
+                    ("resource", MCP),
+                    ("resource", MCP),
+                ]),
+        )
+        .await;
+    assert_eq!(repeated.status, 400, "{}", repeated.text);
+    assert_eq!(repeated.oauth_error(), "invalid_request");
+
     let revoked = server
         .api_as_client(&client_id, &secret)
         .revoke_token(&token)

@@ -27,8 +27,15 @@ fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::OAuth(OAuthError::InvalidRequest(description.into()))
 }
 
-fn repeated(name: &str) -> ApiError {
-    if name == "resource" {
+/// Where `resource` is an RFC 8707 resource indicator: at the token endpoint only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ResourceIndicators {
+    Accepted,
+    NotHere,
+}
+
+fn repeated(name: &str, indicators: ResourceIndicators) -> ApiError {
+    if name == "resource" && indicators == ResourceIndicators::Accepted {
         ApiError::OAuth(OAuthError::InvalidTarget(
             "one resource per token request: ask for a token for each".into(),
         ))
@@ -67,10 +74,13 @@ impl<'de> serde::Deserialize<'de> for JsonMembers {
 }
 
 /// The request parameters, from a form (RFC 6749) or a JSON object of strings. A parameter
-/// given twice is refused (RFC 6749 §3.2); `resource` twice with `invalid_target`, as RFC 8707
-/// allows several but one token here is for one resource: a token every one of several
-/// audiences accepts is replayable at each of them.
-fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError> {
+/// given twice is refused (RFC 6749 §3.2); where resource indicators are accepted, `resource`
+/// twice with `invalid_target`, as RFC 8707 allows several but one token here is for one
+/// resource: a token every one of several audiences accepts is replayable at each of them.
+fn parameters(
+    request: &ApiRequest,
+    indicators: ResourceIndicators,
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut params = BTreeMap::new();
     match media_type(&request.headers).as_deref() {
         Some("application/x-www-form-urlencoded") => {
@@ -79,7 +89,7 @@ fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError
                     .insert(name.to_string(), value.into_owned())
                     .is_some()
                 {
-                    return Err(repeated(&name));
+                    return Err(repeated(&name, indicators));
                 }
             }
         }
@@ -96,7 +106,7 @@ fn parameters(request: &ApiRequest) -> Result<BTreeMap<String, String>, ApiError
                     return Err(invalid(format!("the parameter {name} must be a string")));
                 };
                 if params.insert(name.clone(), text).is_some() {
-                    return Err(repeated(&name));
+                    return Err(repeated(&name, indicators));
                 }
             }
         }
@@ -213,7 +223,7 @@ pub(super) async fn serve(
 ) -> Result<ApiResponse, ApiError> {
     match endpoint {
         Endpoint::Token => {
-            let mut params = parameters(&request)?;
+            let mut params = parameters(&request, ResourceIndicators::Accepted)?;
             let auth = client_authentication(&request, &mut params)?;
             match params.get("grant_type").map(String::as_str) {
                 None => return Err(invalid("the grant_type parameter is required")),
@@ -252,7 +262,7 @@ pub(super) async fn serve(
             )))
         }
         Endpoint::Introspect => {
-            let mut params = parameters(&request)?;
+            let mut params = parameters(&request, ResourceIndicators::NotHere)?;
             let auth = endpoint_auth(&request, &mut params)?;
             let token = token_parameter(&params)?;
             let body = match idp.introspect(&auth, token, &request.context).await? {
@@ -278,7 +288,7 @@ pub(super) async fn serve(
             Ok(no_store(json_response(StatusCode::OK, &body)))
         }
         Endpoint::Revoke => {
-            let mut params = parameters(&request)?;
+            let mut params = parameters(&request, ResourceIndicators::NotHere)?;
             let auth = endpoint_auth(&request, &mut params)?;
             let token = token_parameter(&params)?;
             idp.revoke_token(&auth, token, &request.context).await?;
@@ -326,7 +336,7 @@ async fn metadata(idp: &Idp) -> Result<ApiResponse, ApiError> {
 /// value `unsupported_response_type`; no parameter value is echoed back.
 fn authorize(request: &ApiRequest) -> ApiError {
     let params = if request.method == http::Method::POST {
-        parameters(request)
+        parameters(request, ResourceIndicators::NotHere)
     } else {
         query_parameters(&request.query)
     };
