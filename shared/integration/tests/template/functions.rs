@@ -197,3 +197,41 @@ fn the_functions_environment_names_every_table() {
         }
     }
 }
+
+#[test]
+fn every_free_plan_limit_the_functions_read_is_a_stack_parameter() {
+    // A limit the configuration reads but the template does not set could be changed locally
+    // and never on AWS, where the functions would keep the default.
+    let read = std::cell::RefCell::new(BTreeSet::new());
+    agentidp_core::config::Config::from_lookup(|name| {
+        read.borrow_mut().insert(name.to_owned());
+        (name == "AGENTIDP_ISSUER").then(|| "https://idp.example.com".to_owned())
+    })
+    .unwrap();
+    let limits: Vec<String> = read
+        .into_inner()
+        .into_iter()
+        .filter(|name| name.starts_with("AGENTIDP_FREE_"))
+        .collect();
+    assert!(limits.len() >= 5, "{limits:?}");
+    let template = template();
+    let variables = get(
+        &template,
+        &["Globals", "Function", "Environment", "Variables"],
+    )
+    .unwrap();
+    let parameters = get(&template, &["Parameters"]).unwrap();
+    for name in &limits {
+        let value = variables
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("Globals set no {name}"));
+        let (parameter, _) = reference(value);
+        let declared = get(parameters, &[parameter.as_str()])
+            .unwrap_or_else(|| panic!("{name} refers to no parameter {parameter}"));
+        assert_eq!(
+            get(declared, &["Type"]).and_then(Value::as_str),
+            Some("Number"),
+            "{name}"
+        );
+    }
+}
