@@ -16,7 +16,7 @@ SCOPE_RS = REPO / "shared" / "core" / "src" / "domain" / "scope.rs"
 API_REFERENCE = REPO / "docs" / "developers" / "api-reference.md"
 AUDIT_GUIDE = REPO / "docs" / "developers" / "guides" / "query-audit-logs.md"
 
-OAUTH_ENDPOINTS = {"Token", "Introspect", "Revoke", "Jwks", "Metadata", "OpenIdConfiguration", "Authorize"}
+OAUTH_ENDPOINTS = {"Token", "Introspect", "Revoke", "Jwks", "Metadata", "OpenIdConfiguration", "OrganizationMetadata", "Authorize"}
 
 
 def status_number(name: str) -> int:

@@ -38,6 +38,46 @@ async fn the_openid_configuration_is_the_authorization_server_metadata(store: Ar
     );
 }
 
+async fn each_organization_has_its_own_issuer_discoverable_at_every_path_derived_from_it(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("discovered").await;
+    let platform = get(&server, "/.well-known/oauth-authorization-server").await;
+    let issuer = format!("{}/orgs/{}", server.base, admin.org_id);
+    for path in [
+        format!(
+            "/.well-known/oauth-authorization-server/orgs/{}",
+            admin.org_id
+        ),
+        format!("/.well-known/openid-configuration/orgs/{}", admin.org_id),
+        format!("/orgs/{}/.well-known/openid-configuration", admin.org_id),
+    ] {
+        let document = get(&server, &path).await;
+        assert_eq!(document.status, 200, "{path}: {}", document.text);
+        assert_eq!(document.body["issuer"], json!(issuer), "{path}");
+        // Only the issuer differs: the endpoints and keys are the platform's.
+        let mut expected = platform.body.clone();
+        expected["issuer"] = json!(issuer);
+        assert_eq!(document.body, expected, "{path}");
+        assert_eq!(
+            document.headers["cache-control"], platform.headers["cache-control"],
+            "{path}"
+        );
+    }
+    for unknown in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_owned()] {
+        for path in [
+            format!("/.well-known/oauth-authorization-server/orgs/{unknown}"),
+            format!("/.well-known/openid-configuration/orgs/{unknown}"),
+            format!("/orgs/{unknown}/.well-known/openid-configuration"),
+        ] {
+            let missing = get(&server, &path).await;
+            assert_eq!(missing.status, 404, "{path}: {}", missing.text);
+            assert_eq!(missing.code(), "NOT_FOUND", "{path}");
+        }
+    }
+}
+
 /// A request to the authorization endpoint, with redirects never followed: a redirect would be
 /// the failure.
 async fn authorize(
@@ -157,6 +197,7 @@ async fn the_authorization_endpoint_refuses_in_its_body_and_never_redirects(stor
 }
 
 agentidp_testkit::per_store!(
+    each_organization_has_its_own_issuer_discoverable_at_every_path_derived_from_it,
     the_openid_configuration_is_the_authorization_server_metadata,
     the_authorization_endpoint_refuses_in_its_body_and_never_redirects,
 );

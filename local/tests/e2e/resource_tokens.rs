@@ -84,6 +84,12 @@ async fn a_token_for_a_resource_is_audienced_to_it_with_the_scopes_it_shares(
     let token = granted.str("access_token");
     assert_eq!(claims(&token)["aud"], MCP);
     assert_eq!(claims(&token)["scope"], "tools:call");
+    let org_issuer = format!(
+        "{}/orgs/{}",
+        server.base,
+        claims(&admin_token)["org_id"].as_str().unwrap()
+    );
+    assert_eq!(claims(&token)["iss"], json!(org_issuer));
 
     // Requested scopes are narrowed the same way; scheme and host case do not matter.
     let narrowed = token_request(
@@ -103,6 +109,7 @@ async fn a_token_for_a_resource_is_audienced_to_it_with_the_scopes_it_shares(
     let introspected = server.introspect(&admin_token, &token).await;
     assert_eq!(introspected["active"], true);
     assert_eq!(introspected["aud"], MCP);
+    assert_eq!(introspected["iss"], json!(org_issuer));
     assert_eq!(introspected["scope"], "tools:call");
 
     let issued = server
@@ -119,7 +126,97 @@ async fn a_token_for_a_resource_is_audienced_to_it_with_the_scopes_it_shares(
         claims(&plain.str("access_token"))["aud"],
         json!(server.base)
     );
+    assert_eq!(
+        claims(&plain.str("access_token"))["iss"],
+        json!(server.base),
+        "the management API's tokens are the platform issuer's"
+    );
     assert_eq!(plain.body["scope"], "agents:read data:read tools:call");
+}
+
+/// What an MCP server does with a token (FastMCP's `JWTVerifier`, jose's `jwtVerify`): the
+/// signature against the published JWKS, then exactly the `iss` and `aud` it was configured
+/// with. Nothing else: a resource server cannot be relied on to check `org_id`.
+async fn resource_server_accepts(
+    server: &TestServer,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> bool {
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(
+        server
+            .send(server.request(Method::GET, "/.well-known/jwks.json"))
+            .await
+            .body,
+    )
+    .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .is_ok()
+}
+
+/// The issuer an organization's resource servers are configured with, as its operator finds it:
+/// from the organization's RFC 8414 metadata.
+async fn organization_issuer(server: &TestServer, org_id: &str) -> String {
+    let metadata = server
+        .send(server.request(
+            Method::GET,
+            &format!("/.well-known/oauth-authorization-server/orgs/{org_id}"),
+        ))
+        .await;
+    assert_eq!(metadata.status, 200, "{}", metadata.text);
+    metadata.str("issuer")
+}
+
+async fn another_organization_registering_the_same_identifier_gets_tokens_the_resource_refuses(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let (victim_admin_token, victim_id, victim_secret) =
+        organization_with_resource(&server, "victim", &["tools:call"], &["tools:call"]).await;
+    // Identifiers are unique per organization only: the attacker registers the victim's URL.
+    let (_, attacker_id, attacker_secret) =
+        organization_with_resource(&server, "attacker", &["tools:call"], &["tools:call"]).await;
+    let victim_org = claims(&victim_admin_token)["org_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim_issuer = organization_issuer(&server, &victim_org).await;
+
+    let victims = token_request(&server, &victim_id, &victim_secret, &[("resource", MCP)]).await;
+    assert_eq!(victims.status, 200, "{}", victims.text);
+    assert!(
+        resource_server_accepts(&server, &victims.str("access_token"), &victim_issuer, MCP).await,
+        "the victim's own agent is accepted"
+    );
+    let attackers = token_request(
+        &server,
+        &attacker_id,
+        &attacker_secret,
+        &[("resource", MCP)],
+    )
+    .await;
+    assert_eq!(attackers.status, 200, "{}", attackers.text);
+    let forged = attackers.str("access_token");
+    assert_eq!(claims(&forged)["aud"], MCP, "the same audience");
+    assert!(
+        !resource_server_accepts(&server, &forged, &victim_issuer, MCP).await,
+        "another organization's token for the same identifier is refused: {:?}",
+        claims(&forged)
+    );
+    // Nor is the platform's own issuer one a resource server can be configured with.
+    assert!(!resource_server_accepts(&server, &forged, &server.base, MCP).await);
+    assert!(
+        !resource_server_accepts(&server, &victims.str("access_token"), &server.base, MCP).await
+    );
 }
 
 async fn the_management_api_refuses_a_token_for_a_resource(store: Arc<dyn Store>) {
@@ -336,6 +433,7 @@ async fn this_apis_own_audience_cannot_be_registered_as_a_resource(store: Arc<dy
 }
 
 agentidp_testkit::per_store!(
+    another_organization_registering_the_same_identifier_gets_tokens_the_resource_refuses,
     this_apis_own_audience_cannot_be_registered_as_a_resource,
     a_token_for_a_resource_is_audienced_to_it_with_the_scopes_it_shares,
     the_management_api_refuses_a_token_for_a_resource,

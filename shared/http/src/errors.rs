@@ -33,6 +33,8 @@ pub enum ApiError {
         description: String,
     },
     RouteNotFound,
+    /// Discovery for an organization that does not exist (or an id that is not one).
+    UnknownIssuer,
     MethodNotAllowed(String),
     PayloadTooLarge,
     UnsupportedMediaType(String),
@@ -74,6 +76,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
                 "No route matches this path.",
+                json!([]),
+            ),
+            ApiError::UnknownIssuer => management(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "No organization has this issuer.",
                 json!([]),
             ),
             ApiError::MethodNotAllowed(allowed) => {

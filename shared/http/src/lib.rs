@@ -121,6 +121,8 @@ pub enum Endpoint {
     Metadata,
     /// The same metadata at the OpenID Connect discovery path (RFC 8414 §5).
     OpenIdConfiguration,
+    /// An organization's issuer's metadata, at each path a client derives from that issuer.
+    OrganizationMetadata,
     /// An authorization endpoint that supports no response type (see `oauth::authorize`).
     Authorize,
     ListAudit,
@@ -250,6 +252,27 @@ pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
         Endpoint::OpenIdConfiguration,
         FunctionGroup::Tokens,
     ),
+    // RFC 8414 §3.1 inserts the well-known suffix before the issuer's path; the MCP
+    // specification tries the same insertion for OpenID Connect, then OpenID Connect
+    // Discovery §4's appended form.
+    (
+        "GET",
+        "/.well-known/oauth-authorization-server/orgs/{orgId}",
+        Endpoint::OrganizationMetadata,
+        FunctionGroup::Tokens,
+    ),
+    (
+        "GET",
+        "/.well-known/openid-configuration/orgs/{orgId}",
+        Endpoint::OrganizationMetadata,
+        FunctionGroup::Tokens,
+    ),
+    (
+        "GET",
+        "/orgs/{orgId}/.well-known/openid-configuration",
+        Endpoint::OrganizationMetadata,
+        FunctionGroup::Tokens,
+    ),
     (
         "GET",
         "/api/v1/authorize",
@@ -279,6 +302,8 @@ pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
 /// A matched route with the path parameters in template order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Matched {
+    /// The route's path template, as API Gateway's route key names it.
+    pub template: &'static str,
     pub endpoint: Endpoint,
     pub group: FunctionGroup,
     pub params: Vec<String>,
@@ -316,6 +341,7 @@ pub fn route(method: &Method, path: &str) -> Result<Matched, Vec<&'static str>> 
         if let Some(params) = match_template(template, path) {
             if m == method.as_str() {
                 return Ok(Matched {
+                    template,
                     endpoint,
                     group,
                     params,
@@ -387,7 +413,10 @@ async fn dispatch(
         | Endpoint::Jwks
         | Endpoint::Metadata
         | Endpoint::OpenIdConfiguration
-        | Endpoint::Authorize => oauth::serve(idp, matched.endpoint, request).await,
+        | Endpoint::OrganizationMetadata
+        | Endpoint::Authorize => {
+            oauth::serve(idp, matched.endpoint, &matched.params, request).await
+        }
         _ => management::serve(idp, matched.endpoint, &matched.params, request).await,
     }
 }

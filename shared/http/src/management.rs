@@ -446,6 +446,7 @@ pub(super) async fn serve(
         | Endpoint::Jwks
         | Endpoint::Metadata
         | Endpoint::OpenIdConfiguration
+        | Endpoint::OrganizationMetadata
         | Endpoint::Authorize => Err(ApiError::RouteNotFound),
     }
 }

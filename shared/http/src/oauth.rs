@@ -219,6 +219,7 @@ fn no_store(mut response: ApiResponse) -> ApiResponse {
 pub(super) async fn serve(
     idp: &Arc<Idp>,
     endpoint: Endpoint,
+    path_params: &[String],
     request: ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
     match endpoint {
@@ -298,27 +299,44 @@ pub(super) async fn serve(
             let keys = idp.published_keys().await.map_err(OAuthError::from)?;
             Ok(public_json(&keys.jwks()))
         }
-        Endpoint::Metadata | Endpoint::OpenIdConfiguration => metadata(idp).await,
+        Endpoint::Metadata | Endpoint::OpenIdConfiguration => {
+            metadata(idp, &idp.config().issuer).await
+        }
+        Endpoint::OrganizationMetadata => {
+            let org_id = path_params
+                .first()
+                .and_then(|id| uuid::Uuid::parse_str(id).ok());
+            let Some(org_id) = org_id else {
+                return Err(ApiError::UnknownIssuer);
+            };
+            let issuer = idp
+                .organization_issuer(org_id)
+                .await?
+                .ok_or(ApiError::UnknownIssuer)?;
+            metadata(idp, &issuer).await
+        }
         Endpoint::Authorize => Err(authorize(&request)),
         _ => Err(ApiError::RouteNotFound),
     }
 }
 
-/// RFC 8414 metadata, served at both discovery paths with the same issuer: some verifiers
-/// (AWS Bedrock AgentCore's, AGNTCY's) only look at `/.well-known/openid-configuration`. We are
-/// not an OpenID Provider (no ID tokens), so the document has no `id_token_*` or
-/// `subject_types_supported`. `authorization_endpoint` is listed because the MCP SDKs' metadata
-/// models require it; `response_types_supported` is empty, as that endpoint supports none.
-async fn metadata(idp: &Idp) -> Result<ApiResponse, ApiError> {
+/// RFC 8414 metadata for `issuer`: the platform's, or an organization's (whose resource tokens
+/// it issues); the endpoints are the platform's either way. Served at both discovery paths with
+/// the same issuer: some verifiers (AWS Bedrock AgentCore's, AGNTCY's) only look at
+/// `openid-configuration`. We are not an OpenID Provider (no ID tokens), so the document has no
+/// `id_token_*` or `subject_types_supported`. `authorization_endpoint` is listed because the
+/// MCP SDKs' metadata models require it; `response_types_supported` is empty, as that endpoint
+/// supports none.
+async fn metadata(idp: &Idp, issuer: &str) -> Result<ApiResponse, ApiError> {
     let keys = idp.published_keys().await.map_err(OAuthError::from)?;
-    let issuer = &idp.config().issuer;
+    let base = &idp.config().issuer;
     Ok(public_json(&json!({
         "issuer": issuer,
-        "authorization_endpoint": format!("{issuer}/api/v1/authorize"),
-        "token_endpoint": format!("{issuer}/api/v1/token"),
-        "introspection_endpoint": format!("{issuer}/api/v1/token/introspect"),
-        "revocation_endpoint": format!("{issuer}/api/v1/token/revoke"),
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "authorization_endpoint": format!("{base}/api/v1/authorize"),
+        "token_endpoint": format!("{base}/api/v1/token"),
+        "introspection_endpoint": format!("{base}/api/v1/token/introspect"),
+        "revocation_endpoint": format!("{base}/api/v1/token/revoke"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -107,11 +107,8 @@ fn every_route_has_an_event_that_succeeds_and_events_look_as_api_gateway_sends_t
             ));
             continue;
         };
-        let (_, template, _, route_group) = ROUTES
-            .iter()
-            .find(|(m, _, e, _)| *e == matched.endpoint && *m == method.as_str())
-            .unwrap();
-        let route_key = format!("{method} {template}");
+        let route_key = format!("{method} {}", matched.template);
+        let route_group = &matched.group;
         for pointer in ["/routeKey", "/requestContext/routeKey"] {
             if text(event, pointer) != route_key {
                 problems.push(format!(

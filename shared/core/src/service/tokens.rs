@@ -144,6 +144,16 @@ impl<
         }
     }
 
+    /// The issuer of an organization's resource tokens, if the organization exists: what its
+    /// discovery documents name, and so what its resource servers are configured with.
+    pub async fn organization_issuer(&self, org_id: Uuid) -> ServiceResult<Option<String>> {
+        let org = self.store.get_org(org_id).await?;
+        Ok(org.map(|org| {
+            self.token_policy()
+                .organization_issuer(&org.org_id.to_string())
+        }))
+    }
+
     /// Whether this instance has verified exactly this secret for this credential: a check
     /// that costs no bcrypt and tells a caller nothing it did not know.
     fn secret_recently_verified(
@@ -427,8 +437,9 @@ impl<
         let limits = self.limits(credential.org_id).await?;
         let now = self.now();
         let policy = self.token_policy();
+        let org_id = credential.org_id.to_string();
         let claims = AccessTokenClaims {
-            iss: policy.issuer.clone(),
+            iss: policy.issuer_for(&audience, &org_id),
             sub: credential.agent_id.to_string(),
             aud: audience,
             exp: now.timestamp() + policy.lifetime_seconds,
@@ -437,7 +448,7 @@ impl<
             jti: Uuid::new_v4().to_string(),
             client_id: credential.client_id.to_string(),
             scope: granted.to_string(),
-            org_id: credential.org_id.to_string(),
+            org_id,
         };
         let keys = self.keys.keys().await.map_err(OAuthError::from)?;
         let month = usage_month(&now);

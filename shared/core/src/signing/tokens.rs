@@ -70,9 +70,32 @@ pub enum TokenRejection {
 /// What a token needs besides the key: who issues it, for whom, and for how long.
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
+    /// The platform's issuer: of tokens for the management API, and the base of every
+    /// organization's issuer.
     pub issuer: String,
+    /// The management API's audience.
     pub audience: String,
     pub lifetime_seconds: i64,
+}
+
+impl TokenPolicy {
+    /// The issuer of an organization's tokens for its own resources. Resource identifiers are
+    /// unique only within an organization, so another organization may register the same one:
+    /// a resource server that checks `iss` against its own organization's issuer, as every
+    /// JWT verifier does, refuses that organization's tokens without knowing about `org_id`.
+    pub fn organization_issuer(&self, org_id: &str) -> String {
+        format!("{}/orgs/{org_id}", self.issuer)
+    }
+
+    /// The `iss` of a token for `audience`: the platform's for the management API, the
+    /// organization's for any resource.
+    pub fn issuer_for(&self, audience: &str, org_id: &str) -> String {
+        if audience == self.audience {
+            self.issuer.clone()
+        } else {
+            self.organization_issuer(org_id)
+        }
+    }
 }
 
 impl KeySet {
@@ -108,7 +131,8 @@ impl KeySet {
 
     /// As [`KeySet::verify`], for any audience: what introspection and revocation accept, since
     /// a token for a resource is as much the organization's as one for the management API.
-    /// Whoever relies on the answer checks `aud` against its own identifier.
+    /// Whoever relies on the answer checks `aud` against its own identifier. `iss` must be the
+    /// one [`TokenPolicy::issuer_for`] gives the token's audience and organization.
     pub fn verify_any_audience(
         &self,
         token: &str,
@@ -151,14 +175,20 @@ impl KeySet {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
-        validation.set_issuer(&[&policy.issuer]);
         match audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_issuer(&[&policy.issuer]);
+                validation.set_audience(&[audience]);
+            }
+            // Checked below, once the claims say which organization's issuer it must be.
             None => validation.validate_aud = false,
         }
         let data = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.decoding, &validation)
             .map_err(|_| TokenRejection::Invalid)?;
         let claims = data.claims;
+        if audience.is_none() && claims.iss != policy.issuer_for(&claims.aud, &claims.org_id) {
+            return Err(TokenRejection::Invalid);
+        }
         let now = now.timestamp();
         if claims.exp <= now {
             return Err(TokenRejection::Expired);
@@ -204,9 +234,11 @@ mod tests {
         let keys =
             KeySet::from_document(&KeySetDocument::generate(SigningAlgorithm::ES256, now).unwrap())
                 .unwrap();
+        let plain = claims(now);
         let for_mcp = AccessTokenClaims {
+            iss: policy().organization_issuer(&plain.org_id),
             aud: "https://mcp.example.com/mcp".into(),
-            ..claims(now)
+            ..plain
         };
         let token = keys.sign(&for_mcp).unwrap();
         assert_eq!(
@@ -214,16 +246,18 @@ mod tests {
             TokenRejection::Invalid,
             "the management API's audience is not this resource's"
         );
-        let other_resource = TokenPolicy {
-            audience: "https://other.example.com/mcp".into(),
-            ..policy()
-        };
-        assert!(keys.verify(&token, &other_resource, now).is_err());
+        // What the resource server configures: its organization's issuer and its identifier.
         let mcp = TokenPolicy {
+            issuer: for_mcp.iss.clone(),
             audience: for_mcp.aud.clone(),
             ..policy()
         };
         assert_eq!(keys.verify(&token, &mcp, now).unwrap().aud, for_mcp.aud);
+        let other_resource = TokenPolicy {
+            audience: "https://other.example.com/mcp".into(),
+            ..mcp.clone()
+        };
+        assert!(keys.verify(&token, &other_resource, now).is_err());
         assert_eq!(
             keys.verify_any_audience(&token, &policy(), now)
                 .unwrap()
@@ -239,5 +273,43 @@ mod tests {
                 .is_err(),
             "any audience, but still only our issuer"
         );
+    }
+
+    #[test]
+    fn any_audience_still_requires_the_issuer_of_the_tokens_audience_and_organization() {
+        let now = Utc::now();
+        let keys =
+            KeySet::from_document(&KeySetDocument::generate(SigningAlgorithm::ES256, now).unwrap())
+                .unwrap();
+        let plain = claims(now);
+        let other_org = Uuid::new_v4().to_string();
+        for (iss, aud) in [
+            // A resource token under the platform's issuer.
+            (policy().issuer, "https://mcp.example.com/mcp".to_owned()),
+            // A resource token under another organization's issuer.
+            (
+                policy().organization_issuer(&other_org),
+                "https://mcp.example.com/mcp".to_owned(),
+            ),
+            // A management token under the organization's issuer.
+            (
+                policy().organization_issuer(&plain.org_id),
+                policy().audience,
+            ),
+        ] {
+            let token = keys
+                .sign(&AccessTokenClaims {
+                    iss: iss.clone(),
+                    aud: aud.clone(),
+                    ..plain.clone()
+                })
+                .unwrap();
+            assert_eq!(
+                keys.verify_any_audience(&token, &policy(), now)
+                    .unwrap_err(),
+                TokenRejection::Invalid,
+                "iss {iss}, aud {aud}"
+            );
+        }
     }
 }
