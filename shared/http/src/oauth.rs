@@ -299,9 +299,7 @@ pub(super) async fn serve(
             let keys = idp.published_keys().await.map_err(OAuthError::from)?;
             Ok(public_json(&keys.jwks()))
         }
-        Endpoint::Metadata | Endpoint::OpenIdConfiguration => {
-            metadata(idp, &idp.config().issuer).await
-        }
+        Endpoint::Metadata | Endpoint::OpenIdConfiguration => metadata(idp, None).await,
         Endpoint::OrganizationMetadata => {
             let org_id = path_params
                 .first()
@@ -313,25 +311,28 @@ pub(super) async fn serve(
                 .organization_issuer(org_id)
                 .await?
                 .ok_or(ApiError::UnknownIssuer)?;
-            metadata(idp, &issuer).await
+            metadata(idp, Some(issuer)).await
         }
         Endpoint::Authorize => Err(authorize(&request)),
         _ => Err(ApiError::RouteNotFound),
     }
 }
 
-/// RFC 8414 metadata for `issuer`: the platform's, or an organization's (whose resource tokens
-/// it issues); the endpoints are the platform's either way. Served at both discovery paths with
+/// RFC 8414 metadata: the platform's, or an organization's issuer's (the issuer of its resource
+/// tokens). The endpoints are the platform's either way. An organization's document lists no
+/// `scopes_supported`: its tokens carry the scopes of its resources, which are its own to name,
+/// never the management scopes, and a client that finds none asks for none. Served at both
+/// discovery paths with
 /// the same issuer: some verifiers (AWS Bedrock AgentCore's, AGNTCY's) only look at
 /// `openid-configuration`. We are not an OpenID Provider (no ID tokens), so the document has no
 /// `id_token_*` or `subject_types_supported`. `authorization_endpoint` is listed because the
 /// MCP SDKs' metadata models require it; `response_types_supported` is empty, as that endpoint
 /// supports none.
-async fn metadata(idp: &Idp, issuer: &str) -> Result<ApiResponse, ApiError> {
+async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiResponse, ApiError> {
     let keys = idp.published_keys().await.map_err(OAuthError::from)?;
     let base = &idp.config().issuer;
-    Ok(public_json(&json!({
-        "issuer": issuer,
+    let mut document = json!({
+        "issuer": organization_issuer.as_deref().unwrap_or(base),
         "authorization_endpoint": format!("{base}/api/v1/authorize"),
         "token_endpoint": format!("{base}/api/v1/token"),
         "introspection_endpoint": format!("{base}/api/v1/token/introspect"),
@@ -342,9 +343,12 @@ async fn metadata(idp: &Idp, issuer: &str) -> Result<ApiResponse, ApiError> {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": MANAGEMENT_SCOPES,
         "access_token_signing_alg_values_supported": keys.algorithms(),
-    })))
+    });
+    if organization_issuer.is_none() {
+        document["scopes_supported"] = json!(MANAGEMENT_SCOPES);
+    }
+    Ok(public_json(&document))
 }
 
 /// The authorization endpoint. Agents get tokens from the token endpoint, with no user and no
