@@ -43,6 +43,9 @@ if [[ ${#cargo_test_args[@]} -gt 0 ]]; then
 fi
 scripts/check-docs.sh
 
+step "MCP SDK interop (scripts/interop.sh)"
+scripts/interop.sh
+
 step "API fuzzing against docs/openapi.yaml (scripts/fuzz-api.sh)"
 scripts/fuzz-api.sh
 
