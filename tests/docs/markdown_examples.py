@@ -14,6 +14,10 @@ line before the code block it applies to:
     <!-- schema: Name -->
         before a ```json block that is not the response of an example: the JSON must be valid
         against components.schemas.Name of docs/openapi.yaml
+    <!-- excerpt: path/in/the/repository -->
+        before a code block quoted from a file that a test runs (an MCP server, an SDK client):
+        every non-blank line of the block is a line of that file, in the file's order
+        (test_code_parity.py), so the page cannot drift from the code that is tested
 
 A ```json block that directly follows a ```bash block (no heading or other code block between)
 documents that block's output: the JSON the block prints must have the same shape (see
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
-MARKER = re.compile(r"^<!--\s*(?P<key>capture|aws-only|skip|schema)\s*:\s*(?P<value>.*?)\s*-->\s*$")
+MARKER = re.compile(r"^<!--\s*(?P<key>capture|aws-only|skip|schema|excerpt)\s*:\s*(?P<value>.*?)\s*-->\s*$")
 STATUS = re.compile(r"[Rr]esponse[^`\n]*?`(?P<status>[1-5][0-9]{2})\b")
 CAPTURE = re.compile(r"(?P<name>[A-Z][A-Z0-9_]*)=(?P<path>\S+)")
 # Shell-like languages that must be written as ```bash so that the harness runs them.

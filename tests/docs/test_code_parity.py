@@ -241,3 +241,32 @@ def test_the_spec_lists_the_management_scopes():
     spec = load_spec()
     assert list(spec["components"]["securitySchemes"]["agentidp"]["flows"]["clientCredentials"]["scopes"]) == scopes
     assert spec["components"]["schemas"]["ServerMetadata"]["properties"]["scopes_supported"]["const"] == scopes
+
+
+def test_every_excerpt_in_the_docs_is_quoted_from_its_file_in_order():
+    from markdown_examples import parse
+
+    pages = sorted((REPO / "docs" / "developers").rglob("*.md"))
+    excerpts = 0
+    for page in pages:
+        for block in parse(page):
+            source = block.markers.get("excerpt")
+            if source is None:
+                continue
+            excerpts += 1
+            path = REPO / source
+            assert path.is_file(), f"{block.where}: no file {source}"
+            # A linter's pragma (`# noqa: E402`) is the file's business, not the reader's.
+            file_lines = [
+                re.sub(r"\s+# noqa\b.*$", "", line).strip() for line in path.read_text(encoding="utf-8").splitlines()
+            ]
+            position = 0
+            for line in block.text.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    position = file_lines.index(line.strip(), position) + 1
+                except ValueError:
+                    raise AssertionError(f"{block.where}: `{line.strip()}` is not in {source} after the lines before it") from None
+    assert excerpts >= 3, "the MCP guide quotes its server and both SDK clients"
+

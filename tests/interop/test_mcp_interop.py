@@ -398,7 +398,9 @@ def run_python_client(server_url: str, client_id: str, client_secret: str, issue
         )
         with anyio.fail_after(CLIENT_TIMEOUT):
             async with httpx2.AsyncClient(
-                auth=provider, timeout=HTTP_TIMEOUT, event_hooks={"response": [record]}
+                auth=provider,
+                timeout=HTTP_TIMEOUT,
+                event_hooks={"response": [record]},
             ) as http_client:
                 async with streamable_http_client(server_url, http_client=http_client) as (read, write):
                     async with ClientSession(read, write) as client:
