@@ -8,6 +8,9 @@
 #
 # Scenarios (each at every concurrency in CONCURRENCY, the two servers alternating):
 #   token-warm    POST /token, one client whose secret the server has already verified
+#   token-resource  the same, with `resource` (RFC 8707) naming a registered resource: the token's
+#                 aud is the resource and its scope `bench:call`, asked for and held by the agent
+#                 (oidc-provider: the same resource, through its resourceIndicators feature)
 #   token-many    POST /token, COLD_CLIENTS distinct clients in turn, each new to the server:
 #                 AgentIdP is restarted before each of these runs, so every client's first
 #                 request runs bcrypt (oidc-provider compares static secrets in plain text)
@@ -25,7 +28,7 @@
 #   ROUNDS=2            rounds per scenario and concurrency; the order of the two servers
 #                       alternates between rounds (AgentIdP first in odd rounds)
 #   CONCURRENCY="1 8 32"
-#   SCENARIOS="token-warm token-many introspect agents-list audit-query"
+#   SCENARIOS="token-warm token-resource token-many introspect agents-list audit-query"
 #   COLD_CLIENTS=500    distinct credentials for token-many (created before the runs)
 #   A_PORT=3900 O_PORT=3901
 #   BCRYPT_FLOOR_MS=30  a token or introspection request that took at least this long inside
@@ -52,7 +55,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 CONCURRENCY=${CONCURRENCY:-"1 8 32"}
-SCENARIOS=${SCENARIOS:-"token-warm token-many introspect agents-list audit-query"}
+SCENARIOS=${SCENARIOS:-"token-warm token-resource token-many introspect agents-list audit-query"}
 COLD_CLIENTS=${COLD_CLIENTS:-500}
 A_PORT=${A_PORT:-3900}
 O_PORT=${O_PORT:-3901}
@@ -189,7 +192,12 @@ api() { # METHOD PATH [JSON]
 new_agent() { api POST /api/v1/agents "{\"name\":\"$1\",\"scopes\":[\"agents:read\"]}" | jq -r .agentId; }
 new_credential() { api POST "/api/v1/agents/$1/credentials" '{}' | jq -r '"\(.clientId):\(.clientSecret)"'; }
 
-WARM_AGENT=$(new_agent bench-warm)
+# The warm agent also holds a scope of the benchmark's resource, so its resource tokens carry one.
+RESOURCE=https://bench.example.com/mcp
+RESOURCE_FORM="resource=https%3A%2F%2Fbench.example.com%2Fmcp&scope=bench%3Acall"
+api POST /api/v1/resources "{\"identifier\":\"$RESOURCE\",\"name\":\"bench\",\"scopes\":[\"bench:call\"]}" \
+  | jq -e --arg r "$RESOURCE" '.identifier == $r' >/dev/null || die "registering the resource failed"
+WARM_AGENT=$(api POST /api/v1/agents '{"name":"bench-warm","scopes":["agents:read","bench:call"]}' | jq -r .agentId)
 WARM=$(new_credential "$WARM_AGENT")
 echo "$WARM" >"$WORK/clients.txt"
 echo "creating $COLD_CLIENTS credentials for token-many ..." >&2
@@ -220,6 +228,10 @@ while read -r line; do basic "$line"; echo; done <"$WORK/cold.txt" >"$WORK/cold-
 
 A_TOKEN=$(token_for "${WARM%%:*}" "${WARM#*:}")
 [[ -n $A_TOKEN && $A_TOKEN != null ]] || die "no token for the warm client from AgentIdP"
+claims() { jq -R 'split(".")[1] | gsub("-"; "+") | gsub("_"; "/") | @base64d | fromjson'; }
+curl -sf -u "$WARM" -d grant_type=client_credentials -d "$RESOURCE_FORM" "$A/api/v1/token" | jq -r .access_token \
+  | claims | jq -e --arg r "$RESOURCE" '.aud == $r and .scope == "bench:call"' >/dev/null \
+  || die "AgentIdP's token for the resource is not audienced to it"
 
 # --- oidc-provider setup -------------------------------------------------------------------
 start_oidc
@@ -228,6 +240,9 @@ O_TOKEN=$(curl -sf -u "$WARM" -d grant_type=client_credentials -d resource=urn:a
 [[ -n $O_TOKEN && $O_TOKEN != null ]] || die "no token from oidc-provider"
 curl -sf -u "$WARM" -d grant_type=client_credentials "$O/token" | jq -e '.access_token' >/dev/null \
   || die "oidc-provider issues no JWT access token"
+curl -sf -u "$WARM" -d grant_type=client_credentials -d "$RESOURCE_FORM" "$O/token" | jq -r .access_token \
+  | claims | jq -e --arg r "$RESOURCE" '.aud == $r and .scope == "bench:call"' >/dev/null \
+  || die "oidc-provider's token for the resource is not audienced to it"
 curl -sf -u "$WARM" -d "token=$O_TOKEN" "$O/token/introspection" | jq -e '.active == true' >/dev/null \
   || die "oidc-provider does not introspect its token"
 curl -sf -u "$WARM" -d "token=$A_TOKEN" "$A/api/v1/token/introspect" | jq -e '.active == true' >/dev/null \
@@ -272,6 +287,7 @@ EOF
 
 static_lua "$WORK/a-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
 static_lua "$WORK/o-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
+static_lua "$WORK/resource-token.lua" POST "grant_type=client_credentials&$RESOURCE_FORM" "$WARM_BASIC"
 static_lua "$WORK/a-introspect.lua" POST "token=$A_TOKEN" "$WARM_BASIC"
 static_lua "$WORK/o-introspect.lua" POST "token=$O_TOKEN" "$WARM_BASIC"
 static_lua "$WORK/a-get.lua" GET "" "Bearer $ADMIN_TOKEN"
@@ -341,6 +357,8 @@ scenario_url() { # SCENARIO SERVER -> url and lua, or nothing when the server ha
   case "$1/$2" in
     token-warm/a) echo "$A/api/v1/token $WORK/a-token.lua" ;;
     token-warm/o) echo "$O/token $WORK/o-token.lua" ;;
+    token-resource/a) echo "$A/api/v1/token $WORK/resource-token.lua" ;;
+    token-resource/o) echo "$O/token $WORK/resource-token.lua" ;;
     token-many/a) echo "$A/api/v1/token $WORK/many.lua" ;;
     token-many/o) echo "$O/token $WORK/many.lua" ;;
     introspect/a) echo "$A/api/v1/token/introspect $WORK/a-introspect.lua" ;;
@@ -436,6 +454,11 @@ done
         r = (rps[a] / cnt[a]) / (rps[o] / cnt[o])
         printf "Goal, token endpoint, warm client, c=8: ratio %.2f (>= 1), p99 %.2f ms (< 10): %s\n",
           r, p99[a], verdict(r >= 1 && p99[a] < 10)
+      }
+      a = "token-resource 8 a"; w = "token-warm 8 a"
+      if ((a in cnt) && (w in cnt)) {
+        printf "Resource-bound tokens, c=8: AgentIdP token-resource / token-warm %.2f (goal: within a few percent of 1)\n",
+          (rps[a] / cnt[a]) / (rps[w] / cnt[w])
       }
       a = "introspect 8 a"; o = "introspect 8 o"
       if ((a in cnt) && (o in cnt)) {

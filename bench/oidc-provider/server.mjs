@@ -13,7 +13,9 @@
 //   urn:agentidp-bench:jwt     (the default) JWT access tokens (RFC 9068 `at+jwt`): what
 //                              the token endpoint comparison measures;
 //   urn:agentidp-bench:opaque  opaque tokens kept in the in-memory adapter: what introspection
-//                              looks up.
+//                              looks up;
+// and a third, https://bench.example.com/mcp, JWTs audienced to it with its scope `bench:call`:
+// the resource-bound tokens (RFC 8707) of the token-resource scenario.
 // Nothing is durable (the default in-memory adapter) and client secrets are compared in plain
 // text: that is oidc-provider's behaviour for a static client, not a shortcut of this file.
 
@@ -59,6 +61,8 @@ const jwk = {
 
 const JWT_RESOURCE = 'urn:agentidp-bench:jwt';
 const OPAQUE_RESOURCE = 'urn:agentidp-bench:opaque';
+// The registered resource of bench/load.sh's token-resource scenario, as AgentIdP has it.
+const MCP_RESOURCE = 'https://bench.example.com/mcp';
 
 const clients = [];
 for (const line of readFileSync(values.clients, 'utf8').split('\n')) {
@@ -73,7 +77,7 @@ for (const line of readFileSync(values.clients, 'utf8').split('\n')) {
       token_endpoint_auth_method: 'client_secret_basic',
       // Defaults to RS256, which oidc-provider refuses when the key set has no RSA key.
       id_token_signed_response_alg: alg,
-      scope: 'agents:read',
+      scope: 'agents:read bench:call',
     });
   }
 }
@@ -82,7 +86,7 @@ const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [jwk] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
-  scopes: ['agents:read'],
+  scopes: ['agents:read', 'bench:call'],
   ttl: { ClientCredentials: 3600 },
   features: {
     devInteractions: { enabled: false },
@@ -98,6 +102,15 @@ const provider = new Provider(issuer, {
           return {
             scope: 'agents:read',
             audience: issuer,
+            accessTokenTTL: 3600,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg } },
+          };
+        }
+        if (resource === MCP_RESOURCE) {
+          return {
+            scope: 'bench:call',
+            audience: MCP_RESOURCE,
             accessTokenTTL: 3600,
             accessTokenFormat: 'jwt',
             jwt: { sign: { alg } },
