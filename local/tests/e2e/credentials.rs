@@ -46,9 +46,11 @@ async fn generating_returns_the_secret_once_and_listing_never_shows_it(store: Ar
             "credentialId",
             "expiresAt",
             "revokedAt",
-            "status"
+            "status",
+            "type"
         ]
     );
+    assert_eq!(created.body["type"], "client_secret");
     assert_secret_shape(&created.str("clientSecret"));
     assert_eq!(created.body["status"], "active");
     assert_eq!(created.body["expiresAt"], json!(null));

@@ -102,7 +102,7 @@ async fn snapshot(store: &dyn Store, org_id: uuid::Uuid) -> Value {
             credentials.push(json!([
                 c.credential_id,
                 c.status.as_str(),
-                c.secret_hash,
+                c.proof.secret_hash(),
                 c.version
             ]));
         }

@@ -23,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod migrations;
 mod oauth;
+mod private_key_jwt;
 mod races;
 mod resource_tokens;
 mod resources;

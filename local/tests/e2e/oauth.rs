@@ -377,7 +377,15 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
     );
     assert_eq!(
         metadata.body["token_endpoint_auth_methods_supported"],
-        json!(["client_secret_basic", "client_secret_post"])
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
+    );
+    assert_eq!(
+        metadata.body["token_endpoint_auth_signing_alg_values_supported"],
+        json!(["RS256", "PS256", "ES256", "EdDSA"])
     );
     let jwks = server
         .send(server.request(Method::GET, "/.well-known/jwks.json"))

@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::error::BoxError;
 use reqwest::Method;
 use serde_json::json;
 
+use crate::private_key_jwt::{AgentKey, assertion_claims, token_with_assertion};
 use crate::support::TestServer;
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +57,16 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     server
         .create_resource(&token, "https://mcp.example.com/mcp", &["data:read"])
         .await;
+    let key = AgentKey::new(agentidp_core::signing::SigningAlgorithm::ES256);
+    let keyed = api
+        .generate_credential(
+            &agent,
+            json!({"type": "private_key_jwt", "jwks": key.jwks()}),
+        )
+        .await;
+    let keyed_client = keyed.str("clientId");
+    let first = key.sign(&assertion_claims(&server, &keyed_client));
+    assert_eq!(token_with_assertion(&server, &first, &[]).await.status, 200);
     let event_id = api.audit("limit=1").await.body["data"][0]["eventId"]
         .as_str()
         .unwrap()
@@ -88,6 +99,15 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
                     ]),
             )
             .await
+    );
+    measure!(
+        "POST /api/v1/token (private_key_jwt)",
+        token_with_assertion(
+            &server,
+            &key.sign(&assertion_claims(&server, &keyed_client)),
+            &[]
+        )
+        .await
     );
     measure!(
         "POST /api/v1/token/introspect (bearer)",
@@ -178,6 +198,8 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     let expected: Vec<(&str, usize)> = vec![
         ("POST /api/v1/token (warm client)", 2),
         ("POST /api/v1/token (warm client, resource)", 2),
+        // The assertion's single use is one more item of the token's one transaction.
+        ("POST /api/v1/token (private_key_jwt)", 2),
         ("POST /api/v1/token/introspect (bearer)", 2),
         ("GET /.well-known/jwks.json", 0),
         ("GET /.well-known/oauth-authorization-server", 0),

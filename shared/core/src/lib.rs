@@ -3,6 +3,7 @@
 //! AWS, SQLite or Lambda; those layers depend on this crate, never the other way round
 //! (docs/architecture.md).
 
+pub mod client_keys;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -87,6 +87,8 @@ pub enum Guard {
     ResourceLimit,
     /// `CountTokenRequest`: the month's token requests are below the plan's quota.
     TokenQuota,
+    /// `UseClientAssertion`: no assertion of this client with this `jti` was used before.
+    AssertionReplayed,
 }
 
 /// One conditional write of an atomic batch.
@@ -159,6 +161,13 @@ pub enum Write {
         org_id: Uuid,
         expires_at: DateTime<Utc>,
     },
+    /// Records that a client assertion (RFC 7523) was used, until `expires_at`, when the
+    /// assertion's own `exp` refuses it anyway. Condition: no record of this client's `jti`.
+    UseClientAssertion {
+        client_id: Uuid,
+        jti: String,
+        expires_at: DateTime<Utc>,
+    },
     /// Unconditional.
     Audit(AuditEvent),
     /// Adds one to a throttle counter (failed authentications of a client or an address, or
@@ -185,6 +194,7 @@ impl Write {
             Write::CountAgents { delta, .. } => (*delta > 0).then_some(Guard::AgentLimit),
             Write::CountResources { delta, .. } => (*delta > 0).then_some(Guard::ResourceLimit),
             Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
+            Write::UseClientAssertion { .. } => Some(Guard::AssertionReplayed),
             Write::ReleaseAgentName { .. }
             | Write::ReleaseResourceIdentifier { .. }
             | Write::RevokeToken { .. }

@@ -120,6 +120,11 @@ impl JsonObject {
         self.fields.contains_key(field)
     }
 
+    /// A field's JSON as sent, for a caller that validates its shape itself.
+    pub fn value(&mut self, field: &'static str) -> Option<Value> {
+        self.take(field)
+    }
+
     fn take(&mut self, field: &'static str) -> Option<Value> {
         self.known.push(field);
         self.fields.get(field).cloned()

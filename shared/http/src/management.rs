@@ -11,10 +11,12 @@ use crate::views::{
     ResourceView,
 };
 use crate::{ApiRequest, ApiResponse, Endpoint, empty_response, json_response, media_type};
+use agentidp_core::client_keys::ClientKeySet;
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
-use agentidp_core::domain::{AgentStatus, AuditAction, Outcome, Scope};
+use agentidp_core::domain::{AgentStatus, AuditAction, CredentialType, Outcome, Scope};
 use agentidp_core::service::agents::{AgentChanges, NewAgent};
 use agentidp_core::service::audit::AuditFilters;
+use agentidp_core::service::credentials::RequestedProof;
 use agentidp_core::service::resources::{NewResource, ResourceChanges};
 use agentidp_core::service::{Caller, Idp, ServiceError};
 use agentidp_core::validation::{
@@ -167,11 +169,68 @@ fn read_resource_changes(body: &mut JsonObject) -> ResourceChanges {
     }
 }
 
-fn read_expiry(request: &ApiRequest) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+/// The body of a credential's generation or rotation: its `type` (generation only; a client
+/// secret unless it says `private_key_jwt`), the public keys of a `private_key_jwt` one in
+/// `jwks`, and an optional `expiresAt`.
+fn read_credential_request(
+    request: &ApiRequest,
+    generating: bool,
+) -> Result<(RequestedProof, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
     let mut body = json_body(request)?;
     let expires_at = body.optional_timestamp("expiresAt");
+    let kind = if generating {
+        body.optional_text("type", 32).flatten()
+    } else {
+        None
+    };
+    let jwks = body.value("jwks");
+    let kind = match kind.as_deref() {
+        None if jwks.is_some() && !generating => Some(CredentialType::PrivateKeyJwt),
+        None => Some(CredentialType::ClientSecret),
+        Some(text) => CredentialType::parse(text),
+    };
+    let requested = match (kind, jwks) {
+        (None, _) => {
+            body.errors.push(FieldError::new(
+                "type",
+                "must be client_secret or private_key_jwt",
+            ));
+            None
+        }
+        (Some(CredentialType::ClientSecret), None) => Some(RequestedProof::Secret),
+        (Some(CredentialType::ClientSecret), Some(_)) => {
+            body.errors.push(FieldError::new(
+                "jwks",
+                "is only for a private_key_jwt credential",
+            ));
+            None
+        }
+        (Some(CredentialType::PrivateKeyJwt), None) => {
+            body.errors.push(FieldError::new(
+                "jwks",
+                "is required for a private_key_jwt credential",
+            ));
+            None
+        }
+        (Some(CredentialType::PrivateKeyJwt), Some(jwks)) => {
+            match ClientKeySet::from_jwks(&jwks, "jwks") {
+                Ok(keys) => Some(RequestedProof::PublicKeys(keys)),
+                Err(problems) => {
+                    body.errors.extend(problems);
+                    None
+                }
+            }
+        }
+    };
     body.finish().map_err(validation)?;
-    Ok(expires_at)
+    match requested {
+        Some(requested) => Ok((requested, expires_at)),
+        // `finish` reports every problem found, and each `None` above recorded one.
+        None => Err(validation(vec![FieldError::new(
+            "type",
+            "must be client_secret or private_key_jwt",
+        )])),
+    }
 }
 
 /// `page` and `limit` of the offset-paginated lists.
@@ -320,9 +379,9 @@ pub(super) async fn serve(
         }
         Endpoint::GenerateCredential => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
-            let expires_at = read_expiry(&request)?;
+            let (requested, expires_at) = read_credential_request(&request, true)?;
             let issued = idp
-                .generate_credential(&caller, agent_id, expires_at)
+                .generate_credential(&caller, agent_id, requested, expires_at)
                 .await?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -360,9 +419,9 @@ pub(super) async fn serve(
         Endpoint::RotateCredential => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
             let credential_id = path_id(params, 1, ServiceError::CredentialNotFound)?;
-            let expires_at = read_expiry(&request)?;
+            let (requested, expires_at) = read_credential_request(&request, false)?;
             let issued = idp
-                .rotate_credential(&caller, agent_id, credential_id, expires_at)
+                .rotate_credential(&caller, agent_id, credential_id, requested, expires_at)
                 .await?;
             Ok(json_response(
                 StatusCode::OK,

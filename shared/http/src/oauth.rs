@@ -12,16 +12,24 @@ use serde_json::{Value, json};
 
 use crate::errors::ApiError;
 use crate::{ApiRequest, ApiResponse, Endpoint, json_response, media_type};
+use agentidp_core::client_keys::{ASSERTION_ALGORITHMS, ClientAssertion};
 use agentidp_core::domain::scope::MANAGEMENT_SCOPES;
 use agentidp_core::secret::ClientSecret;
 use agentidp_core::service::Idp;
 use agentidp_core::service::tokens::{
-    ClientAuthMethod, ClientAuthentication, EndpointAuth, OAuthError,
+    ClientAuthMethod, ClientAuthentication, ClientProofPresented, EndpointAuth, OAuthError,
 };
 
 /// How long clients may cache the JWKS and metadata. Short, so a new key is picked up soon
 /// after rotation; the previous key stays published well beyond this.
 const PUBLIC_CACHE_CONTROL: &str = "public, max-age=300";
+
+/// How clients authenticate at the token, introspection and revocation endpoints.
+const CLIENT_AUTH_METHODS: [&str; 3] = [
+    ClientAuthMethod::Basic.as_str(),
+    ClientAuthMethod::Post.as_str(),
+    ClientAuthMethod::PrivateKeyJwt.as_str(),
+];
 
 fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::OAuth(OAuthError::InvalidRequest(description.into()))
@@ -148,6 +156,9 @@ fn basic_credentials(request: &ApiRequest) -> Result<Option<(String, String)>, A
     Ok(Some((unescape(id), unescape(secret))))
 }
 
+/// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+const JWT_BEARER_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 /// The client's credentials, by exactly one method. `None` when it sent none.
 fn client_authentication(
     request: &ApiRequest,
@@ -156,18 +167,49 @@ fn client_authentication(
     let basic = basic_credentials(request)?;
     let post_id = params.remove("client_id");
     let post_secret = params.remove("client_secret");
+    let assertion_type = params.remove("client_assertion_type");
+    let assertion = params.remove("client_assertion");
+    match (assertion_type, assertion) {
+        (None, None) => {}
+        (Some(kind), Some(assertion)) => {
+            if basic.is_some() || post_secret.is_some() {
+                return Err(invalid("use one client authentication method, not two"));
+            }
+            // RFC 7521 §4.2.1: an assertion type the server does not support is invalid_client.
+            if kind != JWT_BEARER_CLIENT_ASSERTION {
+                return Err(ApiError::OAuth(OAuthError::InvalidClient { basic: false }));
+            }
+            let assertion = ClientAssertion::new(assertion);
+            // The client is the assertion's `sub`; a `client_id` sent beside it must be the same.
+            let client_id = match (post_id, assertion.claimed_client_id()) {
+                (Some(sent), Some(claimed)) if sent == claimed => claimed,
+                (None, Some(claimed)) => claimed,
+                _ => return Err(ApiError::OAuth(OAuthError::InvalidClient { basic: false })),
+            };
+            return Ok(Some(ClientAuthentication {
+                client_id,
+                presented: ClientProofPresented::Assertion(assertion),
+                method: ClientAuthMethod::PrivateKeyJwt,
+            }));
+        }
+        _ => {
+            return Err(invalid(
+                "client_assertion and client_assertion_type are sent together",
+            ));
+        }
+    }
     match (basic, post_id, post_secret) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             Err(invalid("use one client authentication method, not two"))
         }
         (Some((client_id, secret)), None, None) => Ok(Some(ClientAuthentication {
             client_id,
-            secret: ClientSecret::presented(secret),
+            presented: ClientProofPresented::Secret(ClientSecret::presented(secret)),
             method: ClientAuthMethod::Basic,
         })),
         (None, Some(client_id), Some(secret)) => Ok(Some(ClientAuthentication {
             client_id,
-            secret: ClientSecret::presented(secret),
+            presented: ClientProofPresented::Secret(ClientSecret::presented(secret)),
             method: ClientAuthMethod::Post,
         })),
         // A client id without a secret would be a public client; there are none here.
@@ -340,9 +382,12 @@ async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiR
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "access_token_signing_alg_values_supported": keys.algorithms(),
     });
     if organization_issuer.is_none() {

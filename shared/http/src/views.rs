@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use agentidp_core::client_keys::ClientKeySet;
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::time::format_timestamp;
 use agentidp_core::domain::{Actor, Agent, AuditEvent, Credential, Resource};
+use agentidp_core::secret::ClientSecret;
 use agentidp_core::service::credentials::IssuedCredential;
 
 fn ts(at: &DateTime<Utc>) -> String {
@@ -75,12 +77,16 @@ impl From<&Resource> for ResourceView {
     }
 }
 
-/// A credential as listed: never the secret, never the hash.
+/// A credential as listed: never the secret, never the hash; of keys, only their ids.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialView {
     pub credential_id: Uuid,
     pub client_id: Uuid,
+    #[serde(rename = "type")]
+    pub credential_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ids: Option<Vec<String>>,
     pub status: EffectiveCredentialStatus,
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -92,6 +98,8 @@ impl CredentialView {
         Self {
             credential_id: c.credential_id,
             client_id: c.client_id,
+            credential_type: c.proof.credential_type().as_str(),
+            key_ids: c.proof.public_keys().map(ClientKeySet::key_ids),
             status: c.effective_status(now),
             created_at: ts(&c.created_at),
             expires_at: c.expires_at.as_ref().map(ts),
@@ -100,13 +108,19 @@ impl CredentialView {
     }
 }
 
-/// The one response that shows the secret: generation and rotation.
+/// The one response that shows the secret (of a client_secret credential): generation and
+/// rotation.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuedCredentialView<'a> {
     pub credential_id: Uuid,
     pub client_id: Uuid,
-    pub client_secret: &'a str,
+    #[serde(rename = "type")]
+    pub credential_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ids: Option<Vec<String>>,
     pub status: EffectiveCredentialStatus,
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -119,7 +133,9 @@ impl<'a> IssuedCredentialView<'a> {
         Self {
             credential_id: c.credential_id,
             client_id: c.client_id,
-            client_secret: issued.client_secret.expose(),
+            credential_type: c.proof.credential_type().as_str(),
+            client_secret: issued.client_secret.as_ref().map(ClientSecret::expose),
+            key_ids: c.proof.public_keys().map(ClientKeySet::key_ids),
             status: c.effective_status(now),
             created_at: ts(&c.created_at),
             expires_at: c.expires_at.as_ref().map(ts),

@@ -7,9 +7,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
+use agentidp_core::client_keys::ClientKeySet;
 use agentidp_core::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan, Resource, ResourceTarget,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
+    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
@@ -187,7 +188,15 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
     );
     item.insert("orgId".into(), s(credential.org_id.to_string()));
     item.insert("agentId".into(), s(credential.agent_id.to_string()));
-    item.insert("secretHash".into(), s(credential.secret_hash.clone()));
+    // Exactly one of the two: a secret's hash, or the public keys' JSON.
+    match &credential.proof {
+        CredentialProof::Secret { hash } => {
+            item.insert("secretHash".into(), s(hash.clone()));
+        }
+        CredentialProof::PublicKeys(keys) => {
+            item.insert(PUBLIC_KEYS.into(), s(keys.to_json()));
+        }
+    }
     item.insert("status".into(), s(credential.status.as_str()));
     item.insert("agentStatus".into(), s(credential.agent_status.as_str()));
     item.insert("agentScopes".into(), string_list(&credential.agent_scopes));
@@ -213,6 +222,8 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
     item
 }
 
+const PUBLIC_KEYS: &str = "publicKeys";
+
 pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
     let r = ItemReader::new(item, "credential");
     Ok(Credential {
@@ -220,7 +231,14 @@ pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
         client_id: r.uuid(PK)?,
         agent_id: r.uuid("agentId")?,
         org_id: r.uuid("orgId")?,
-        secret_hash: r.s("secretHash")?.to_owned(),
+        proof: match r.opt_s(PUBLIC_KEYS)? {
+            None => CredentialProof::Secret {
+                hash: r.s("secretHash")?.to_owned(),
+            },
+            Some(keys) => CredentialProof::PublicKeys(
+                ClientKeySet::from_json(keys).map_err(|_| r.malformed(PUBLIC_KEYS))?,
+            ),
+        },
         status: r.parse("status", CredentialStatus::parse)?,
         agent_status: r.parse("agentStatus", AgentStatus::parse)?,
         agent_scopes: r.string_list("agentScopes")?,

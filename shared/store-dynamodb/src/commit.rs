@@ -115,6 +115,12 @@ impl DynamoStore {
                 item.insert("expiresAtTime".into(), time(expires_at));
                 put(&tables.revoked_tokens, item, Expressions::default())
             }
+            Write::UseClientAssertion { expires_at, .. } => {
+                let mut item = id.key();
+                item.insert(EXPIRES_AT.into(), n(ttl_seconds(expires_at)));
+                item.insert("expiresAtTime".into(), time(expires_at));
+                put(&tables.throttle, item, absent())
+            }
             Write::Audit(event) => put(&tables.audit, audit_item(event), Expressions::default()),
             Write::Tally { expires_at, .. } => {
                 let expressions = Expressions::default()
@@ -169,6 +175,11 @@ fn item_id(write: &Write) -> ItemId {
         Write::CountTokenRequest { org_id, month, .. } => org_item(org_id, token_counter_sk(month)),
         Write::RevokeToken { jti, .. } => ItemId::new(TableRole::RevokedTokens, jti.clone(), None),
         Write::Tally { key, .. } => ItemId::new(TableRole::Throttle, key.clone(), None),
+        Write::UseClientAssertion { client_id, jti, .. } => ItemId::new(
+            TableRole::Throttle,
+            format!("assertion#{client_id}#{jti}"),
+            None,
+        ),
         Write::Audit(event) => ItemId::new(
             TableRole::Audit,
             event.org_id.to_string(),

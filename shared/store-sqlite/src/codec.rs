@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{ErrorCode, Row};
 use uuid::Uuid;
 
+use agentidp_core::client_keys::ClientKeySet;
 use agentidp_core::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan, Resource, ResourceTarget,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
+    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
@@ -193,6 +194,7 @@ pub(crate) struct RawCredential {
     rotated_at_ms: Option<i64>,
     version: i64,
     agent_scopes: String,
+    public_keys: Option<String>,
 }
 
 pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
@@ -210,6 +212,7 @@ pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
         rotated_at_ms: row.get(10)?,
         version: row.get(11)?,
         agent_scopes: row.get(12)?,
+        public_keys: row.get(13)?,
     })
 }
 
@@ -220,7 +223,15 @@ impl RawCredential {
             client_id: uuid(&self.client_id)?,
             agent_id: uuid(&self.agent_id)?,
             org_id: uuid(&self.org_id)?,
-            secret_hash: self.secret_hash,
+            proof: match self.public_keys {
+                None => CredentialProof::Secret {
+                    hash: self.secret_hash,
+                },
+                Some(keys) => CredentialProof::PublicKeys(
+                    ClientKeySet::from_json(&keys)
+                        .map_err(|e| corrupt("credential public keys", &e))?,
+                ),
+            },
             status: CredentialStatus::parse(&self.status)
                 .ok_or_else(|| corrupt("credential status", &self.status))?,
             agent_status: AgentStatus::parse(&self.agent_status)

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params};
 
+use agentidp_core::client_keys::ClientKeySet;
 use agentidp_core::domain::{Agent, AuditEvent, Credential, Resource};
 use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
 
@@ -204,6 +205,14 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
             ).map_err(db)?;
             return Ok(true);
         }
+        Write::UseClientAssertion {
+            client_id,
+            jti,
+            expires_at,
+        } => tx.cached_execute(
+            "INSERT INTO used_assertions (key, expires_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            (format!("{client_id} {jti}"), millis(expires_at)),
+        ).map_err(db)?,
         Write::Audit(event) => insert_audit(tx, event)?,
         // Keys name their window, so a counter never outlives the window it counts.
         Write::Tally { key, expires_at } => tx.cached_execute(
@@ -342,12 +351,13 @@ fn put_credential(
     let org_id = credential.org_id.to_string();
     let version = to_i64(credential.version)?;
     let agent_scopes = to_json(&credential.agent_scopes)?;
+    let public_keys = credential.proof.public_keys().map(ClientKeySet::to_json);
     let values = named_params! {
         ":credential_id": credential_id,
         ":client_id": client_id,
         ":agent_id": agent_id,
         ":org_id": org_id,
-        ":secret_hash": credential.secret_hash,
+        ":secret_hash": credential.proof.secret_hash().unwrap_or_default(),
         ":status": credential.status.as_str(),
         ":agent_status": credential.agent_status.as_str(),
         ":created_at_ms": millis(&credential.created_at),
@@ -356,6 +366,7 @@ fn put_credential(
         ":rotated_at_ms": credential.rotated_at.as_ref().map(millis),
         ":version": version,
         ":agent_scopes": agent_scopes,
+        ":public_keys": public_keys,
     };
     let Some(expected) = expected_version else {
         // A client id already taken by another credential also leaves nothing inserted: the
@@ -364,7 +375,7 @@ fn put_credential(
             &format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
                  :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
-                 :rotated_at_ms, :version, :agent_scopes) ON CONFLICT DO NOTHING"
+                 :rotated_at_ms, :version, :agent_scopes, :public_keys) ON CONFLICT DO NOTHING"
             ),
             values,
         ).map_err(db);
@@ -378,7 +389,8 @@ fn put_credential(
         "UPDATE OR IGNORE credentials SET client_id = :client_id, agent_id = :agent_id, org_id = :org_id, \
          secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
          created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
-         rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes \
+         rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes, \
+         public_keys = :public_keys \
          WHERE credential_id = :credential_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)

@@ -10,10 +10,11 @@ use crate::codec::{db, millis};
 use crate::{CachedStatements, SqliteStore};
 
 /// The tables whose rows expire, each with the key a row is deleted by.
-const EXPIRING_TABLES: [(&str, &str); 3] = [
+const EXPIRING_TABLES: [(&str, &str); 4] = [
     ("audit_events", "rowid"),
     ("revoked_tokens", "jti"),
     ("tallies", "key"),
+    ("used_assertions", "key"),
 ];
 /// Expired rows deleted per writer transaction, so a purge holds the writer for milliseconds
 /// at a time and commits in between go on.

@@ -13,8 +13,12 @@ use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
 /// rather than misread. Version 3 adds resources, their identifier claims and their count: new
 /// tables, which `SCHEMA` creates in an older file as in a new one, so that step needs no
 /// statement of its own; the version keeps an older build from opening a file whose resources it
-/// would not see.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+/// would not see. Version 4 adds credentials' public keys (a column, `MIGRATE_TO_4`) and the
+/// used client assertions (a table).
+pub(crate) const SCHEMA_VERSION: i64 = 4;
+
+/// Version 4: a credential's public keys (private_key_jwt), null for a client secret.
+const MIGRATE_TO_4: &str = "ALTER TABLE credentials ADD COLUMN public_keys TEXT;";
 
 /// Version 2 keeps a copy of the agent's scopes on each credential; a version-1 file gets the
 /// column, filled from its agents.
@@ -95,6 +99,7 @@ CREATE TABLE IF NOT EXISTS credentials (
     client_id     TEXT NOT NULL UNIQUE,
     agent_id      TEXT NOT NULL,
     org_id        TEXT NOT NULL,
+    -- '' for a credential with public_keys (JSON) instead of a secret
     secret_hash   TEXT NOT NULL,
     status        TEXT NOT NULL,
     agent_status  TEXT NOT NULL,
@@ -103,7 +108,8 @@ CREATE TABLE IF NOT EXISTS credentials (
     expires_at_ms INTEGER,
     revoked_at_ms INTEGER,
     rotated_at_ms INTEGER,
-    version       INTEGER NOT NULL
+    version       INTEGER NOT NULL,
+    public_keys   TEXT
 );
 CREATE INDEX IF NOT EXISTS credentials_by_agent ON credentials (org_id, agent_id, created_at_ms, credential_id);
 
@@ -122,6 +128,12 @@ CREATE TABLE IF NOT EXISTS token_request_counts (
 CREATE TABLE IF NOT EXISTS revoked_tokens (
     jti           TEXT PRIMARY KEY NOT NULL,
     org_id        TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- `key` is the client id and the assertion's jti: one use each, until the assertion expires.
+CREATE TABLE IF NOT EXISTS used_assertions (
+    key           TEXT PRIMARY KEY NOT NULL,
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 
@@ -161,7 +173,7 @@ pub(crate) const RESOURCE_COLUMNS: &str = "org_id, resource_id, identifier, name
      updated_at_ms, version";
 
 pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
-     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes";
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys";
 
 pub(crate) const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
      request_id, source_ip, user_agent, details, expires_at_ms";
@@ -182,6 +194,9 @@ impl SqliteStore {
         }
         if found == 1 {
             tx.execute_batch(MIGRATE_1_TO_2).map_err(db)?;
+        }
+        if (1..4).contains(&found) {
+            tx.execute_batch(MIGRATE_TO_4).map_err(db)?;
         }
         tx.execute_batch(SCHEMA).map_err(db)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -10,8 +10,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use uuid::Uuid;
 
 use agentidp_core::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
+    CredentialStatus, Organization, Outcome, Plan,
 };
 use agentidp_core::store::{
     AgentReader, AuditPosition, AuditQuery, AuditReader, Commit, CredentialReader, OrgReader,
@@ -122,7 +122,9 @@ fn credential(org_id: Uuid, agent_id: Uuid, full: bool) -> Credential {
         client_id: Uuid::new_v4(),
         agent_id,
         org_id,
-        secret_hash: "$2b$04$abcdefghijklmnopqrstuv".into(),
+        proof: CredentialProof::Secret {
+            hash: "$2b$04$abcdefghijklmnopqrstuv".into(),
+        },
         status: if full {
             CredentialStatus::Revoked
         } else {
@@ -230,9 +232,14 @@ async fn a_purge_deletes_only_what_has_expired_in_every_expiring_table() {
             key: format!("tally-{expired}"),
             expires_at: expiring_at(expired),
         });
+        writes.push(Write::UseClientAssertion {
+            client_id: org_id,
+            jti: format!("assertion-{expired}"),
+            expires_at: expiring_at(expired),
+        });
     }
     store.commit(writes).await.unwrap();
-    let expired_count = audit.len() - kept_events.len() + 2;
+    let expired_count = audit.len() - kept_events.len() + 3;
 
     assert_eq!(
         store.purge_expired(now).await.unwrap(),
@@ -252,7 +259,25 @@ async fn a_purge_deletes_only_what_has_expired_in_every_expiring_table() {
         .unwrap()
     };
     assert_eq!(rows("audit_events"), kept_events.len() as i64);
-    assert_eq!((rows("revoked_tokens"), rows("tallies")), (1, 1));
+    assert_eq!(
+        (
+            rows("revoked_tokens"),
+            rows("tallies"),
+            rows("used_assertions")
+        ),
+        (1, 1, 1)
+    );
+    // The kept assertion is still used: a second use is refused.
+    assert!(
+        store
+            .commit(vec![Write::UseClientAssertion {
+                client_id: org_id,
+                jti: "assertion-false".into(),
+                expires_at: expiring_at(false),
+            }])
+            .await
+            .is_err()
+    );
     for kept in kept_events {
         assert!(
             store
@@ -378,6 +403,72 @@ fn every_combination_of_audit_filters_reads_one_index_in_page_order() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idp.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    let org = Uuid::new_v4();
+    let agent = Uuid::new_v4();
+    let old = credential(org, agent, true);
+    store
+        .commit(vec![Write::PutCredential {
+            credential: old.clone(),
+            expected_version: None,
+        }])
+        .await
+        .unwrap();
+    drop(store);
+    // What a version-3 build left: no column for public keys, no table of used assertions.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE credentials DROP COLUMN public_keys; DROP TABLE used_assertions; \
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.credential_by_client_id(old.client_id).await.unwrap(),
+        Some(old.clone())
+    );
+    let keyed = Credential {
+        credential_id: Uuid::new_v4(),
+        client_id: Uuid::new_v4(),
+        proof: CredentialProof::PublicKeys(
+            agentidp_core::client_keys::ClientKeySet::from_jwks(
+                &serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
+                    "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}),
+                "jwks",
+            )
+            .unwrap(),
+        ),
+        ..old
+    };
+    store
+        .commit(vec![
+            Write::PutCredential {
+                credential: keyed.clone(),
+                expected_version: None,
+            },
+            Write::UseClientAssertion {
+                client_id: keyed.client_id,
+                jti: "first".into(),
+                expires_at: at(1_900_000_000_000),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .credential_by_client_id(keyed.client_id)
+            .await
+            .unwrap(),
+        Some(keyed)
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AgentStatus;
+use crate::client_keys::ClientKeySet;
 
 /// The stored status. `expired` is not stored: it is what an active credential past its
 /// `expiresAt` shows as.
@@ -52,14 +53,70 @@ impl EffectiveCredentialStatus {
     }
 }
 
+/// The kinds of credential: what `type` says in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialType {
+    ClientSecret,
+    PrivateKeyJwt,
+}
+
+impl CredentialType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialType::ClientSecret => "client_secret",
+            CredentialType::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CredentialType> {
+        match text {
+            "client_secret" => Some(CredentialType::ClientSecret),
+            "private_key_jwt" => Some(CredentialType::PrivateKeyJwt),
+            _ => None,
+        }
+    }
+}
+
+/// What a client proves it holds to use a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialProof {
+    /// A client secret, kept only as its bcrypt hash.
+    Secret { hash: String },
+    /// The public keys whose private halves sign its client assertions (RFC 7523 §2.2).
+    PublicKeys(ClientKeySet),
+}
+
+impl CredentialProof {
+    pub fn credential_type(&self) -> CredentialType {
+        match self {
+            CredentialProof::Secret { .. } => CredentialType::ClientSecret,
+            CredentialProof::PublicKeys(_) => CredentialType::PrivateKeyJwt,
+        }
+    }
+
+    pub fn secret_hash(&self) -> Option<&str> {
+        match self {
+            CredentialProof::Secret { hash } => Some(hash),
+            CredentialProof::PublicKeys(_) => None,
+        }
+    }
+
+    pub fn public_keys(&self) -> Option<&ClientKeySet> {
+        match self {
+            CredentialProof::Secret { .. } => None,
+            CredentialProof::PublicKeys(keys) => Some(keys),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub credential_id: Uuid,
     pub client_id: Uuid,
     pub agent_id: Uuid,
     pub org_id: Uuid,
-    /// bcrypt hash of the client secret; never leaves the server.
-    pub secret_hash: String,
+    /// The secret's bcrypt hash (which never leaves the server) or the public keys.
+    pub proof: CredentialProof,
     pub status: CredentialStatus,
     /// A copy of the agent's status, kept in step on every agent transition, so the token
     /// endpoint learns both from one read.
@@ -80,7 +137,11 @@ impl std::fmt::Debug for Credential {
             .field("client_id", &self.client_id)
             .field("agent_id", &self.agent_id)
             .field("org_id", &self.org_id)
-            .field("secret_hash", &"[redacted]")
+            .field("type", &self.proof.credential_type())
+            .field(
+                "key_ids",
+                &self.proof.public_keys().map(ClientKeySet::key_ids),
+            )
             .field("status", &self.status)
             .field("agent_status", &self.agent_status)
             .field("agent_scopes", &self.agent_scopes)
@@ -136,7 +197,9 @@ mod tests {
                 client_id: Uuid::new_v4(),
                 agent_id: Uuid::new_v4(),
                 org_id: Uuid::new_v4(),
-                secret_hash: "$2b$04$hash".into(),
+                proof: CredentialProof::Secret {
+                    hash: "$2b$04$hash".into(),
+                },
                 status,
                 agent_status: agent,
                 agent_scopes: Vec::new(),

@@ -10,7 +10,7 @@ pub mod time;
 
 pub use agent::{Agent, AgentStatus};
 pub use audit::{Actor, AuditAction, AuditEvent, Outcome};
-pub use credential::{Credential, CredentialStatus};
+pub use credential::{Credential, CredentialProof, CredentialStatus, CredentialType};
 pub use org::{Organization, Plan, PlanLimits};
 pub use resource::{Resource, ResourceTarget};
 pub use scope::{Scope, ScopeSet};

@@ -9,18 +9,40 @@ use super::{
     Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details, page_of,
     retry_optimistically, settle,
 };
+use crate::client_keys::ClientKeySet;
 use crate::domain::credential::EffectiveCredentialStatus;
-use crate::domain::{AuditAction, Credential, CredentialStatus, Outcome, Scope};
+use crate::domain::{
+    AuditAction, Credential, CredentialProof, CredentialStatus, CredentialType, Outcome, Scope,
+};
 use crate::secret::ClientSecret;
 use crate::store::Write;
 use crate::store::{AgentReader, Commit, CredentialReader, OrgReader};
 use crate::validation::FieldError;
 
-/// A credential with its secret in plain text: the one response that shows it.
+/// A credential as generated or rotated: with its secret in plain text, the one response that
+/// shows it, when it is a client secret.
 #[derive(Debug)]
 pub struct IssuedCredential {
     pub credential: Credential,
-    pub client_secret: ClientSecret,
+    pub client_secret: Option<ClientSecret>,
+}
+
+/// What a new or rotated credential is proved with.
+#[derive(Debug, Clone)]
+pub enum RequestedProof {
+    /// A new client secret, generated here.
+    Secret,
+    /// These public keys (private_key_jwt).
+    PublicKeys(ClientKeySet),
+}
+
+impl RequestedProof {
+    fn credential_type(&self) -> CredentialType {
+        match self {
+            RequestedProof::Secret => CredentialType::ClientSecret,
+            RequestedProof::PublicKeys(_) => CredentialType::PrivateKeyJwt,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,6 +59,25 @@ fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> 
         )])),
         _ => Ok(()),
     }
+}
+
+/// An audit event's details about a credential: its client id, its type, and its key ids when
+/// it has keys.
+fn proof_details<const N: usize>(
+    credential: &Credential,
+    extra: [(&str, serde_json::Value); N],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut recorded = details([
+        ("clientId", json!(credential.client_id)),
+        ("type", json!(credential.proof.credential_type().as_str())),
+    ]);
+    if let Some(keys) = credential.proof.public_keys() {
+        recorded.insert("keyIds".to_owned(), json!(keys.key_ids()));
+    }
+    for (name, value) in extra {
+        recorded.insert(name.to_owned(), value);
+    }
+    recorded
 }
 
 impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> Idp<S> {
@@ -60,10 +101,25 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
             .map_err(|e| ServiceError::internal("the hashing task failed", e))?
     }
 
+    /// The secret (generated now, bcrypt off the async workers) or the keys a credential gets.
+    async fn proof_for(
+        self: &std::sync::Arc<Self>,
+        requested: RequestedProof,
+    ) -> ServiceResult<(Option<ClientSecret>, CredentialProof)> {
+        Ok(match requested {
+            RequestedProof::Secret => {
+                let (secret, hash) = self.new_secret_off_thread().await?;
+                (Some(secret), CredentialProof::Secret { hash })
+            }
+            RequestedProof::PublicKeys(keys) => (None, CredentialProof::PublicKeys(keys)),
+        })
+    }
+
     pub async fn generate_credential(
         self: &std::sync::Arc<Self>,
         caller: &Caller,
         agent_id: Uuid,
+        requested: RequestedProof,
         expires_at: Option<DateTime<Utc>>,
     ) -> ServiceResult<IssuedCredential> {
         caller.require(Scope::AgentsWrite)?;
@@ -105,8 +161,8 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
         if let Some(refused) = refusal(&first_read) {
             return Err(refused);
         }
-        let (secret, hash) = self.new_secret_off_thread().await?;
-        let (first_read, hash, limits) = (&first_read, &hash, &limits);
+        let (secret, proof) = self.proof_for(requested).await?;
+        let (first_read, proof, limits) = (&first_read, &proof, &limits);
         let (refusal, takeover_check) = (&refusal, &takeover_check);
         let credential = retry_optimistically(|attempt| async move {
             let agent = if attempt == 0 {
@@ -129,7 +185,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
                 client_id: Uuid::new_v4(),
                 agent_id,
                 org_id: caller.org_id,
-                secret_hash: hash.clone(),
+                proof: proof.clone(),
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
                 agent_scopes: agent.scopes.clone(),
@@ -159,15 +215,15 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
                         actor: caller.actor(),
                         subject_agent_id: Some(agent_id),
                         resource: format!("credential/{}", credential.credential_id),
-                        details: details([
-                            ("clientId", json!(credential.client_id)),
-                            (
+                        details: proof_details(
+                            &credential,
+                            [(
                                 "expiresAt",
                                 json!(
                                     expires_at.map(|at| crate::domain::time::format_timestamp(&at))
                                 ),
-                            ),
-                        ]),
+                            )],
+                        ),
                     }
                     .at(now, limits, &caller.context),
                 ),
@@ -225,13 +281,15 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
             .ok_or(ServiceError::CredentialNotFound)
     }
 
-    /// A new secret for the same credential. The old secret stops working at once; tokens
-    /// already issued stay valid. `expires_at`, when given, replaces the expiry.
+    /// A new secret, or new keys, for the same credential. The old secret or keys stop working
+    /// at once; tokens already issued stay valid. `expires_at`, when given, replaces the expiry.
+    /// A credential keeps its type: `requested` must be of the same kind.
     pub async fn rotate_credential(
         self: &std::sync::Arc<Self>,
         caller: &Caller,
         agent_id: Uuid,
         credential_id: Uuid,
+        requested: RequestedProof,
         expires_at: Option<DateTime<Utc>>,
     ) -> ServiceResult<IssuedCredential> {
         caller.require(Scope::AgentsWrite)?;
@@ -253,9 +311,23 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
         if !first_read.may_be_rotated() {
             return Err(ServiceError::CredentialRevoked);
         }
-        let (secret, hash) = self.new_secret_off_thread().await?;
-        let (first_read, hash, limits, takeover_check) =
-            (&first_read, &hash, &limits, &takeover_check);
+        let kept = first_read.proof.credential_type();
+        if requested.credential_type() != kept {
+            return Err(ServiceError::Validation(vec![FieldError::new(
+                "jwks",
+                match kept {
+                    CredentialType::ClientSecret => {
+                        "a client_secret credential gets a new secret, not keys"
+                    }
+                    CredentialType::PrivateKeyJwt => {
+                        "is required: a private_key_jwt credential is rotated to new keys"
+                    }
+                },
+            )]));
+        }
+        let (secret, proof) = self.proof_for(requested).await?;
+        let (first_read, proof, limits, takeover_check) =
+            (&first_read, &proof, &limits, &takeover_check);
         let credential = retry_optimistically(|attempt| async move {
             let current = if attempt == 0 {
                 first_read.clone()
@@ -275,7 +347,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
             };
             let now = self.now();
             let mut next = current.clone();
-            next.secret_hash = hash.clone();
+            next.proof = proof.clone();
             next.rotated_at = Some(now);
             if expires_at.is_some() {
                 next.expires_at = expires_at;
@@ -294,7 +366,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
                         actor: caller.actor(),
                         subject_agent_id: Some(agent_id),
                         resource: format!("credential/{credential_id}"),
-                        details: details([("clientId", json!(next.client_id))]),
+                        details: proof_details(&next, []),
                     }
                     .at(now, limits, &caller.context),
                 ),

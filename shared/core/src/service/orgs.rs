@@ -5,13 +5,12 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::credentials::IssuedCredential;
 use super::{EventDraft, Idp, ServiceError, ServiceResult, details, retry_optimistically, settle};
 use crate::domain::audit::RequestContext;
 use crate::domain::scope::MANAGEMENT_SCOPES;
 use crate::domain::{
-    Actor, Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Organization, Outcome,
-    Plan,
+    Actor, Agent, AgentStatus, AuditAction, Credential, CredentialProof, CredentialStatus,
+    Organization, Outcome, Plan,
 };
 use crate::secret::ClientSecret;
 use crate::store::Write;
@@ -20,10 +19,17 @@ use crate::store::{AgentReader, Commit, OrgReader};
 /// The name of the agent that holds an organization's bootstrap admin credential.
 pub const BOOTSTRAP_AGENT_NAME: &str = "bootstrap-admin";
 
+/// The bootstrap admin's credential with its secret in plain text, printed once.
+#[derive(Debug)]
+pub struct BootstrapCredential {
+    pub credential: Credential,
+    pub client_secret: ClientSecret,
+}
+
 #[derive(Debug)]
 pub struct BootstrappedOrg {
     pub org: Organization,
-    pub admin: IssuedCredential,
+    pub admin: BootstrapCredential,
 }
 
 fn operator_context() -> RequestContext {
@@ -68,7 +74,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
                 client_id: Uuid::new_v4(),
                 agent_id: agent.agent_id,
                 org_id: agent.org_id,
-                secret_hash: hash,
+                proof: CredentialProof::Secret { hash },
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
                 agent_scopes: agent.scopes.clone(),
@@ -171,7 +177,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
         self.store.commit(writes).await?;
         Ok(BootstrappedOrg {
             org,
-            admin: IssuedCredential {
+            admin: BootstrapCredential {
                 credential,
                 client_secret: secret,
             },
@@ -212,7 +218,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
     pub async fn issue_bootstrap_credential(
         self: &Arc<Self>,
         org_id: Uuid,
-    ) -> ServiceResult<IssuedCredential> {
+    ) -> ServiceResult<BootstrapCredential> {
         let org = self.store.get_org(org_id).await?.ok_or_else(|| {
             ServiceError::Validation(vec![crate::validation::FieldError::new(
                 "orgId",
@@ -282,7 +288,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
             )));
             settle(
                 self.store.commit(writes).await,
-                IssuedCredential {
+                BootstrapCredential {
                     credential,
                     client_secret: secret,
                 },

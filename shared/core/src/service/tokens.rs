@@ -13,6 +13,10 @@ use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
 use crate::domain::{Actor, AuditAction, Credential, Outcome, ResourceTarget, ScopeSet};
 
+use crate::client_keys::{
+    AssertionExpectations, AssertionRejection, ClientAssertion, VerifiedAssertion,
+};
+use crate::domain::CredentialProof;
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, TokenPolicy};
 use crate::store::{
@@ -21,19 +25,44 @@ use crate::store::{
 };
 use crate::store::{Guard, StoreError, Write};
 
-/// How the client presented its credentials (RFC 6749 §2.3.1).
+/// How the client presented its credentials: a secret (RFC 6749 §2.3.1) in the header or the
+/// body, or a signed assertion (RFC 7523 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuthMethod {
     Basic,
     Post,
+    PrivateKeyJwt,
+}
+
+impl ClientAuthMethod {
+    /// Its name in the metadata's `token_endpoint_auth_methods_supported`, as audited.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::Basic => "client_secret_basic",
+            ClientAuthMethod::Post => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
+/// What the client presented to prove who it is.
+#[derive(Debug)]
+pub enum ClientProofPresented {
+    Secret(ClientSecret),
+    Assertion(ClientAssertion),
 }
 
 #[derive(Debug)]
 pub struct ClientAuthentication {
     pub client_id: String,
-    pub secret: ClientSecret,
+    pub presented: ClientProofPresented,
     pub method: ClientAuthMethod,
 }
+
+/// How long a client assertion may be valid for when it arrives, at most.
+pub const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 300;
+/// Clock skew allowed between a client's clock and ours on an assertion's times.
+const ASSERTION_LEEWAY_SECONDS: i64 = 30;
 
 pub use super::oauth_error::OAuthError;
 
@@ -45,6 +74,16 @@ pub struct TokenGrant {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: String,
+}
+
+/// A client that proved who it is: its credential, its organization's claim of the requested
+/// resource (if any), and the assertion it proved it with, whose single use is still to be
+/// recorded.
+#[derive(Debug)]
+struct Authenticated {
+    credential: Credential,
+    target: Option<ResourceTarget>,
+    assertion: Option<VerifiedAssertion>,
 }
 
 /// What introspection reports for an active token.
@@ -87,6 +126,9 @@ pub enum EndpointAuth {
 enum Denial {
     UnknownClient,
     WrongSecret,
+    /// An assertion for a credential with a secret, or a secret for one with keys.
+    WrongMethod,
+    Assertion(AssertionRejection),
     CredentialRevoked,
     CredentialExpired,
     AgentNotActive,
@@ -110,17 +152,34 @@ impl ClientRefusal {
 
 impl Denial {
     fn is_guess(self) -> bool {
-        matches!(self, Denial::UnknownClient | Denial::WrongSecret)
+        matches!(
+            self,
+            Denial::UnknownClient
+                | Denial::WrongSecret
+                | Denial::WrongMethod
+                | Denial::Assertion(_)
+        )
     }
 
     fn as_str(self) -> &'static str {
         match self {
             Denial::UnknownClient => "unknown_client",
             Denial::WrongSecret => "invalid_client_secret",
+            Denial::WrongMethod => "authentication_method_not_allowed",
+            Denial::Assertion(rejection) => rejection.as_str(),
             Denial::CredentialRevoked => "credential_revoked",
             Denial::CredentialExpired => "credential_expired",
             Denial::AgentNotActive => "agent_not_active",
         }
+    }
+}
+
+/// The write that records an assertion's single use.
+fn used_assertion(credential: &Credential, used: &VerifiedAssertion) -> Write {
+    Write::UseClientAssertion {
+        client_id: credential.client_id,
+        jti: used.jti.clone(),
+        expires_at: used.expires_at,
     }
 }
 
@@ -162,8 +221,9 @@ impl<
         credential: Option<&Credential>,
     ) -> bool {
         credential.is_some_and(|c| {
-            self.hasher
-                .recently_verified(c.credential_id, secret, &c.secret_hash)
+            c.proof
+                .secret_hash()
+                .is_some_and(|hash| self.hasher.recently_verified(c.credential_id, secret, hash))
         })
     }
 
@@ -176,13 +236,14 @@ impl<
     ) -> ServiceResult<bool> {
         let key = self.hasher.verification_key(
             client_id,
-            credential.map(|c| c.secret_hash.as_str()),
+            credential.and_then(|c| c.proof.secret_hash()),
             secret,
         );
         let verify = || {
             let idp = self.clone();
             let presented = ClientSecret::presented(secret.expose().to_owned());
-            let stored = credential.map(|c| (c.credential_id, c.secret_hash.clone()));
+            let stored =
+                credential.and_then(|c| Some((c.credential_id, c.proof.secret_hash()?.to_owned())));
             async move {
                 tokio::task::spawn_blocking(move || match stored {
                     Some((id, hash)) => idp.hasher.verify_and_remember(id, &presented, &hash),
@@ -205,7 +266,7 @@ impl<
         auth: &ClientAuthentication,
         context: &RequestContext,
         resource: Option<&str>,
-    ) -> ServiceResult<Result<(Credential, Option<ResourceTarget>), ClientRefusal>> {
+    ) -> ServiceResult<Result<Authenticated, ClientRefusal>> {
         let client_id = Uuid::parse_str(&auth.client_id).ok();
         let counters = self.auth_counters(&auth.client_id, context.source_ip.as_deref());
         let known_org = client_id.and_then(|id| self.known_client_org(id));
@@ -217,7 +278,12 @@ impl<
         // A secret this instance has verified passes every lockout: lockouts stop bcrypt from
         // being spent on guesses, and this costs none; refusing it would only let whoever knows
         // the (public) client id lock the client out.
-        let verified = self.secret_recently_verified(&auth.secret, credential.as_ref());
+        let verified = match &auth.presented {
+            ClientProofPresented::Secret(secret) => {
+                self.secret_recently_verified(secret, credential.as_ref())
+            }
+            ClientProofPresented::Assertion(_) => false,
+        };
         if let Some(lock) = lock.filter(|_| !verified) {
             // A refusal costs a read, never bcrypt. Only the first of a window writes: its audit
             // event, and a tally so the next refusal knows it is not the first.
@@ -244,20 +310,34 @@ impl<
                 retry_after: lock.retry_after,
             }));
         }
-        let matches = verified
-            || self
-                .secret_matches(&auth.client_id, &auth.secret, credential.as_ref())
-                .await?;
         let now = self.now();
-        let denial = match &credential {
-            None => Some(Denial::UnknownClient),
-            Some(_) if !matches => Some(Denial::WrongSecret),
-            Some(c) if c.status == crate::domain::CredentialStatus::Revoked => {
+        let proved = match &auth.presented {
+            ClientProofPresented::Secret(secret) => {
+                let matches = verified
+                    || self
+                        .secret_matches(&auth.client_id, secret, credential.as_ref())
+                        .await?;
+                match credential.as_ref().map(|c| &c.proof) {
+                    // A credential with keys has no hash: bcrypt ran against the dummy one.
+                    Some(CredentialProof::PublicKeys(_)) => Err(Denial::WrongMethod),
+                    _ if matches => Ok(None),
+                    _ => Err(Denial::WrongSecret),
+                }
+            }
+            ClientProofPresented::Assertion(assertion) => match &credential {
+                None => Err(Denial::UnknownClient),
+                Some(c) => self.check_assertion(c, assertion, now),
+            },
+        };
+        let denial = match (&credential, &proved) {
+            (None, _) => Some(Denial::UnknownClient),
+            (Some(_), Err(denial)) => Some(*denial),
+            (Some(c), _) if c.status == crate::domain::CredentialStatus::Revoked => {
                 Some(Denial::CredentialRevoked)
             }
-            Some(c) if c.is_expired_at(now) => Some(Denial::CredentialExpired),
-            Some(c) if !c.agent_status.may_obtain_tokens() => Some(Denial::AgentNotActive),
-            Some(_) => None,
+            (Some(c), _) if c.is_expired_at(now) => Some(Denial::CredentialExpired),
+            (Some(c), _) if !c.agent_status.may_obtain_tokens() => Some(Denial::AgentNotActive),
+            (Some(_), Ok(_)) => None,
         };
         let denial = match (denial, credential) {
             (None, Some(credential)) => {
@@ -273,7 +353,11 @@ impl<
                             .await?
                     }
                 };
-                return Ok(Ok((credential, target)));
+                return Ok(Ok(Authenticated {
+                    credential,
+                    target,
+                    assertion: proved.ok().flatten(),
+                }));
             }
             (None, None) => {
                 return Err(ServiceError::broken(
@@ -300,6 +384,59 @@ impl<
         }
         self.store.commit(writes).await?;
         Ok(Err(ClientRefusal::Denied))
+    }
+
+    /// An assertion's signature and claims against the credential's keys. Its `jti` is not
+    /// checked here: its single use is a condition of the write that issues the token.
+    fn check_assertion(
+        &self,
+        credential: &Credential,
+        assertion: &ClientAssertion,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<VerifiedAssertion>, Denial> {
+        let CredentialProof::PublicKeys(keys) = &credential.proof else {
+            return Err(Denial::WrongMethod);
+        };
+        let issuer = &self.config.issuer;
+        // RFC 7523 §3: the authorization server's identity or the endpoint's URL. The
+        // organization's own issuer too, which a client that discovered it there names.
+        let audiences = [
+            issuer.clone(),
+            format!("{issuer}/api/v1/token"),
+            format!("{issuer}/api/v1/token/introspect"),
+            format!("{issuer}/api/v1/token/revoke"),
+            self.token_policy()
+                .organization_issuer(&credential.org_id.to_string()),
+        ];
+        let expected = AssertionExpectations {
+            client_id: &credential.client_id.to_string(),
+            audiences: &audiences,
+            max_lifetime_seconds: MAX_ASSERTION_LIFETIME_SECONDS,
+            leeway_seconds: ASSERTION_LEEWAY_SECONDS,
+        };
+        keys.verify_assertion(assertion, &expected, now)
+            .map(Some)
+            .map_err(Denial::Assertion)
+    }
+
+    /// A replayed assertion is a failed authentication like a wrong secret: audited, and
+    /// counted towards the client's lockout.
+    async fn refuse_replayed_assertion(
+        &self,
+        credential: &Credential,
+        context: &RequestContext,
+    ) -> ServiceResult<()> {
+        let counters = self.auth_counters(
+            &credential.client_id.to_string(),
+            context.source_ip.as_deref(),
+        );
+        let mut writes = counters.tallies();
+        writes.push(Write::Audit(
+            self.denial_event(credential, "assertion_replayed", context, [])
+                .await?,
+        ));
+        self.store.commit(writes).await?;
+        Ok(())
     }
 
     fn known_client_org(&self, client_id: Uuid) -> Option<Uuid> {
@@ -372,7 +509,11 @@ impl<
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
-        let (credential, target) = match self.authenticate_client(&auth, context, resource).await? {
+        let Authenticated {
+            credential,
+            target,
+            assertion,
+        } = match self.authenticate_client(&auth, context, resource).await? {
             Ok(authenticated) => authenticated,
             Err(refusal) => return Err(refusal.into_oauth(basic)),
         };
@@ -463,15 +604,19 @@ impl<
                 let mut issued = details([
                     ("scope", json!(claims.scope)),
                     ("expiresIn", json!(policy.lifetime_seconds)),
+                    ("clientAuthMethod", json!(auth.method.as_str())),
                 ]);
                 if resource.is_some() {
                     issued.insert("resource".to_owned(), json!(claims.aud));
+                }
+                if let Some(assertion) = &assertion {
+                    issued.insert("keyId".to_owned(), json!(assertion.key_id));
                 }
                 issued
             },
         }
         .at(now, &limits, context);
-        let writes = vec![
+        let mut writes = vec![
             Write::CountTokenRequest {
                 org_id: credential.org_id,
                 month: month.clone(),
@@ -479,6 +624,12 @@ impl<
             },
             Write::Audit(event),
         ];
+        // Its single use commits with the token's count and event, or none of them does.
+        writes.extend(
+            assertion
+                .as_ref()
+                .map(|used| used_assertion(&credential, used)),
+        );
         // The signature (a quarter of a millisecond of CPU for RS256) is made while the commit
         // waits for its fsync: `biased` polls the commit first, so it is queued before signing
         // starts. The token is returned only once both succeeded, so no token ever goes out
@@ -509,6 +660,13 @@ impl<
                     },
                     retry_after: crate::domain::time::seconds_until_next_month(self.now()),
                 })
+            }
+            Err(StoreError::ConditionFailed {
+                guard: Guard::AssertionReplayed,
+                ..
+            }) => {
+                self.refuse_replayed_assertion(&credential, context).await?;
+                Err(OAuthError::InvalidClient { basic })
             }
             // Another guard failing here is a bug: the conversion makes it an internal error.
             Err(
@@ -586,18 +744,40 @@ impl<
     ) -> Result<Caller, OAuthError> {
         match auth {
             EndpointAuth::Client(client) => {
-                match self.authenticate_client(client, context, None).await? {
-                    Ok((credential, _)) => Ok(Caller {
-                        org_id: credential.org_id,
-                        agent_id: credential.agent_id,
-                        client_id: Some(credential.client_id),
-                        scopes: ScopeSet::default(),
-                        context: context.clone(),
-                    }),
-                    Err(refusal) => {
-                        Err(refusal.into_oauth(client.method == ClientAuthMethod::Basic))
+                let basic = client.method == ClientAuthMethod::Basic;
+                let Authenticated {
+                    credential,
+                    assertion,
+                    ..
+                } = match self.authenticate_client(client, context, None).await? {
+                    Ok(authenticated) => authenticated,
+                    Err(refusal) => return Err(refusal.into_oauth(basic)),
+                };
+                // These endpoints write nothing else: the assertion's use is a write of its own.
+                if let Some(used) = &assertion {
+                    match self
+                        .store
+                        .commit(vec![used_assertion(&credential, used)])
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(StoreError::ConditionFailed {
+                            guard: Guard::AssertionReplayed,
+                            ..
+                        }) => {
+                            self.refuse_replayed_assertion(&credential, context).await?;
+                            return Err(OAuthError::InvalidClient { basic });
+                        }
+                        Err(e) => return Err(ServiceError::from(e).into()),
                     }
                 }
+                Ok(Caller {
+                    org_id: credential.org_id,
+                    agent_id: credential.agent_id,
+                    client_id: Some(credential.client_id),
+                    scopes: ScopeSet::default(),
+                    context: context.clone(),
+                })
             }
             EndpointAuth::Bearer(token) => self
                 .authenticate_bearer(Some(token), context.clone())

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use agentidp_core::domain::{AgentStatus, Credential, CredentialStatus};
-use agentidp_core::store::{Store, Write};
+use agentidp_core::client_keys::ClientKeySet;
+use agentidp_core::domain::{AgentStatus, Credential, CredentialProof, CredentialStatus};
+use agentidp_core::store::{Guard, Store, StoreError, Write};
 use chrono::Duration;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{assert_condition_failed, assert_winners, credential, new_credential, now_ms, race};
@@ -57,7 +59,9 @@ pub async fn creating_a_credential_that_already_exists_fails<S: Store + 'static>
     store.commit(vec![new_credential(&first)]).await.unwrap();
 
     let overwrite = Credential {
-        secret_hash: "$2b$04$other".into(),
+        proof: CredentialProof::Secret {
+            hash: "$2b$04$other".into(),
+        },
         ..first.clone()
     };
     assert_condition_failed(&store.commit(vec![new_credential(&overwrite)]).await, 0);
@@ -77,7 +81,9 @@ pub async fn updating_a_credential_needs_the_version_that_is_stored<S: Store + '
     store.commit(vec![new_credential(&v1)]).await.unwrap();
 
     let rotated = Credential {
-        secret_hash: "$2b$04$rotated".into(),
+        proof: CredentialProof::Secret {
+            hash: "$2b$04$rotated".into(),
+        },
         rotated_at: Some(v1.created_at + Duration::minutes(1)),
         version: 2,
         ..v1.clone()
@@ -158,7 +164,9 @@ pub async fn parallel_updates_of_one_credential_version_let_exactly_one_win<S: S
 
     let candidates: Vec<Credential> = (0..16)
         .map(|i| Credential {
-            secret_hash: format!("$2b$04$writer{i}"),
+            proof: CredentialProof::Secret {
+                hash: format!("$2b$04$writer{i}"),
+            },
             version: 2,
             ..v1.clone()
         })
@@ -269,4 +277,124 @@ pub async fn credentials_are_listed_oldest_first_and_only_for_their_agent<S: Sto
             .unwrap(),
         Vec::new()
     );
+}
+
+/// A public Ed25519 key (RFC 8037 §A.2) and a P-256 one (RFC 7517 §A.1), as a client sends them.
+fn client_keys(kids: &[&str]) -> ClientKeySet {
+    let keys: Vec<serde_json::Value> = kids
+        .iter()
+        .enumerate()
+        .map(|(i, kid)| {
+            if i % 2 == 0 {
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                       "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"})
+            } else {
+                json!({"kty": "EC", "crv": "P-256", "kid": kid,
+                       "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+                       "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"})
+            }
+        })
+        .collect();
+    ClientKeySet::from_jwks(&json!({ "keys": keys }), "jwks").unwrap()
+}
+
+pub async fn a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_new_keys<
+    S: Store + 'static,
+>(
+    store: Arc<S>,
+) {
+    let keyed = Credential {
+        proof: CredentialProof::PublicKeys(client_keys(&["first"])),
+        ..credential(Uuid::new_v4(), Uuid::new_v4(), now_ms())
+    };
+    store.commit(vec![new_credential(&keyed)]).await.unwrap();
+    assert_eq!(
+        store
+            .credential_by_client_id(keyed.client_id)
+            .await
+            .unwrap(),
+        Some(keyed.clone())
+    );
+    let rotated = Credential {
+        proof: CredentialProof::PublicKeys(client_keys(&["second", "third"])),
+        version: 2,
+        ..keyed.clone()
+    };
+    store
+        .commit(vec![Write::PutCredential {
+            credential: rotated.clone(),
+            expected_version: Some(1),
+        }])
+        .await
+        .unwrap();
+    let read = store
+        .get_credential(keyed.org_id, keyed.agent_id, keyed.credential_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, rotated);
+    assert_eq!(
+        read.proof.public_keys().unwrap().key_ids(),
+        ["second", "third"],
+        "the old key is gone"
+    );
+    assert_eq!(read.proof.secret_hash(), None);
+}
+
+pub async fn a_client_assertion_is_used_once_and_its_batch_fails_with_it<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let (client, other_client) = (Uuid::new_v4(), Uuid::new_v4());
+    let expires_at = now_ms() + Duration::minutes(5);
+    let use_of = |client_id: Uuid, jti: &str| Write::UseClientAssertion {
+        client_id,
+        jti: jti.to_owned(),
+        expires_at,
+    };
+    store.commit(vec![use_of(client, "jti-1")]).await.unwrap();
+    // Another client's assertion may carry the same jti; this client's next one another jti.
+    store
+        .commit(vec![use_of(other_client, "jti-1"), use_of(client, "jti-2")])
+        .await
+        .unwrap();
+
+    let counted = format!("client:{}", Uuid::new_v4());
+    let replay = store
+        .commit(vec![
+            Write::Tally {
+                key: counted.clone(),
+                expires_at,
+            },
+            use_of(client, "jti-1"),
+        ])
+        .await;
+    assert!(
+        matches!(
+            replay,
+            Err(StoreError::ConditionFailed {
+                guard: Guard::AssertionReplayed,
+                index: 1
+            })
+        ),
+        "{replay:?}"
+    );
+    assert_eq!(
+        store.tallies(&[counted], now_ms()).await.unwrap(),
+        [0],
+        "nothing of the batch was written"
+    );
+}
+
+pub async fn parallel_uses_of_one_assertion_let_exactly_one_win<S: Store + 'static>(store: Arc<S>) {
+    let client_id = Uuid::new_v4();
+    let batches = (0..8)
+        .map(|_| {
+            vec![Write::UseClientAssertion {
+                client_id,
+                jti: "raced".into(),
+                expires_at: now_ms() + Duration::minutes(5),
+            }]
+        })
+        .collect();
+    assert_winners(&race(&store, batches).await, 1);
 }

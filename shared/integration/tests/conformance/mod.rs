@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentidp_core::domain::{
-    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialStatus, Organization,
-    Outcome, Plan,
+    Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
+    CredentialStatus, Organization, Outcome, Plan,
 };
 use agentidp_core::store::{AuditQuery, Store, StoreError, StoreResult, Write};
 use chrono::{DateTime, Duration, Utc};
@@ -77,6 +77,9 @@ macro_rules! conformance_suite {
             credentials::parallel_updates_of_one_credential_version_let_exactly_one_win,
             credentials::a_credential_is_found_only_under_its_own_organization_and_agent,
             credentials::credentials_are_listed_oldest_first_and_only_for_their_agent,
+            credentials::a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_new_keys,
+            credentials::a_client_assertion_is_used_once_and_its_batch_fails_with_it,
+            credentials::parallel_uses_of_one_assertion_let_exactly_one_win,
             counters::the_agent_count_stops_at_the_limit_and_moves_both_ways,
             counters::the_agent_count_never_goes_below_zero,
             counters::parallel_agent_counts_at_the_limit_never_exceed_it,
@@ -157,7 +160,9 @@ pub fn credential(org_id: Uuid, agent_id: Uuid, created_at: DateTime<Utc>) -> Cr
         client_id: Uuid::new_v4(),
         agent_id,
         org_id,
-        secret_hash: "$2b$04$abcdefghijklmnopqrstuuM4nbmC7/Ws9h7K4G0QwTX0xJ5T0Wv2".into(),
+        proof: CredentialProof::Secret {
+            hash: "$2b$04$abcdefghijklmnopqrstuuM4nbmC7/Ws9h7K4G0QwTX0xJ5T0Wv2".into(),
+        },
         status: CredentialStatus::Active,
         agent_status: AgentStatus::Active,
         agent_scopes: vec!["weather:read".into(), "agents:read".into()],
