@@ -103,8 +103,10 @@ echo "listening on $base_url (data dir $data_dir)"
 
 token="$(curl -fsS -u "$client_id:$client_secret" -d grant_type=client_credentials \
     "$base_url/api/v1/token" | json_field access_token)"
-admin_agent_id="$(curl -fsS -u "$client_id:$client_secret" --data-urlencode "token=$token" \
-    "$base_url/api/v1/token/introspect" | json_field sub)"
+introspected="$(curl -fsS -u "$client_id:$client_secret" --data-urlencode "token=$token" \
+    "$base_url/api/v1/token/introspect")"
+admin_agent_id="$(json_field sub <<<"$introspected")"
+org_id="$(json_field org_id <<<"$introspected")"
 
 # An agent of its own for the hook below to send the admin's changes to.
 decoy_agent_id="$(curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
@@ -137,6 +139,7 @@ export FUZZ_CLIENT_ID="$client_id" FUZZ_CLIENT_SECRET="$client_secret"
 export FUZZ_READER_TOKEN="$reader_token"
 export FUZZ_READER_CLIENT_ID="$reader_client_id" FUZZ_READER_CLIENT_SECRET="$reader_client_secret"
 export FUZZ_ADMIN_AGENT_ID="$admin_agent_id" FUZZ_DECOY_AGENT_ID="$decoy_agent_id"
+export FUZZ_ORG_ID="$org_id"
 cat >"$work/authenticated.toml" <<'EOF'
 [auth.openapi.agentidp]
 bearer = "${FUZZ_BEARER_TOKEN}"
