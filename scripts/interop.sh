@@ -6,7 +6,11 @@
 #     RFC 8414), get a token for that server (RFC 8707 `resource`) and call a tool;
 #   - the MCP servers are FastMCP's (JWTVerifier behind RemoteAuthProvider): one refuses a token
 #     for another server, and a server refuses a token of another organization that registered
-#     the same identifier.
+#     the same identifier;
+#   - private_key_jwt (tests/interop/test_private_key_jwt.py): Authlib's PrivateKeyJWT,
+#     openid-client's PrivateKeyJwt and the MCP Python SDK's PrivateKeyJWTOAuthProvider each get
+#     a token with a signed assertion and use it; replayed, foreign-key and wrong-audience
+#     assertions are refused.
 #
 #   scripts/interop.sh              # everything
 #   scripts/interop.sh -- ARGS      # passes ARGS to pytest (e.g. -k typescript)
@@ -58,5 +62,5 @@ fi
 step "building agentidp-local and agentidp-admin (debug)"
 cargo build --locked --bin agentidp-local --bin agentidp-admin
 
-step "MCP SDK interop tests (pytest tests/interop)"
+step "interop tests: MCP SDKs, FastMCP, Authlib, openid-client (pytest tests/interop)"
 "$venv/bin/python" -m pytest -p no:cacheprovider tests/interop -q -rs "${pytest_args[@]}"

@@ -385,7 +385,7 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
     );
     assert_eq!(
         metadata.body["token_endpoint_auth_signing_alg_values_supported"],
-        json!(["RS256", "PS256", "ES256", "EdDSA"])
+        json!(["RS256", "PS256", "ES256", "EdDSA", "Ed25519"])
     );
     let jwks = server
         .send(server.request(Method::GET, "/.well-known/jwks.json"))

@@ -471,7 +471,27 @@ async fn rotating_a_key_credential_replaces_its_keys_at_once(store: Arc<dyn Stor
     assert_eq!(into_keys.status, 400, "{}", into_keys.text);
 }
 
+async fn a_deployment_may_accept_longer_lived_assertions(store: Arc<dyn Store>) {
+    // Authlib's PrivateKeyJWT signs assertions valid for an hour.
+    let server = TestServer::start_with(store, |config| {
+        config.client_assertion_max_lifetime_seconds = 3600;
+    })
+    .await;
+    let key = AgentKey::new(SigningAlgorithm::ES256);
+    let (_, _, _, client_id) = agent_with_key(&server, "hour", &key, &["agents:read"]).await;
+    let now = server.clock_now().timestamp();
+    let mut claims = assertion_claims(&server, &client_id);
+    claims["exp"] = json!(now + 3600);
+    let granted = token_with_assertion(&server, &key.sign(&claims), &[]).await;
+    assert_eq!(granted.status, 200, "{}", granted.text);
+    claims["exp"] = json!(now + 3600 + 31);
+    claims["jti"] = json!(Uuid::new_v4().to_string());
+    let beyond = token_with_assertion(&server, &key.sign(&claims), &[]).await;
+    assert_eq!(beyond.status, 401, "{}", beyond.text);
+}
+
 agentidp_testkit::per_store!(
+    a_deployment_may_accept_longer_lived_assertions,
     an_agent_with_only_public_keys_gets_and_uses_tokens,
     a_replayed_assertion_is_refused_and_audited,
     assertions_that_break_a_rule_issue_nothing,

@@ -18,6 +18,9 @@ pub struct Config {
     /// `aud` of every token.
     pub audience: String,
     pub token_lifetime_seconds: i64,
+    /// How far ahead a client assertion's `exp` may be (private_key_jwt): how long a captured
+    /// assertion could be replayed, were its `jti` not single use.
+    pub client_assertion_max_lifetime_seconds: i64,
     pub bcrypt_cost: u32,
     pub signing_algorithm: SigningAlgorithm,
     pub free_limits: PlanLimits,
@@ -58,6 +61,8 @@ impl ThrottleLimits {
 /// cost buys little and would cost every cold token request 4x more.
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
+/// Five minutes: RFC 7523 asks for a short lifetime, and the MCP SDK signs for exactly this.
+pub const DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS: i64 = 300;
 
 /// The process environment: the one place AgentIdP reads it. Every setting, in every crate, is
 /// parsed from a lookup like this one, so a test passes a map instead.
@@ -113,6 +118,13 @@ impl Config {
                 DEFAULT_TOKEN_LIFETIME_SECONDS,
                 60,
                 86_400,
+            )?,
+            client_assertion_max_lifetime_seconds: number(
+                &lookup,
+                "AGENTIDP_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS",
+                DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS,
+                30,
+                3600,
             )?,
             bcrypt_cost: number(&lookup, "AGENTIDP_BCRYPT_COST", DEFAULT_BCRYPT_COST, 4, 31)?,
             signing_algorithm: signing_algorithm(&lookup)?,

@@ -59,8 +59,6 @@ pub struct ClientAuthentication {
     pub method: ClientAuthMethod,
 }
 
-/// How long a client assertion may be valid for when it arrives, at most.
-pub const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 300;
 /// Clock skew allowed between a client's clock and ours on an assertion's times.
 const ASSERTION_LEEWAY_SECONDS: i64 = 30;
 
@@ -411,7 +409,7 @@ impl<
         let expected = AssertionExpectations {
             client_id: &credential.client_id.to_string(),
             audiences: &audiences,
-            max_lifetime_seconds: MAX_ASSERTION_LIFETIME_SECONDS,
+            max_lifetime_seconds: self.config.client_assertion_max_lifetime_seconds,
             leeway_seconds: ASSERTION_LEEWAY_SECONDS,
         };
         keys.verify_assertion(assertion, &expected, now)
