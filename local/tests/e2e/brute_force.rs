@@ -14,7 +14,7 @@ const WRONG: &str = "sk_live_00000000000000000000000000000000";
 /// An HTTP client whose connections leave from 127.0.0.`host`: to the server, another machine.
 /// Tests other than these call from 127.0.0.1, so an address of its own keeps a test's address
 /// counters apart from theirs on the shared DynamoDB tables.
-fn from_host(host: u8) -> reqwest::Client {
+pub(crate) fn from_host(host: u8) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
         .build()

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::brute_force::from_host;
 use crate::support::{Response, TestServer};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -471,6 +472,70 @@ async fn rotating_a_key_credential_replaces_its_keys_at_once(store: Arc<dyn Stor
     assert_eq!(into_keys.status, 400, "{}", into_keys.text);
 }
 
+/// A token request with `assertion`, sent through `http` (another source address).
+async fn token_with_assertion_via(
+    server: &TestServer,
+    http: &reqwest::Client,
+    assertion: &str,
+) -> Response {
+    server
+        .send(http.post(format!("{}/api/v1/token", server.base)).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion),
+        ]))
+        .await
+}
+
+async fn whoever_knows_the_client_id_cannot_lock_out_a_client_with_keys(store: Arc<dyn Store>) {
+    let server = TestServer::start_with(store, |c| {
+        c.throttle.client_failures = 3;
+        c.throttle.client_failures_per_minute = 5;
+    })
+    .await;
+    let key = AgentKey::new(SigningAlgorithm::ES256);
+    let (admin_token, _, _, client_id) =
+        agent_with_key(&server, "lockout", &key, &["agents:read"]).await;
+    // The attacker names the client in assertions it signs with a key of its own, from three
+    // addresses, until the client is locked at each of them and everywhere for the minute.
+    let attacker_key = AgentKey::new(SigningAlgorithm::ES256);
+    let mut refusals = Vec::new();
+    for host in [61, 62, 63] {
+        let http = from_host(host);
+        for _ in 0..4 {
+            let forged = attacker_key.sign(&assertion_claims(&server, &client_id));
+            refusals.push(
+                token_with_assertion_via(&server, &http, &forged)
+                    .await
+                    .status,
+            );
+        }
+    }
+    assert!(
+        refusals.contains(&429),
+        "the lockouts were reached: {refusals:?}"
+    );
+    // The client itself still gets tokens, at a locked address and at a fresh one.
+    for host in [61, 64] {
+        let genuine = key.sign(&assertion_claims(&server, &client_id));
+        let granted = token_with_assertion_via(&server, &from_host(host), &genuine).await;
+        assert_eq!(granted.status, 200, "from 127.0.0.{host}: {}", granted.text);
+    }
+    // And the attacker is still refused.
+    let forged = attacker_key.sign(&assertion_claims(&server, &client_id));
+    let refused = token_with_assertion_via(&server, &from_host(61), &forged).await;
+    assert!(
+        [401, 429].contains(&refused.status),
+        "{}: {}",
+        refused.status,
+        refused.text
+    );
+    let issued = server
+        .audit_events(&admin_token, "&action=token.issued")
+        .await;
+    assert_eq!(issued.len(), 3, "the admin's token and the client's two");
+}
+
 async fn a_deployment_may_accept_longer_lived_assertions(store: Arc<dyn Store>) {
     // Authlib's PrivateKeyJWT signs assertions valid for an hour.
     let server = TestServer::start_with(store, |config| {
@@ -491,6 +556,7 @@ async fn a_deployment_may_accept_longer_lived_assertions(store: Arc<dyn Store>) 
 }
 
 agentidp_testkit::per_store!(
+    whoever_knows_the_client_id_cannot_lock_out_a_client_with_keys,
     a_deployment_may_accept_longer_lived_assertions,
     an_agent_with_only_public_keys_gets_and_uses_tokens,
     a_replayed_assertion_is_refused_and_audited,

@@ -401,7 +401,11 @@ fn check_claims(
     let accepted = |aud: &str| expected.audiences.iter().any(|a| a == aud);
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => accepted(aud),
-        Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(accepted),
+        // One audience only: an assertion naming several servers would be accepted by each
+        // (the audience injection draft-ietf-oauth-rfc7523bis closes).
+        Some(Value::Array(auds)) if auds.len() == 1 => {
+            auds.iter().filter_map(Value::as_str).any(accepted)
+        }
         _ => false,
     };
     if !audience_ok {
@@ -768,9 +772,53 @@ fn read_ed25519(
         ));
         return None;
     }
+    if is_weak_ed25519(&x_bytes) {
+        errors.push(FieldError::new(
+            path("x"),
+            "is a point of small order or not reduced: a signature anyone can make verifies with it",
+        ));
+        return None;
+    }
     Some(KeyMaterial::Ed25519 {
         x: URL_SAFE_NO_PAD.encode(&x_bytes),
     })
+}
+
+/// The encodings of the points of small order (libsodium's `has_small_order` list, with the
+/// sign bit cleared): the identity, the points of order 2, 4 and 8. AWS-LC's Ed25519
+/// verification does not refuse them, and with the identity as public key one fixed signature
+/// verifies every message.
+const SMALL_ORDER_ED25519: [[u8; 32]; 4] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// A public Ed25519 key no signature should be trusted from: a point of small order, or a `y`
+/// that is not reduced modulo p = 2^255 - 19 (which covers the non-canonical p - 1... p + 18,
+/// among them the other spellings of the points above).
+fn is_weak_ed25519(x: &[u8]) -> bool {
+    let Ok(encoded) = <[u8; 32]>::try_from(x) else {
+        return true;
+    };
+    let mut y = encoded;
+    y[31] &= 0x7f;
+    let top_is_all_ones = y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff);
+    // p - 1 is 0xec ff..ff 7f: y >= p - 1 is the point of order 2 or not reduced.
+    let order_two_or_unreduced = top_is_all_ones && y[0] >= 0xec;
+    order_two_or_unreduced || SMALL_ORDER_ED25519.contains(&y)
 }
 
 /// The bit length of a big-endian unsigned integer without leading zero octets.
@@ -1078,6 +1126,59 @@ mod tests {
     }
 
     #[test]
+    fn an_ed25519_key_of_small_order_or_not_reduced_is_refused() {
+        let mut spellings: Vec<[u8; 32]> = SMALL_ORDER_ED25519.to_vec();
+        // The same points with the sign bit set, and p - 1, p, p + 1.
+        spellings.extend(SMALL_ORDER_ED25519.iter().map(|y| {
+            let mut signed = *y;
+            signed[31] |= 0x80;
+            signed
+        }));
+        for low in [0xec, 0xed, 0xee] {
+            let mut y = [0xff; 32];
+            y[0] = low;
+            y[31] = 0x7f;
+            spellings.push(y);
+        }
+        for y in spellings {
+            let errors = refusals(vec![json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&y)})]);
+            assert_eq!(errors.len(), 1, "{y:02x?}: {errors:?}");
+            assert_eq!(errors[0].field, "jwks.keys[0].x", "{y:02x?}");
+        }
+        // A generated key is none of them.
+        assert!(!is_weak_ed25519(
+            &URL_SAFE_NO_PAD
+                .decode(ED25519.jwk["x"].as_str().unwrap())
+                .unwrap()
+        ));
+    }
+
+    #[test]
+    fn the_identity_key_would_verify_a_signature_anyone_can_make() {
+        // Why the blocklist exists: this is the forgery it prevents, were the key accepted.
+        let identity = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&SMALL_ORDER_ED25519[1])});
+        let message = format!(
+            "{}.{}",
+            b64(json!({"alg": "EdDSA"}).to_string().as_bytes()),
+            b64(claims().to_string().as_bytes())
+        );
+        let mut forged_signature = [0u8; 64];
+        forged_signature[0] = 1;
+        let key = DecodingKey::from_ed_components(identity["x"].as_str().unwrap()).unwrap();
+        let verified = jsonwebtoken::crypto::verify(
+            &b64(&forged_signature),
+            message.as_bytes(),
+            &key,
+            Algorithm::EdDSA,
+        );
+        assert!(
+            matches!(verified, Ok(true)),
+            "AWS-LC verifies it: {verified:?}"
+        );
+        assert!(ClientKeySet::from_jwks(&json!({"keys": [identity]}), "jwks").is_err());
+    }
+
+    #[test]
     fn the_rfc_9864_name_ed25519_verifies_with_an_ed25519_key_only() {
         let ed25519 = set(vec![with(&ED25519.jwk, json!({"kid": "k1"}))]);
         let assertion = signed_as(&ED25519, "Ed25519", Algorithm::EdDSA, &claims());
@@ -1344,13 +1445,24 @@ mod tests {
 
     #[test]
     fn the_issuer_or_the_token_endpoint_is_accepted_as_audience_alone_or_in_an_array() {
-        for aud in [
-            json!(ISSUER),
-            json!(TOKEN_ENDPOINT),
-            json!(["https://other.example.com", ISSUER]),
-        ] {
+        for aud in [json!(ISSUER), json!(TOKEN_ENDPOINT), json!([ISSUER])] {
             assert!(
                 verify_claims(&edited(json!({ "aud": aud }))).is_ok(),
+                "{aud}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_assertion_for_several_audiences_is_refused_even_when_one_is_ours() {
+        for aud in [
+            json!(["https://other.example.com", ISSUER]),
+            json!([ISSUER, TOKEN_ENDPOINT]),
+            json!([]),
+        ] {
+            assert_eq!(
+                verify_claims(&edited(json!({ "aud": aud }))),
+                Err(AssertionRejection::WrongAudience),
                 "{aud}"
             );
         }

@@ -254,10 +254,16 @@ impl Commit for DynamoStore {
                 .zip(&decrements)
                 .map(|(write, decrement)| self.transact_item(write, *decrement))
                 .collect::<StoreResult<Vec<_>>>()?;
+            // The SDK resends a request whose answer was lost with the same token, and DynamoDB
+            // answers it as the first success rather than running it again: else a batch's own
+            // conditions (an assertion's single use) would fail against its first run. A new
+            // token per attempt of this loop, whose items may differ.
+            let idempotency = Uuid::new_v4().to_string();
             let err = match self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items))
+                .client_request_token(idempotency)
                 .send()
                 .await
             {

@@ -172,12 +172,14 @@ impl Denial {
     }
 }
 
-/// The write that records an assertion's single use.
+/// The write that records an assertion's single use. The record outlives the last instant the
+/// assertion is accepted (its `exp` plus the skew allowed), or a replay in between would find
+/// it purged.
 fn used_assertion(credential: &Credential, used: &VerifiedAssertion) -> Write {
     Write::UseClientAssertion {
         client_id: credential.client_id,
         jti: used.jti.clone(),
-        expires_at: used.expires_at,
+        expires_at: used.expires_at + chrono::Duration::seconds(ASSERTION_LEEWAY_SECONDS + 60),
     }
 }
 
@@ -273,14 +275,23 @@ impl<
             .map(|(identifier, org)| (org, identifier));
         let (credential, lock, joined_target) =
             self.client_standing(client_id, &counters, joined).await?;
-        // A secret this instance has verified passes every lockout: lockouts stop bcrypt from
-        // being spent on guesses, and this costs none; refusing it would only let whoever knows
-        // the (public) client id lock the client out.
+        let now = self.now();
+        // An assertion costs one signature check, no bcrypt: checked before any lockout.
+        let assertion_checked = match &auth.presented {
+            ClientProofPresented::Secret(_) => None,
+            ClientProofPresented::Assertion(assertion) => Some(match &credential {
+                None => Err(Denial::UnknownClient),
+                Some(c) => self.check_assertion(c, assertion, now),
+            }),
+        };
+        // A secret this instance has verified, or a valid assertion, passes every lockout:
+        // lockouts stop bcrypt from being spent on guesses, and these cost none; refusing them
+        // would only let whoever knows the (public) client id lock the client out.
         let verified = match &auth.presented {
             ClientProofPresented::Secret(secret) => {
                 self.secret_recently_verified(secret, credential.as_ref())
             }
-            ClientProofPresented::Assertion(_) => false,
+            ClientProofPresented::Assertion(_) => matches!(assertion_checked, Some(Ok(_))),
         };
         if let Some(lock) = lock.filter(|_| !verified) {
             // A refusal costs a read, never bcrypt. Only the first of a window writes: its audit
@@ -308,9 +319,9 @@ impl<
                 retry_after: lock.retry_after,
             }));
         }
-        let now = self.now();
-        let proved = match &auth.presented {
-            ClientProofPresented::Secret(secret) => {
+        let proved = match (&auth.presented, assertion_checked) {
+            (_, Some(checked)) => checked,
+            (ClientProofPresented::Secret(secret), None) => {
                 let matches = verified
                     || self
                         .secret_matches(&auth.client_id, secret, credential.as_ref())
@@ -322,10 +333,9 @@ impl<
                     _ => Err(Denial::WrongSecret),
                 }
             }
-            ClientProofPresented::Assertion(assertion) => match &credential {
-                None => Err(Denial::UnknownClient),
-                Some(c) => self.check_assertion(c, assertion, now),
-            },
+            (ClientProofPresented::Assertion(_), None) => {
+                return Err(ServiceError::broken("an assertion was not checked"));
+            }
         };
         let denial = match (&credential, &proved) {
             (None, _) => Some(Denial::UnknownClient),
@@ -879,5 +889,45 @@ impl<
             ])
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AgentStatus, CredentialStatus};
+    use chrono::{Duration, Utc};
+
+    #[test]
+    fn the_record_of_a_used_assertion_outlives_the_last_instant_it_is_accepted() {
+        let now = Utc::now();
+        let credential = Credential {
+            credential_id: Uuid::new_v4(),
+            client_id: Uuid::new_v4(),
+            agent_id: Uuid::new_v4(),
+            org_id: Uuid::new_v4(),
+            proof: CredentialProof::Secret {
+                hash: String::new(),
+            },
+            status: CredentialStatus::Active,
+            agent_status: AgentStatus::Active,
+            agent_scopes: Vec::new(),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            rotated_at: None,
+            version: 1,
+        };
+        let used = VerifiedAssertion {
+            jti: "once".into(),
+            expires_at: now,
+            key_id: "k1".into(),
+        };
+        let Write::UseClientAssertion { expires_at, .. } = used_assertion(&credential, &used)
+        else {
+            panic!("not the use of an assertion");
+        };
+        // Still accepted until exp + the skew: a record purged before then would let it replay.
+        assert!(expires_at > now + Duration::seconds(ASSERTION_LEEWAY_SECONDS));
     }
 }
