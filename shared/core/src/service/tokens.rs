@@ -303,6 +303,7 @@ impl<
                 let event = self
                     .denial_event(
                         credential,
+                        auth.method,
                         reason,
                         context,
                         [
@@ -384,7 +385,7 @@ impl<
         };
         match credential {
             Some(credential) => writes.push(Write::Audit(
-                self.denial_event(&credential, denial.as_str(), context, [])
+                self.denial_event(&credential, auth.method, denial.as_str(), context, [])
                     .await?,
             )),
             // No organization to file it under: an unknown client id goes to the log only.
@@ -440,8 +441,14 @@ impl<
         );
         let mut writes = counters.tallies();
         writes.push(Write::Audit(
-            self.denial_event(credential, "assertion_replayed", context, [])
-                .await?,
+            self.denial_event(
+                credential,
+                ClientAuthMethod::PrivateKeyJwt,
+                "assertion_replayed",
+                context,
+                [],
+            )
+            .await?,
         ));
         self.store.commit(writes).await?;
         Ok(())
@@ -464,9 +471,11 @@ impl<
         }
     }
 
+    /// A `token.denied` event: why, for which client, and how it authenticated.
     async fn denial_event<const N: usize>(
         &self,
         credential: &Credential,
+        method: ClientAuthMethod,
         reason: &str,
         context: &RequestContext,
         extra: [(&str, serde_json::Value); N],
@@ -475,6 +484,7 @@ impl<
         let mut detail = details([
             ("reason", json!(reason)),
             ("clientId", json!(credential.client_id)),
+            ("clientAuthMethod", json!(method.as_str())),
         ]);
         for (k, v) in extra {
             detail.insert(k.to_owned(), v);
@@ -494,12 +504,13 @@ impl<
     async fn audit_denial<const N: usize>(
         &self,
         credential: &Credential,
+        method: ClientAuthMethod,
         reason: &str,
         context: &RequestContext,
         extra: [(&str, serde_json::Value); N],
     ) -> ServiceResult<()> {
         let event = self
-            .denial_event(credential, reason, context, extra)
+            .denial_event(credential, method, reason, context, extra)
             .await?;
         self.store.commit(vec![Write::Audit(event)]).await?;
         Ok(())
@@ -535,6 +546,7 @@ impl<
                 if !requested.is_subset_of(&allowed) {
                     self.audit_denial(
                         &credential,
+                        auth.method,
                         "scope_not_allowed",
                         context,
                         [("requestedScope", json!(requested.to_string()))],
@@ -552,6 +564,7 @@ impl<
             (Some(identifier), None) => {
                 self.audit_denial(
                     &credential,
+                    auth.method,
                     "resource_not_registered",
                     context,
                     [("resource", json!(identifier))],
@@ -568,6 +581,7 @@ impl<
                 if narrowed.is_empty() && !resource_scopes.is_empty() {
                     self.audit_denial(
                         &credential,
+                        auth.method,
                         "scope_not_allowed",
                         context,
                         [
@@ -658,8 +672,14 @@ impl<
                 ..
             }) => {
                 let usage = self.store.usage(credential.org_id, &month).await?;
-                self.audit_denial(&credential, "monthly_token_quota_exceeded", context, [])
-                    .await?;
+                self.audit_denial(
+                    &credential,
+                    auth.method,
+                    "monthly_token_quota_exceeded",
+                    context,
+                    [],
+                )
+                .await?;
                 Err(OAuthError::QuotaExceeded {
                     limit: LimitExceeded {
                         limit: "monthlyTokenRequests",
