@@ -89,6 +89,22 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def debug_binary(name: str, built_by: str) -> Path:
+    """The debug build of one of the repository's binaries, where `cargo build` leaves it
+    (CARGO_TARGET_DIR, relative to the repository, or its target/). `built_by` names the script
+    that builds it, for the error when it is missing."""
+    import os
+
+    repo = Path(__file__).resolve().parent.parent
+    target = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
+    if not target.is_absolute():
+        target = repo / target
+    path = target / "debug" / name
+    if not path.exists():
+        raise AssertionError(f"{path} is missing: run `cargo build --bin {name}` ({built_by} does)")
+    return path
+
+
 def start(
     binary: Path,
     data_dir: Path,

@@ -27,14 +27,8 @@ import agentidp_local
 
 
 def binary(name: str) -> Path:
-    """The debug build of a binary, as `cargo build` leaves it (scripts/check-docs.sh builds)."""
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    if not target.is_absolute():
-        target = REPO / target
-    path = target / "debug" / name
-    if not path.exists():
-        raise AssertionError(f"{path} is missing: run `cargo build --bin {name}` (scripts/check-docs.sh does)")
-    return path
+    """The debug build of a binary (scripts/check-docs.sh builds it)."""
+    return agentidp_local.debug_binary(name, "scripts/check-docs.sh")
 
 
 class RecordingProxy:

@@ -65,14 +65,8 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 
 def binary(name: str) -> Path:
-    """The debug build of a binary, as `cargo build` leaves it (scripts/interop.sh builds)."""
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    if not target.is_absolute():
-        target = REPO / target
-    path = target / "debug" / name
-    if not path.exists():
-        raise AssertionError(f"{path} is missing: run `cargo build --bin {name}` (scripts/interop.sh does)")
-    return path
+    """The debug build of a binary (scripts/interop.sh builds it)."""
+    return agentidp_local.debug_binary(name, "scripts/interop.sh")
 
 
 def server_environment() -> dict[str, str]:
@@ -197,19 +191,24 @@ class Idp:
         return org
 
 
-@pytest.fixture
-def idp(tmp_path: Path) -> Iterator[Idp]:
+def running_idp(workdir: Path) -> Iterator[Idp]:
+    """agentidp-local in `workdir`, with its bootstrap organization, until the caller is done."""
     server = agentidp_local.start(
         binary("agentidp-local"),
-        tmp_path / "data",
-        tmp_path / "agentidp-local.log",
+        workdir / "data",
+        workdir / "agentidp-local.log",
         env=server_environment(),
-        cwd=tmp_path,
+        cwd=workdir,
     )
     try:
         yield Idp(server, Org(server.url, server.client_id, server.client_secret))
     finally:
         server.stop()
+
+
+@pytest.fixture
+def idp(tmp_path: Path) -> Iterator[Idp]:
+    yield from running_idp(tmp_path)
 
 
 @dataclass

@@ -66,7 +66,7 @@ from test_mcp_interop import (
     binary,
     claims_of,
     diagnostics,
-    server_environment,
+    running_idp,
     start_mcp_servers,
 )
 
@@ -215,18 +215,7 @@ def denial_reasons(org: Org, client_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
     """One agentidp-local for the whole file: every test makes agents of its own."""
-    workdir = tmp_path_factory.mktemp("agentidp")
-    server = agentidp_local.start(
-        binary("agentidp-local"),
-        workdir / "data",
-        workdir / "agentidp-local.log",
-        env=server_environment(),
-        cwd=workdir,
-    )
-    try:
-        yield Idp(server, Org(server.url, server.client_id, server.client_secret))
-    finally:
-        server.stop()
+    yield from running_idp(tmp_path_factory.mktemp("agentidp"))
 
 
 @pytest.fixture(scope="module")
