@@ -14,6 +14,13 @@
 #   token-many    POST /token, COLD_CLIENTS distinct clients in turn, each new to the server:
 #                 AgentIdP is restarted before each of these runs, so every client's first
 #                 request runs bcrypt (oidc-provider compares static secrets in plain text)
+#   token-pkjwt   POST /token, one client authenticating with private_key_jwt (RFC 7523): an ES256
+#                 assertion instead of a secret, on the warm client's agent (so the same token);
+#                 oidc-provider: a static client with the same id and public key. Each assertion is
+#                 accepted once (both servers refuse a jti seen before), so a pool of unique ones is
+#                 signed (bench/sign_assertions.mjs) right before each run, one of it checked first
+#                 (200, and on both servers 401 when replayed), and wrk's threads walk through the
+#                 rest, none sent twice; a run that uses up its pool stops the script
 #   introspect    POST /token/introspect of a valid token, client_secret_basic
 #   agents-list   GET /api/v1/agents?limit=20 (AgentIdP only; oidc-provider has no equivalent)
 #   audit-query   GET /api/v1/audit?limit=50 (AgentIdP only)
@@ -21,15 +28,19 @@
 # Needs: wrk, curl, jq (Debian: apt-get install -y wrk curl jq), python3, node >= 20 and npm, and a
 # release build (cargo build --release --bin agentidp-local; built here if missing). oidc-provider
 # is installed from bench/oidc-provider/package-lock.json with `npm ci` when node_modules is
-# missing. AgentIdP is started by scripts/agentidp_local.py.
+# missing. AgentIdP is started by scripts/agentidp_local.py. token-pkjwt's key and assertions are
+# made by bench/sign_assertions.mjs with node's own crypto (nothing more to install).
 #
 # Environment:
 #   DURATION=10         seconds per measured run
 #   ROUNDS=2            rounds per scenario and concurrency; the order of the two servers
 #                       alternates between rounds (AgentIdP first in odd rounds)
 #   CONCURRENCY="1 8 32"
-#   SCENARIOS="token-warm token-resource token-many introspect agents-list audit-query"
+#   SCENARIOS="token-warm token-resource token-many token-pkjwt introspect agents-list audit-query"
 #   COLD_CLIENTS=500    distinct credentials for token-many (created before the runs)
+#   PKJWT_POOL=N        assertions signed for each token-pkjwt run (default: enough for 4 times the
+#                       highest rate yet measured at that concurrency in token-warm or token-pkjwt,
+#                       at least 6,000 a second of the run)
 #   A_PORT=3900 O_PORT=3901
 #   BCRYPT_FLOOR_MS=30  a token or introspection request that took at least this long inside
 #                       AgentIdP is counted as one that may have run bcrypt (cost 10 verifies in
@@ -55,8 +66,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 CONCURRENCY=${CONCURRENCY:-"1 8 32"}
-SCENARIOS=${SCENARIOS:-"token-warm token-resource token-many introspect agents-list audit-query"}
+SCENARIOS=${SCENARIOS:-"token-warm token-resource token-many token-pkjwt introspect agents-list audit-query"}
 COLD_CLIENTS=${COLD_CLIENTS:-500}
+PKJWT_POOL=${PKJWT_POOL:-}
 A_PORT=${A_PORT:-3900}
 O_PORT=${O_PORT:-3901}
 BCRYPT_FLOOR_MS=${BCRYPT_FLOOR_MS:-30}
@@ -82,6 +94,13 @@ for tool in wrk curl jq python3 node npm; do
 done
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
   || die "node >= 20 is needed for oidc-provider 8.8.1"
+PKJWT=0
+[[ " $SCENARIOS " == *" token-pkjwt "* ]] && PKJWT=1
+# An assertion lives 300 s (AgentIdP's default maximum), counted from the signing of its pool.
+if ((PKJWT && DURATION > 240)); then
+  die "token-pkjwt's assertions expire 300 s after they are signed: DURATION must be at most 240"
+fi
+[[ -z $PKJWT_POOL || $PKJWT_POOL =~ ^[1-9][0-9]*$ ]] || die "PKJWT_POOL must be a positive integer"
 if [[ ! -x $BIN ]]; then
   echo "building $BIN (release, LTO: several minutes on 2 cores)" >&2
   (cd "$ROOT" && cargo build --release --bin agentidp-local) || die "the release build failed"
@@ -157,8 +176,10 @@ stop_agentidp() {
 }
 
 start_oidc() {
+  local pkjwt=()
+  ((PKJWT)) && pkjwt=(--pkjwt-client "$WORK/pkjwt-client.json")
   nice -n "$NICE" node "$OIDC_DIR/server.mjs" --port "$O_PORT" --clients "$WORK/clients.txt" --alg "$SIGNING_ALG" \
-    >>"$WORK/oidc.out" 2>>"$WORK/oidc.log" &
+    "${pkjwt[@]}" >>"$WORK/oidc.out" 2>>"$WORK/oidc.log" &
   O_PID=$!
   wait_port "$O_PORT"
 }
@@ -200,6 +221,17 @@ api POST /api/v1/resources "{\"identifier\":\"$RESOURCE\",\"name\":\"bench\",\"s
 WARM_AGENT=$(api POST /api/v1/agents '{"name":"bench-warm","scopes":["agents:read","bench:call"]}' | jq -r .agentId)
 WARM=$(new_credential "$WARM_AGENT")
 echo "$WARM" >"$WORK/clients.txt"
+# token-pkjwt's client: a private_key_jwt credential of the same agent, an ES256 key made here.
+SIGN=(node "$ROOT/bench/sign_assertions.mjs")
+if ((PKJWT)); then
+  PKJWT_KEY=$WORK/pkjwt-key.json
+  PKJWT_PUBLIC=$("${SIGN[@]}" keygen --key "$PKJWT_KEY") || die "making the private_key_jwt key failed"
+  PKJWT_ID=$(api POST "/api/v1/agents/$WARM_AGENT/credentials" \
+    "$(jq -cn --argjson jwk "$PKJWT_PUBLIC" '{type: "private_key_jwt", jwks: {keys: [$jwk]}}')" | jq -r .clientId)
+  [[ -n $PKJWT_ID && $PKJWT_ID != null ]] || die "creating the private_key_jwt credential failed"
+  jq -n --arg id "$PKJWT_ID" --argjson jwk "$PKJWT_PUBLIC" '{client_id: $id, jwks: {keys: [$jwk]}}' \
+    >"$WORK/pkjwt-client.json"
+fi
 echo "creating $COLD_CLIENTS credentials for token-many ..." >&2
 : >"$WORK/cold.txt"
 made=0
@@ -285,6 +317,82 @@ $DONE_LUA
 EOF
 }
 
+# token-pkjwt: each wrk thread sends its own share of the pool (every THREADS-th line), each
+# assertion once. Line 1 is the one load.sh checked with curl and replayed: never sent here. A
+# thread that has sent its whole share stops rather than send one again, and done() reports it.
+PKJWT_FORM="grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+pkjwt_lua() { # FILE THREADS
+  cat >"$1" <<EOF
+local threads, n, all = $2, 0, {}
+setup = function(thread)
+  thread:set("tid", n)
+  n = n + 1
+  all[#all + 1] = thread
+end
+local pool = {}
+init = function(args)
+  local i = 0
+  for line in io.lines("$WORK/pkjwt-pool.txt") do
+    if i > 0 and (i - 1) % threads == tid then pool[#pool + 1] = line end
+    i = i + 1
+  end
+  share, used, exhausted = #pool, 0, 0
+end
+local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+local form = "$PKJWT_FORM&client_assertion="
+request = function()
+  if used >= share then
+    exhausted = exhausted + 1
+    wrk.thread:stop()
+    return wrk.format("POST", nil, headers, "grant_type=client_credentials")
+  end
+  used = used + 1
+  return wrk.format("POST", nil, headers, form .. pool[used])
+end
+$DONE_LUA
+local write_result = done
+done = function(summary, latency, requests)
+  local u, s, e = 0, 0, 0
+  for _, t in ipairs(all) do
+    u, s, e = u + t:get("used"), s + t:get("share"), e + t:get("exhausted")
+  end
+  io.write(string.format("ASSERTIONS %d %d %d\n", u, s, e))
+  write_result(summary, latency, requests)
+end
+EOF
+}
+
+pkjwt_token_url() { # SERVER
+  if [[ $1 == a ]]; then echo "$A/api/v1/token"; else echo "$O/token"; fi
+}
+
+# Signs the pool of assertions for one run on SERVER, audienced to its token endpoint and sized
+# for SECONDS at concurrency C, then checks its first line: a token (200), and 401 when replayed.
+pkjwt_pool() { # SERVER C SECONDS
+  local server=$1 url count status replay
+  url=$(pkjwt_token_url "$server")
+  count=$PKJWT_POOL
+  if [[ -z $count ]]; then
+    count=$(awk -v c="$2" -v secs="$3" '
+      ($1 == "token-warm" || $1 == "token-pkjwt") && $2 == c && $5 > max { max = $5 }
+      END { n = 4 * max * secs; if (n < 6000 * secs) n = 6000 * secs; printf "%d\n", n + 1 }' "$ROWS")
+  fi
+  rm -f "$WORK/pkjwt-pool.txt"
+  "${SIGN[@]}" sign --key "$PKJWT_KEY" --client "$PKJWT_ID" --aud "$url" --count "$count" \
+    --out "$WORK/pkjwt-pool.txt" || die "signing $count assertions failed"
+  [[ $(wc -l <"$WORK/pkjwt-pool.txt") == "$count" ]] || die "the pool does not hold $count assertions"
+  local probe
+  probe=$(head -n 1 "$WORK/pkjwt-pool.txt")
+  status=$(curl -s -o "$WORK/probe.json" -w '%{http_code}' -d "$PKJWT_FORM&client_assertion=$probe" "$url")
+  [[ $status == 200 ]] && jq -e '.access_token | type == "string" and length > 0' "$WORK/probe.json" >/dev/null \
+    || die "$url refused a fresh assertion: $status $(cat "$WORK/probe.json")"
+  status=$(curl -s -o "$WORK/probe.json" -w '%{http_code}' -d "$PKJWT_FORM&client_assertion=$probe" "$url")
+  replay="$status $(jq -r .error "$WORK/probe.json" 2>/dev/null)"
+  [[ $replay == "401 invalid_client" ]] \
+    || die "$url did not refuse a replayed assertion as 401 invalid_client: $status $(cat "$WORK/probe.json")"
+  echo "token-pkjwt $server c=$2: $count assertions signed for ${3}s; the first gave 200, replayed $replay" >&2
+}
+
 static_lua "$WORK/a-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
 static_lua "$WORK/o-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
 static_lua "$WORK/resource-token.lua" POST "grant_type=client_credentials&$RESOURCE_FORM" "$WARM_BASIC"
@@ -331,6 +439,13 @@ run() { # SERVER(a|o) URL LUA CONCURRENCY
     END { printf "%.3f", after - before }')
   after=$(cpu_ticks "$pid")
   line=$(grep '^RESULT' <<<"$out") || die "wrk printed no result: $out"
+  if grep -q '^ASSERTIONS' <<<"$out"; then
+    local used share exhausted
+    read -r _ used share exhausted < <(grep '^ASSERTIONS' <<<"$out")
+    ((exhausted == 0)) || die "token-pkjwt on $server at c=$c ran out of assertions: $used of $share sent" \
+      "and $exhausted more asked for; none is sent twice, so the run is void. Set PKJWT_POOL higher."
+    echo "$server $c $used $share" >>"$WORK/pkjwt-used.txt"
+  fi
   local bcrypt=- slow=-
   if [[ $server == a ]]; then
     # Exact: the server's running total of bcrypt verifications, logged with every request.
@@ -361,6 +476,8 @@ scenario_url() { # SCENARIO SERVER -> url and lua, or nothing when the server ha
     token-resource/o) echo "$O/token $WORK/resource-token.lua" ;;
     token-many/a) echo "$A/api/v1/token $WORK/many.lua" ;;
     token-many/o) echo "$O/token $WORK/many.lua" ;;
+    token-pkjwt/a) echo "$A/api/v1/token $WORK/pkjwt.lua" ;;
+    token-pkjwt/o) echo "$O/token $WORK/pkjwt.lua" ;;
     introspect/a) echo "$A/api/v1/token/introspect $WORK/a-introspect.lua" ;;
     introspect/o) echo "$O/token/introspection $WORK/o-introspect.lua" ;;
     agents-list/a) echo "$A/api/v1/agents?limit=20 $WORK/a-get.lua" ;;
@@ -375,6 +492,15 @@ warm_up() { # SCENARIO
     spec=$(scenario_url "$1" "$server")
     [[ -n $spec ]] || continue
     [[ $1 == token-many ]] && continue
+    if [[ $1 == token-pkjwt ]]; then
+      # A pool of its own; and the warm-up is a first check that the pools last.
+      local out
+      pkjwt_lua "$WORK/pkjwt.lua" 2
+      pkjwt_pool "$server" 8 2
+      out=$(nice -n "$NICE" wrk -t 2 -c 8 -d 2s -s "${spec#* }" "${spec%% *}" 2>&1) || true
+      grep -q '^ASSERTIONS [0-9]* [0-9]* 0$' <<<"$out" || die "token-pkjwt's warm-up on $server: $out"
+      continue
+    fi
     nice -n "$NICE" wrk -t 2 -c 8 -d 2s -s "${spec#* }" "${spec%% *}" >/dev/null 2>&1 || true
   done
 }
@@ -384,6 +510,7 @@ for scenario in $SCENARIOS; do
   warm_up "$scenario"
   for c in $CONCURRENCY; do
     [[ $scenario == token-many ]] && many_lua "$WORK/many.lua" $((c < NPROC ? c : NPROC))
+    [[ $scenario == token-pkjwt ]] && pkjwt_lua "$WORK/pkjwt.lua" $((c < NPROC ? c : NPROC))
     for round in $(seq 1 "$ROUNDS"); do
       order="a o"
       ((round % 2 == 0)) && order="o a"
@@ -395,7 +522,11 @@ for scenario in $SCENARIOS; do
           stop_agentidp
           start_agentidp
         fi
+        if [[ $scenario == token-pkjwt ]]; then
+          pkjwt_pool "$server" "$c" "$DURATION" # right before the run: fresh, unused, unexpired
+        fi
         result=$(run "$server" "${spec%% *}" "${spec#* }" "$c")
+        rm -f "$WORK/pkjwt-pool.txt"
         echo "$scenario $c $round $server $result" | tee -a "$ROWS" >&2
       done
     done
@@ -414,6 +545,13 @@ done
   echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) in $(df --output=fstype "$DATA" | tail -1) at ${DATA_PARENT:-.tools/bench}, info logs to a file; ${BENCH_ENV[*]}"
   env | grep '^AGENTIDP_' | sort | sed 's/^/- set by the caller: /' || true
   echo "- token-many: $COLD_CLIENTS distinct clients; AgentIdP restarted before each run"
+  if [[ -s $WORK/pkjwt-used.txt ]]; then
+    echo "- token-pkjwt: private_key_jwt, ES256 assertions (aud: the token endpoint, exp: 300 s), each sent" \
+      "once, from a pool signed right before each run: $(awk '
+        { f = $3 / $4; if (f >= max) { max = f; m = $3 } if (!lo || $4 < lo) lo = $4; if ($4 > hi) hi = $4 }
+        END { printf "%d to %d assertions for wrk; the fullest run took %d of its pool (%.0f%%)", lo, hi, m, max * 100 }' \
+        "$WORK/pkjwt-used.txt")"
+  fi
   echo
   echo "| scenario | c | AgentIdP req/s | p50 ms | p99 ms | oidc-provider req/s | p50 ms | p99 ms | ratio | CPU ms/req AgentIdP / oidc-provider | cores in AgentIdP's runs: server / wrk / rest | cores in oidc-provider's runs: server / wrk / rest | AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms | AgentIdP bcrypt verifications / requests |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -458,6 +596,16 @@ done
       a = "token-resource 8 a"; w = "token-warm 8 a"
       if ((a in cnt) && (w in cnt)) {
         printf "Resource-bound tokens, c=8: AgentIdP token-resource / token-warm %.2f (goal: within a few percent of 1)\n",
+          (rps[a] / cnt[a]) / (rps[w] / cnt[w])
+      }
+      a = "token-pkjwt 8 a"; o = "token-pkjwt 8 o"
+      if ((a in cnt) && (o in cnt)) {
+        r = (rps[a] / cnt[a]) / (rps[o] / cnt[o])
+        printf "Goal, private_key_jwt token, c=8: ratio %.2f (>= 1), AgentIdP p99 %.2f ms: %s\n", r, p99[a], verdict(r >= 1)
+      }
+      a = "token-pkjwt 8 a"; w = "token-warm 8 a"
+      if ((a in cnt) && (w in cnt)) {
+        printf "private_key_jwt against a client secret, c=8: AgentIdP token-pkjwt / token-warm %.2f\n",
           (rps[a] / cnt[a]) / (rps[w] / cnt[w])
       }
       a = "introspect 8 a"; o = "introspect 8 o"

@@ -3,10 +3,17 @@
 // tokens signed with RS256 (a fresh 2048-bit RSA key per start, like AgentIdP's default), or with
 // ES256 (P-256) or EdDSA (Ed25519) when --alg says so, to compare at AgentIdP's other algorithms.
 //
-//   node server.mjs --port 3901 --clients FILE [--alg RS256|ES256|EdDSA]
+//   node server.mjs --port 3901 --clients FILE [--alg RS256|ES256|EdDSA] [--pkjwt-client FILE]
 //
 // FILE holds the static clients, one `client_id:client_secret` a line (bench/load.sh gives it the
 // same ids and secrets it created on AgentIdP, so both servers get identical requests).
+// --pkjwt-client names a JSON file `{"client_id": ..., "jwks": {"keys": [public JWK]}}`: one more
+// static client, authenticating with private_key_jwt (RFC 7523) and ES256 assertions, the same
+// client id and public key as the private_key_jwt credential load.sh made on AgentIdP (its
+// token-pkjwt scenario). oidc-provider accepts an assertion whose aud is its issuer or token
+// endpoint, and refuses a jti it has seen, through its ReplayDetection model: with the default
+// in-memory adapter, an LRU cache of 1,000 entries shared with every other model, so it remembers
+// only recent jtis, where AgentIdP stores each until its assertion expires.
 //
 // Two resource servers, because oidc-provider does not store JWT access tokens and so can only
 // introspect opaque ones:
@@ -31,10 +38,11 @@ const { values } = parseArgs({
     host: { type: 'string', default: '127.0.0.1' },
     clients: { type: 'string' },
     alg: { type: 'string', default: 'RS256' },
+    'pkjwt-client': { type: 'string' },
   },
 });
 if (!values.clients) {
-  console.error('usage: node server.mjs [--port N] [--host ADDR] --clients FILE');
+  console.error('usage: node server.mjs [--port N] [--host ADDR] --clients FILE [--alg ALG] [--pkjwt-client FILE]');
   process.exit(2);
 }
 
@@ -80,6 +88,21 @@ for (const line of readFileSync(values.clients, 'utf8').split('\n')) {
       scope: 'agents:read bench:call',
     });
   }
+}
+
+if (values['pkjwt-client']) {
+  const { client_id: clientId, jwks } = JSON.parse(readFileSync(values['pkjwt-client'], 'utf8'));
+  clients.push({
+    client_id: clientId,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks,
+    id_token_signed_response_alg: alg,
+    scope: 'agents:read bench:call',
+  });
 }
 
 const provider = new Provider(issuer, {
