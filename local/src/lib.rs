@@ -1,6 +1,7 @@
 //! The local server and the operator CLI: the same handlers as the Lambda functions, served
 //! over plain HTTP, on the embedded store by default or on DynamoDB.
 
+use agentidp_remote_keys::KeySetFetcher;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -145,8 +146,16 @@ pub async fn key_source(config: &Config, options: &StoreOptions) -> Result<KeySo
 pub async fn build_idp(config: Config, options: &StoreOptions) -> Result<Arc<Idp>, String> {
     let store = open_store(options).await?;
     let keys = key_source(&config, options).await?;
-    let idp =
-        Idp::new(config, store, keys, Arc::new(SystemClock)).map_err(|e| Chain(&e).to_string())?;
+    let remote_keys =
+        KeySetFetcher::new(config.key_fetch_network).map_err(|e| Chain(&e).to_string())?;
+    let idp = Idp::new(
+        config,
+        store,
+        keys,
+        Arc::new(remote_keys),
+        Arc::new(SystemClock),
+    )
+    .map_err(|e| Chain(&e).to_string())?;
     Ok(Arc::new(idp))
 }
 

@@ -41,10 +41,14 @@ async fn main() -> Result<(), String> {
         .or_else(|| process_env("AGENTIDP_ISSUER"))
         .unwrap_or_else(|| format!("http://{address}"));
     let lookup = |name: &str| {
-        if name == "AGENTIDP_ISSUER" {
-            Some(issuer.clone())
-        } else {
-            process_env(name)
+        match name {
+            "AGENTIDP_ISSUER" => Some(issuer.clone()),
+            // The local server runs beside its clients' key servers: loopback and plain http
+            // are fine here, unless the environment says otherwise.
+            "AGENTIDP_KEY_FETCH_NETWORK" => {
+                process_env(name).or_else(|| Some("development".to_owned()))
+            }
+            _ => process_env(name),
         }
     };
     let config = Config::from_lookup(lookup).map_err(|e| e.to_string())?;

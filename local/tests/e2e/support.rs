@@ -2,6 +2,7 @@
 //! DynamoDB Local, called over real HTTP. The clock is a manual one, so expiry is testable. The
 //! stores and `per_store!` come from `agentidp_testkit`.
 
+use agentidp_remote_keys::KeySetFetcher;
 use std::sync::{Arc, LazyLock};
 
 use agentidp_core::config::Config;
@@ -94,6 +95,7 @@ impl TestServer {
         let mut config = Config::from_lookup(|name| match name {
             "AGENTIDP_ISSUER" => Some(base.clone()),
             "AGENTIDP_BCRYPT_COST" => Some(TEST_BCRYPT_COST.to_string()),
+            "AGENTIDP_KEY_FETCH_NETWORK" => Some("development".to_owned()),
             _ => None,
         })
         .unwrap();
@@ -102,8 +104,17 @@ impl TestServer {
         config.throttle.address_failures = 1_000_000;
         adjust(&mut config);
         let clock = ManualClock::starting_at(chrono::Utc::now());
-        let idp =
-            Arc::new(Idp::new(config, Arc::clone(&store), keys, Arc::new(clock.clone())).unwrap());
+        let remote_keys = KeySetFetcher::new(config.key_fetch_network).unwrap();
+        let idp = Arc::new(
+            Idp::new(
+                config,
+                Arc::clone(&store),
+                keys,
+                Arc::new(remote_keys),
+                Arc::new(clock.clone()),
+            )
+            .unwrap(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = idp.clone();
         tokio::spawn(async move {

@@ -15,10 +15,14 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
+use crate::remote_keys::JwksUri;
 use crate::validation::{FieldError, check_text};
 
 /// More keys than this is not a rotation but a key store; refused to bound the work per request.
 const MAX_KEYS: usize = 10;
+/// A published set (a `jwksUri`) may hold keys for other uses and a provider's rotation overlap;
+/// past this it is refused, bounding the work and memory one URL can cost.
+pub const MAX_PUBLISHED_KEYS: usize = 32;
 const MAX_KID_CHARS: usize = 128;
 /// Assertions larger than this are refused before any parsing; a real one is well under 2 KiB.
 const MAX_ASSERTION_BYTES: usize = 8 * 1024;
@@ -295,6 +299,55 @@ impl ClientKeySet {
         }
     }
 
+    /// Reads a JWKS as a key server publishes it (a `jwksUri`, a trusted issuer's keys), where
+    /// sets routinely hold keys for other uses: encryption keys, algorithms and curves not
+    /// accepted here are skipped rather than refused, and the set is refused only if no key is
+    /// usable, if it holds private key material (its owner leaked it: nothing signed with it
+    /// proves anything), or if it is larger than [`MAX_PUBLISHED_KEYS`].
+    pub fn from_published_jwks(jwks: &Value) -> Result<Self, String> {
+        let items = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("the document is not a JWKS: it has no `keys` array")?;
+        if items.len() > MAX_PUBLISHED_KEYS {
+            return Err(format!(
+                "the JWKS holds {} keys, more than the {MAX_PUBLISHED_KEYS} accepted",
+                items.len()
+            ));
+        }
+        let mut keys: Vec<ClientKey> = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let Some(members) = item.as_object() else {
+                continue;
+            };
+            if let Some(name) = PRIVATE_MEMBERS.iter().find(|m| members.contains_key(**m)) {
+                return Err(format!(
+                    "key {index} of the JWKS holds private key material (`{name}`)"
+                ));
+            }
+            let mut problems = Vec::new();
+            if let Some(key) = read_key(members, "keys", &mut problems)
+                && problems.is_empty()
+                && !keys.iter().any(|k| k.id == key.id)
+            {
+                keys.push(key);
+            }
+        }
+        // Several keys without a kid cannot be told apart; an assertion names the one it needs.
+        if keys.len() > 1 {
+            keys.retain(|k| k.kid.is_some());
+        }
+        if keys.is_empty() {
+            return Err("the JWKS holds no key usable for signatures here".into());
+        }
+        Ok(Self { keys })
+    }
+
+    /// Whether a key of this set has this id (its kid, or its thumbprint when it has none).
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|k| k.id == key_id)
+    }
+
     /// The stored form: canonical JSON `{"keys":[...]}` of the public members only.
     pub fn to_json(&self) -> String {
         self.jwks().to_string()
@@ -341,7 +394,53 @@ impl ClientKeySet {
         expected: &AssertionExpectations<'_>,
         now: DateTime<Utc>,
     ) -> Result<VerifiedAssertion, AssertionRejection> {
-        let token = assertion.expose();
+        let (claims, key_id) = self.verify_signature(assertion.expose())?;
+        check_claims(&claims, expected, now, &key_id)
+    }
+
+    /// Verifies a workload's token from a trusted issuer (RFC 7523 §2.1) against these, the
+    /// issuer's keys: signature, then `iss`, `sub`, `aud`, and times at `now`. Its `jti` is not
+    /// single use: a workload presents the token its platform gave it until the platform
+    /// replaces it, as every federation of this kind (Kubernetes, GitHub, cloud STSs) expects.
+    pub fn verify_federated(
+        &self,
+        token: &ClientAssertion,
+        expected: &FederatedExpectations<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<VerifiedFederation, AssertionRejection> {
+        let (claims, key_id) = self.verify_signature(token.expose())?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        if text("iss") != Some(expected.issuer) {
+            return Err(AssertionRejection::UntrustedIssuer);
+        }
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == expected.audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a == expected.audience),
+            _ => false,
+        };
+        if !audience_ok {
+            return Err(AssertionRejection::WrongAudience);
+        }
+        let subject = text("sub").ok_or(AssertionRejection::UnknownSubject)?;
+        if subject != expected.subject {
+            return Err(AssertionRejection::UnknownSubject);
+        }
+        let expires_at = check_times(&claims, now, expected.leeway_seconds)?;
+        Ok(VerifiedFederation {
+            issuer: expected.issuer.to_owned(),
+            subject: subject.to_owned(),
+            expires_at,
+            key_id,
+        })
+    }
+
+    /// The signature of a compact JWS against the key its header names, and its claims.
+    /// Checked before any claim, so a forger learns nothing from which claim check a forgery
+    /// would have failed.
+    fn verify_signature(
+        &self,
+        token: &str,
+    ) -> Result<(Map<String, Value>, String), AssertionRejection> {
         if token.len() > MAX_ASSERTION_BYTES {
             return Err(AssertionRejection::TooLarge);
         }
@@ -382,9 +481,38 @@ impl ClientKeySet {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or(AssertionRejection::Malformed)?;
-        let claims = claims.as_object().ok_or(AssertionRejection::Malformed)?;
-        check_claims(claims, expected, now, &key.id)
+        match claims {
+            Value::Object(claims) => Ok((claims, key.id.clone())),
+            _ => Err(AssertionRejection::Malformed),
+        }
     }
+}
+
+/// `exp` (required), `nbf` and `iat` against `now`, with `leeway` seconds of skew: when the
+/// token expires.
+fn check_times(
+    claims: &Map<String, Value>,
+    now: DateTime<Utc>,
+    leeway: i64,
+) -> Result<DateTime<Utc>, AssertionRejection> {
+    let now = now.timestamp();
+    let leeway = leeway.max(0);
+    let exp = claims
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or(AssertionRejection::MissingExpiry)?;
+    if exp <= now.saturating_sub(leeway) {
+        return Err(AssertionRejection::Expired);
+    }
+    for name in ["nbf", "iat"] {
+        if let Some(value) = claims.get(name) {
+            let at = numeric_date(value).ok_or(AssertionRejection::Malformed)?;
+            if at > now.saturating_add(leeway) {
+                return Err(AssertionRejection::NotYetValid);
+            }
+        }
+    }
+    DateTime::from_timestamp(exp, 0).ok_or(AssertionRejection::Malformed)
 }
 
 fn check_claims(
@@ -411,34 +539,19 @@ fn check_claims(
     if !audience_ok {
         return Err(AssertionRejection::WrongAudience);
     }
-    let now = now.timestamp();
     let leeway = expected.leeway_seconds.max(0);
-    let exp = claims
-        .get("exp")
-        .and_then(numeric_date)
-        .ok_or(AssertionRejection::MissingExpiry)?;
-    if exp <= now.saturating_sub(leeway) {
-        return Err(AssertionRejection::Expired);
-    }
-    if exp
+    let expires_at = check_times(claims, now, leeway)?;
+    if expires_at.timestamp()
         > now
+            .timestamp()
             .saturating_add(expected.max_lifetime_seconds)
             .saturating_add(leeway)
     {
         return Err(AssertionRejection::LifetimeTooLong);
     }
-    for name in ["nbf", "iat"] {
-        if let Some(value) = claims.get(name) {
-            let at = numeric_date(value).ok_or(AssertionRejection::Malformed)?;
-            if at > now.saturating_add(leeway) {
-                return Err(AssertionRejection::NotYetValid);
-            }
-        }
-    }
     let jti = text("jti")
         .filter(|jti| !jti.is_empty() && jti.chars().count() <= MAX_JTI_CHARS)
         .ok_or(AssertionRejection::MissingJti)?;
-    let expires_at = DateTime::from_timestamp(exp, 0).ok_or(AssertionRejection::Malformed)?;
     Ok(VerifiedAssertion {
         jti: jti.to_owned(),
         expires_at,
@@ -829,6 +942,50 @@ fn bit_length(bytes: &[u8]) -> usize {
     }
 }
 
+/// Where the public keys of a client or of a trusted issuer are: held here, or published by
+/// their owner at a URL and fetched when needed (so the owner rotates them without telling us).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKeys {
+    Inline(ClientKeySet),
+    Published(JwksUri),
+}
+
+impl PublicKeys {
+    /// The stored form: the JWKS itself, or `{"jwksUri": ...}`.
+    pub fn to_json(&self) -> String {
+        match self {
+            PublicKeys::Inline(keys) => keys.to_json(),
+            PublicKeys::Published(uri) => {
+                serde_json::json!({ "jwksUri": uri.as_str() }).to_string()
+            }
+        }
+    }
+
+    /// Parses the stored form (an error is a corrupt store record).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| format!("the stored public keys are not JSON: {e}"))?;
+        match value.get("jwksUri").and_then(Value::as_str) {
+            Some(uri) => JwksUri::from_stored(uri).map(PublicKeys::Published),
+            None => ClientKeySet::from_json(text).map(PublicKeys::Inline),
+        }
+    }
+
+    pub fn key_ids(&self) -> Option<Vec<String>> {
+        match self {
+            PublicKeys::Inline(keys) => Some(keys.key_ids()),
+            PublicKeys::Published(_) => None,
+        }
+    }
+
+    pub fn jwks_uri(&self) -> Option<&JwksUri> {
+        match self {
+            PublicKeys::Inline(_) => None,
+            PublicKeys::Published(uri) => Some(uri),
+        }
+    }
+}
+
 /// A client_assertion as received: Debug and Display never print it.
 pub struct ClientAssertion(String);
 
@@ -839,6 +996,15 @@ impl ClientAssertion {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The `kid` of the header, read before any key is known: which key of a published set the
+    /// assertion needs. No signature check.
+    pub fn key_id(&self) -> Option<String> {
+        if self.0.len() > MAX_ASSERTION_BYTES {
+            return None;
+        }
+        read_header(&self.0).ok()?.kid
     }
 
     /// The client id the assertion claims, read before any key is known: its `sub`, when the
@@ -887,6 +1053,24 @@ pub struct VerifiedAssertion {
     pub key_id: String,
 }
 
+pub struct FederatedExpectations<'a> {
+    /// The trusted issuer's `iss`, compared exactly.
+    pub issuer: &'a str,
+    /// The audience the trusted issuer's tokens must carry (one of `aud`'s values).
+    pub audience: &'a str,
+    /// The external subject the credential maps to its agent.
+    pub subject: &'a str,
+    pub leeway_seconds: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedFederation {
+    pub issuer: String,
+    pub subject: String,
+    pub expires_at: DateTime<Utc>,
+    pub key_id: String,
+}
+
 /// Why an assertion was refused. The token endpoint answers all of them with `invalid_client`;
 /// the reason is for the audit log and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -915,6 +1099,10 @@ pub enum AssertionRejection {
     NotYetValid,
     #[error("client assertion has no usable jti")]
     MissingJti,
+    #[error("the token's issuer is not the trusted issuer")]
+    UntrustedIssuer,
+    #[error("the token's subject is not the credential's")]
+    UnknownSubject,
 }
 
 impl AssertionRejection {
@@ -933,6 +1121,8 @@ impl AssertionRejection {
             Self::LifetimeTooLong => "assertion_lifetime_too_long",
             Self::NotYetValid => "assertion_not_yet_valid",
             Self::MissingJti => "assertion_missing_jti",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::UnknownSubject => "unknown_subject",
         }
     }
 }

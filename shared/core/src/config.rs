@@ -1,6 +1,7 @@
 //! Typed configuration from the environment. An error names the variable at fault.
 
 use crate::domain::PlanLimits;
+use crate::remote_keys::KeyFetchNetwork;
 use crate::signing::SigningAlgorithm;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub signing_algorithm: SigningAlgorithm,
     pub free_limits: PlanLimits,
     pub throttle: ThrottleLimits,
+    /// Where published key sets (`jwksUri`) may be fetched from.
+    pub key_fetch_network: KeyFetchNetwork,
 }
 
 /// Brute-force and rate limits, counted in the store so they hold across instances.
@@ -164,6 +167,13 @@ impl Config {
                     1,
                     u64::MAX,
                 )?,
+                max_trusted_issuers: number(
+                    &lookup,
+                    "AGENTIDP_FREE_MAX_TRUSTED_ISSUERS",
+                    free.max_trusted_issuers,
+                    1,
+                    u64::MAX,
+                )?,
             },
             throttle: ThrottleLimits {
                 lockout_window_seconds: number(
@@ -201,6 +211,13 @@ impl Config {
                     1,
                     10_000_000,
                 )?,
+            },
+            key_fetch_network: match lookup("AGENTIDP_KEY_FETCH_NETWORK") {
+                None => KeyFetchNetwork::Public,
+                Some(text) => KeyFetchNetwork::parse(&text).ok_or(ConfigError::Malformed {
+                    name: "AGENTIDP_KEY_FETCH_NETWORK",
+                    problem: format!("`{text}` is not public or development"),
+                })?,
             },
             issuer,
             audience,
@@ -273,6 +290,7 @@ mod tests {
         assert_eq!(config.bcrypt_cost, 10);
         assert_eq!(config.signing_algorithm, SigningAlgorithm::RS256);
         assert_eq!(config.free_limits, PlanLimits::FREE_DEFAULT);
+        assert_eq!(config.key_fetch_network, KeyFetchNetwork::Public);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod files;
+pub mod remote_keys;
 pub mod secret;
 pub mod service;
 pub mod signing;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Agent, AuditAction, AuditEvent, Credential, Organization, Outcome, Plan, Resource,
-    ResourceTarget,
+    ResourceTarget, TrustedIssuer,
 };
 use crate::error::Cause;
 
@@ -85,6 +85,10 @@ pub enum Guard {
     AgentLimit,
     /// `CountResources` upwards: the organization is below its plan's resource limit.
     ResourceLimit,
+    /// `CountTrustedIssuers` upwards: the organization is below its plan's trusted-issuer limit.
+    TrustedIssuerLimit,
+    /// `PutTrustedIssuer` of a new one: the organization does not trust that issuer yet.
+    IssuerAlreadyTrusted,
     /// `CountTokenRequest`: the month's token requests are below the plan's quota.
     TokenQuota,
     /// `UseClientAssertion`: no assertion of this client with this `jti` was used before.
@@ -127,6 +131,25 @@ pub enum Write {
         org_id: Uuid,
         resource_id: Uuid,
         expected_version: u64,
+    },
+    /// Condition: `expected_version` is `None` and the organization has no record of this issuer
+    /// (else [`Guard::IssuerAlreadyTrusted`]), or the stored record has exactly that version.
+    PutTrustedIssuer {
+        issuer: TrustedIssuer,
+        expected_version: Option<u64>,
+    },
+    /// Condition: the stored record has exactly `expected_version`. The record is gone after.
+    DeleteTrustedIssuer {
+        org_id: Uuid,
+        issuer_id: Uuid,
+        expected_version: u64,
+    },
+    /// Moves the organization's count of trusted issuers by `delta`, as `CountAgents` does.
+    /// Condition when `delta > 0`: the count before is below `limit`.
+    CountTrustedIssuers {
+        org_id: Uuid,
+        delta: i64,
+        limit: u64,
     },
     /// Writes the organization's claim of `target.identifier`, holding the resource's id and a
     /// copy of its scopes (what a token request for it reads). Condition: no claim of that
@@ -193,6 +216,16 @@ impl Write {
             Write::ClaimResourceIdentifier(_) => Some(Guard::IdentifierTaken),
             Write::CountAgents { delta, .. } => (*delta > 0).then_some(Guard::AgentLimit),
             Write::CountResources { delta, .. } => (*delta > 0).then_some(Guard::ResourceLimit),
+            Write::CountTrustedIssuers { delta, .. } => {
+                (*delta > 0).then_some(Guard::TrustedIssuerLimit)
+            }
+            Write::PutTrustedIssuer {
+                expected_version: None,
+                ..
+            } => Some(Guard::IssuerAlreadyTrusted),
+            Write::PutTrustedIssuer { .. } | Write::DeleteTrustedIssuer { .. } => {
+                Some(Guard::StaleVersion)
+            }
             Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
             Write::UseClientAssertion { .. } => Some(Guard::AssertionReplayed),
             Write::ReleaseAgentName { .. }
@@ -226,6 +259,7 @@ pub struct Usage {
     pub agents: u64,
     pub token_requests: u64,
     pub resources: u64,
+    pub trusted_issuers: u64,
 }
 
 #[async_trait]
@@ -233,7 +267,8 @@ pub trait OrgReader: Send + Sync {
     async fn get_org(&self, org_id: Uuid) -> StoreResult<Option<Organization>>;
     /// Operator use only (not a request path): may scan.
     async fn list_orgs(&self) -> StoreResult<Vec<Organization>>;
-    /// Non-decommissioned agents, resources, and token requests in `month` (`YYYY-MM`).
+    /// Non-decommissioned agents, resources, trusted issuers, and token requests in `month`
+    /// (`YYYY-MM`).
     async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage>;
 }
 
@@ -256,6 +291,19 @@ pub trait ResourceReader: Send + Sync {
         org_id: Uuid,
         identifier: &str,
     ) -> StoreResult<Option<ResourceTarget>>;
+}
+
+#[async_trait]
+pub trait TrustedIssuerReader: Send + Sync {
+    /// One strongly consistent read by key (the token endpoint's second read for a federated
+    /// credential, whose issuer gives the id: [`TrustedIssuer::id_for`]).
+    async fn get_trusted_issuer(
+        &self,
+        org_id: Uuid,
+        issuer_id: Uuid,
+    ) -> StoreResult<Option<TrustedIssuer>>;
+    /// Every trusted issuer of the organization, oldest first. Bounded by the plan's limit.
+    async fn list_trusted_issuers(&self, org_id: Uuid) -> StoreResult<Vec<TrustedIssuer>>;
 }
 
 #[async_trait]
@@ -367,6 +415,7 @@ pub trait Store:
     + AgentReader
     + CredentialReader
     + ResourceReader
+    + TrustedIssuerReader
     + RevocationReader
     + AuditReader
     + ThrottleReader
@@ -379,6 +428,7 @@ impl<T> Store for T where
         + AgentReader
         + CredentialReader
         + ResourceReader
+        + TrustedIssuerReader
         + RevocationReader
         + AuditReader
         + ThrottleReader

@@ -236,6 +236,18 @@ fn service_error(e: ServiceError) -> ApiResponse {
             "Another agent of this organization already has this name.",
             json!([{ "field": "name", "message": "is already taken" }]),
         ),
+        ServiceError::TrustedIssuerNotFound => management(
+            StatusCode::NOT_FOUND,
+            "TRUSTED_ISSUER_NOT_FOUND",
+            "No trusted issuer with this id exists.",
+            json!([]),
+        ),
+        ServiceError::IssuerAlreadyTrusted => management(
+            StatusCode::CONFLICT,
+            "ISSUER_ALREADY_TRUSTED",
+            "The organization already trusts this issuer; change it with PATCH.",
+            json!([{ "field": "issuer", "message": "is already trusted" }]),
+        ),
         ServiceError::ResourceIdentifierTaken => management(
             StatusCode::CONFLICT,
             "RESOURCE_IDENTIFIER_TAKEN",
@@ -332,6 +344,12 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             }
             response
         }
+        OAuthError::InvalidGrant => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the assertion is not valid for this client",
+            json!({}),
+        ),
         OAuthError::InvalidScope(description) => oauth_body(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

@@ -8,16 +8,20 @@ use uuid::Uuid;
 use crate::errors::ApiError;
 use crate::views::{
     AgentView, AuditEventView, AuditPageView, CredentialView, IssuedCredentialView, PageView,
-    ResourceView,
+    ResourceView, TrustedIssuerView,
 };
 use crate::{ApiRequest, ApiResponse, Endpoint, empty_response, json_response, media_type};
-use agentidp_core::client_keys::ClientKeySet;
+use agentidp_core::client_keys::{ClientKeySet, PublicKeys};
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
-use agentidp_core::domain::{AgentStatus, AuditAction, CredentialType, Outcome, Scope};
+use agentidp_core::domain::{
+    AgentStatus, AuditAction, CredentialType, FederatedIdentity, Outcome, Scope,
+};
+use agentidp_core::remote_keys::{JwksUri, KeyFetchNetwork};
 use agentidp_core::service::agents::{AgentChanges, NewAgent};
 use agentidp_core::service::audit::AuditFilters;
 use agentidp_core::service::credentials::RequestedProof;
 use agentidp_core::service::resources::{NewResource, ResourceChanges};
+use agentidp_core::service::trusted_issuers::{NewTrustedIssuer, TrustedIssuerChanges};
 use agentidp_core::service::{Caller, Idp, ServiceError};
 use agentidp_core::validation::{
     BodyError, FieldError, JsonObject, QueryParams, check_capability, check_resource_scope,
@@ -169,13 +173,59 @@ fn read_resource_changes(body: &mut JsonObject) -> ResourceChanges {
     }
 }
 
+/// At most this many characters in an issuer, an audience or a subject: more than any real
+/// workload identity's (a GitHub Actions subject is well under 200).
+const IDENTITY_CHARS: usize = 512;
+
+/// The public keys in a body: inline in `jwks`, or published at `jwksUri`, exactly one of
+/// them. `Some(None)` when neither was sent; `None` when what was sent is refused (the
+/// problem is recorded).
+fn read_public_keys(body: &mut JsonObject, network: KeyFetchNetwork) -> Option<Option<PublicKeys>> {
+    let jwks = body.value("jwks");
+    let uri = body.optional_text("jwksUri", 2048);
+    match (jwks, uri) {
+        (Some(_), Some(_)) => {
+            body.errors.push(FieldError::new(
+                "jwksUri",
+                "is sent instead of jwks, not beside it",
+            ));
+            None
+        }
+        (Some(jwks), None) => match ClientKeySet::from_jwks(&jwks, "jwks") {
+            Ok(keys) => Some(Some(PublicKeys::Inline(keys))),
+            Err(problems) => {
+                body.errors.extend(problems);
+                None
+            }
+        },
+        (None, Some(Some(text))) => match JwksUri::parse(&text, network) {
+            Ok(uri) => Some(Some(PublicKeys::Published(uri))),
+            Err(problem) => {
+                body.errors.push(FieldError::new("jwksUri", problem));
+                None
+            }
+        },
+        (None, Some(None)) => {
+            body.errors
+                .push(FieldError::new("jwksUri", "cannot be cleared"));
+            None
+        }
+        // `optional_text` recorded a problem with jwksUri, or neither was sent.
+        (None, None) if body.errors.iter().any(|e| e.field == "jwksUri") => None,
+        (None, None) => Some(None),
+    }
+}
+
 /// The body of a credential's generation or rotation: its `type` (generation only; a client
-/// secret unless it says `private_key_jwt`), the public keys of a `private_key_jwt` one in
-/// `jwks`, and an optional `expiresAt`.
+/// secret unless it says otherwise; a rotation keeps the type), the public keys of a
+/// `private_key_jwt` one (`jwks` or `jwksUri`), the `issuer` and `subject` of a `federated` one,
+/// and an optional `expiresAt`.
 fn read_credential_request(
     request: &ApiRequest,
     generating: bool,
+    network: KeyFetchNetwork,
 ) -> Result<(RequestedProof, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
+    const TYPES: &str = "must be client_secret, private_key_jwt or federated";
     let mut body = json_body(request)?;
     let expires_at = body.optional_timestamp("expiresAt");
     let kind = if generating {
@@ -183,53 +233,115 @@ fn read_credential_request(
     } else {
         None
     };
-    let jwks = body.value("jwks");
+    let keys = read_public_keys(&mut body, network);
+    let issuer = body.optional_text("issuer", IDENTITY_CHARS).flatten();
+    let subject = body.optional_text("subject", IDENTITY_CHARS).flatten();
+    let sent_keys = !matches!(keys, Some(None));
+    let sent_identity = issuer.is_some() || subject.is_some();
     let kind = match kind.as_deref() {
-        None if jwks.is_some() && !generating => Some(CredentialType::PrivateKeyJwt),
+        None if generating => Some(CredentialType::ClientSecret),
+        None if sent_keys => Some(CredentialType::PrivateKeyJwt),
+        None if sent_identity => Some(CredentialType::Federated),
         None => Some(CredentialType::ClientSecret),
         Some(text) => CredentialType::parse(text),
     };
-    let requested = match (kind, jwks) {
-        (None, _) => {
-            body.errors.push(FieldError::new(
-                "type",
-                "must be client_secret or private_key_jwt",
-            ));
-            None
+    let mut refuse = |field: &'static str, problem: &'static str| {
+        body.errors.push(FieldError::new(field, problem));
+        None
+    };
+    let requested = match kind {
+        None => refuse("type", TYPES),
+        Some(CredentialType::ClientSecret) if sent_keys => refuse(
+            "jwks",
+            "is only for a private_key_jwt credential (as is jwksUri)",
+        ),
+        Some(CredentialType::PrivateKeyJwt | CredentialType::ClientSecret) if sent_identity => {
+            refuse(
+                "issuer",
+                "is only for a federated credential (as is subject)",
+            )
         }
-        (Some(CredentialType::ClientSecret), None) => Some(RequestedProof::Secret),
-        (Some(CredentialType::ClientSecret), Some(_)) => {
-            body.errors.push(FieldError::new(
+        Some(CredentialType::Federated) if sent_keys => refuse(
+            "jwks",
+            "is not for a federated credential: its keys are its trusted issuer's",
+        ),
+        Some(CredentialType::ClientSecret) => Some(RequestedProof::Secret),
+        Some(CredentialType::PrivateKeyJwt) => match keys {
+            Some(Some(keys)) => Some(RequestedProof::PublicKeys(keys)),
+            Some(None) => refuse(
                 "jwks",
-                "is only for a private_key_jwt credential",
-            ));
-            None
-        }
-        (Some(CredentialType::PrivateKeyJwt), None) => {
-            body.errors.push(FieldError::new(
-                "jwks",
-                "is required for a private_key_jwt credential",
-            ));
-            None
-        }
-        (Some(CredentialType::PrivateKeyJwt), Some(jwks)) => {
-            match ClientKeySet::from_jwks(&jwks, "jwks") {
-                Ok(keys) => Some(RequestedProof::PublicKeys(keys)),
-                Err(problems) => {
-                    body.errors.extend(problems);
-                    None
-                }
-            }
-        }
+                "is required for a private_key_jwt credential (or jwksUri)",
+            ),
+            None => None,
+        },
+        Some(CredentialType::Federated) => match (issuer, subject) {
+            (Some(issuer), Some(subject)) => Some(RequestedProof::Federated(FederatedIdentity {
+                issuer,
+                subject,
+            })),
+            (None, _) => refuse("issuer", "is required for a federated credential"),
+            (Some(_), None) => refuse("subject", "is required for a federated credential"),
+        },
     };
     body.finish().map_err(validation)?;
     match requested {
         Some(requested) => Ok((requested, expires_at)),
         // `finish` reports every problem found, and each `None` above recorded one.
-        None => Err(validation(vec![FieldError::new(
-            "type",
-            "must be client_secret or private_key_jwt",
-        )])),
+        None => Err(validation(vec![FieldError::new("type", TYPES)])),
+    }
+}
+
+/// The body of `POST /trusted-issuers`.
+fn read_new_trusted_issuer(
+    body: &mut JsonObject,
+    network: KeyFetchNetwork,
+) -> Option<NewTrustedIssuer> {
+    let issuer = body.required_text("issuer", IDENTITY_CHARS);
+    let audience = body.required_text("audience", IDENTITY_CHARS);
+    let description = body
+        .optional_text("description", limits::DESCRIPTION_CHARS)
+        .flatten();
+    let keys = match read_public_keys(body, network) {
+        Some(None) => {
+            body.errors.push(FieldError::new(
+                "jwks",
+                "is required (or jwksUri): the keys the issuer signs its tokens with",
+            ));
+            None
+        }
+        other => other.flatten(),
+    };
+    Some(NewTrustedIssuer {
+        issuer: issuer?,
+        audience: audience?,
+        keys: keys?,
+        description,
+    })
+}
+
+/// The body of `PATCH /trusted-issuers/{id}`: the issuer itself cannot change.
+fn read_trusted_issuer_changes(
+    body: &mut JsonObject,
+    network: KeyFetchNetwork,
+) -> TrustedIssuerChanges {
+    if body.value("issuer").is_some() {
+        body.errors.push(FieldError::new(
+            "issuer",
+            "cannot be changed: trust another issuer with POST /api/v1/trusted-issuers",
+        ));
+    }
+    let audience = match body.optional_text("audience", IDENTITY_CHARS) {
+        Some(None) => {
+            body.errors
+                .push(FieldError::new("audience", "cannot be cleared"));
+            None
+        }
+        other => other.flatten(),
+    };
+    TrustedIssuerChanges {
+        audience,
+        keys: read_public_keys(body, network).flatten(),
+        description: body.optional_text("description", limits::DESCRIPTION_CHARS),
     }
 }
 
@@ -257,7 +369,10 @@ fn status_filter<T>(
 
 fn required_scope(endpoint: Endpoint) -> Scope {
     match endpoint {
-        Endpoint::ListAgents | Endpoint::GetAgent => Scope::AgentsRead,
+        Endpoint::ListAgents
+        | Endpoint::GetAgent
+        | Endpoint::ListTrustedIssuers
+        | Endpoint::GetTrustedIssuer => Scope::AgentsRead,
         Endpoint::ListAudit | Endpoint::GetAudit => Scope::AuditRead,
         Endpoint::ListResources | Endpoint::GetResource => Scope::ResourcesRead,
         Endpoint::CreateResource | Endpoint::UpdateResource | Endpoint::DeleteResource => {
@@ -280,6 +395,7 @@ pub(super) async fn serve(
     caller.require(required_scope(endpoint))?;
     idp.admit_org_request(&caller).await?;
     let now = idp.now();
+    let network = idp.config().key_fetch_network;
     match endpoint {
         Endpoint::CreateAgent => {
             let mut body = json_body(&request)?;
@@ -377,9 +493,64 @@ pub(super) async fn serve(
             idp.delete_resource(&caller, resource_id).await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
+        Endpoint::CreateTrustedIssuer => {
+            let mut body = json_body(&request)?;
+            let input = read_new_trusted_issuer(&mut body, network);
+            body.finish().map_err(validation)?;
+            let input = input.ok_or_else(|| {
+                ServiceError::broken("a trusted issuer's body passed validation incomplete")
+            })?;
+            let issuer = idp.create_trusted_issuer(&caller, input).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &TrustedIssuerView::from(&issuer),
+            ))
+        }
+        Endpoint::ListTrustedIssuers => {
+            let mut query = QueryParams::parse(&request.query);
+            let (page, limit) = pagination(&mut query);
+            query.finish().map_err(validation)?;
+            let listed = idp.list_trusted_issuers(&caller, page, limit).await?;
+            let data = listed.issuers.iter().map(TrustedIssuerView::from).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &PageView {
+                    data,
+                    total: listed.total,
+                    page,
+                    limit,
+                },
+            ))
+        }
+        Endpoint::GetTrustedIssuer => {
+            let issuer_id = path_id(params, 0, ServiceError::TrustedIssuerNotFound)?;
+            let issuer = idp.get_trusted_issuer(&caller, issuer_id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &TrustedIssuerView::from(&issuer),
+            ))
+        }
+        Endpoint::UpdateTrustedIssuer => {
+            let issuer_id = path_id(params, 0, ServiceError::TrustedIssuerNotFound)?;
+            let mut body = json_body(&request)?;
+            let changes = read_trusted_issuer_changes(&mut body, network);
+            body.finish().map_err(validation)?;
+            let issuer = idp
+                .update_trusted_issuer(&caller, issuer_id, changes)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &TrustedIssuerView::from(&issuer),
+            ))
+        }
+        Endpoint::DeleteTrustedIssuer => {
+            let issuer_id = path_id(params, 0, ServiceError::TrustedIssuerNotFound)?;
+            idp.delete_trusted_issuer(&caller, issuer_id).await?;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
         Endpoint::GenerateCredential => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
-            let (requested, expires_at) = read_credential_request(&request, true)?;
+            let (requested, expires_at) = read_credential_request(&request, true, network)?;
             let issued = idp
                 .generate_credential(&caller, agent_id, requested, expires_at)
                 .await?;
@@ -419,7 +590,7 @@ pub(super) async fn serve(
         Endpoint::RotateCredential => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
             let credential_id = path_id(params, 1, ServiceError::CredentialNotFound)?;
-            let (requested, expires_at) = read_credential_request(&request, false)?;
+            let (requested, expires_at) = read_credential_request(&request, false, network)?;
             let issued = idp
                 .rotate_credential(&caller, agent_id, credential_id, requested, expires_at)
                 .await?;

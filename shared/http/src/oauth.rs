@@ -220,6 +220,43 @@ fn client_authentication(
     }
 }
 
+/// The grant of RFC 7523 §2.1: a token another issuer gave the workload, as `assertion`.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// A jwt-bearer grant: the assertion proves who the client is, for the federated credential
+/// `client_id` names (RFC 6749 §2.3: a client without credentials of its own sends its id).
+/// Another client authentication beside it is refused, so that no request is two at once.
+fn federated_authentication(
+    request: &ApiRequest,
+    params: &mut BTreeMap<String, String>,
+) -> Result<ClientAuthentication, ApiError> {
+    let other_authentication = request.headers.contains_key(header::AUTHORIZATION)
+        || ["client_secret", "client_assertion", "client_assertion_type"]
+            .iter()
+            .any(|name| params.contains_key(*name));
+    if other_authentication {
+        return Err(invalid(
+            "a jwt-bearer grant is authenticated by its assertion: send client_id and assertion \
+             only",
+        ));
+    }
+    let client_id = params
+        .remove("client_id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            invalid("the client_id parameter is required: the federated credential's")
+        })?;
+    let assertion = params
+        .remove("assertion")
+        .filter(|assertion| !assertion.is_empty())
+        .ok_or_else(|| invalid("the assertion parameter is required"))?;
+    Ok(ClientAuthentication {
+        client_id,
+        presented: ClientProofPresented::Federated(ClientAssertion::new(assertion)),
+        method: ClientAuthMethod::Federated,
+    })
+}
+
 fn token_parameter(params: &BTreeMap<String, String>) -> Result<&str, ApiError> {
     params
         .get("token")
@@ -267,13 +304,13 @@ pub(super) async fn serve(
     match endpoint {
         Endpoint::Token => {
             let mut params = parameters(&request, ResourceIndicators::Accepted)?;
-            let auth = client_authentication(&request, &mut params)?;
-            match params.get("grant_type").map(String::as_str) {
+            let auth = match params.get("grant_type").map(String::as_str) {
                 None => return Err(invalid("the grant_type parameter is required")),
-                Some("client_credentials") => {}
+                Some("client_credentials") => client_authentication(&request, &mut params)?
+                    .ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?,
+                Some(JWT_BEARER_GRANT) => federated_authentication(&request, &mut params)?,
                 Some(_) => return Err(ApiError::OAuth(OAuthError::UnsupportedGrantType)),
-            }
-            let auth = auth.ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+            };
             let scope = params.get("scope").map(String::as_str);
             if scope.is_some_and(|s| {
                 s.split(' ')
@@ -380,7 +417,7 @@ async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiR
         "introspection_endpoint": format!("{base}/api/v1/token/introspect"),
         "revocation_endpoint": format!("{base}/api/v1/token/revoke"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", JWT_BEARER_GRANT],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,

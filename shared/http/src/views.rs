@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use agentidp_core::client_keys::ClientKeySet;
+use agentidp_core::client_keys::PublicKeys;
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::time::format_timestamp;
-use agentidp_core::domain::{Actor, Agent, AuditEvent, Credential, Resource};
+use agentidp_core::domain::{
+    Actor, Agent, AuditEvent, Credential, CredentialProof, Resource, TrustedIssuer,
+};
 use agentidp_core::secret::ClientSecret;
 use agentidp_core::service::credentials::IssuedCredential;
 
@@ -77,6 +79,45 @@ impl From<&Resource> for ResourceView {
     }
 }
 
+/// What a credential is proved with, as shown: of inline keys only their ids, the URL of
+/// published ones, or the federated identity; never a secret or its hash.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProofView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl From<&CredentialProof> for ProofView {
+    fn from(proof: &CredentialProof) -> Self {
+        match proof {
+            CredentialProof::Secret { .. } => Self::default(),
+            CredentialProof::PublicKeys(keys) => Self::from(keys),
+            CredentialProof::Federated(identity) => Self {
+                issuer: Some(identity.issuer.clone()),
+                subject: Some(identity.subject.clone()),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+impl From<&PublicKeys> for ProofView {
+    fn from(keys: &PublicKeys) -> Self {
+        Self {
+            key_ids: keys.key_ids(),
+            jwks_uri: keys.jwks_uri().map(|uri| uri.as_str().to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
 /// A credential as listed: never the secret, never the hash; of keys, only their ids.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,8 +126,8 @@ pub struct CredentialView {
     pub client_id: Uuid,
     #[serde(rename = "type")]
     pub credential_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_ids: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub proof: ProofView,
     pub status: EffectiveCredentialStatus,
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -99,7 +140,7 @@ impl CredentialView {
             credential_id: c.credential_id,
             client_id: c.client_id,
             credential_type: c.proof.credential_type().as_str(),
-            key_ids: c.proof.public_keys().map(ClientKeySet::key_ids),
+            proof: ProofView::from(&c.proof),
             status: c.effective_status(now),
             created_at: ts(&c.created_at),
             expires_at: c.expires_at.as_ref().map(ts),
@@ -119,8 +160,8 @@ pub struct IssuedCredentialView<'a> {
     pub credential_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_ids: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub proof: ProofView,
     pub status: EffectiveCredentialStatus,
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -135,11 +176,43 @@ impl<'a> IssuedCredentialView<'a> {
             client_id: c.client_id,
             credential_type: c.proof.credential_type().as_str(),
             client_secret: issued.client_secret.as_ref().map(ClientSecret::expose),
-            key_ids: c.proof.public_keys().map(ClientKeySet::key_ids),
+            proof: ProofView::from(&c.proof),
             status: c.effective_status(now),
             created_at: ts(&c.created_at),
             expires_at: c.expires_at.as_ref().map(ts),
             revoked_at: c.revoked_at.as_ref().map(ts),
+        }
+    }
+}
+
+/// A trusted issuer: of inline keys only their ids, as for credentials.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuerView {
+    pub issuer_id: Uuid,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    pub description: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&TrustedIssuer> for TrustedIssuerView {
+    fn from(t: &TrustedIssuer) -> Self {
+        let keys = ProofView::from(&t.keys);
+        Self {
+            issuer_id: t.issuer_id,
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            key_ids: keys.key_ids,
+            jwks_uri: keys.jwks_uri,
+            description: t.description.clone(),
+            created_at: ts(&t.created_at),
+            updated_at: ts(&t.updated_at),
         }
     }
 }

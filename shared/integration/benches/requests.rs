@@ -92,6 +92,12 @@ fn world() -> World {
                 config,
                 Arc::new(SqliteStore::in_memory().unwrap()),
                 KeySource::Fixed(Arc::new(keys)),
+                Arc::new(
+                    agentidp_remote_keys::KeySetFetcher::new(
+                        agentidp_core::remote_keys::KeyFetchNetwork::Development,
+                    )
+                    .unwrap(),
+                ),
                 Arc::new(SystemClock),
             )
             .unwrap(),

@@ -82,6 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         Arc::new(SqliteStore::in_memory()?),
         KeySource::Fixed(Arc::new(keys)),
+        Arc::new(agentidp_remote_keys::KeySetFetcher::new(
+            agentidp_core::remote_keys::KeyFetchNetwork::Development,
+        )?),
         Arc::new(SystemClock),
     )?);
     let org = idp

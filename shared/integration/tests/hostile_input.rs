@@ -49,6 +49,12 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
                 config,
                 Arc::new(SqliteStore::in_memory().unwrap()),
                 KeySource::Fixed(Arc::new(keys)),
+                Arc::new(
+                    agentidp_remote_keys::KeySetFetcher::new(
+                        agentidp_core::remote_keys::KeyFetchNetwork::Development,
+                    )
+                    .unwrap(),
+                ),
                 Arc::new(SystemClock),
             )
             .unwrap(),

@@ -53,6 +53,8 @@ pub enum StartupError {
     Config(#[from] agentidp_core::config::ConfigError),
     #[error("the secret hasher cannot be built")]
     Hasher(#[from] agentidp_core::secret::SecretError),
+    #[error("the key set fetcher cannot be built")]
+    KeyFetcher(#[from] agentidp_remote_keys::FetcherBuildError),
 }
 
 impl std::fmt::Debug for StartupError {
@@ -99,10 +101,12 @@ async fn idp_from(
         aws_sdk_dynamodb::Client::new(&sdk),
         tables,
     ));
+    let remote_keys = agentidp_remote_keys::KeySetFetcher::new(config.key_fetch_network)?;
     let idp = Idp::new(
         config,
         store,
         keys,
+        Arc::new(remote_keys),
         Arc::new(agentidp_core::domain::time::SystemClock),
     )?;
     Ok(Arc::new(idp))

@@ -7,16 +7,16 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
-use agentidp_core::client_keys::ClientKeySet;
+use agentidp_core::client_keys::PublicKeys;
 use agentidp_core::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
-    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget,
+    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget, TrustedIssuer,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
 use crate::keys::{
     Item, ORG_SK, action_key, agent_key, agent_sk, audit_sk, identifier_sk, pk_sk, resource_sk,
-    ttl_seconds,
+    trusted_issuer_sk, ttl_seconds,
 };
 use crate::schema::{ACTION_KEY, AGENT_KEY, CREDENTIAL_ID, EVENT_ID, EXPIRES_AT, PK};
 
@@ -154,6 +154,37 @@ pub(crate) fn resource_from(item: &Item) -> StoreResult<Resource> {
     })
 }
 
+pub(crate) fn trusted_issuer_item(issuer: &TrustedIssuer) -> Item {
+    let mut item = pk_sk(
+        issuer.org_id.to_string(),
+        &trusted_issuer_sk(issuer.issuer_id),
+    );
+    item.insert("issuerId".into(), s(issuer.issuer_id.to_string()));
+    item.insert("issuer".into(), s(issuer.issuer.clone()));
+    item.insert("audience".into(), s(issuer.audience.clone()));
+    item.insert(PUBLIC_KEYS.into(), s(issuer.keys.to_json()));
+    insert_opt(&mut item, "description", issuer.description.clone().map(s));
+    item.insert("createdAt".into(), time(&issuer.created_at));
+    item.insert("updatedAt".into(), time(&issuer.updated_at));
+    item.insert(VERSION.into(), n(issuer.version));
+    item
+}
+
+pub(crate) fn trusted_issuer_from(item: &Item) -> StoreResult<TrustedIssuer> {
+    let r = ItemReader::new(item, "trusted issuer");
+    Ok(TrustedIssuer {
+        issuer_id: r.uuid("issuerId")?,
+        org_id: r.uuid(PK)?,
+        issuer: r.s("issuer")?.to_owned(),
+        audience: r.s("audience")?.to_owned(),
+        keys: PublicKeys::from_json(r.s(PUBLIC_KEYS)?).map_err(|_| r.malformed(PUBLIC_KEYS))?,
+        description: r.opt_s("description")?.map(str::to_owned),
+        created_at: r.time("createdAt")?,
+        updated_at: r.time("updatedAt")?,
+        version: r.u64(VERSION)?,
+    })
+}
+
 /// The claim of an identifier: what a token request for the resource reads.
 pub(crate) fn target_item(target: &ResourceTarget) -> Item {
     let mut item = pk_sk(
@@ -188,14 +219,13 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
     );
     item.insert("orgId".into(), s(credential.org_id.to_string()));
     item.insert("agentId".into(), s(credential.agent_id.to_string()));
-    // Exactly one of the two: a secret's hash, or the public keys' JSON.
-    match &credential.proof {
-        CredentialProof::Secret { hash } => {
+    // Exactly one of the two: a secret's hash, or the other proof's JSON (the attribute's name
+    // is older than federated identities, which it holds too).
+    match (&credential.proof, credential.proof.stored_document()) {
+        (CredentialProof::Secret { hash }, _) => {
             item.insert("secretHash".into(), s(hash.clone()));
         }
-        CredentialProof::PublicKeys(keys) => {
-            item.insert(PUBLIC_KEYS.into(), s(keys.to_json()));
-        }
+        (_, document) => insert_opt(&mut item, PUBLIC_KEYS, document.map(s)),
     }
     item.insert("status".into(), s(credential.status.as_str()));
     item.insert("agentStatus".into(), s(credential.agent_status.as_str()));
@@ -235,9 +265,8 @@ pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
             None => CredentialProof::Secret {
                 hash: r.s("secretHash")?.to_owned(),
             },
-            Some(keys) => CredentialProof::PublicKeys(
-                ClientKeySet::from_json(keys).map_err(|_| r.malformed(PUBLIC_KEYS))?,
-            ),
+            Some(document) => CredentialProof::from_stored(String::new(), Some(document))
+                .map_err(|_| r.malformed(PUBLIC_KEYS))?,
         },
         status: r.parse("status", CredentialStatus::parse)?,
         agent_status: r.parse("agentStatus", AgentStatus::parse)?,

@@ -16,12 +16,13 @@ use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
 use crate::DynamoStore;
 use crate::codec::{
     COUNT, PLAN, RESOURCE_ID, VERSION, agent_item, audit_item, credential_item, n, org_item,
-    resource_item, s, target_item, time,
+    resource_item, s, target_item, time, trusted_issuer_item,
 };
 use crate::errors::{build_error, is_throttling_code, sdk_cause, sdk_error};
 use crate::keys::{
-    AGENT_COUNTER_SK, Item, ItemId, ORG_SK, RESOURCE_COUNTER_SK, agent_sk, audit_sk, identifier_sk,
-    name_sk, resource_sk, token_counter_sk, ttl_seconds,
+    AGENT_COUNTER_SK, Item, ItemId, ORG_SK, RESOURCE_COUNTER_SK, TRUSTED_ISSUER_COUNTER_SK,
+    agent_sk, audit_sk, identifier_sk, name_sk, resource_sk, token_counter_sk, trusted_issuer_sk,
+    ttl_seconds,
 };
 use crate::schema::{EXPIRES_AT, PK, TableRole};
 
@@ -78,7 +79,18 @@ impl DynamoStore {
                 resource_item(resource),
                 version_guard(*expected_version),
             ),
+            Write::PutTrustedIssuer {
+                issuer,
+                expected_version,
+            } => put(
+                &tables.orgs,
+                trusted_issuer_item(issuer),
+                version_guard(*expected_version),
+            ),
             Write::DeleteResource {
+                expected_version, ..
+            }
+            | Write::DeleteTrustedIssuer {
                 expected_version, ..
             } => {
                 let expressions = Expressions::condition("#version = :expected")
@@ -96,7 +108,8 @@ impl DynamoStore {
             }
             Write::ReleaseResourceIdentifier { .. } => delete(&tables.orgs, id.key()),
             Write::CountAgents { delta, limit, .. }
-            | Write::CountResources { delta, limit, .. } => {
+            | Write::CountResources { delta, limit, .. }
+            | Write::CountTrustedIssuers { delta, limit, .. } => {
                 let expressions = match u64::try_from(*delta) {
                     Ok(increment) => counter_increment(increment, *limit),
                     Err(_) => counter_decrement(delta.unsigned_abs(), decrement),
@@ -164,6 +177,15 @@ fn item_id(write: &Write) -> ItemId {
             resource_id,
             ..
         } => org_item(org_id, resource_sk(*resource_id)),
+        Write::PutTrustedIssuer { issuer, .. } => {
+            org_item(&issuer.org_id, trusted_issuer_sk(issuer.issuer_id))
+        }
+        Write::DeleteTrustedIssuer {
+            org_id, issuer_id, ..
+        } => org_item(org_id, trusted_issuer_sk(*issuer_id)),
+        Write::CountTrustedIssuers { org_id, .. } => {
+            org_item(org_id, TRUSTED_ISSUER_COUNTER_SK.into())
+        }
         Write::ClaimResourceIdentifier(target) => {
             org_item(&target.org_id, identifier_sk(&target.identifier))
         }
@@ -209,7 +231,12 @@ impl Decrement {
 }
 
 fn is_decrement(write: &Write) -> bool {
-    matches!(write, Write::CountAgents { delta, .. } | Write::CountResources { delta, .. } if *delta < 0)
+    matches!(
+        write,
+        Write::CountAgents { delta, .. }
+            | Write::CountResources { delta, .. }
+            | Write::CountTrustedIssuers { delta, .. } if *delta < 0
+    )
 }
 
 #[async_trait]

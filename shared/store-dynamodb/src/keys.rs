@@ -17,6 +17,8 @@ pub(crate) const AGENT_COUNTER_SK: &str = "USAGE#AGENTS";
 pub(crate) const AGENT_SK_PREFIX: &str = "AGENT#";
 pub(crate) const RESOURCE_COUNTER_SK: &str = "USAGE#RESOURCES";
 pub(crate) const RESOURCE_SK_PREFIX: &str = "RESOURCE#";
+pub(crate) const TRUSTED_ISSUER_COUNTER_SK: &str = "USAGE#TRUSTED_ISSUERS";
+pub(crate) const TRUSTED_ISSUER_SK_PREFIX: &str = "TRUSTED_ISSUER#";
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -65,6 +67,10 @@ pub(crate) fn name_sk(name_key: &str) -> String {
 
 pub(crate) fn resource_sk(resource_id: Uuid) -> String {
     format!("{RESOURCE_SK_PREFIX}{resource_id}")
+}
+
+pub(crate) fn trusted_issuer_sk(issuer_id: Uuid) -> String {
+    format!("{TRUSTED_ISSUER_SK_PREFIX}{issuer_id}")
 }
 
 /// The organization's claim of a resource identifier (normalised, ASCII, at most 512 bytes, well

@@ -9,25 +9,26 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use agentidp_core::domain::{
-    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget,
+    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget, TrustedIssuer,
 };
 use agentidp_core::store::{
     AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, ClientStanding,
     CredentialReader, OrgReader, ResourceReader, RevocationReader, StoreResult, ThrottleReader,
-    Usage,
+    TrustedIssuerReader, Usage,
 };
 
 use crate::DynamoStore;
 use crate::codec::{
     ACTION, COUNT, ItemReader, OUTCOME, agent_from, audit_from, credential_from, n, org_from,
-    resource_from, s, target_from, time,
+    resource_from, s, target_from, time, trusted_issuer_from,
 };
 use crate::commit::Expressions;
 use crate::errors::{build_error, sdk_error};
 use crate::keys::{
-    AGENT_COUNTER_SK, AGENT_SK_PREFIX, ORG_SK, RESOURCE_COUNTER_SK, RESOURCE_SK_PREFIX, action_key,
-    agent_key, agent_sk, audit_sk, audit_sk_ceiling, audit_sk_floor, identifier_sk, pk_sk,
-    resource_sk, token_counter_sk, ttl_seconds,
+    AGENT_COUNTER_SK, AGENT_SK_PREFIX, ORG_SK, RESOURCE_COUNTER_SK, RESOURCE_SK_PREFIX,
+    TRUSTED_ISSUER_COUNTER_SK, TRUSTED_ISSUER_SK_PREFIX, action_key, agent_key, agent_sk, audit_sk,
+    audit_sk_ceiling, audit_sk_floor, identifier_sk, pk_sk, resource_sk, token_counter_sk,
+    trusted_issuer_sk, ttl_seconds,
 };
 use crate::schema::{
     ACTION_KEY, AGENT_KEY, AUDIT_BY_ACTION_INDEX, AUDIT_BY_AGENT_INDEX, AUDIT_BY_EVENT_ID_INDEX,
@@ -73,16 +74,18 @@ impl OrgReader for DynamoStore {
         Ok(orgs)
     }
 
-    /// One consistent `BatchGetItem` of the three counters (repeated only for keys DynamoDB
+    /// One consistent `BatchGetItem` of the four counters (repeated only for keys DynamoDB
     /// returns unprocessed under throttling). A counter never written counts zero.
     async fn usage(&self, org_id: Uuid, month: &str) -> StoreResult<Usage> {
         let table = &self.tables.orgs;
         let agents_sk = AGENT_COUNTER_SK.to_owned();
         let resources_sk = RESOURCE_COUNTER_SK.to_owned();
+        let issuers_sk = TRUSTED_ISSUER_COUNTER_SK.to_owned();
         let tokens_sk = token_counter_sk(month);
         let keys = KeysAndAttributes::builder()
             .keys(pk_sk(org_id.to_string(), &agents_sk))
             .keys(pk_sk(org_id.to_string(), &resources_sk))
+            .keys(pk_sk(org_id.to_string(), &issuers_sk))
             .keys(pk_sk(org_id.to_string(), &tokens_sk))
             .consistent_read(true)
             .build()
@@ -101,6 +104,8 @@ impl OrgReader for DynamoStore {
                 usage.agents = count;
             } else if sk == resources_sk {
                 usage.resources = count;
+            } else if sk == issuers_sk {
+                usage.trusted_issuers = count;
             } else if sk == tokens_sk {
                 usage.token_requests = count;
             }
@@ -139,6 +144,43 @@ impl AgentReader for DynamoStore {
             .collect::<StoreResult<Vec<_>>>()?;
         agents.sort_by_key(|agent| (agent.created_at, agent.agent_id));
         Ok(agents)
+    }
+}
+
+#[async_trait]
+impl TrustedIssuerReader for DynamoStore {
+    /// One consistent `GetItem`.
+    async fn get_trusted_issuer(
+        &self,
+        org_id: Uuid,
+        issuer_id: Uuid,
+    ) -> StoreResult<Option<TrustedIssuer>> {
+        let key = pk_sk(org_id.to_string(), &trusted_issuer_sk(issuer_id));
+        self.get_item(&self.tables.orgs, key)
+            .await?
+            .map(|item| trusted_issuer_from(&item))
+            .transpose()
+    }
+
+    /// A consistent `Query` of the orgs table (begins_with `TRUSTED_ISSUER#`).
+    async fn list_trusted_issuers(&self, org_id: Uuid) -> StoreResult<Vec<TrustedIssuer>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.tables.orgs)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(org_id.to_string()))
+            .expression_attribute_values(":prefix", s(TRUSTED_ISSUER_SK_PREFIX));
+        let items = Self::query_all(query).await?;
+        let mut issuers = items
+            .iter()
+            .map(trusted_issuer_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        issuers.sort_by_key(|issuer| (issuer.created_at, issuer.issuer_id));
+        Ok(issuers)
     }
 }
 

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{ErrorCode, Row};
 use uuid::Uuid;
 
-use agentidp_core::client_keys::ClientKeySet;
+use agentidp_core::client_keys::PublicKeys;
 use agentidp_core::domain::{
     Actor, Agent, AgentStatus, AuditAction, AuditEvent, Credential, CredentialProof,
-    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget,
+    CredentialStatus, Organization, Outcome, Plan, Resource, ResourceTarget, TrustedIssuer,
 };
 use agentidp_core::store::{StoreError, StoreResult};
 
@@ -180,6 +180,50 @@ impl RawTarget {
     }
 }
 
+/// A row of `trusted_issuers`, in `TRUSTED_ISSUER_COLUMNS` order.
+pub(crate) struct RawTrustedIssuer {
+    org_id: String,
+    issuer_id: String,
+    issuer: String,
+    audience: String,
+    public_keys: String,
+    description: Option<String>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: i64,
+}
+
+pub(crate) fn raw_trusted_issuer(row: &Row<'_>) -> rusqlite::Result<RawTrustedIssuer> {
+    Ok(RawTrustedIssuer {
+        org_id: row.get(0)?,
+        issuer_id: row.get(1)?,
+        issuer: row.get(2)?,
+        audience: row.get(3)?,
+        public_keys: row.get(4)?,
+        description: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        updated_at_ms: row.get(7)?,
+        version: row.get(8)?,
+    })
+}
+
+impl RawTrustedIssuer {
+    pub(crate) fn decode(self) -> StoreResult<TrustedIssuer> {
+        Ok(TrustedIssuer {
+            issuer_id: uuid(&self.issuer_id)?,
+            org_id: uuid(&self.org_id)?,
+            issuer: self.issuer,
+            audience: self.audience,
+            keys: PublicKeys::from_json(&self.public_keys)
+                .map_err(|e| corrupt("trusted issuer keys", &e))?,
+            description: self.description,
+            created_at: time(self.created_at_ms)?,
+            updated_at: time(self.updated_at_ms)?,
+            version: to_u64(self.version)?,
+        })
+    }
+}
+
 pub(crate) struct RawCredential {
     credential_id: String,
     client_id: String,
@@ -223,15 +267,8 @@ impl RawCredential {
             client_id: uuid(&self.client_id)?,
             agent_id: uuid(&self.agent_id)?,
             org_id: uuid(&self.org_id)?,
-            proof: match self.public_keys {
-                None => CredentialProof::Secret {
-                    hash: self.secret_hash,
-                },
-                Some(keys) => CredentialProof::PublicKeys(
-                    ClientKeySet::from_json(&keys)
-                        .map_err(|e| corrupt("credential public keys", &e))?,
-                ),
-            },
+            proof: CredentialProof::from_stored(self.secret_hash, self.public_keys.as_deref())
+                .map_err(|e| corrupt("credential proof", &e))?,
             status: CredentialStatus::parse(&self.status)
                 .ok_or_else(|| corrupt("credential status", &self.status))?,
             agent_status: AgentStatus::parse(&self.agent_status)

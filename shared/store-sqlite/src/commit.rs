@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params};
 
-use agentidp_core::client_keys::ClientKeySet;
-use agentidp_core::domain::{Agent, AuditEvent, Credential, Resource};
+use agentidp_core::domain::{Agent, AuditEvent, Credential, Resource, TrustedIssuer};
 use agentidp_core::store::{Commit, StoreError, StoreResult, Write};
 
 use crate::codec::{db, millis, to_i64, to_json};
-use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS};
+use crate::schema::{
+    AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS, TRUSTED_ISSUER_COLUMNS,
+};
 use crate::{CachedStatements, SqliteStore, poisoned};
 
 /// Group commit: batches that arrive while a transaction is being written wait, and the next
@@ -142,6 +143,20 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
         }
         Write::PutCredential { credential, expected_version } => put_credential(tx, credential, *expected_version)?,
         Write::PutResource { resource, expected_version } => put_resource(tx, resource, *expected_version)?,
+        Write::PutTrustedIssuer { issuer, expected_version } => put_trusted_issuer(tx, issuer, *expected_version)?,
+        Write::DeleteTrustedIssuer { org_id, issuer_id, expected_version } => tx.cached_execute(
+            "DELETE FROM trusted_issuers WHERE org_id = ?1 AND issuer_id = ?2 AND version = ?3",
+            (org_id.to_string(), issuer_id.to_string(), to_i64(*expected_version)?),
+        ).map_err(db)?,
+        Write::CountTrustedIssuers { org_id, delta, limit } => count(
+            tx,
+            "SELECT issuers FROM trusted_issuer_counts WHERE org_id = ?1",
+            "INSERT INTO trusted_issuer_counts (org_id, issuers) VALUES (?1, ?2)
+             ON CONFLICT (org_id) DO UPDATE SET issuers = excluded.issuers",
+            org_id.to_string(),
+            *delta,
+            *limit,
+        )?,
         Write::DeleteResource { org_id, resource_id, expected_version } => tx.cached_execute(
             "DELETE FROM resources WHERE org_id = ?1 AND resource_id = ?2 AND version = ?3",
             (org_id.to_string(), resource_id.to_string(), to_i64(*expected_version)?),
@@ -340,6 +355,50 @@ fn put_resource(
     .map_err(db)
 }
 
+fn put_trusted_issuer(
+    tx: &Connection,
+    issuer: &TrustedIssuer,
+    expected_version: Option<u64>,
+) -> StoreResult<usize> {
+    let org_id = issuer.org_id.to_string();
+    let issuer_id = issuer.issuer_id.to_string();
+    let public_keys = issuer.keys.to_json();
+    let version = to_i64(issuer.version)?;
+    let values = named_params! {
+        ":org_id": org_id,
+        ":issuer_id": issuer_id,
+        ":issuer": issuer.issuer,
+        ":audience": issuer.audience,
+        ":public_keys": public_keys,
+        ":description": issuer.description,
+        ":created_at_ms": millis(&issuer.created_at),
+        ":updated_at_ms": millis(&issuer.updated_at),
+        ":version": version,
+    };
+    let Some(expected) = expected_version else {
+        return tx
+            .cached_execute(
+                &format!(
+                    "INSERT INTO trusted_issuers ({TRUSTED_ISSUER_COLUMNS}) VALUES (:org_id, :issuer_id, \
+                     :issuer, :audience, :public_keys, :description, :created_at_ms, :updated_at_ms, :version) \
+                     ON CONFLICT DO NOTHING"
+                ),
+                values,
+            )
+            .map_err(db);
+    };
+    let expected = to_i64(expected)?;
+    let mut with_expected = values.to_vec();
+    with_expected.push((":expected_version", &expected));
+    tx.cached_execute(
+        "UPDATE trusted_issuers SET issuer = :issuer, audience = :audience, public_keys = :public_keys, \
+         description = :description, created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
+         version = :version WHERE org_id = :org_id AND issuer_id = :issuer_id AND version = :expected_version",
+        with_expected.as_slice(),
+    )
+    .map_err(db)
+}
+
 fn put_credential(
     tx: &Connection,
     credential: &Credential,
@@ -351,7 +410,7 @@ fn put_credential(
     let org_id = credential.org_id.to_string();
     let version = to_i64(credential.version)?;
     let agent_scopes = to_json(&credential.agent_scopes)?;
-    let public_keys = credential.proof.public_keys().map(ClientKeySet::to_json);
+    let public_keys = credential.proof.stored_document();
     let values = named_params! {
         ":credential_id": credential_id,
         ":client_id": client_id,

@@ -7,19 +7,22 @@ use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
 use agentidp_core::domain::{
-    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget,
+    Agent, AuditEvent, Credential, Organization, Resource, ResourceTarget, TrustedIssuer,
 };
 use agentidp_core::store::{
     AgentReader, AuditPage, AuditPosition, AuditQuery, AuditReader, ClientStanding,
     CredentialReader, OrgReader, ResourceReader, RevocationReader, StoreResult, ThrottleReader,
-    Usage,
+    TrustedIssuerReader, Usage,
 };
 
 use crate::codec::{
-    RawAgent, RawAuditEvent, RawCredential, RawOrg, RawResource, RawTarget, db, millis, raw_agent,
-    raw_audit, raw_credential, raw_org, raw_resource, raw_target, to_i64, to_u64,
+    RawAgent, RawAuditEvent, RawCredential, RawOrg, RawResource, RawTarget, RawTrustedIssuer, db,
+    millis, raw_agent, raw_audit, raw_credential, raw_org, raw_resource, raw_target,
+    raw_trusted_issuer, to_i64, to_u64,
 };
-use crate::schema::{AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS};
+use crate::schema::{
+    AGENT_COLUMNS, AUDIT_COLUMNS, CREDENTIAL_COLUMNS, RESOURCE_COLUMNS, TRUSTED_ISSUER_COLUMNS,
+};
 use crate::{CachedStatements, SqliteStore};
 
 #[async_trait]
@@ -71,6 +74,15 @@ impl OrgReader for SqliteStore {
                 .optional()
                 .map_err(db)?
                 .unwrap_or(0);
+            let trusted_issuers: i64 = conn
+                .cached_row(
+                    "SELECT issuers FROM trusted_issuer_counts WHERE org_id = ?1",
+                    [&org_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db)?
+                .unwrap_or(0);
             let token_requests: i64 = conn
                 .cached_row(
                     "SELECT requests FROM token_request_counts WHERE org_id = ?1 AND month = ?2",
@@ -84,6 +96,7 @@ impl OrgReader for SqliteStore {
                 agents: to_u64(agents)?,
                 token_requests: to_u64(token_requests)?,
                 resources: to_u64(resources)?,
+                trusted_issuers: to_u64(trusted_issuers)?,
             })
         })
         .await
@@ -113,6 +126,46 @@ impl AgentReader for SqliteStore {
                 "SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 ORDER BY created_at_ms, agent_id"
             )).map_err(db)?;
             let rows = stmt.query_map([org_id.to_string()], raw_agent).map_err(db)?;
+            rows.map(|row| row.map_err(db)?.decode()).collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TrustedIssuerReader for SqliteStore {
+    async fn get_trusted_issuer(
+        &self,
+        org_id: Uuid,
+        issuer_id: Uuid,
+    ) -> StoreResult<Option<TrustedIssuer>> {
+        self.read_point(move |conn| {
+            conn.cached_row(
+                &format!(
+                    "SELECT {TRUSTED_ISSUER_COLUMNS} FROM trusted_issuers WHERE org_id = ?1 AND issuer_id = ?2"
+                ),
+                (org_id.to_string(), issuer_id.to_string()),
+                raw_trusted_issuer,
+            )
+            .optional()
+            .map_err(db)?
+            .map(RawTrustedIssuer::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_trusted_issuers(&self, org_id: Uuid) -> StoreResult<Vec<TrustedIssuer>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TRUSTED_ISSUER_COLUMNS} FROM trusted_issuers WHERE org_id = ?1 \
+                     ORDER BY created_at_ms, issuer_id"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([org_id.to_string()], raw_trusted_issuer)
+                .map_err(db)?;
             rows.map(|row| row.map_err(db)?.decode()).collect()
         })
         .await

@@ -14,8 +14,10 @@ use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
 /// tables, which `SCHEMA` creates in an older file as in a new one, so that step needs no
 /// statement of its own; the version keeps an older build from opening a file whose resources it
 /// would not see. Version 4 adds credentials' public keys (a column, `MIGRATE_TO_4`) and the
-/// used client assertions (a table).
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+/// used client assertions (a table). Version 5 adds trusted issuers and their count (new
+/// tables), and lets the `public_keys` column hold any proof other than a secret: the keys, the
+/// URL they are published at, or a federated identity (`CredentialProof::stored_document`).
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 4: a credential's public keys (private_key_jwt), null for a client secret.
 const MIGRATE_TO_4: &str = "ALTER TABLE credentials ADD COLUMN public_keys TEXT;";
@@ -94,12 +96,34 @@ CREATE TABLE IF NOT EXISTS resource_counts (
     resources INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- `issuer_id` derives from the organization and `issuer`, so the key makes an issuer trusted
+-- at most once per organization.
+CREATE TABLE IF NOT EXISTS trusted_issuers (
+    org_id        TEXT NOT NULL,
+    issuer_id     TEXT NOT NULL,
+    issuer        TEXT NOT NULL,
+    audience      TEXT NOT NULL,
+    public_keys   TEXT NOT NULL,
+    description   TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    version       INTEGER NOT NULL,
+    PRIMARY KEY (org_id, issuer_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trusted_issuers_by_age ON trusted_issuers (org_id, created_at_ms, issuer_id);
+
+CREATE TABLE IF NOT EXISTS trusted_issuer_counts (
+    org_id  TEXT PRIMARY KEY NOT NULL,
+    issuers INTEGER NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS credentials (
     credential_id TEXT PRIMARY KEY NOT NULL,
     client_id     TEXT NOT NULL UNIQUE,
     agent_id      TEXT NOT NULL,
     org_id        TEXT NOT NULL,
-    -- '' for a credential with public_keys (JSON) instead of a secret
+    -- '' for a credential proved otherwise: public_keys holds that proof (JSON: the keys, their
+    -- URL, or a federated identity)
     secret_hash   TEXT NOT NULL,
     status        TEXT NOT NULL,
     agent_status  TEXT NOT NULL,
@@ -171,6 +195,9 @@ pub(crate) const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, own
 
 pub(crate) const RESOURCE_COLUMNS: &str = "org_id, resource_id, identifier, name, description, scopes, created_at_ms, \
      updated_at_ms, version";
+
+pub(crate) const TRUSTED_ISSUER_COLUMNS: &str = "org_id, issuer_id, issuer, audience, public_keys, description, \
+     created_at_ms, updated_at_ms, version";
 
 pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
      created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys";

@@ -438,14 +438,14 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
     let keyed = Credential {
         credential_id: Uuid::new_v4(),
         client_id: Uuid::new_v4(),
-        proof: CredentialProof::PublicKeys(
+        proof: CredentialProof::PublicKeys(agentidp_core::client_keys::PublicKeys::Inline(
             agentidp_core::client_keys::ClientKeySet::from_jwks(
                 &serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}),
                 "jwks",
             )
             .unwrap(),
-        ),
+        )),
         ..old
     };
     store

@@ -38,10 +38,13 @@ pub enum AuditAction {
     ResourceUpdated,
     #[serde(rename = "resource.deleted")]
     ResourceDeleted,
+    TrustedIssuerCreated,
+    TrustedIssuerUpdated,
+    TrustedIssuerDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::OrganizationCreated,
         AuditAction::OrganizationPlanChanged,
         AuditAction::AgentCreated,
@@ -58,6 +61,9 @@ impl AuditAction {
         AuditAction::ResourceCreated,
         AuditAction::ResourceUpdated,
         AuditAction::ResourceDeleted,
+        AuditAction::TrustedIssuerCreated,
+        AuditAction::TrustedIssuerUpdated,
+        AuditAction::TrustedIssuerDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +84,9 @@ impl AuditAction {
             AuditAction::ResourceCreated => "resource.created",
             AuditAction::ResourceUpdated => "resource.updated",
             AuditAction::ResourceDeleted => "resource.deleted",
+            AuditAction::TrustedIssuerCreated => "trusted_issuer.created",
+            AuditAction::TrustedIssuerUpdated => "trusted_issuer.updated",
+            AuditAction::TrustedIssuerDeleted => "trusted_issuer.deleted",
         }
     }
 

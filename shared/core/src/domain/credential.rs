@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AgentStatus;
-use crate::client_keys::ClientKeySet;
+use crate::client_keys::PublicKeys;
 
 /// The stored status. `expired` is not stored: it is what an active credential past its
 /// `expiresAt` shows as.
@@ -58,6 +58,7 @@ impl EffectiveCredentialStatus {
 pub enum CredentialType {
     ClientSecret,
     PrivateKeyJwt,
+    Federated,
 }
 
 impl CredentialType {
@@ -65,6 +66,7 @@ impl CredentialType {
         match self {
             CredentialType::ClientSecret => "client_secret",
             CredentialType::PrivateKeyJwt => "private_key_jwt",
+            CredentialType::Federated => "federated",
         }
     }
 
@@ -72,9 +74,18 @@ impl CredentialType {
         match text {
             "client_secret" => Some(CredentialType::ClientSecret),
             "private_key_jwt" => Some(CredentialType::PrivateKeyJwt),
+            "federated" => Some(CredentialType::Federated),
             _ => None,
         }
     }
+}
+
+/// A workload identity another issuer vouches for (workload identity federation): the tokens
+/// of `issuer`, one of the organization's trusted issuers, whose `sub` is `subject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedIdentity {
+    pub issuer: String,
+    pub subject: String,
 }
 
 /// What a client proves it holds to use a credential.
@@ -83,7 +94,9 @@ pub enum CredentialProof {
     /// A client secret, kept only as its bcrypt hash.
     Secret { hash: String },
     /// The public keys whose private halves sign its client assertions (RFC 7523 §2.2).
-    PublicKeys(ClientKeySet),
+    PublicKeys(PublicKeys),
+    /// A token of a trusted issuer about this subject (RFC 7523 §2.1).
+    Federated(FederatedIdentity),
 }
 
 impl CredentialProof {
@@ -91,20 +104,68 @@ impl CredentialProof {
         match self {
             CredentialProof::Secret { .. } => CredentialType::ClientSecret,
             CredentialProof::PublicKeys(_) => CredentialType::PrivateKeyJwt,
+            CredentialProof::Federated(_) => CredentialType::Federated,
         }
     }
 
     pub fn secret_hash(&self) -> Option<&str> {
         match self {
             CredentialProof::Secret { hash } => Some(hash),
-            CredentialProof::PublicKeys(_) => None,
+            CredentialProof::PublicKeys(_) | CredentialProof::Federated(_) => None,
         }
     }
 
-    pub fn public_keys(&self) -> Option<&ClientKeySet> {
+    pub fn public_keys(&self) -> Option<&PublicKeys> {
+        match self {
+            CredentialProof::PublicKeys(keys) => Some(keys),
+            CredentialProof::Secret { .. } | CredentialProof::Federated(_) => None,
+        }
+    }
+
+    pub fn federated(&self) -> Option<&FederatedIdentity> {
+        match self {
+            CredentialProof::Federated(identity) => Some(identity),
+            CredentialProof::Secret { .. } | CredentialProof::PublicKeys(_) => None,
+        }
+    }
+
+    /// What a store keeps beside the (empty) secret hash for a credential without a secret:
+    /// the public keys' stored form, or `{"federated": {"issuer": ..., "subject": ...}}`.
+    pub fn stored_document(&self) -> Option<String> {
         match self {
             CredentialProof::Secret { .. } => None,
-            CredentialProof::PublicKeys(keys) => Some(keys),
+            CredentialProof::PublicKeys(keys) => Some(keys.to_json()),
+            CredentialProof::Federated(identity) => Some(
+                serde_json::json!({
+                    "federated": { "issuer": identity.issuer, "subject": identity.subject }
+                })
+                .to_string(),
+            ),
+        }
+    }
+
+    /// The proof from what a store kept: the document when there is one, else the hash.
+    pub fn from_stored(hash: String, document: Option<&str>) -> Result<Self, String> {
+        let Some(text) = document else {
+            return Ok(CredentialProof::Secret { hash });
+        };
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("the stored credential proof is not JSON: {e}"))?;
+        match value.get("federated") {
+            Some(federated) => {
+                let member = |name: &str| {
+                    federated
+                        .get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("the stored federated identity has no {name}"))
+                };
+                Ok(CredentialProof::Federated(FederatedIdentity {
+                    issuer: member("issuer")?,
+                    subject: member("subject")?,
+                }))
+            }
+            None => PublicKeys::from_json(text).map(CredentialProof::PublicKeys),
         }
     }
 }
@@ -140,7 +201,7 @@ impl std::fmt::Debug for Credential {
             .field("type", &self.proof.credential_type())
             .field(
                 "key_ids",
-                &self.proof.public_keys().map(ClientKeySet::key_ids),
+                &self.proof.public_keys().and_then(PublicKeys::key_ids),
             )
             .field("status", &self.status)
             .field("agent_status", &self.agent_status)

@@ -40,6 +40,8 @@ pub struct PlanLimits {
     pub audit_retention_days: u32,
     /// Registered resources (RFC 8707 audiences).
     pub max_resources: u64,
+    /// Trusted issuers (workload identity federation).
+    pub max_trusted_issuers: u64,
 }
 
 impl PlanLimits {
@@ -49,6 +51,7 @@ impl PlanLimits {
         monthly_token_requests: 10_000,
         audit_retention_days: 90,
         max_resources: 10,
+        max_trusted_issuers: 5,
     };
 
     /// Enterprise is bounded too: an agent's state change rewrites its active credentials in one
@@ -59,6 +62,7 @@ impl PlanLimits {
         monthly_token_requests: 1_000_000_000,
         audit_retention_days: 365,
         max_resources: u64::MAX,
+        max_trusted_issuers: u64::MAX,
     };
 }
 

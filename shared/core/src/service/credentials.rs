@@ -9,14 +9,15 @@ use super::{
     Caller, EventDraft, Idp, LimitExceeded, ServiceError, ServiceResult, details, page_of,
     retry_optimistically, settle,
 };
-use crate::client_keys::ClientKeySet;
+use crate::client_keys::PublicKeys;
 use crate::domain::credential::EffectiveCredentialStatus;
 use crate::domain::{
-    AuditAction, Credential, CredentialProof, CredentialStatus, CredentialType, Outcome, Scope,
+    AuditAction, Credential, CredentialProof, CredentialStatus, CredentialType, FederatedIdentity,
+    Outcome, Scope, TrustedIssuer,
 };
 use crate::secret::ClientSecret;
 use crate::store::Write;
-use crate::store::{AgentReader, Commit, CredentialReader, OrgReader};
+use crate::store::{AgentReader, Commit, CredentialReader, OrgReader, TrustedIssuerReader};
 use crate::validation::FieldError;
 
 /// A credential as generated or rotated: with its secret in plain text, the one response that
@@ -32,8 +33,10 @@ pub struct IssuedCredential {
 pub enum RequestedProof {
     /// A new client secret, generated here.
     Secret,
-    /// These public keys (private_key_jwt).
-    PublicKeys(ClientKeySet),
+    /// These public keys, or those at this URL (private_key_jwt).
+    PublicKeys(PublicKeys),
+    /// A subject of one of the organization's trusted issuers (workload identity federation).
+    Federated(FederatedIdentity),
 }
 
 impl RequestedProof {
@@ -41,6 +44,7 @@ impl RequestedProof {
         match self {
             RequestedProof::Secret => CredentialType::ClientSecret,
             RequestedProof::PublicKeys(_) => CredentialType::PrivateKeyJwt,
+            RequestedProof::Federated(_) => CredentialType::Federated,
         }
     }
 }
@@ -61,8 +65,8 @@ fn refuse_past_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> 
     }
 }
 
-/// An audit event's details about a credential: its client id, its type, and its key ids when
-/// it has keys.
+/// An audit event's details about a credential: its client id, its type, and what it is proved
+/// with, short of a secret: key ids, the key set's URL, or the federated issuer and subject.
 fn proof_details<const N: usize>(
     credential: &Credential,
     extra: [(&str, serde_json::Value); N],
@@ -71,8 +75,19 @@ fn proof_details<const N: usize>(
         ("clientId", json!(credential.client_id)),
         ("type", json!(credential.proof.credential_type().as_str())),
     ]);
-    if let Some(keys) = credential.proof.public_keys() {
-        recorded.insert("keyIds".to_owned(), json!(keys.key_ids()));
+    if let Some(key_ids) = credential.proof.public_keys().and_then(PublicKeys::key_ids) {
+        recorded.insert("keyIds".to_owned(), json!(key_ids));
+    }
+    if let Some(uri) = credential
+        .proof
+        .public_keys()
+        .and_then(PublicKeys::jwks_uri)
+    {
+        recorded.insert("jwksUri".to_owned(), json!(uri.as_str()));
+    }
+    if let Some(identity) = credential.proof.federated() {
+        recorded.insert("issuer".to_owned(), json!(identity.issuer));
+        recorded.insert("subject".to_owned(), json!(identity.subject));
     }
     for (name, value) in extra {
         recorded.insert(name.to_owned(), value);
@@ -80,7 +95,10 @@ fn proof_details<const N: usize>(
     recorded
 }
 
-impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> Idp<S> {
+impl<
+    S: OrgReader + AgentReader + CredentialReader + TrustedIssuerReader + Commit + ?Sized + 'static,
+> Idp<S>
+{
     fn new_secret(&self) -> ServiceResult<(ClientSecret, String)> {
         let secret = ClientSecret::generate()
             .map_err(|e| ServiceError::internal("generating a client secret", e))?;
@@ -101,9 +119,12 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
             .map_err(|e| ServiceError::internal("the hashing task failed", e))?
     }
 
-    /// The secret (generated now, bcrypt off the async workers) or the keys a credential gets.
+    /// The secret (generated now, bcrypt off the async workers), the keys, or the federated
+    /// identity a credential gets. A federated identity's issuer must be one the organization
+    /// trusts: a credential no token could ever match is a mistake to report now.
     async fn proof_for(
         self: &std::sync::Arc<Self>,
+        caller: &Caller,
         requested: RequestedProof,
     ) -> ServiceResult<(Option<ClientSecret>, CredentialProof)> {
         Ok(match requested {
@@ -112,6 +133,22 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
                 (Some(secret), CredentialProof::Secret { hash })
             }
             RequestedProof::PublicKeys(keys) => (None, CredentialProof::PublicKeys(keys)),
+            RequestedProof::Federated(identity) => {
+                let issuer_id = TrustedIssuer::id_for(caller.org_id, &identity.issuer);
+                if self
+                    .store
+                    .get_trusted_issuer(caller.org_id, issuer_id)
+                    .await?
+                    .is_none()
+                {
+                    return Err(ServiceError::Validation(vec![FieldError::new(
+                        "issuer",
+                        "is not one of the organization's trusted issuers \
+                         (POST /api/v1/trusted-issuers)",
+                    )]));
+                }
+                (None, CredentialProof::Federated(identity))
+            }
         })
     }
 
@@ -161,7 +198,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
         if let Some(refused) = refusal(&first_read) {
             return Err(refused);
         }
-        let (secret, proof) = self.proof_for(requested).await?;
+        let (secret, proof) = self.proof_for(caller, requested).await?;
         let (first_read, proof, limits) = (&first_read, &proof, &limits);
         let (refusal, takeover_check) = (&refusal, &takeover_check);
         let credential = retry_optimistically(|attempt| async move {
@@ -313,19 +350,26 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized + 'static> 
         }
         let kept = first_read.proof.credential_type();
         if requested.credential_type() != kept {
+            let (field, problem) = match kept {
+                CredentialType::ClientSecret => (
+                    "type",
+                    "a client_secret credential gets a new secret: send no keys or identity",
+                ),
+                CredentialType::PrivateKeyJwt => (
+                    "jwks",
+                    "is required (or jwksUri): a private_key_jwt credential is rotated to new keys",
+                ),
+                CredentialType::Federated => (
+                    "subject",
+                    "is required, with issuer: a federated credential is rotated to another \
+                     identity",
+                ),
+            };
             return Err(ServiceError::Validation(vec![FieldError::new(
-                "jwks",
-                match kept {
-                    CredentialType::ClientSecret => {
-                        "a client_secret credential gets a new secret, not keys"
-                    }
-                    CredentialType::PrivateKeyJwt => {
-                        "is required: a private_key_jwt credential is rotated to new keys"
-                    }
-                },
+                field, problem,
             )]));
         }
-        let (secret, proof) = self.proof_for(requested).await?;
+        let (secret, proof) = self.proof_for(caller, requested).await?;
         let (first_read, proof, limits, takeover_check) =
             (&first_read, &proof, &limits, &takeover_check);
         let credential = retry_optimistically(|attempt| async move {

@@ -15,6 +15,7 @@ use crate::domain::{
     Actor, AuditAction, AuditEvent, Organization, Outcome, PlanLimits, Scope, ScopeSet,
 };
 use crate::error::Cause;
+use crate::remote_keys::RemoteKeySets;
 use crate::secret::SecretHasher;
 use crate::signing::KeySource;
 use crate::store::{Commit, OrgReader, Store, StoreError, Write};
@@ -29,6 +30,7 @@ pub mod orgs;
 pub mod resources;
 pub mod throttle;
 pub mod tokens;
+pub mod trusted_issuers;
 
 /// Optimistic writes re-read and retry when another writer got there first. Twenty callers
 /// racing on one record need at most twenty rounds; the margin covers bursts.
@@ -66,6 +68,8 @@ pub enum ServiceError {
     AuditEventNotFound,
     #[error("resource not found")]
     ResourceNotFound,
+    #[error("trusted issuer not found")]
+    TrustedIssuerNotFound,
     #[error("agent not active")]
     AgentNotActive(String),
     #[error("credential revoked")]
@@ -74,6 +78,8 @@ pub enum ServiceError {
     AgentNameTaken,
     #[error("resource identifier taken")]
     ResourceIdentifierTaken,
+    #[error("issuer already trusted")]
+    IssuerAlreadyTrusted,
     #[error("invalid status transition from {from} to {to}")]
     InvalidStatusTransition {
         from: &'static str,
@@ -252,6 +258,8 @@ pub struct Idp<S: ?Sized = dyn Store> {
     pub(crate) keys: KeySource,
     pub(crate) hasher: SecretHasher,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Key sets published at URLs: clients' `jwksUri`s and trusted issuers'.
+    pub(crate) remote_keys: Arc<dyn RemoteKeySets>,
     orgs: Mutex<HashMap<Uuid, (Organization, Instant)>>,
     /// The organization of each client this instance has authenticated. A credential never
     /// changes organization, so this never goes stale; it lets a token request for a resource
@@ -266,6 +274,7 @@ impl Idp {
         config: Config,
         store: Arc<dyn Store>,
         keys: KeySource,
+        remote_keys: Arc<dyn RemoteKeySets>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, crate::secret::SecretError> {
         let hasher = SecretHasher::new(config.bcrypt_cost)?;
@@ -275,6 +284,7 @@ impl Idp {
             keys,
             hasher,
             clock,
+            remote_keys,
             orgs: Mutex::new(HashMap::new()),
             client_orgs: Mutex::new(HashMap::new()),
         })

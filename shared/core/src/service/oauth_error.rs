@@ -13,6 +13,10 @@ pub enum OAuthError {
     /// Never says which check failed. `basic` asks for `WWW-Authenticate: Basic`.
     #[error("invalid_client")]
     InvalidClient { basic: bool },
+    /// RFC 7523 §3.1: the assertion of a jwt-bearer grant is not valid here. Never says which
+    /// check failed.
+    #[error("invalid_grant")]
+    InvalidGrant,
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
     /// RFC 8707 §2: the `resource` is malformed, repeated, or not one the client may ask for.
@@ -72,6 +76,8 @@ impl From<ServiceError> for OAuthError {
             | ServiceError::CredentialNotFound
             | ServiceError::AuditEventNotFound
             | ServiceError::ResourceNotFound
+            | ServiceError::TrustedIssuerNotFound
+            | ServiceError::IssuerAlreadyTrusted
             | ServiceError::AgentNotActive(_)
             | ServiceError::CredentialRevoked
             | ServiceError::AgentNameTaken

@@ -14,14 +14,15 @@ use crate::domain::time::usage_month;
 use crate::domain::{Actor, AuditAction, Credential, Outcome, ResourceTarget, ScopeSet};
 
 use crate::client_keys::{
-    AssertionExpectations, AssertionRejection, ClientAssertion, VerifiedAssertion,
+    AssertionExpectations, AssertionRejection, ClientAssertion, ClientKeySet,
+    FederatedExpectations, PublicKeys, VerifiedAssertion, VerifiedFederation,
 };
-use crate::domain::CredentialProof;
+use crate::domain::{CredentialProof, TrustedIssuer};
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, TokenPolicy};
 use crate::store::{
     AgentReader, Commit, CredentialReader, OrgReader, ResourceReader, RevocationReader,
-    ThrottleReader,
+    ThrottleReader, TrustedIssuerReader,
 };
 use crate::store::{Guard, StoreError, Write};
 
@@ -32,6 +33,8 @@ pub enum ClientAuthMethod {
     Basic,
     Post,
     PrivateKeyJwt,
+    /// No client authentication: the jwt-bearer grant's assertion from a trusted issuer.
+    Federated,
 }
 
 impl ClientAuthMethod {
@@ -41,6 +44,7 @@ impl ClientAuthMethod {
             ClientAuthMethod::Basic => "client_secret_basic",
             ClientAuthMethod::Post => "client_secret_post",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::Federated => "federated",
         }
     }
 }
@@ -50,6 +54,8 @@ impl ClientAuthMethod {
 pub enum ClientProofPresented {
     Secret(ClientSecret),
     Assertion(ClientAssertion),
+    /// A token a trusted issuer gave the workload (RFC 7523 §2.1 `assertion`).
+    Federated(ClientAssertion),
 }
 
 #[derive(Debug)]
@@ -75,13 +81,42 @@ pub struct TokenGrant {
 }
 
 /// A client that proved who it is: its credential, its organization's claim of the requested
-/// resource (if any), and the assertion it proved it with, whose single use is still to be
-/// recorded.
+/// resource (if any), and how it proved it.
 #[derive(Debug)]
 struct Authenticated {
     credential: Credential,
     target: Option<ResourceTarget>,
-    assertion: Option<VerifiedAssertion>,
+    proof: Proof,
+}
+
+/// What a client proved itself with, beyond a secret: what the audit trail records of it.
+#[derive(Debug)]
+enum Proof {
+    Secret,
+    /// Its single use is still to be recorded.
+    Assertion(VerifiedAssertion),
+    Federation(VerifiedFederation),
+}
+
+impl Proof {
+    fn audit_details(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            Proof::Secret => Vec::new(),
+            Proof::Assertion(assertion) => vec![("keyId", json!(assertion.key_id))],
+            Proof::Federation(federation) => vec![
+                ("issuer", json!(federation.issuer)),
+                ("externalSubject", json!(federation.subject)),
+                ("keyId", json!(federation.key_id)),
+            ],
+        }
+    }
+
+    fn assertion(&self) -> Option<&VerifiedAssertion> {
+        match self {
+            Proof::Assertion(assertion) => Some(assertion),
+            Proof::Secret | Proof::Federation(_) => None,
+        }
+    }
 }
 
 /// What introspection reports for an active token.
@@ -124,9 +159,11 @@ pub enum EndpointAuth {
 enum Denial {
     UnknownClient,
     WrongSecret,
-    /// An assertion for a credential with a secret, or a secret for one with keys.
+    /// An assertion for a credential with a secret, a secret for one with keys, and so on.
     WrongMethod,
     Assertion(AssertionRejection),
+    /// The keys to check an assertion with could not be fetched (the audit reason).
+    KeysUnavailable(&'static str),
     CredentialRevoked,
     CredentialExpired,
     AgentNotActive,
@@ -136,13 +173,18 @@ enum Denial {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientRefusal {
     Denied,
-    Locked { retry_after: u64 },
+    /// A jwt-bearer grant's assertion failed (RFC 7523 §3.1: `invalid_grant`).
+    GrantRefused,
+    Locked {
+        retry_after: u64,
+    },
 }
 
 impl ClientRefusal {
     fn into_oauth(self, basic: bool) -> OAuthError {
         match self {
             ClientRefusal::Denied => OAuthError::InvalidClient { basic },
+            ClientRefusal::GrantRefused => OAuthError::InvalidGrant,
             ClientRefusal::Locked { retry_after } => OAuthError::RateLimited { retry_after },
         }
     }
@@ -165,6 +207,7 @@ impl Denial {
             Denial::WrongSecret => "invalid_client_secret",
             Denial::WrongMethod => "authentication_method_not_allowed",
             Denial::Assertion(rejection) => rejection.as_str(),
+            Denial::KeysUnavailable(reason) => reason,
             Denial::CredentialRevoked => "credential_revoked",
             Denial::CredentialExpired => "credential_expired",
             Denial::AgentNotActive => "agent_not_active",
@@ -188,6 +231,7 @@ impl<
         + AgentReader
         + CredentialReader
         + ResourceReader
+        + TrustedIssuerReader
         + RevocationReader
         + ThrottleReader
         + Commit
@@ -277,12 +321,17 @@ impl<
             self.client_standing(client_id, &counters, joined).await?;
         let now = self.now();
         // An assertion costs one signature check, no bcrypt: checked before any lockout.
-        let assertion_checked = match &auth.presented {
-            ClientProofPresented::Secret(_) => None,
-            ClientProofPresented::Assertion(assertion) => Some(match &credential {
-                None => Err(Denial::UnknownClient),
-                Some(c) => self.check_assertion(c, assertion, now),
-            }),
+        let assertion_checked = match (&auth.presented, &credential) {
+            (ClientProofPresented::Secret(_), _) => None,
+            (ClientProofPresented::Assertion(_) | ClientProofPresented::Federated(_), None) => {
+                Some(Err(Denial::UnknownClient))
+            }
+            (ClientProofPresented::Assertion(assertion), Some(c)) => {
+                Some(self.check_assertion(c, assertion, now).await)
+            }
+            (ClientProofPresented::Federated(token), Some(c)) => {
+                Some(self.check_federated(c, token, now).await?)
+            }
         };
         // A secret this instance has verified, or a valid assertion, passes every lockout:
         // lockouts stop bcrypt from being spent on guesses, and these cost none; refusing them
@@ -291,7 +340,9 @@ impl<
             ClientProofPresented::Secret(secret) => {
                 self.secret_recently_verified(secret, credential.as_ref())
             }
-            ClientProofPresented::Assertion(_) => matches!(assertion_checked, Some(Ok(_))),
+            ClientProofPresented::Assertion(_) | ClientProofPresented::Federated(_) => {
+                matches!(assertion_checked, Some(Ok(_)))
+            }
         };
         if let Some(lock) = lock.filter(|_| !verified) {
             // A refusal costs a read, never bcrypt. Only the first of a window writes: its audit
@@ -328,13 +379,15 @@ impl<
                         .secret_matches(&auth.client_id, secret, credential.as_ref())
                         .await?;
                 match credential.as_ref().map(|c| &c.proof) {
-                    // A credential with keys has no hash: bcrypt ran against the dummy one.
-                    Some(CredentialProof::PublicKeys(_)) => Err(Denial::WrongMethod),
-                    _ if matches => Ok(None),
+                    // A credential without a secret has no hash: bcrypt ran against the dummy.
+                    Some(CredentialProof::PublicKeys(_) | CredentialProof::Federated(_)) => {
+                        Err(Denial::WrongMethod)
+                    }
+                    _ if matches => Ok(Proof::Secret),
                     _ => Err(Denial::WrongSecret),
                 }
             }
-            (ClientProofPresented::Assertion(_), None) => {
+            (ClientProofPresented::Assertion(_) | ClientProofPresented::Federated(_), None) => {
                 return Err(ServiceError::broken("an assertion was not checked"));
             }
         };
@@ -362,10 +415,12 @@ impl<
                             .await?
                     }
                 };
+                let proof = proved
+                    .map_err(|_| ServiceError::broken("a denied client passed authentication"))?;
                 return Ok(Ok(Authenticated {
                     credential,
                     target,
-                    assertion: proved.ok().flatten(),
+                    proof,
                 }));
             }
             (None, None) => {
@@ -392,17 +447,46 @@ impl<
             None => tracing::info!(reason = denial.as_str(), "client authentication denied"),
         }
         self.store.commit(writes).await?;
-        Ok(Err(ClientRefusal::Denied))
+        // RFC 7523 §3.1: a jwt-bearer grant whose assertion fails is `invalid_grant`; a client
+        // that is unknown, revoked or not allowed this grant is `invalid_client` as elsewhere.
+        let grant_refused = auth.method == ClientAuthMethod::Federated
+            && matches!(denial, Denial::Assertion(_) | Denial::KeysUnavailable(_));
+        Ok(Err(if grant_refused {
+            ClientRefusal::GrantRefused
+        } else {
+            ClientRefusal::Denied
+        }))
+    }
+
+    /// The key set to check an assertion with: the one held, or the one published at the URL,
+    /// fetched or from the cache; `wanted_key` is the kid the assertion names.
+    async fn key_set_of(
+        &self,
+        keys: &PublicKeys,
+        wanted_key: Option<&str>,
+    ) -> Result<Arc<ClientKeySet>, Denial> {
+        match keys {
+            PublicKeys::Inline(set) => Ok(Arc::new(set.clone())),
+            PublicKeys::Published(uri) => {
+                self.remote_keys
+                    .key_set(uri, wanted_key)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(jwks_uri = %uri, error = %e, "a published key set could not be had");
+                        Denial::KeysUnavailable(e.as_str())
+                    })
+            }
+        }
     }
 
     /// An assertion's signature and claims against the credential's keys. Its `jti` is not
     /// checked here: its single use is a condition of the write that issues the token.
-    fn check_assertion(
+    async fn check_assertion(
         &self,
         credential: &Credential,
         assertion: &ClientAssertion,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<VerifiedAssertion>, Denial> {
+    ) -> Result<Proof, Denial> {
         let CredentialProof::PublicKeys(keys) = &credential.proof else {
             return Err(Denial::WrongMethod);
         };
@@ -423,9 +507,49 @@ impl<
             max_lifetime_seconds: self.config.client_assertion_max_lifetime_seconds,
             leeway_seconds: ASSERTION_LEEWAY_SECONDS,
         };
+        let keys = self.key_set_of(keys, assertion.key_id().as_deref()).await?;
         keys.verify_assertion(assertion, &expected, now)
-            .map(Some)
+            .map(Proof::Assertion)
             .map_err(Denial::Assertion)
+    }
+
+    /// A trusted issuer's token for a federated credential: the issuer must still be trusted
+    /// by the credential's organization, and the token signed by its keys, for its audience,
+    /// about the credential's subject, and unexpired. One read more than a secret: the issuer.
+    async fn check_federated(
+        &self,
+        credential: &Credential,
+        token: &ClientAssertion,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ServiceResult<Result<Proof, Denial>> {
+        let Some(identity) = credential.proof.federated() else {
+            return Ok(Err(Denial::WrongMethod));
+        };
+        let issuer_id = TrustedIssuer::id_for(credential.org_id, &identity.issuer);
+        let Some(trusted) = self
+            .store
+            .get_trusted_issuer(credential.org_id, issuer_id)
+            .await?
+        else {
+            return Ok(Err(Denial::Assertion(AssertionRejection::UntrustedIssuer)));
+        };
+        let keys = match self
+            .key_set_of(&trusted.keys, token.key_id().as_deref())
+            .await
+        {
+            Ok(keys) => keys,
+            Err(denial) => return Ok(Err(denial)),
+        };
+        let expected = FederatedExpectations {
+            issuer: &trusted.issuer,
+            audience: &trusted.audience,
+            subject: &identity.subject,
+            leeway_seconds: ASSERTION_LEEWAY_SECONDS,
+        };
+        Ok(keys
+            .verify_federated(token, &expected, now)
+            .map(Proof::Federation)
+            .map_err(Denial::Assertion))
     }
 
     /// A replayed assertion is a failed authentication like a wrong secret: audited, and
@@ -531,7 +655,7 @@ impl<
         let Authenticated {
             credential,
             target,
-            assertion,
+            proof,
         } = match self.authenticate_client(&auth, context, resource).await? {
             Ok(authenticated) => authenticated,
             Err(refusal) => return Err(refusal.into_oauth(basic)),
@@ -631,8 +755,8 @@ impl<
                 if resource.is_some() {
                     issued.insert("resource".to_owned(), json!(claims.aud));
                 }
-                if let Some(assertion) = &assertion {
-                    issued.insert("keyId".to_owned(), json!(assertion.key_id));
+                for (name, value) in proof.audit_details() {
+                    issued.insert(name.to_owned(), value);
                 }
                 issued
             },
@@ -648,8 +772,8 @@ impl<
         ];
         // Its single use commits with the token's count and event, or none of them does.
         writes.extend(
-            assertion
-                .as_ref()
+            proof
+                .assertion()
                 .map(|used| used_assertion(&credential, used)),
         );
         // The signature (a quarter of a millisecond of CPU for RS256) is made while the commit
@@ -774,15 +898,13 @@ impl<
             EndpointAuth::Client(client) => {
                 let basic = client.method == ClientAuthMethod::Basic;
                 let Authenticated {
-                    credential,
-                    assertion,
-                    ..
+                    credential, proof, ..
                 } = match self.authenticate_client(client, context, None).await? {
                     Ok(authenticated) => authenticated,
                     Err(refusal) => return Err(refusal.into_oauth(basic)),
                 };
                 // These endpoints write nothing else: the assertion's use is a write of its own.
-                if let Some(used) = &assertion {
+                if let Some(used) = proof.assertion() {
                     match self
                         .store
                         .commit(vec![used_assertion(&credential, used)])
@@ -818,6 +940,8 @@ impl<
                     | ServiceError::CredentialNotFound
                     | ServiceError::AuditEventNotFound
                     | ServiceError::ResourceNotFound
+                    | ServiceError::TrustedIssuerNotFound
+                    | ServiceError::IssuerAlreadyTrusted
                     | ServiceError::AgentNotActive(_)
                     | ServiceError::CredentialRevoked
                     | ServiceError::AgentNameTaken

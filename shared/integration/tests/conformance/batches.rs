@@ -265,7 +265,8 @@ pub async fn a_batch_of_every_kind_of_write_lands_together<S: Store + 'static>(s
         Usage {
             agents: 1,
             token_requests: 1,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
     assert!(store.is_token_revoked(&jti).await.unwrap());

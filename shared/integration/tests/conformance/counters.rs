@@ -113,7 +113,8 @@ pub async fn parallel_agent_counts_at_the_limit_never_exceed_it<S: Store + 'stat
         Usage {
             agents: 5,
             token_requests: 0,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
 }
@@ -145,7 +146,8 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
         Usage {
             agents: 0,
             token_requests: 3,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
     assert_eq!(
@@ -153,7 +155,8 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
         Usage {
             agents: 0,
             token_requests: 1,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
     assert_eq!(
@@ -161,7 +164,8 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
         Usage {
             agents: 0,
             token_requests: 0,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
     assert_eq!(
@@ -169,7 +173,8 @@ pub async fn token_requests_are_counted_per_organization_and_month_up_to_the_lim
         Usage {
             agents: 0,
             token_requests: 1,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
 }
@@ -195,7 +200,8 @@ pub async fn parallel_token_requests_at_the_limit_never_exceed_it<S: Store + 'st
         Usage {
             agents: 0,
             token_requests: 5,
-            resources: 0
+            resources: 0,
+            trusted_issuers: 0,
         }
     );
 }

@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use agentidp_core::client_keys::ClientKeySet;
-use agentidp_core::domain::{AgentStatus, Credential, CredentialProof, CredentialStatus};
+use agentidp_core::client_keys::{ClientKeySet, PublicKeys};
+use agentidp_core::domain::{
+    AgentStatus, Credential, CredentialProof, CredentialStatus, FederatedIdentity,
+};
+use agentidp_core::remote_keys::{JwksUri, KeyFetchNetwork};
 use agentidp_core::store::{Guard, Store, StoreError, Write};
 use chrono::Duration;
 use serde_json::json;
@@ -304,7 +307,7 @@ pub async fn a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_ne
     store: Arc<S>,
 ) {
     let keyed = Credential {
-        proof: CredentialProof::PublicKeys(client_keys(&["first"])),
+        proof: CredentialProof::PublicKeys(PublicKeys::Inline(client_keys(&["first"]))),
         ..credential(Uuid::new_v4(), Uuid::new_v4(), now_ms())
     };
     store.commit(vec![new_credential(&keyed)]).await.unwrap();
@@ -316,7 +319,7 @@ pub async fn a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_ne
         Some(keyed.clone())
     );
     let rotated = Credential {
-        proof: CredentialProof::PublicKeys(client_keys(&["second", "third"])),
+        proof: CredentialProof::PublicKeys(PublicKeys::Inline(client_keys(&["second", "third"]))),
         version: 2,
         ..keyed.clone()
     };
@@ -334,7 +337,7 @@ pub async fn a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_ne
         .unwrap();
     assert_eq!(read, rotated);
     assert_eq!(
-        read.proof.public_keys().unwrap().key_ids(),
+        read.proof.public_keys().unwrap().key_ids().unwrap(),
         ["second", "third"],
         "the old key is gone"
     );
@@ -397,4 +400,39 @@ pub async fn parallel_uses_of_one_assertion_let_exactly_one_win<S: Store + 'stat
         })
         .collect();
     assert_winners(&race(&store, batches).await, 1);
+}
+
+pub async fn every_kind_of_proof_reads_back_equal<S: Store + 'static>(store: Arc<S>) {
+    let published = PublicKeys::Published(
+        JwksUri::parse(
+            "https://agents.example.com/jwks.json",
+            KeyFetchNetwork::Public,
+        )
+        .unwrap(),
+    );
+    let federated = FederatedIdentity {
+        issuer: "https://token.actions.githubusercontent.com".to_owned(),
+        subject: "repo:acme/agents:ref:refs/heads/main".to_owned(),
+    };
+    for proof in [
+        CredentialProof::PublicKeys(published),
+        CredentialProof::Federated(federated),
+    ] {
+        let credential = Credential {
+            proof,
+            ..credential(Uuid::new_v4(), Uuid::new_v4(), now_ms())
+        };
+        store
+            .commit(vec![new_credential(&credential)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .credential_by_client_id(credential.client_id)
+                .await
+                .unwrap(),
+            Some(credential.clone())
+        );
+        assert_eq!(credential.proof.secret_hash(), None);
+    }
 }

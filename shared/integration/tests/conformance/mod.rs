@@ -32,6 +32,7 @@ pub mod credentials;
 pub mod orgs;
 pub mod resources;
 pub mod revocations;
+pub mod trusted_issuers;
 
 /// Expands, for an expression that evaluates to a future of a store, into one
 /// `#[tokio::test]` per check. The future runs once per test. Each check is listed with its
@@ -80,6 +81,12 @@ macro_rules! conformance_suite {
             credentials::a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_new_keys,
             credentials::a_client_assertion_is_used_once_and_its_batch_fails_with_it,
             credentials::parallel_uses_of_one_assertion_let_exactly_one_win,
+            credentials::every_kind_of_proof_reads_back_equal,
+            trusted_issuers::a_trusted_issuer_reads_back_equal_by_id_and_in_the_listing,
+            trusted_issuers::an_issuer_is_trusted_once_per_organization,
+            trusted_issuers::changing_or_deleting_a_trusted_issuer_needs_the_version_that_is_stored,
+            trusted_issuers::another_organizations_trusted_issuers_are_invisible,
+            trusted_issuers::the_trusted_issuer_count_stops_at_the_limit_and_is_its_own,
             counters::the_agent_count_stops_at_the_limit_and_moves_both_ways,
             counters::the_agent_count_never_goes_below_zero,
             counters::parallel_agent_counts_at_the_limit_never_exceed_it,
@@ -116,6 +123,14 @@ pub(crate) use conformance_suite;
 
 pub fn at_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap()
+}
+
+/// The batch failed on exactly this guard.
+pub fn assert_guard(result: &StoreResult<()>, expected: agentidp_core::store::Guard) {
+    assert!(
+        matches!(result, Err(StoreError::ConditionFailed { guard, .. }) if *guard == expected),
+        "expected {expected:?} to fail, got {result:?}"
+    );
 }
 
 pub fn now_ms() -> DateTime<Utc> {

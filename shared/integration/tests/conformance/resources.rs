@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use agentidp_core::domain::{Resource, ResourceTarget};
-use agentidp_core::store::{Guard, Store, StoreError, StoreResult, Write};
+use agentidp_core::store::{Guard, Store, Write};
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::{assert_condition_failed, assert_winners, now_ms, race};
+use super::{assert_condition_failed, assert_guard, assert_winners, now_ms, race};
 
 pub fn resource(org_id: Uuid, identifier: &str, created_at: DateTime<Utc>) -> Resource {
     Resource {
@@ -48,13 +48,6 @@ pub(super) async fn register<S: Store + 'static>(store: &Arc<S>, resource: &Reso
         .commit(vec![claim(resource), new_resource(resource)])
         .await
         .unwrap();
-}
-
-fn assert_guard(result: &StoreResult<()>, expected: Guard) {
-    assert!(
-        matches!(result, Err(StoreError::ConditionFailed { guard, .. }) if *guard == expected),
-        "expected {expected:?} to fail, got {result:?}"
-    );
 }
 
 pub async fn a_resource_reads_back_equal_by_id_and_its_claim_by_identifier<S: Store + 'static>(
