@@ -18,6 +18,7 @@ mod credentials;
 mod discovery;
 mod error_bodies;
 mod faults;
+mod federation;
 mod isolation;
 mod lifecycle;
 mod limits;

@@ -30,7 +30,7 @@ impl AgentKey {
         }
     }
 
-    fn kid(&self) -> &str {
+    pub(crate) fn kid(&self) -> &str {
         &self.stored.kid
     }
 
