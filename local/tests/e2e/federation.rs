@@ -30,15 +30,22 @@ struct KeyServer {
 
 impl KeyServer {
     async fn start(jwks: Value) -> Self {
+        Self::serving(jwks.to_string(), std::time::Duration::ZERO).await
+    }
+
+    /// Answers every request with `body`, after `delay`.
+    async fn serving(body: String, delay: std::time::Duration) -> Self {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
-        let body = jwks.to_string();
         let app = axum::Router::new().route(
             "/jwks.json",
             axum::routing::get(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let body = body.clone();
-                async move { ([("content-type", "application/json")], body) }
+                async move {
+                    tokio::time::sleep(delay).await;
+                    ([("content-type", "application/json")], body)
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -777,7 +784,53 @@ async fn an_unreachable_key_set_is_invalid_client_not_a_server_error(store: Arc<
     assert_eq!(denied[0]["details"]["reason"], "jwks_unreachable");
 }
 
+/// A key server that answers too much, or too slowly, costs a token request its limits.
+async fn an_oversized_or_slow_key_set_is_refused_within_its_limits(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let key = AgentKey::new(SigningAlgorithm::ES256);
+    let mut padded = key.jwks();
+    padded["padding"] = json!("x".repeat(100 * 1024));
+    let oversized = KeyServer::serving(padded.to_string(), std::time::Duration::ZERO).await;
+    let slow = KeyServer::serving(key.jwks().to_string(), std::time::Duration::from_secs(10)).await;
+    let admin = server.new_org("limits").await;
+    let admin_token = server.admin_token(&admin).await;
+    for (key_server, reason) in [(&oversized, "jwks_too_large"), (&slow, "jwks_timed_out")] {
+        let agent = server
+            .create_agent(&admin_token, reason, &["agents:read"])
+            .await;
+        let created = server
+            .api(&admin_token)
+            .generate_credential(
+                &agent,
+                json!({"type": "private_key_jwt", "jwksUri": key_server.uri()}),
+            )
+            .await;
+        let client_id = created.str("clientId");
+        let started = std::time::Instant::now();
+        let refused = token_with_assertion(
+            &server,
+            &key.sign(&assertion_claims(&server, &client_id)),
+            &[],
+        )
+        .await;
+        assert_eq!(refused.status, 401, "{reason}: {}", refused.text);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "{reason}: held {:?}",
+            started.elapsed()
+        );
+        let denied = server
+            .audit_events(
+                &admin_token,
+                &format!("&action=token.denied&agentId={agent}"),
+            )
+            .await;
+        assert_eq!(denied[0]["details"]["reason"], reason, "{denied:?}");
+    }
+}
+
 agentidp_testkit::per_store!(
+    an_oversized_or_slow_key_set_is_refused_within_its_limits,
     a_workload_trades_its_platform_token_for_its_agents_token,
     tokens_the_trusted_issuer_did_not_vouch_for_are_invalid_grant,
     a_federated_credential_is_not_a_secret_or_key_credential,

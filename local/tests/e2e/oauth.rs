@@ -373,7 +373,10 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
     );
     assert_eq!(
         metadata.body["grant_types_supported"],
-        json!(["client_credentials"])
+        json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        ])
     );
     assert_eq!(
         metadata.body["token_endpoint_auth_methods_supported"],

@@ -67,6 +67,30 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     let keyed_client = keyed.str("clientId");
     let first = key.sign(&assertion_claims(&server, &keyed_client));
     assert_eq!(token_with_assertion(&server, &first, &[]).await.status, 200);
+    let cluster_key = AgentKey::new(agentidp_core::signing::SigningAlgorithm::RS256);
+    let cluster = "https://kubernetes.default.svc.cluster.local";
+    let trusted = server
+        .call(
+            Method::POST,
+            "/api/v1/trusted-issuers",
+            Some(&token),
+            Some(json!({"issuer": cluster, "audience": "agentidp", "jwks": cluster_key.jwks()})),
+        )
+        .await;
+    assert_eq!(trusted.status, 201, "{}", trusted.text);
+    let issuer_path = format!("/api/v1/trusted-issuers/{}", trusted.str("issuerId"));
+    let federated_client = api
+        .generate_credential(
+            &agent,
+            json!({"type": "federated", "issuer": cluster, "subject": "system:serviceaccount:a:b"}),
+        )
+        .await
+        .str("clientId");
+    let now = server.clock_now().timestamp();
+    let platform_token = cluster_key.sign(&json!({
+        "iss": cluster, "sub": "system:serviceaccount:a:b", "aud": "agentidp",
+        "iat": now, "exp": now + 600,
+    }));
     let event_id = api.audit("limit=1").await.body["data"][0]["eventId"]
         .as_str()
         .unwrap()
@@ -108,6 +132,16 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
             &[]
         )
         .await
+    );
+    measure!(
+        "POST /api/v1/token (jwt-bearer, federated)",
+        server
+            .send(server.request(Method::POST, "/api/v1/token").form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("client_id", federated_client.as_str()),
+                ("assertion", platform_token.as_str()),
+            ]))
+            .await
     );
     measure!(
         "POST /api/v1/token/introspect (bearer)",
@@ -191,6 +225,42 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         "DELETE /api/v1/resources/{resourceId}",
         api.delete_resource(&resource).await
     );
+    measure!(
+        "GET /api/v1/trusted-issuers",
+        server
+            .call(Method::GET, "/api/v1/trusted-issuers", Some(&token), None)
+            .await
+    );
+    measure!(
+        "PATCH /api/v1/trusted-issuers/{issuerId}",
+        server
+            .call(
+                Method::PATCH,
+                &issuer_path,
+                Some(&token),
+                Some(json!({"audience": "sts.agentidp"}))
+            )
+            .await
+    );
+    measure!(
+        "DELETE /api/v1/trusted-issuers/{issuerId}",
+        server
+            .call(Method::DELETE, &issuer_path, Some(&token), None)
+            .await
+    );
+    measure!(
+        "POST /api/v1/trusted-issuers",
+        server
+            .call(
+                Method::POST,
+                "/api/v1/trusted-issuers",
+                Some(&token),
+                Some(
+                    json!({"issuer": cluster, "audience": "agentidp", "jwks": cluster_key.jwks()})
+                )
+            )
+            .await
+    );
 
     for (name, count) in &measured {
         println!("| {name} | {count} |");
@@ -200,6 +270,8 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         ("POST /api/v1/token (warm client, resource)", 2),
         // The assertion's single use is one more item of the token's one transaction.
         ("POST /api/v1/token (private_key_jwt)", 2),
+        // The trusted issuer is a second read: its id comes from the credential.
+        ("POST /api/v1/token (jwt-bearer, federated)", 3),
         ("POST /api/v1/token/introspect (bearer)", 2),
         ("GET /.well-known/jwks.json", 0),
         ("GET /.well-known/oauth-authorization-server", 0),
@@ -221,6 +293,10 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         ("GET /api/v1/resources/{resourceId}", 3),
         ("PATCH /api/v1/resources/{resourceId}", 4),
         ("DELETE /api/v1/resources/{resourceId}", 4),
+        ("GET /api/v1/trusted-issuers", 3),
+        ("PATCH /api/v1/trusted-issuers/{issuerId}", 4),
+        ("DELETE /api/v1/trusted-issuers/{issuerId}", 4),
+        ("POST /api/v1/trusted-issuers", 3),
     ];
     assert_eq!(measured, expected);
 }
