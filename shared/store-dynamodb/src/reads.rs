@@ -147,6 +147,28 @@ impl AgentReader for DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// The items of the organization's partition of the orgs table whose sort key starts with
+    /// `prefix`: a consistent `Query`, one request per 1 MB page.
+    async fn org_items_by_prefix(
+        &self,
+        org_id: Uuid,
+        prefix: &str,
+    ) -> StoreResult<Vec<crate::keys::Item>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.tables.orgs)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(org_id.to_string()))
+            .expression_attribute_values(":prefix", s(prefix));
+        Self::query_all(query).await
+    }
+}
+
 #[async_trait]
 impl TrustedIssuerReader for DynamoStore {
     /// One consistent `GetItem`.
@@ -164,17 +186,9 @@ impl TrustedIssuerReader for DynamoStore {
 
     /// A consistent `Query` of the orgs table (begins_with `TRUSTED_ISSUER#`).
     async fn list_trusted_issuers(&self, org_id: Uuid) -> StoreResult<Vec<TrustedIssuer>> {
-        let query = self
-            .client
-            .query()
-            .table_name(&self.tables.orgs)
-            .consistent_read(true)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(org_id.to_string()))
-            .expression_attribute_values(":prefix", s(TRUSTED_ISSUER_SK_PREFIX));
-        let items = Self::query_all(query).await?;
+        let items = self
+            .org_items_by_prefix(org_id, TRUSTED_ISSUER_SK_PREFIX)
+            .await?;
         let mut issuers = items
             .iter()
             .map(trusted_issuer_from)
@@ -198,17 +212,7 @@ impl ResourceReader for DynamoStore {
     /// A consistent `Query` of the orgs table (begins_with `RESOURCE#`), one request per 1 MB
     /// page.
     async fn list_resources(&self, org_id: Uuid) -> StoreResult<Vec<Resource>> {
-        let query = self
-            .client
-            .query()
-            .table_name(&self.tables.orgs)
-            .consistent_read(true)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#sk", SK)
-            .expression_attribute_values(":pk", s(org_id.to_string()))
-            .expression_attribute_values(":prefix", s(RESOURCE_SK_PREFIX));
-        let items = Self::query_all(query).await?;
+        let items = self.org_items_by_prefix(org_id, RESOURCE_SK_PREFIX).await?;
         let mut resources = items
             .iter()
             .map(resource_from)

@@ -15,6 +15,7 @@ mod resources;
 mod retention;
 mod secrets;
 mod tokens;
+mod trusted_issuers;
 
 use agentidp_core::domain::time::format_timestamp;
 use serde_json::{Value, json};

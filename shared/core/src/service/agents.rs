@@ -228,7 +228,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             };
             self.refuse_takeover(
                 caller,
-                (agent_id, current.scopes.clone()),
+                (Some(agent_id), current.scopes.clone()),
                 attempted,
                 format!("agent/{agent_id}"),
                 limits,
@@ -365,7 +365,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
                 .ok_or(ServiceError::AgentNotFound)?;
             self.refuse_takeover(
                 caller,
-                (agent_id, current.scopes.clone()),
+                (Some(agent_id), current.scopes.clone()),
                 AuditAction::AgentDecommissioned,
                 format!("agent/{agent_id}"),
                 limits,

@@ -188,7 +188,7 @@ impl<
         let takeover_check = |agent_scopes: Vec<String>| {
             self.refuse_takeover(
                 caller,
-                (agent_id, agent_scopes),
+                (Some(agent_id), agent_scopes),
                 AuditAction::CredentialGenerated,
                 format!("agent/{agent_id}"),
                 &limits,
@@ -338,7 +338,7 @@ impl<
         let takeover_check = |agent_scopes: Vec<String>| {
             self.refuse_takeover(
                 caller,
-                (agent_id, agent_scopes),
+                (Some(agent_id), agent_scopes),
                 AuditAction::CredentialRotated,
                 format!("credential/{credential_id}"),
                 &limits,
@@ -445,7 +445,7 @@ impl<
                 .ok_or(ServiceError::CredentialNotFound)?;
             self.refuse_takeover(
                 caller,
-                (agent_id, agent.scopes.clone()),
+                (Some(agent_id), agent.scopes.clone()),
                 AuditAction::CredentialRevoked,
                 format!("credential/{credential_id}"),
                 limits,

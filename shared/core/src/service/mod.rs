@@ -352,11 +352,12 @@ impl<S: Commit + ?Sized> Idp<S> {
     /// Refuses a change to an agent (or to its credential `resource`) by a caller that holds
     /// less than the agent, and files the refusal under the `action` attempted. The change's
     /// own write is conditional on the version the scopes were read at, so a grant racing this
-    /// check makes the change re-read and check again.
+    /// check makes the change re-read and check again. Without an agent, `agent_scopes` are
+    /// what the change could hand out (a trusted issuer's: any agent's).
     pub(crate) async fn refuse_takeover(
         &self,
         caller: &Caller,
-        (agent_id, agent_scopes): (Uuid, Vec<String>),
+        (agent_id, agent_scopes): (Option<Uuid>, Vec<String>),
         action: AuditAction,
         resource: String,
         limits: &PlanLimits,
@@ -370,7 +371,7 @@ impl<S: Commit + ?Sized> Idp<S> {
             action,
             outcome: Outcome::Failure,
             actor: caller.actor(),
-            subject_agent_id: Some(agent_id),
+            subject_agent_id: agent_id,
             resource,
             details: details([
                 ("reason", serde_json::json!("insufficient_scope")),

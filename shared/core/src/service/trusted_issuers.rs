@@ -9,8 +9,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Caller, EventDraft, Idp, LimitExceeded, Round, ScopeShortfall, ServiceError, ServiceResult,
-    details, page_of, retry_optimistically, settle,
+    Caller, EventDraft, Idp, LimitExceeded, Round, ServiceError, ServiceResult, details, page_of,
+    retry_optimistically, settle,
 };
 use crate::client_keys::PublicKeys;
 use crate::domain::scope::MANAGEMENT_SCOPES;
@@ -56,7 +56,7 @@ fn keys_detail(keys: &PublicKeys) -> (&'static str, serde_json::Value) {
 
 impl<S: OrgReader + TrustedIssuerReader + Commit + ?Sized> Idp<S> {
     /// Refuses, and audits, a change to trusted issuers by a caller without every management
-    /// scope.
+    /// scope (see the module's comment).
     async fn require_full_authority(
         &self,
         caller: &Caller,
@@ -64,29 +64,9 @@ impl<S: OrgReader + TrustedIssuerReader + Commit + ?Sized> Idp<S> {
         resource: String,
         limits: &PlanLimits,
     ) -> ServiceResult<()> {
-        caller.require(Scope::AgentsWrite)?;
-        let missing = caller.lacks_authority_over(&MANAGEMENT_SCOPES.map(str::to_owned));
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let event = EventDraft {
-            org_id: caller.org_id,
-            action,
-            outcome: Outcome::Failure,
-            actor: caller.actor(),
-            subject_agent_id: None,
-            resource,
-            details: details([
-                ("reason", json!("insufficient_scope")),
-                ("missingScopes", json!(missing)),
-            ]),
-        }
-        .at(self.now(), limits, &caller.context);
-        self.store.commit(vec![Write::Audit(event)]).await?;
-        Err(ServiceError::InsufficientScope {
-            missing,
-            shortfall: ScopeShortfall::Target,
-        })
+        let every_scope = MANAGEMENT_SCOPES.map(str::to_owned).to_vec();
+        self.refuse_takeover(caller, (None, every_scope), action, resource, limits)
+            .await
     }
 
     pub async fn create_trusted_issuer(
