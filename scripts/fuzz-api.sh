@@ -85,6 +85,7 @@ export AGENTIDP_LOCKOUT_CLIENT_FAILURES_PER_MINUTE=1000000
 # (and the operations on them the stateful phase chains) go untested.
 export AGENTIDP_FREE_MAX_AGENTS=1000000
 export AGENTIDP_FREE_MAX_RESOURCES=1000000
+export AGENTIDP_FREE_MAX_TRUSTED_ISSUERS=1000000
 # The fuzzer's token is taken once, before the run: the longest lifetime lets a long run
 # (FUZZ_MAX_EXAMPLES in the thousands) finish with it.
 export AGENTIDP_TOKEN_LIFETIME_SECONDS=86400

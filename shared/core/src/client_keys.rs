@@ -998,13 +998,16 @@ impl ClientAssertion {
         &self.0
     }
 
-    /// The `kid` of the header, read before any key is known: which key of a published set the
-    /// assertion needs. No signature check.
-    pub fn key_id(&self) -> Option<String> {
+    /// What can be refused before any key is looked for: the size, the header's form and its
+    /// algorithm. What is left is the header's `kid`: which key of a published set the
+    /// assertion needs. Checked first, so that no malformed assertion costs a key set fetch.
+    pub fn precheck(&self) -> Result<Option<String>, AssertionRejection> {
         if self.0.len() > MAX_ASSERTION_BYTES {
-            return None;
+            return Err(AssertionRejection::TooLarge);
         }
-        read_header(&self.0).ok()?.kid
+        let header = read_header(&self.0)?;
+        AssertionAlgorithm::parse(&header.alg).ok_or(AssertionRejection::AlgorithmNotAllowed)?;
+        Ok(header.kid)
     }
 
     /// The client id the assertion claims, read before any key is known: its `sub`, when the
@@ -2074,5 +2077,151 @@ mod tests {
                 assert!(!printed.contains(&part[..8]), "{printed}");
             }
         }
+    }
+
+    const CLUSTER: &str = "https://kubernetes.default.svc.cluster.local";
+    const SERVICE_ACCOUNT: &str = "system:serviceaccount:agents:summarizer";
+
+    fn workload_claims() -> Value {
+        json!({
+            "iss": CLUSTER,
+            "sub": SERVICE_ACCOUNT,
+            "aud": ["agentidp", "https://kubernetes.default.svc"],
+            "iat": at(-60),
+            "exp": at(3600),
+        })
+    }
+
+    fn verify_workload(
+        keys: &ClientKeySet,
+        token: &ClientAssertion,
+    ) -> Result<VerifiedFederation, AssertionRejection> {
+        let expected = FederatedExpectations {
+            issuer: CLUSTER,
+            audience: "agentidp",
+            subject: SERVICE_ACCOUNT,
+            leeway_seconds: 30,
+        };
+        keys.verify_federated(token, &expected, now())
+    }
+
+    #[test]
+    fn a_workload_token_of_the_trusted_issuer_about_the_subject_is_accepted_again_and_again() {
+        let keys = set(vec![with(&RSA.jwk, json!({"kid": "sa-1"}))]);
+        let token = sign(&RSA, Algorithm::RS256, Some("sa-1"), &workload_claims());
+        let verified = verify_workload(&keys, &token).unwrap();
+        assert_eq!(verified.subject, SERVICE_ACCOUNT);
+        assert_eq!(verified.issuer, CLUSTER);
+        assert_eq!(verified.key_id, "sa-1");
+        // A platform token is no single-use assertion: no jti, and presented again.
+        assert_eq!(verify_workload(&keys, &token).unwrap(), verified);
+        // A token of an hour is the issuer's choice, not refused as a client assertion would be.
+        assert_eq!(verified.expires_at.timestamp(), at(3600));
+    }
+
+    #[test]
+    fn each_claim_a_workload_token_gets_wrong_has_its_own_reason() {
+        let keys = set(vec![with(&P256.jwk, json!({"kid": "sa-1"}))]);
+        let cases: [(&str, Value, AssertionRejection); 6] = [
+            (
+                "iss",
+                json!("https://other-cluster.example"),
+                AssertionRejection::UntrustedIssuer,
+            ),
+            (
+                "sub",
+                json!("system:serviceaccount:agents:intruder"),
+                AssertionRejection::UnknownSubject,
+            ),
+            (
+                "aud",
+                json!("https://vault.example.com"),
+                AssertionRejection::WrongAudience,
+            ),
+            (
+                "aud",
+                json!(["agentidp-other"]),
+                AssertionRejection::WrongAudience,
+            ),
+            ("exp", json!(at(-31)), AssertionRejection::Expired),
+            ("nbf", json!(at(600)), AssertionRejection::NotYetValid),
+        ];
+        for (claim, value, expected) in cases {
+            let mut claims = workload_claims();
+            claims[claim] = value;
+            let token = sign(&P256, Algorithm::ES256, Some("sa-1"), &claims);
+            assert_eq!(
+                verify_workload(&keys, &token).unwrap_err(),
+                expected,
+                "{claim}"
+            );
+        }
+        let mut claims = workload_claims();
+        claims.as_object_mut().unwrap().remove("exp");
+        let token = sign(&P256, Algorithm::ES256, Some("sa-1"), &claims);
+        assert_eq!(
+            verify_workload(&keys, &token).unwrap_err(),
+            AssertionRejection::MissingExpiry
+        );
+        // Signed by another key under the issuer's kid.
+        let forged = sign(&ED25519, Algorithm::EdDSA, Some("sa-1"), &workload_claims());
+        assert!(verify_workload(&keys, &forged).is_err());
+    }
+
+    #[test]
+    fn a_published_set_keeps_its_signing_keys_and_skips_what_it_cannot_use() {
+        let published = json!({"keys": [
+            with(&RSA.jwk, json!({"kid": "rsa-sig", "use": "sig"})),
+            with(&P256.jwk, json!({"kid": "p256-enc", "use": "enc"})),
+            {"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AAAA", "y": "AAAA"},
+            {"kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB"},
+            "not a key",
+            with(&ED25519.jwk, json!({"kid": "ed"})),
+        ]});
+        let keys = ClientKeySet::from_published_jwks(&published).unwrap();
+        assert_eq!(keys.key_ids(), ["rsa-sig", "ed"]);
+        assert!(keys.has_key("ed") && !keys.has_key("p256-enc"));
+    }
+
+    #[test]
+    fn a_published_set_is_refused_with_a_private_key_too_many_keys_or_none_usable() {
+        let leaked = json!({"keys": [with(&P256.jwk, json!({"kid": "k", "d": "c2VjcmV0"}))]});
+        assert!(
+            ClientKeySet::from_published_jwks(&leaked)
+                .unwrap_err()
+                .contains("private")
+        );
+        let many: Vec<Value> = (0..=MAX_PUBLISHED_KEYS)
+            .map(|i| with(&P256.jwk, json!({"kid": format!("k{i}")})))
+            .collect();
+        assert!(ClientKeySet::from_published_jwks(&json!({"keys": many})).is_err());
+        let unusable = json!({"keys": [with(&P256.jwk, json!({"use": "enc"}))]});
+        assert!(ClientKeySet::from_published_jwks(&unusable).is_err());
+        assert!(ClientKeySet::from_published_jwks(&json!({"keys": "none"})).is_err());
+        // Several keys without a kid cannot be told apart: only those with one are kept.
+        let mixed = json!({"keys": [RSA.jwk.clone(), P256.jwk.clone(), with(&ED25519.jwk, json!({"kid": "ed"}))]});
+        assert_eq!(
+            ClientKeySet::from_published_jwks(&mixed).unwrap().key_ids(),
+            ["ed"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_or_disallowed_assertion_is_refused_before_any_key_is_needed() {
+        let token = sign(&P256, Algorithm::ES256, Some("k1"), &claims());
+        assert_eq!(token.precheck().unwrap(), Some("k1".to_owned()));
+        assert_eq!(
+            ClientAssertion::new("not.a.jwt".into())
+                .precheck()
+                .unwrap_err(),
+            AssertionRejection::Malformed
+        );
+        let none = compact(&json!({"alg": "none"}), &claims(), b"");
+        assert_eq!(
+            none.precheck().unwrap_err(),
+            AssertionRejection::AlgorithmNotAllowed
+        );
+        let huge = ClientAssertion::new("a".repeat(MAX_ASSERTION_BYTES + 1));
+        assert_eq!(huge.precheck().unwrap_err(), AssertionRejection::TooLarge);
     }
 }

@@ -168,6 +168,15 @@ fn service_error(e: ServiceError) -> ApiResponse {
                     format!("A caller cannot grant scopes it does not hold: {listed}."),
                     json!([]),
                 ),
+                ScopeShortfall::Trust => (
+                    format!(
+                        "Trusting an issuer decides who can become the agents federated to it, so it takes every management scope: {listed}."
+                    ),
+                    missing
+                        .iter()
+                        .map(|scope| json!({ "scope": scope }))
+                        .collect(),
+                ),
                 ScopeShortfall::Target => (
                     format!(
                         "The agent holds scopes the caller does not, so the caller cannot change it or its credentials: {listed}."

@@ -38,8 +38,11 @@ pub enum AuditAction {
     ResourceUpdated,
     #[serde(rename = "resource.deleted")]
     ResourceDeleted,
+    #[serde(rename = "trusted_issuer.created")]
     TrustedIssuerCreated,
+    #[serde(rename = "trusted_issuer.updated")]
     TrustedIssuerUpdated,
+    #[serde(rename = "trusted_issuer.deleted")]
     TrustedIssuerDeleted,
 }
 

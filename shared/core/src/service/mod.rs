@@ -213,6 +213,9 @@ pub enum ScopeShortfall {
     /// The target agent holds a management scope the caller lacks: changing it, or minting a
     /// secret for it, would hand the caller that scope.
     Target,
+    /// Changing the organization's trust in an outside issuer decides who can become any
+    /// agent federated to it, so it needs every management scope.
+    Trust,
 }
 
 /// An authenticated caller of the management API, from its access token.
@@ -382,7 +385,11 @@ impl<S: Commit + ?Sized> Idp<S> {
         self.store.commit(vec![Write::Audit(event)]).await?;
         Err(ServiceError::InsufficientScope {
             missing,
-            shortfall: ScopeShortfall::Target,
+            shortfall: if agent_id.is_some() {
+                ScopeShortfall::Target
+            } else {
+                ScopeShortfall::Trust
+            },
         })
     }
 }

@@ -507,7 +507,8 @@ impl<
             max_lifetime_seconds: self.config.client_assertion_max_lifetime_seconds,
             leeway_seconds: ASSERTION_LEEWAY_SECONDS,
         };
-        let keys = self.key_set_of(keys, assertion.key_id().as_deref()).await?;
+        let kid = assertion.precheck().map_err(Denial::Assertion)?;
+        let keys = self.key_set_of(keys, kid.as_deref()).await?;
         keys.verify_assertion(assertion, &expected, now)
             .map(Proof::Assertion)
             .map_err(Denial::Assertion)
@@ -525,6 +526,10 @@ impl<
         let Some(identity) = credential.proof.federated() else {
             return Ok(Err(Denial::WrongMethod));
         };
+        let kid = match token.precheck() {
+            Ok(kid) => kid,
+            Err(rejection) => return Ok(Err(Denial::Assertion(rejection))),
+        };
         let issuer_id = TrustedIssuer::id_for(credential.org_id, &identity.issuer);
         let Some(trusted) = self
             .store
@@ -533,10 +538,7 @@ impl<
         else {
             return Ok(Err(Denial::Assertion(AssertionRejection::UntrustedIssuer)));
         };
-        let keys = match self
-            .key_set_of(&trusted.keys, token.key_id().as_deref())
-            .await
-        {
+        let keys = match self.key_set_of(&trusted.keys, kid.as_deref()).await {
             Ok(keys) => keys,
             Err(denial) => return Ok(Err(denial)),
         };
