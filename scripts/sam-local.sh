@@ -9,7 +9,8 @@
 #
 #   scripts/sam-local.sh                          # the checks; last line `sam-local: N passed, M failed`
 #   scripts/sam-local.sh --serve [--port 3000]    # the same set-up, then sam local start-api for you
-#   options: --pull-image (SAM pulls AWS's base image), --rebuild (sam build even if current)
+#   options: --pull-image (SAM pulls AWS's base image), --rebuild (sam build even if current),
+#            --page TEXT (only the docs pages whose path contains TEXT, and no events)
 #
 # On a machine without Docker it installs and starts it (as root); where Docker cannot run it
 # says why and exits 0.

@@ -5,6 +5,7 @@ Lambda containers run by the SAM CLI, on DynamoDB Local and moto_server.
     scripts/sam-local.sh --serve         # the same set-up, then `sam local start-api` for you
     ... --pull-image                     # SAM's own base image, pulled, instead of the offline one
     ... --rebuild                        # sam build even if .aws-sam/build is current
+    ... --page agents-without            # only the docs pages whose path contains it, no events
 
 Steps, each timed:
   1. Docker (scripts/sam_local_docker.py): installed, started, arm64 emulation, the offline base
@@ -29,6 +30,16 @@ Containers reach the services on the host through the Docker bridge: SAM's `--do
 host` does not give them the host's network (it only skips connecting them to another
 network), so the functions are given the bridge's gateway address, and a relay there forwards
 to DynamoDB Local and moto, which listen on loopback only.
+
+One page needs more: agents-without-secrets.md starts a stand-in token issuer on the host,
+publishing its keys at http://localhost:8002/jwks.json, and registers that URL (plain http is
+accepted only to a loopback host, under AGENTIDP_KEY_FETCH_NETWORK=development). In a
+container `localhost` is the container. So start-api runs the functions with that network
+setting, gives the containers `--add-host localhost:<gateway>`, and a relay on the gateway's
+port 8002 forwards to the host's loopback port 8002. The name then resolves to 127.0.0.1 (where
+nothing listens, refused at once) and to the gateway, tried next: glibc returns every address
+/etc/hosts has for a name only with `multi on` in /etc/host.conf, which the base image has (as
+Amazon Linux's images do). The page's URL stays the one a reader uses.
 """
 
 from __future__ import annotations
@@ -72,6 +83,9 @@ TEMPLATE = REPO / "template.yaml"
 EVENTS = REPO / "events"
 # What a build is made of: a file here newer than the build means building again.
 SOURCES = ("Cargo.toml", "Cargo.lock", "template.yaml", "shared", "functions")
+# The port of the stand-in token issuer of docs/developers/guides/agents-without-secrets.md
+# (http://localhost:8002/jwks.json): the containers reach it through a relay on the gateway.
+STAND_IN_ISSUER_PORT = 8002
 
 
 def log(message: str) -> None:
@@ -182,9 +196,9 @@ class Relay:
     """Forwards TCP connections from (host, port) to 127.0.0.1:target_port, in a thread: the
     containers' way to the services that listen on the host's loopback only."""
 
-    def __init__(self, host: str, target_port: int):
+    def __init__(self, host: str, target_port: int, port: int = 0):
         self.target_port = target_port
-        self.server = socket.create_server((host, 0))
+        self.server = socket.create_server((host, port))
         self.port = self.server.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -347,6 +361,8 @@ class Data:
     work: Path
     # DynamoDB Local's and moto's URLs as the containers reach them.
     endpoints: dict[str, str] = field(default_factory=dict)
+    # The host's address on Docker's bridge, as the containers reach it.
+    gateway: str = ""
     # The organization's bootstrap credential (agentidp-admin's output).
     bootstrap: str = ""
 
@@ -520,6 +536,13 @@ def sam_local_options(image: str | None, env_file: Path) -> list[str]:
     return options
 
 
+def start_api_settings(data: Data) -> tuple[dict[str, str], list[str]]:
+    """What start-api adds for the docs' examples: key sets fetched from loopback hosts over
+    plain http (as agentidp-local does), and `localhost` that also leads to the host, where the
+    relay made in main() forwards the stand-in issuer's port (see the module's docstring)."""
+    return {"AGENTIDP_KEY_FETCH_NETWORK": "development"}, ["--add-host", f"localhost:{data.gateway}"]
+
+
 def wait_for_http(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> int:
     """The first HTTP status the URL answers; fails if the process exits first."""
     deadline = time.monotonic() + timeout
@@ -536,15 +559,16 @@ def wait_for_http(url: str, process: subprocess.Popen, log_path: Path, timeout: 
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
-def start_api_and_pages(run: Run, data: Data, image: str | None) -> None:
+def start_api_and_pages(run: Run, data: Data, image: str | None, only: list[str]) -> None:
     started = time.monotonic()
     sam_port, proxy_port = free_port(), free_port()
     # The docs harness's settings for agentidp-local: its proxy's URL as the issuer, cheap
     # hashing, the rest as deployed.
-    env_file = function_environment(data, data.api_keys, f"http://127.0.0.1:{proxy_port}", {"AGENTIDP_BCRYPT_COST": "4"})
+    environment, options = start_api_settings(data)
+    env_file = function_environment(data, data.api_keys, f"http://127.0.0.1:{proxy_port}", {"AGENTIDP_BCRYPT_COST": "4", **environment})
     log_path = data.work / "start-api.log"
     command = [
-        "sam", "local", "start-api", *sam_local_options(image, env_file),
+        "sam", "local", "start-api", *sam_local_options(image, env_file), *options,
         "--host", "127.0.0.1",
         "--port", str(sam_port),
         # One container per function, kept for the next request, as Lambda keeps a warm
@@ -563,7 +587,7 @@ def start_api_and_pages(run: Run, data: Data, image: str | None) -> None:
         run.check(status == 200, f"first request, a cold start of the tokens function: {status} ({time.monotonic() - started:.1f} s)")
         run.timed("start-api: first request", started)
         started = time.monotonic()
-        pages(run, data, sam_port, proxy_port, process, log_path)
+        pages(run, data, sam_port, proxy_port, process, log_path, only)
         run.timed("start-api: docs examples", started)
     finally:
         stop_sam(run, process)
@@ -580,12 +604,13 @@ def serve(run: Run, data: Data, image: str | None, port: int) -> None:
     kept = BUILD_DIR.parent / "local"
     kept.mkdir(mode=0o700, exist_ok=True)
     env_file = kept / "env-vars.json"
-    shutil.copy(function_environment(data, data.api_keys, f"http://127.0.0.1:{port}", {}), env_file)
+    environment, options = start_api_settings(data)
+    shutil.copy(function_environment(data, data.api_keys, f"http://127.0.0.1:{port}", environment), env_file)
     bootstrap = kept / "bootstrap.json"
     bootstrap.touch(mode=0o600)
     bootstrap.write_text(data.bootstrap)
     command = [
-        "sam", "local", "start-api", *sam_local_options(image, env_file),
+        "sam", "local", "start-api", *sam_local_options(image, env_file), *options,
         "--host", "127.0.0.1", "--port", str(port), "--warm-containers", "LAZY",
     ]
     print(f"\n    {shlex.join(command)}\n", flush=True)
@@ -611,7 +636,7 @@ def serve(run: Run, data: Data, image: str | None, port: int) -> None:
         remove_containers("".join(output))
 
 
-def pages(run: Run, data: Data, sam_port: int, proxy_port: int, process: subprocess.Popen, log_path: Path) -> None:
+def pages(run: Run, data: Data, sam_port: int, proxy_port: int, process: subprocess.Popen, log_path: Path, only: list[str]) -> None:
     env = data.service_env()
     # The bootstrap credentials agentidp-admin makes for each page: cheap hashing, as the API's.
     env["AGENTIDP_BCRYPT_COST"] = "4"
@@ -621,6 +646,7 @@ def pages(run: Run, data: Data, sam_port: int, proxy_port: int, process: subproc
         "--port", str(proxy_port),
         "--sam-pid", str(process.pid),
         "--sam-log", str(log_path),
+        *(arg for text in only for arg in ("--page", text)),
     ]
     child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     for line in child.stdout:
@@ -700,6 +726,8 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true", help="no checks: keep sam local start-api running for you on --port")
     parser.add_argument("--port", type=int, default=3000, help="the port of --serve (default 3000)")
     parser.add_argument("--pull-image", action="store_true", help="let SAM pull AWS's Lambda base image (needs a registry) rather than build one offline")
+    parser.add_argument("--page", action="append", default=[], metavar="TEXT",
+                        help="only the docs pages whose path contains TEXT (repeatable), and no events: a quick run of a page")
     args = parser.parse_args()
     # Ctrl-C and SIGTERM end the run through its clean-up, even when it was started with SIGINT
     # ignored (in the background), which `sam local` would otherwise inherit and so ignore the
@@ -732,7 +760,13 @@ def main() -> int:
             relay = Relay(gateway, urllib.parse.urlsplit(url).port)
             run.relays.append(relay)
             data.endpoints[name] = f"http://{gateway}:{relay.port}"
-        log(f"the containers reach them at {data.endpoints['dynamodb']} and {data.endpoints['moto']}")
+        data.gateway = gateway
+        try:
+            run.relays.append(Relay(gateway, STAND_IN_ISSUER_PORT, STAND_IN_ISSUER_PORT))
+        except OSError as e:
+            raise RuntimeError(f"the stand-in issuer's relay cannot listen on {gateway}:{STAND_IN_ISSUER_PORT}: {e}") from e
+        log(f"the containers reach them at {data.endpoints['dynamodb']} and {data.endpoints['moto']}, "
+            f"and the docs' stand-in token issuer (localhost:{STAND_IN_ISSUER_PORT}) at {gateway}:{STAND_IN_ISSUER_PORT}")
         step("sam local invoke: the rotation function makes the API's first signing key")
         first_rotation(run, data, template, run.docker.image)
         if args.serve:
@@ -740,9 +774,12 @@ def main() -> int:
             serve(run, data, run.docker.image, args.port)
             return 0 if run.failed == 0 else 1
         step("sam local start-api: the developer docs' examples through SAM's API Gateway emulation")
-        start_api_and_pages(run, data, run.docker.image)
-        step("sam local invoke: every event in events/")
-        invoke_events(run, data, template, run.docker.image)
+        start_api_and_pages(run, data, run.docker.image, args.page)
+        if args.page:
+            log("--page: no events")
+        else:
+            step("sam local invoke: every event in events/")
+            invoke_events(run, data, template, run.docker.image)
     except (subprocess.CalledProcessError, RuntimeError, subprocess.TimeoutExpired) as e:
         run.check(False, f"the run stopped: {e}")
     finally:

@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("AGENTIDP_TOOLS_DIR", REPO / ".tools")) / "sam-local"
 # The base image. The tag changes when its contents would: a new package set is a new image.
-IMAGE = "agentidp-lambda-base:arm64-glibc-busybox-2"
+IMAGE = "agentidp-lambda-base:arm64-glibc-busybox-3"
 # Debian's names; libgcc-s1 holds the unwinder that Rust's standard library links against.
 BASE_PACKAGES = ("libc6", "libgcc-s1", "busybox-static")
 BUSYBOX_LINKS = ("sh", "mv", "chmod", "ls", "cat")
@@ -244,6 +244,10 @@ def build_base_image(image: str) -> None:
         if bundle.exists():
             (root / "etc" / "pki" / "tls" / "certs").mkdir(parents=True)
             shutil.copy(bundle, root / "etc" / "pki" / "tls" / "certs" / "ca-bundle.crt")
+        # As Amazon Linux's /etc/host.conf: glibc answers with every address /etc/hosts has for
+        # a name, not the first only, so that sam_local.py's `--add-host localhost:<gateway>`
+        # adds the host behind the container's own 127.0.0.1 instead of being shadowed by it.
+        (root / "etc" / "host.conf").write_text("multi on\n")
         context = work / "context"
         context.mkdir()
         run("tar", "-C", str(root), "-cf", str(context / "root.tar"), ".")
@@ -251,6 +255,10 @@ def build_base_image(image: str) -> None:
         log(f"docker build -> {image}")
         run(docker_client(), "build", "--quiet", "--platform", "linux/arm64", "--tag", image, str(context),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SAM layers its emulator on the image as `<repository>:rapid-arm64`, one per repository, and
+    # reuses it while it exists: one made from an older tag would hide this one (--force: an
+    # exited container of the old one would keep it).
+    quiet(docker_client(), "image", "rm", "--force", f"{image.rsplit(':', 1)[0]}:rapid-arm64")
 
 
 def check_image_runs(image: str) -> None:

@@ -3,7 +3,7 @@ test_doc_examples.py (each documented output and status, every response against
 docs/openapi.yaml), with the Lambda functions behind SAM's API Gateway emulation in place of
 agentidp-local. scripts/sam_local.py runs it, in the docs' virtual environment:
 
-    python tests/docs/sam_local_pages.py --upstream PORT --port PROXY_PORT --sam-pid PID --sam-log FILE
+    python tests/docs/sam_local_pages.py --upstream PORT --port PROXY_PORT --sam-pid PID --sam-log FILE [--page TEXT]
 
 The recording proxy listens on PROXY_PORT, whose URL the functions were given as their issuer,
 as agentidp-local is given its proxy's. Each page gets an organization of its own, made with
@@ -79,11 +79,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True, help="port of the recording proxy (the issuer's)")
     parser.add_argument("--sam-pid", type=int, required=True)
     parser.add_argument("--sam-log", type=Path, required=True)
+    parser.add_argument("--page", action="append", default=[], help="only the pages whose path contains it (repeatable)")
     args = parser.parse_args()
     proxy = RecordingProxy(args.upstream, args.port)
     sam = SamProcess(args.sam_pid)
     try:
         for page in pages():
+            if args.page and not any(text in page_id(page) for text in args.page):
+                continue
             started = time.monotonic()
             result = run_page(page, lambda workdir: SamLocalServer(workdir, proxy, sam, args.sam_log))
             emulation = [p for p in result.problems if EMULATED_USER_AGENT.search(p)]

@@ -8,7 +8,11 @@ The conventions the pages follow are described in markdown_examples.py. In short
 - a ```json block right after a ```bash block is that block's output, compared by shape;
 - "Response (`201 Created`)" after a block is the status of its last request; any other request
   of an example must succeed (2xx);
-- `<!-- aws-only: reason -->` and `<!-- skip: reason -->` blocks are skipped and reported.
+- `<!-- aws-only: reason -->` and `<!-- skip: reason -->` blocks are skipped and reported;
+- a block may start a program in the background (`... > file 2>&1 &`, its output not on the
+  block's), such as the stand-in token issuer of agents-without-secrets.md, and a later block
+  stop it; whatever is still running when the page ends, or when a block times out, is stopped
+  (each block runs in a session of its own, and the processes of those sessions are ended).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,10 +151,15 @@ def run_page(page: Path, server_factory=LocalServer) -> PageRun:
             env = _block_env(workdir)
             baseline = _shell_baseline(env) | {"__name", "__out"}
             state: dict[str, str] = {}
-            for block in runnable:
-                fatal = _run_block(block, server, workdir, env, baseline, state, result)
-                if fatal:
-                    break
+            sessions: list[int] = []
+            try:
+                for block in runnable:
+                    fatal = _run_block(block, server, workdir, env, baseline, state, result, sessions)
+                    if fatal:
+                        break
+            finally:
+                # What the page started in the background and did not stop.
+                _end_sessions(sessions)
             if server.process.poll() is not None:
                 result.problems.append(f"{page}: agentidp-local exited during the examples:\n{server.read_log()}")
         finally:
@@ -156,7 +167,40 @@ def run_page(page: Path, server_factory=LocalServer) -> PageRun:
     return result
 
 
-def _run_block(block, server, workdir, env, baseline, state, result) -> bool:
+def _session_members(session: int) -> list[int]:
+    """The processes of a session (Linux: the sixth field of /proc/PID/stat)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[0] is the state (field 3); the session is field 6; zombies are gone already.
+        if len(fields) > 3 and int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _end_sessions(sessions: list[int]) -> None:
+    """SIGTERM to every process still in the blocks' sessions, then SIGKILL to what is left
+    after 5 s. A session's id is the pid of the block's bash, which started it: only what the
+    blocks started is in them."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        members = [pid for session in sessions for pid in _session_members(session)]
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while members and time.monotonic() < deadline:
+            members = [pid for session in sessions for pid in _session_members(session)]
+            time.sleep(0.1)
+        if not members:
+            return
+
+
+def _run_block(block, server, workdir, env, baseline, state, result, sessions) -> bool:
     """Runs one block and checks it. True when the page cannot go on."""
     state_file = workdir / ".harness-state"
     script = "\n".join(
@@ -170,13 +214,26 @@ def _run_block(block, server, workdir, env, baseline, state, result) -> bool:
         ]
     )
     mark = server.proxy.mark()
+    # A session of its own, so that what the block leaves running can be found and ended.
+    process = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    sessions.append(process.pid)
     try:
-        run = subprocess.run(
-            ["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_SECONDS
-        )
+        stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
+        _end_sessions([process.pid])
+        process.communicate()
         result.problems.append(f"{block.where}: the example did not finish within {BLOCK_TIMEOUT_SECONDS} s")
         return True
+    run = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     result.ran += 1
     exchanges = server.proxy.since(mark)
     result.exchanges += len(exchanges)

@@ -141,6 +141,35 @@ def test_a_failing_example_stops_the_page(tmp_path):
     assert "failed with exit code" in result.problems[0] and "UNSET_VARIABLE" in result.problems[0]
 
 
+def test_what_a_page_leaves_running_in_the_background_is_stopped(tmp_path):
+    # A page that starts a server (as agents-without-secrets.md starts its stand-in issuer) and
+    # fails before the block that would stop it: the server must not outlive the page.
+    pid_file = tmp_path / "background.pid"
+    result = run_page(
+        page(
+            tmp_path,
+            f"""
+            ```bash
+            sleep 600 > /dev/null 2>&1 &
+            echo "$!" > {pid_file}
+            ```
+
+            ```bash
+            false
+            ```
+
+            ```bash
+            kill never-reached
+            ```
+            """,
+        )
+    )
+    assert len(result.problems) == 1 and "failed with exit code 1" in result.problems[0], result.problems
+    pid = int(pid_file.read_text())
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", f"{pid} still runs"
+
+
 def test_the_documented_status_is_read_from_the_prose_after_an_example(tmp_path):
     path = tmp_path / "p.md"
     path.write_text(
