@@ -102,6 +102,8 @@ async fn an_old_full_admin_is_given_the_resource_scopes_once_and_others_are_left
         updated_at: server.clock_now(),
         decommissioned_at: None,
         active_credentials: 0,
+        delegation: None,
+        tokens_not_before: None,
         version: 1,
     };
     server

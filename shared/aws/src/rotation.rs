@@ -516,6 +516,10 @@ fn test_claims(policy: &TokenPolicy, now: DateTime<Utc>) -> AccessTokenClaims {
         client_id: id.clone(),
         scope: String::new(),
         org_id: id,
+        act: None,
+        may_act: None,
+        chain_jtis: Vec::new(),
+        chain_iat: None,
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub throttle: ThrottleLimits,
     /// Where published key sets (`jwksUri`) may be fetched from.
     pub key_fetch_network: KeyFetchNetwork,
+    /// How many actors a delegated token's chain may hold (token exchange, RFC 8693).
+    pub max_delegation_depth: usize,
 }
 
 /// Brute-force and rate limits, counted in the store so they hold across instances.
@@ -66,6 +68,10 @@ pub const DEFAULT_BCRYPT_COST: u32 = 10;
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
 /// Five minutes: RFC 7523 asks for a short lifetime, and the MCP SDK signs for exactly this.
 pub const DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS: i64 = 300;
+
+/// Three actors: an orchestrator's sub-agent's tool. Each link is one more agent whose kill
+/// switch and status every use of the token checks, in the same read.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 3;
 
 /// The process environment: the one place AgentIdP reads it. Every setting, in every crate, is
 /// parsed from a lookup like this one, so a test passes a map instead.
@@ -212,6 +218,13 @@ impl Config {
                     10_000_000,
                 )?,
             },
+            max_delegation_depth: number(
+                &lookup,
+                "AGENTIDP_MAX_DELEGATION_DEPTH",
+                DEFAULT_MAX_DELEGATION_DEPTH,
+                1,
+                10,
+            )?,
             key_fetch_network: match lookup("AGENTIDP_KEY_FETCH_NETWORK") {
                 None => KeyFetchNetwork::Public,
                 Some(text) => KeyFetchNetwork::parse(&text).ok_or(ConfigError::Malformed {

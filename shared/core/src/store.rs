@@ -323,14 +323,17 @@ pub trait CredentialReader: Send + Sync {
 #[async_trait]
 pub trait RevocationReader: Send + Sync {
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool>;
-    /// What an access token's validity depends on besides its signature: whether its id is
-    /// revoked, and its agent. One read round trip (introspection and every management call).
+    /// What an access token's validity depends on besides its signature: whether any of
+    /// `jtis` (its own id and its ancestors', for a delegated token) is revoked, and the
+    /// organization's `agents` of its chain (its subject, then each actor), in that order,
+    /// `None` for one that does not exist. One read round trip (introspection and every
+    /// management call), however long the chain.
     async fn token_standing(
         &self,
-        jti: &str,
+        jtis: &[String],
         org_id: Uuid,
-        agent_id: Uuid,
-    ) -> StoreResult<(bool, Option<Agent>)>;
+        agents: &[Uuid],
+    ) -> StoreResult<(bool, Vec<Option<Agent>>)>;
 }
 
 #[async_trait]

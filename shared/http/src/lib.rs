@@ -119,6 +119,7 @@ pub enum Endpoint {
     ListCredentials,
     RotateCredential,
     RevokeCredential,
+    RevokeAgentTokens,
     Token,
     Introspect,
     Revoke,
@@ -250,6 +251,12 @@ pub const ROUTES: &[(&str, &str, Endpoint, FunctionGroup)] = &[
         "/api/v1/agents/{agentId}/credentials/{credentialId}",
         Endpoint::RevokeCredential,
         FunctionGroup::Credentials,
+    ),
+    (
+        "POST",
+        "/api/v1/agents/{agentId}/tokens/revoke",
+        Endpoint::RevokeAgentTokens,
+        FunctionGroup::Agents,
     ),
     (
         "POST",

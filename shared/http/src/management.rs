@@ -12,6 +12,7 @@ use crate::views::{
 };
 use crate::{ApiRequest, ApiResponse, Endpoint, empty_response, json_response, media_type};
 use agentidp_core::client_keys::{ClientKeySet, PublicKeys};
+use agentidp_core::domain::agent::DelegationPolicy;
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::{
     AgentStatus, AuditAction, CredentialType, FederatedIdentity, Outcome, Scope,
@@ -80,6 +81,91 @@ fn read_new_agent(body: &mut JsonObject) -> NewAgent {
             .unwrap_or_default(),
         scopes: body.string_list("scopes", check_scope).unwrap_or_default(),
         metadata: body.string_map("metadata").unwrap_or_default(),
+        delegation: read_delegation(body).flatten(),
+    }
+}
+
+/// An agent's `delegation`: `{"mayAct": [agentIds], "scopes": [...]}` (scopes optional), or
+/// `null` to withdraw it. `None` when not sent or refused (the problem is recorded).
+fn read_delegation(body: &mut JsonObject) -> Option<Option<DelegationPolicy>> {
+    const SHAPE: &str = "must be {\"mayAct\": [agent ids], \"scopes\": [scopes]} or null";
+    let value = body.value("delegation")?;
+    let serde_json::Value::Object(mut members) = value else {
+        if value.is_null() {
+            return Some(None);
+        }
+        body.errors.push(FieldError::new("delegation", SHAPE));
+        return None;
+    };
+    let mut problems = Vec::new();
+    let may_act = match members.remove("mayAct") {
+        Some(serde_json::Value::Array(items))
+            if !items.is_empty() && items.len() <= DelegationPolicy::MAX_ACTORS =>
+        {
+            let mut agents: Vec<Uuid> = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                match item.as_str().and_then(parse_id) {
+                    Some(id) if !agents.contains(&id) => agents.push(id),
+                    Some(_) => problems.push(FieldError::new(
+                        format!("delegation.mayAct[{index}]"),
+                        "is a duplicate",
+                    )),
+                    None => problems.push(FieldError::new(
+                        format!("delegation.mayAct[{index}]"),
+                        "must be an agent id",
+                    )),
+                }
+            }
+            agents
+        }
+        _ => {
+            problems.push(FieldError::new(
+                "delegation.mayAct",
+                format!("must list 1 to {} agent ids", DelegationPolicy::MAX_ACTORS),
+            ));
+            Vec::new()
+        }
+    };
+    let scopes = match members.remove("scopes") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(items)) if items.len() <= limits::LIST_ITEMS => {
+            let mut scopes: Vec<String> = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                let problem = match item.as_str() {
+                    None => Some("must be a string".to_owned()),
+                    Some(scope) => check_scope(scope),
+                };
+                match (problem, item.as_str()) {
+                    (None, Some(scope)) if !scopes.iter().any(|s| s == scope) => {
+                        scopes.push(scope.to_owned());
+                    }
+                    (problem, _) => problems.push(FieldError::new(
+                        format!("delegation.scopes[{index}]"),
+                        problem.unwrap_or_else(|| "is a duplicate".to_owned()),
+                    )),
+                }
+            }
+            Some(scopes)
+        }
+        Some(_) => {
+            problems.push(FieldError::new(
+                "delegation.scopes",
+                format!("must be a list of at most {} scopes", limits::LIST_ITEMS),
+            ));
+            None
+        }
+    };
+    for unknown in members.keys() {
+        problems.push(FieldError::new(
+            format!("delegation.{unknown}"),
+            "is not a field of a delegation policy",
+        ));
+    }
+    if problems.is_empty() {
+        Some(Some(DelegationPolicy { may_act, scopes }))
+    } else {
+        body.errors.extend(problems);
+        None
     }
 }
 
@@ -111,6 +197,7 @@ fn read_changes(body: &mut JsonObject) -> AgentChanges {
         }
     };
     AgentChanges {
+        delegation: read_delegation(body),
         name,
         description: body.optional_text("description", limits::DESCRIPTION_CHARS),
         owner: body.optional_text("owner", limits::OWNER_CHARS),
@@ -602,9 +689,32 @@ pub(super) async fn serve(
         Endpoint::RevokeCredential => {
             let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
             let credential_id = path_id(params, 1, ServiceError::CredentialNotFound)?;
-            idp.revoke_credential(&caller, agent_id, credential_id)
+            let mut query = QueryParams::parse(&request.query);
+            let revoke_tokens = match query.get("revokeTokens").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    query
+                        .errors
+                        .push(FieldError::new("revokeTokens", "must be true or false"));
+                    false
+                }
+            };
+            query.finish().map_err(validation)?;
+            idp.revoke_credential(&caller, agent_id, credential_id, revoke_tokens)
                 .await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Endpoint::RevokeAgentTokens => {
+            let agent_id = path_id(params, 0, ServiceError::AgentNotFound)?;
+            let not_before = idp.revoke_agent_tokens(&caller, agent_id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "agentId": agent_id,
+                    "tokensNotBefore": agentidp_core::domain::time::format_timestamp(&not_before),
+                }),
+            ))
         }
         Endpoint::ListAudit => {
             let mut query = QueryParams::parse(&request.query);

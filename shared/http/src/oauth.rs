@@ -17,7 +17,8 @@ use agentidp_core::domain::scope::MANAGEMENT_SCOPES;
 use agentidp_core::secret::ClientSecret;
 use agentidp_core::service::Idp;
 use agentidp_core::service::tokens::{
-    ClientAuthMethod, ClientAuthentication, ClientProofPresented, EndpointAuth, OAuthError,
+    ClientAuthMethod, ClientAuthentication, ClientProofPresented, EndpointAuth, ExchangeRequest,
+    OAuthError, TOKEN_EXCHANGE_GRANT,
 };
 
 /// How long clients may cache the JWKS and metadata. Short, so a new key is picked up soon
@@ -220,6 +221,100 @@ fn client_authentication(
     }
 }
 
+/// RFC 8693 §3: the only token type issued or accepted here.
+const ACCESS_TOKEN_TYPE_URN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A parameter that, when sent, must be exactly `expected` (a token type).
+fn token_type_parameter(
+    params: &BTreeMap<String, String>,
+    name: &str,
+    required: bool,
+) -> Result<(), ApiError> {
+    match params.get(name).map(String::as_str) {
+        None if !required => Ok(()),
+        None => Err(invalid(format!("the {name} parameter is required"))),
+        Some(ACCESS_TOKEN_TYPE_URN) => Ok(()),
+        Some(_) => Err(invalid(format!(
+            "{name} must be {ACCESS_TOKEN_TYPE_URN}: AgentIdP exchanges and issues access tokens only"
+        ))),
+    }
+}
+
+/// The token request's `scope`, when it is well formed (RFC 6749 §3.3).
+fn scope_parameter(params: &BTreeMap<String, String>) -> Result<Option<&str>, ApiError> {
+    let scope = params.get("scope").map(String::as_str);
+    if scope.is_some_and(|s| {
+        s.split(' ')
+            .any(|t| !t.is_empty() && !agentidp_core::validation::is_scope_token(t))
+    }) {
+        return Err(ApiError::OAuth(OAuthError::InvalidScope(
+            "the scope parameter is malformed".into(),
+        )));
+    }
+    Ok(scope)
+}
+
+/// The token request's `resource` (RFC 8707), normalised; RFC 8693's `audience` is taken as
+/// the same, since AgentIdP's audiences are its organizations' resource identifiers.
+fn resource_parameter(params: &BTreeMap<String, String>) -> Result<Option<String>, ApiError> {
+    let normalise = |text: &String| {
+        agentidp_core::validation::resource_identifier(text).map_err(|problem| {
+            ApiError::OAuth(OAuthError::InvalidTarget(format!("resource {problem}")))
+        })
+    };
+    let resource = params.get("resource").map(normalise).transpose()?;
+    let audience = params.get("audience").map(normalise).transpose()?;
+    match (resource, audience) {
+        (Some(resource), Some(audience)) if resource != audience => Err(ApiError::OAuth(
+            OAuthError::InvalidTarget("resource and audience name different targets".into()),
+        )),
+        (resource, audience) => Ok(resource.or(audience)),
+    }
+}
+
+/// Token exchange (RFC 8693 §2): the client is the actor, `subject_token` the token of the
+/// agent it acts for, `actor_token` (optional) its own.
+async fn exchange(
+    idp: &Arc<Idp>,
+    auth: ClientAuthentication,
+    params: &BTreeMap<String, String>,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    let required = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| invalid(format!("the {name} parameter is required")))
+    };
+    let subject_token = required("subject_token")?;
+    token_type_parameter(params, "subject_token_type", true)?;
+    let actor_token = params.get("actor_token").map(String::as_str);
+    token_type_parameter(params, "actor_token_type", actor_token.is_some())?;
+    if actor_token.is_none() && params.contains_key("actor_token_type") {
+        return Err(invalid("actor_token_type is sent only with an actor_token"));
+    }
+    token_type_parameter(params, "requested_token_type", false)?;
+    let resource = resource_parameter(params)?;
+    let exchange = ExchangeRequest {
+        subject_token,
+        actor_token,
+        scope: scope_parameter(params)?,
+        resource: resource.as_deref(),
+    };
+    let grant = idp.exchange_token(auth, exchange, &request.context).await?;
+    Ok(no_store(json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": grant.access_token,
+            "issued_token_type": ACCESS_TOKEN_TYPE_URN,
+            "token_type": "Bearer",
+            "expires_in": grant.expires_in,
+            "scope": grant.scope,
+        }),
+    )))
+}
+
 /// The grant of RFC 7523 §2.1: a token another issuer gave the workload, as `assertion`.
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -309,17 +404,14 @@ pub(super) async fn serve(
                 Some("client_credentials") => client_authentication(&request, &mut params)?
                     .ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?,
                 Some(JWT_BEARER_GRANT) => federated_authentication(&request, &mut params)?,
+                Some(TOKEN_EXCHANGE_GRANT) => {
+                    let auth = client_authentication(&request, &mut params)?
+                        .ok_or(ApiError::OAuth(OAuthError::InvalidClient { basic: true }))?;
+                    return exchange(idp, auth, &params, &request).await;
+                }
                 Some(_) => return Err(ApiError::OAuth(OAuthError::UnsupportedGrantType)),
             };
-            let scope = params.get("scope").map(String::as_str);
-            if scope.is_some_and(|s| {
-                s.split(' ')
-                    .any(|t| !t.is_empty() && !agentidp_core::validation::is_scope_token(t))
-            }) {
-                return Err(ApiError::OAuth(OAuthError::InvalidScope(
-                    "the scope parameter is malformed".into(),
-                )));
-            }
+            let scope = scope_parameter(&params)?;
             let resource = params
                 .get("resource")
                 .map(|text| {
@@ -348,7 +440,7 @@ pub(super) async fn serve(
             let body = match idp.introspect(&auth, token, &request.context).await? {
                 Some(active) => {
                     let c = active.claims;
-                    json!({
+                    let mut body = json!({
                         "active": true,
                         "scope": c.scope,
                         "client_id": c.client_id,
@@ -361,7 +453,14 @@ pub(super) async fn serve(
                         "jti": c.jti,
                         "token_type": "Bearer",
                         "org_id": c.org_id,
-                    })
+                    });
+                    if let Some(act) = &c.act {
+                        body["act"] = json!(act);
+                    }
+                    if let Some(may_act) = &c.may_act {
+                        body["may_act"] = may_act.clone();
+                    }
+                    body
                 }
                 None => json!({ "active": false }),
             };
@@ -417,7 +516,7 @@ async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiR
         "introspection_endpoint": format!("{base}/api/v1/token/introspect"),
         "revocation_endpoint": format!("{base}/api/v1/token/revoke"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials", JWT_BEARER_GRANT],
+        "grant_types_supported": ["client_credentials", JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use agentidp_core::client_keys::PublicKeys;
+use agentidp_core::domain::agent::DelegationPolicy;
 use agentidp_core::domain::credential::EffectiveCredentialStatus;
 use agentidp_core::domain::time::format_timestamp;
 use agentidp_core::domain::{
@@ -33,6 +34,12 @@ pub struct AgentView {
     pub created_at: String,
     pub updated_at: String,
     pub decommissioned_at: Option<String>,
+    /// Who may act for the agent (token exchange); absent when no one may.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<DelegationPolicy>,
+    /// When its kill switch was last pulled; absent when never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_not_before: Option<String>,
 }
 
 impl From<&Agent> for AgentView {
@@ -49,6 +56,8 @@ impl From<&Agent> for AgentView {
             created_at: ts(&a.created_at),
             updated_at: ts(&a.updated_at),
             decommissioned_at: a.decommissioned_at.as_ref().map(ts),
+            delegation: a.delegation.clone(),
+            tokens_not_before: a.tokens_not_before.as_ref().map(ts),
         }
     }
 }

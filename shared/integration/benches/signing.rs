@@ -38,6 +38,10 @@ fn claims() -> AccessTokenClaims {
         client_id: Uuid::new_v4().to_string(),
         scope: "agents:read agents:write audit:read".into(),
         org_id: Uuid::new_v4().to_string(),
+        act: None,
+        may_act: None,
+        chain_jtis: Vec::new(),
+        chain_iat: None,
     }
 }
 

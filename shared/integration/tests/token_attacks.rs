@@ -34,6 +34,10 @@ fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         client_id: uuid::Uuid::new_v4().to_string(),
         scope: "agents:write".into(),
         org_id: uuid::Uuid::new_v4().to_string(),
+        act: None,
+        may_act: None,
+        chain_jtis: Vec::new(),
+        chain_iat: None,
     }
 }
 

@@ -95,6 +95,20 @@ pub(crate) fn agent_item(agent: &Agent) -> Item {
         agent.decommissioned_at.as_ref().map(time),
     );
     item.insert("activeCredentials".into(), n(agent.active_credentials));
+    insert_opt(
+        &mut item,
+        "delegation",
+        agent
+            .delegation
+            .as_ref()
+            .and_then(|policy| serde_json::to_string(policy).ok())
+            .map(s),
+    );
+    insert_opt(
+        &mut item,
+        "tokensNotBefore",
+        agent.tokens_not_before.as_ref().map(time),
+    );
     item.insert(VERSION.into(), n(agent.version));
     item
 }
@@ -115,6 +129,11 @@ pub(crate) fn agent_from(item: &Item) -> StoreResult<Agent> {
         updated_at: r.time("updatedAt")?,
         decommissioned_at: r.opt_time("decommissionedAt")?,
         active_credentials: r.u64("activeCredentials")?,
+        delegation: r
+            .opt_s("delegation")?
+            .map(|text| serde_json::from_str(text).map_err(|_| r.malformed("delegation")))
+            .transpose()?,
+        tokens_not_before: r.opt_time("tokensNotBefore")?,
         version: r.u64(VERSION)?,
     })
 }

@@ -304,19 +304,29 @@ impl RevocationReader for DynamoStore {
     /// for keys DynamoDB returns unprocessed under throttling).
     async fn token_standing(
         &self,
-        jti: &str,
+        jtis: &[String],
         org_id: Uuid,
-        agent_id: Uuid,
-    ) -> StoreResult<(bool, Option<Agent>)> {
+        agents: &[Uuid],
+    ) -> StoreResult<(bool, Vec<Option<Agent>>)> {
         let revoked_table = &self.tables.revoked_tokens;
         let agents_table = &self.tables.agents;
-        let revoked_keys = KeysAndAttributes::builder()
-            .keys(HashMap::from([(JTI.to_owned(), s(jti))]))
+        // A batch may not name a key twice; a chain may (an agent acting for itself further
+        // up, a token exchanged twice from one subject token).
+        let unique_jtis: std::collections::BTreeSet<&String> = jtis.iter().collect();
+        let unique_agents: std::collections::BTreeSet<&Uuid> = agents.iter().collect();
+        let revoked_keys = unique_jtis
+            .into_iter()
+            .fold(KeysAndAttributes::builder(), |keys, jti| {
+                keys.keys(HashMap::from([(JTI.to_owned(), s(jti.clone()))]))
+            })
             .consistent_read(true)
             .build()
             .map_err(build_error)?;
-        let agent_keys = KeysAndAttributes::builder()
-            .keys(pk_sk(org_id.to_string(), &agent_sk(agent_id)))
+        let agent_keys = unique_agents
+            .into_iter()
+            .fold(KeysAndAttributes::builder(), |keys, agent_id| {
+                keys.keys(pk_sk(org_id.to_string(), &agent_sk(*agent_id)))
+            })
             .consistent_read(true)
             .build()
             .map_err(build_error)?;
@@ -329,12 +339,17 @@ impl RevocationReader for DynamoStore {
         let revoked = found
             .remove(revoked_table)
             .is_some_and(|items| !items.is_empty());
-        let agent = found
+        let read: Vec<Agent> = found
             .remove(agents_table)
-            .and_then(|items| items.into_iter().next())
-            .map(|item| agent_from(&item))
-            .transpose()?;
-        Ok((revoked, agent))
+            .unwrap_or_default()
+            .iter()
+            .map(agent_from)
+            .collect::<StoreResult<_>>()?;
+        let in_order = agents
+            .iter()
+            .map(|id| read.iter().find(|agent| agent.agent_id == *id).cloned())
+            .collect();
+        Ok((revoked, in_order))
     }
 
     /// One consistent `GetItem` that projects only the key.

@@ -67,6 +67,8 @@ pub(crate) struct RawAgent {
     decommissioned_at_ms: Option<i64>,
     active_credentials: i64,
     version: i64,
+    delegation: Option<String>,
+    tokens_not_before_ms: Option<i64>,
 }
 
 pub(crate) fn raw_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
@@ -85,6 +87,8 @@ pub(crate) fn raw_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
         decommissioned_at_ms: row.get(11)?,
         active_credentials: row.get(12)?,
         version: row.get(13)?,
+        delegation: row.get(14)?,
+        tokens_not_before_ms: row.get(15)?,
     })
 }
 
@@ -105,6 +109,8 @@ impl RawAgent {
             updated_at: time(self.updated_at_ms)?,
             decommissioned_at: self.decommissioned_at_ms.map(time).transpose()?,
             active_credentials: to_u64(self.active_credentials)?,
+            delegation: self.delegation.as_deref().map(from_json).transpose()?,
+            tokens_not_before: self.tokens_not_before_ms.map(time).transpose()?,
             version: to_u64(self.version)?,
         })
     }

@@ -273,6 +273,7 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
     let metadata = to_json(&agent.metadata)?;
     let active_credentials = to_i64(agent.active_credentials)?;
     let version = to_i64(agent.version)?;
+    let delegation = agent.delegation.as_ref().map(to_json).transpose()?;
     let values = named_params! {
         ":org_id": org_id,
         ":agent_id": agent_id,
@@ -288,13 +289,15 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
         ":decommissioned_at_ms": agent.decommissioned_at.as_ref().map(millis),
         ":active_credentials": active_credentials,
         ":version": version,
+        ":delegation": delegation,
+        ":tokens_not_before_ms": agent.tokens_not_before.as_ref().map(millis),
     };
     let Some(expected) = expected_version else {
         return tx.cached_execute(
             &format!(
                 "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (:org_id, :agent_id, :name, :description, :owner, \
                  :capabilities, :scopes, :metadata, :status, :created_at_ms, :updated_at_ms, :decommissioned_at_ms, \
-                 :active_credentials, :version) ON CONFLICT DO NOTHING"
+                 :active_credentials, :version, :delegation, :tokens_not_before_ms) ON CONFLICT DO NOTHING"
             ),
             values,
         ).map_err(db);
@@ -306,7 +309,8 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
         "UPDATE agents SET name = :name, description = :description, owner = :owner, \
          capabilities = :capabilities, scopes = :scopes, metadata = :metadata, status = :status, \
          created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
-         decommissioned_at_ms = :decommissioned_at_ms, active_credentials = :active_credentials, version = :version \
+         decommissioned_at_ms = :decommissioned_at_ms, active_credentials = :active_credentials, version = :version, \
+         delegation = :delegation, tokens_not_before_ms = :tokens_not_before_ms \
          WHERE org_id = :org_id AND agent_id = :agent_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)

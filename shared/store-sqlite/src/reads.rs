@@ -273,14 +273,19 @@ impl CredentialReader for SqliteStore {
 impl RevocationReader for SqliteStore {
     async fn token_standing(
         &self,
-        jti: &str,
+        jtis: &[String],
         org_id: Uuid,
-        agent_id: Uuid,
-    ) -> StoreResult<(bool, Option<Agent>)> {
-        Ok((
-            self.is_token_revoked(jti).await?,
-            self.get_agent(org_id, agent_id).await?,
-        ))
+        agents: &[Uuid],
+    ) -> StoreResult<(bool, Vec<Option<Agent>>)> {
+        let mut revoked = false;
+        for jti in jtis {
+            revoked |= self.is_token_revoked(jti).await?;
+        }
+        let mut found = Vec::with_capacity(agents.len());
+        for agent_id in agents {
+            found.push(self.get_agent(org_id, *agent_id).await?);
+        }
+        Ok((revoked, found))
     }
 
     async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {

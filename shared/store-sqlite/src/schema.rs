@@ -17,7 +17,14 @@ use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
 /// used client assertions (a table). Version 5 adds trusted issuers and their count (new
 /// tables), and lets the `public_keys` column hold any proof other than a secret: the keys, the
 /// URL they are published at, or a federated identity (`CredentialProof::stored_document`).
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+/// Version 6 adds agents' delegation policy and kill switch (two columns, `MIGRATE_TO_6`).
+pub(crate) const SCHEMA_VERSION: i64 = 6;
+
+/// Version 6: who may act for an agent (JSON), and the instant its tokens stop.
+const MIGRATE_TO_6: &str = "
+ALTER TABLE agents ADD COLUMN delegation TEXT;
+ALTER TABLE agents ADD COLUMN tokens_not_before_ms INTEGER;
+";
 
 /// Version 4: a credential's public keys (private_key_jwt), null for a client secret.
 const MIGRATE_TO_4: &str = "ALTER TABLE credentials ADD COLUMN public_keys TEXT;";
@@ -56,6 +63,8 @@ CREATE TABLE IF NOT EXISTS agents (
     decommissioned_at_ms INTEGER,
     active_credentials   INTEGER NOT NULL,
     version              INTEGER NOT NULL,
+    delegation           TEXT,
+    tokens_not_before_ms INTEGER,
     PRIMARY KEY (org_id, agent_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS agents_by_age ON agents (org_id, created_at_ms, agent_id);
@@ -191,7 +200,7 @@ CREATE INDEX IF NOT EXISTS audit_by_action ON audit_events (org_id, action, time
 ";
 
 pub(crate) const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabilities, scopes, metadata, status, \
-     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version";
+     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version, delegation, tokens_not_before_ms";
 
 pub(crate) const RESOURCE_COLUMNS: &str = "org_id, resource_id, identifier, name, description, scopes, created_at_ms, \
      updated_at_ms, version";
@@ -224,6 +233,9 @@ impl SqliteStore {
         }
         if (1..4).contains(&found) {
             tx.execute_batch(MIGRATE_TO_4).map_err(db)?;
+        }
+        if (1..6).contains(&found) {
+            tx.execute_batch(MIGRATE_TO_6).map_err(db)?;
         }
         tx.execute_batch(SCHEMA).map_err(db)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

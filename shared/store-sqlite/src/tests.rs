@@ -93,6 +93,8 @@ fn full_agent(org_id: Uuid) -> Agent {
         updated_at: at(1_700_000_100_456),
         decommissioned_at: Some(at(1_700_000_100_456)),
         active_credentials: 3,
+        delegation: None,
+        tokens_not_before: None,
         version: u64::try_from(i64::MAX).unwrap(),
     }
 }
@@ -112,6 +114,8 @@ fn bare_agent(org_id: Uuid) -> Agent {
         updated_at: at(0),
         decommissioned_at: None,
         active_credentials: 0,
+        delegation: None,
+        tokens_not_before: None,
         version: 0,
     }
 }

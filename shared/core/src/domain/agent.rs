@@ -78,8 +78,42 @@ pub struct Agent {
     pub decommissioned_at: Option<DateTime<Utc>>,
     /// Credentials in status `active`, expired or not, counted against the plan.
     pub active_credentials: u64,
+    /// Who may act for this agent by token exchange, and with which scopes. `None`: no one.
+    pub delegation: Option<DelegationPolicy>,
+    /// The kill switch: a token whose chain began (`AccessTokenClaims::origin_iat`) at or before
+    /// this instant is inactive, wherever the agent stands in its chain.
+    pub tokens_not_before: Option<DateTime<Utc>>,
     /// Bumped on every write; writes are conditional on the version they read.
     pub version: u64,
+}
+
+/// An agent's consent to be acted for (RFC 8693 §4.4 `may_act`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegationPolicy {
+    /// The agents that may act for it, at most [`DelegationPolicy::MAX_ACTORS`].
+    pub may_act: Vec<Uuid>,
+    /// The scopes an actor may get, within the subject token's; `None`: any of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+impl DelegationPolicy {
+    pub const MAX_ACTORS: usize = 20;
+
+    pub fn permits(&self, actor: Uuid) -> bool {
+        self.may_act.contains(&actor)
+    }
+}
+
+impl Agent {
+    /// Whether a token that began at `origin_iat` (seconds) was issued before the kill switch,
+    /// and so is no longer honoured. A token issued in the same second as the switch counts as
+    /// before it: `iat` has whole seconds only.
+    pub fn stopped_tokens_from(&self, origin_iat: i64) -> bool {
+        self.tokens_not_before
+            .is_some_and(|at| origin_iat.saturating_mul(1000) <= at.timestamp_millis())
+    }
 }
 
 impl Agent {

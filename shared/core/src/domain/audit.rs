@@ -20,6 +20,8 @@ pub enum AuditAction {
     AgentReactivated,
     #[serde(rename = "agent.decommissioned")]
     AgentDecommissioned,
+    #[serde(rename = "agent.tokens_revoked")]
+    AgentTokensRevoked,
     #[serde(rename = "credential.generated")]
     CredentialGenerated,
     #[serde(rename = "credential.rotated")]
@@ -47,7 +49,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::OrganizationCreated,
         AuditAction::OrganizationPlanChanged,
         AuditAction::AgentCreated,
@@ -55,6 +57,7 @@ impl AuditAction {
         AuditAction::AgentSuspended,
         AuditAction::AgentReactivated,
         AuditAction::AgentDecommissioned,
+        AuditAction::AgentTokensRevoked,
         AuditAction::CredentialGenerated,
         AuditAction::CredentialRotated,
         AuditAction::CredentialRevoked,
@@ -78,6 +81,7 @@ impl AuditAction {
             AuditAction::AgentSuspended => "agent.suspended",
             AuditAction::AgentReactivated => "agent.reactivated",
             AuditAction::AgentDecommissioned => "agent.decommissioned",
+            AuditAction::AgentTokensRevoked => "agent.tokens_revoked",
             AuditAction::CredentialGenerated => "credential.generated",
             AuditAction::CredentialRotated => "credential.rotated",
             AuditAction::CredentialRevoked => "credential.revoked",

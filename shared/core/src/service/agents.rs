@@ -9,6 +9,7 @@ use super::{
     Caller, EventDraft, Idp, LimitExceeded, Round, ScopeShortfall, ServiceError, ServiceResult,
     details, page_of, retry_optimistically, settle,
 };
+use crate::domain::agent::DelegationPolicy;
 use crate::domain::time::usage_month;
 use crate::domain::{
     Agent, AgentStatus, AuditAction, Credential, CredentialStatus, Outcome, Scope, ScopeSet,
@@ -25,6 +26,7 @@ pub struct NewAgent {
     pub capabilities: Vec<String>,
     pub scopes: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    pub delegation: Option<DelegationPolicy>,
 }
 
 /// The fields of `PATCH /agents/{id}`: `None` leaves a field alone; for the optional text
@@ -38,6 +40,8 @@ pub struct AgentChanges {
     pub scopes: Option<Vec<String>>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub status: Option<AgentStatus>,
+    /// `Some(None)` withdraws the policy: no one may act for the agent any more.
+    pub delegation: Option<Option<DelegationPolicy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +122,8 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             updated_at: now,
             decommissioned_at: None,
             active_credentials: 0,
+            delegation: input.delegation,
+            tokens_not_before: None,
             version: 1,
         };
         let event = EventDraft {
@@ -203,6 +209,66 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             .ok_or(ServiceError::AgentNotFound)
     }
 
+    /// The kill switch: every token the agent holds now, and every token derived from one it
+    /// took part in, as subject or actor, stops at once, without anyone knowing them. The
+    /// agent itself stays active and gets new tokens as before.
+    pub async fn revoke_agent_tokens(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+    ) -> ServiceResult<chrono::DateTime<chrono::Utc>> {
+        caller.require(Scope::AgentsWrite)?;
+        let limits = &self.limits(caller.org_id).await?;
+        retry_optimistically(|_| async move {
+            let current = self
+                .store
+                .get_agent(caller.org_id, agent_id)
+                .await?
+                .ok_or(ServiceError::AgentNotFound)?;
+            self.refuse_takeover(
+                caller,
+                (Some(agent_id), current.scopes.clone()),
+                AuditAction::AgentTokensRevoked,
+                format!("agent/{agent_id}"),
+                limits,
+            )
+            .await?;
+            if !current.status.is_mutable() {
+                return Err(ServiceError::AgentNotActive(
+                    "a decommissioned agent's tokens are already inactive".into(),
+                ));
+            }
+            let now = self.now();
+            let mut next = current.clone();
+            next.tokens_not_before = Some(now);
+            next.updated_at = now;
+            next.version += 1;
+            let writes = vec![
+                Write::PutAgent {
+                    agent: next,
+                    expected_version: Some(current.version),
+                },
+                Write::Audit(
+                    EventDraft {
+                        org_id: caller.org_id,
+                        action: AuditAction::AgentTokensRevoked,
+                        outcome: Outcome::Success,
+                        actor: caller.actor(),
+                        subject_agent_id: Some(agent_id),
+                        resource: format!("agent/{agent_id}"),
+                        details: details([(
+                            "tokensNotBefore",
+                            json!(crate::domain::time::format_timestamp(&now)),
+                        )]),
+                    }
+                    .at(now, limits, &caller.context),
+                ),
+            ];
+            settle(self.store.commit(writes).await, now)
+        })
+        .await
+    }
+
     pub async fn update_agent(
         &self,
         caller: &Caller,
@@ -286,6 +352,12 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             {
                 next.metadata = metadata.clone();
                 changed.push("metadata");
+            }
+            if let Some(delegation) = &changes.delegation
+                && *delegation != current.delegation
+            {
+                next.delegation = delegation.clone();
+                changed.push("delegation");
             }
             if let Some(status) = status_change {
                 next.status = status;

@@ -424,11 +424,16 @@ impl<
         })
     }
 
+    /// Revokes the credential. Its tokens stay valid until they expire, as the credential guide
+    /// says, unless `revoke_tokens`: then the agent's kill switch is pulled in the same commit,
+    /// stopping every token it holds (a leaked credential may have minted any of them, and
+    /// which it minted is recorded nowhere a check could read).
     pub async fn revoke_credential(
         &self,
         caller: &Caller,
         agent_id: Uuid,
         credential_id: Uuid,
+        revoke_tokens: bool,
     ) -> ServiceResult<()> {
         caller.require(Scope::AgentsWrite)?;
         let limits = &self.limits(caller.org_id).await?;
@@ -461,6 +466,9 @@ impl<
             next.version += 1;
             let mut next_agent = agent.clone();
             next_agent.active_credentials = agent.active_credentials.saturating_sub(1);
+            if revoke_tokens {
+                next_agent.tokens_not_before = Some(now);
+            }
             next_agent.version += 1;
             let writes = vec![
                 Write::PutAgent {
@@ -479,7 +487,10 @@ impl<
                         actor: caller.actor(),
                         subject_agent_id: Some(agent_id),
                         resource: format!("credential/{credential_id}"),
-                        details: details([("clientId", json!(current.client_id))]),
+                        details: details([
+                            ("clientId", json!(current.client_id)),
+                            ("revokeTokens", json!(revoke_tokens)),
+                        ]),
                     }
                     .at(now, limits, &caller.context),
                 ),

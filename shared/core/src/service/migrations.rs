@@ -133,6 +133,8 @@ mod tests {
             updated_at: Utc::now(),
             decommissioned_at: None,
             active_credentials: 0,
+            delegation: None,
+            tokens_not_before: None,
             version: 1,
         }
     }

@@ -57,6 +57,8 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
             updated_at: now,
             decommissioned_at: None,
             active_credentials: 1,
+            delegation: None,
+            tokens_not_before: None,
             version: 1,
         }
     }

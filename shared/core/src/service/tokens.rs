@@ -11,15 +11,16 @@ use super::{
 };
 use crate::domain::audit::RequestContext;
 use crate::domain::time::usage_month;
-use crate::domain::{Actor, AuditAction, Credential, Outcome, ResourceTarget, ScopeSet};
+use crate::domain::{Actor, Agent, AuditAction, Credential, Outcome, ResourceTarget, ScopeSet};
 
 use crate::client_keys::{
     AssertionExpectations, AssertionRejection, ClientAssertion, ClientKeySet,
     FederatedExpectations, PublicKeys, VerifiedAssertion, VerifiedFederation,
 };
+use crate::domain::agent::DelegationPolicy;
 use crate::domain::{CredentialProof, TrustedIssuer};
 use crate::secret::ClientSecret;
-use crate::signing::{AccessTokenClaims, TokenPolicy};
+use crate::signing::{AccessTokenClaims, ActorClaim, TokenPolicy};
 use crate::store::{
     AgentReader, Commit, CredentialReader, OrgReader, ResourceReader, RevocationReader,
     ThrottleReader, TrustedIssuerReader,
@@ -119,6 +120,75 @@ impl Proof {
     }
 }
 
+/// Who asks for a token, what for, and what it may have: what every grant hands [`Idp::grant`].
+struct GrantBasis {
+    /// The client that asked.
+    credential: Credential,
+    target: Option<ResourceTarget>,
+    proof: Proof,
+    method: ClientAuthMethod,
+    /// The scopes the token may carry at most.
+    allowed: ScopeSet,
+    /// For a token exchanged for another agent (RFC 8693): whose it is, and the chain.
+    delegation: Option<Delegated>,
+}
+
+/// A delegated token's subject and chain, from its subject and actor tokens.
+#[derive(Debug, Clone)]
+struct Delegated {
+    subject: Uuid,
+    act: ActorClaim,
+    may_act: Option<serde_json::Value>,
+    chain_jtis: Vec<String>,
+    chain_iat: i64,
+    /// The subject token's `exp`: the delegated token never outlives it.
+    not_after: i64,
+    subject_token_id: String,
+}
+
+impl Delegated {
+    /// What a `token.issued` event records of the delegation: the root subject (the token's own
+    /// subject: it never changes along a chain), the actors (nearest first), and the token it
+    /// was exchanged from.
+    fn audit_details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let actors: Vec<&str> = self.act.chain().iter().map(|a| a.sub.as_str()).collect();
+        details([
+            ("grantType", json!(TOKEN_EXCHANGE_GRANT)),
+            ("rootSubject", json!(self.subject)),
+            ("actorChain", json!(actors)),
+            ("subjectTokenId", json!(self.subject_token_id)),
+        ])
+    }
+}
+
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// The parameters of a token exchange (RFC 8693 §2.1) beyond the client's authentication.
+#[derive(Debug)]
+pub struct ExchangeRequest<'a> {
+    pub subject_token: &'a str,
+    pub actor_token: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    /// A normalised resource identifier (`resource` or `audience`).
+    pub resource: Option<&'a str>,
+}
+
+/// The `may_act` claim (RFC 8693 §4.4) of an agent's delegation policy: one object per agent
+/// that may act, as an object when it is one.
+fn may_act_claim(policy: &DelegationPolicy) -> Option<serde_json::Value> {
+    let parties: Vec<serde_json::Value> = policy
+        .may_act
+        .iter()
+        .map(|agent| json!({ "sub": agent }))
+        .collect();
+    match parties.len() {
+        0 => None,
+        1 => parties.into_iter().next(),
+        _ => Some(serde_json::Value::Array(parties)),
+    }
+}
+
 /// What introspection reports for an active token.
 #[derive(Debug, Clone)]
 pub struct ActiveToken {
@@ -128,6 +198,8 @@ pub struct ActiveToken {
     pub client_id: Option<Uuid>,
     /// The agent's scopes now, which may be fewer than when the token was issued.
     pub agent_scopes: ScopeSet,
+    /// The subject agent's record, as read with the token's standing.
+    pub subject: Agent,
 }
 
 /// Which tokens a check accepts: the management API only its own (a token for a resource must
@@ -665,6 +737,159 @@ impl<
         // The credential carries the agent's status (checked above) and scopes, kept in step on
         // every change of the agent, so the agent record need not be read here.
         let allowed = ScopeSet::from_list(credential.agent_scopes.iter().cloned());
+        let basis = GrantBasis {
+            credential,
+            target,
+            proof,
+            method: auth.method,
+            allowed,
+            delegation: None,
+        };
+        self.grant(basis, requested_scope, resource, context).await
+    }
+
+    /// `POST /token`, grant type token-exchange (RFC 8693): the authenticated client's agent,
+    /// the actor, gets a token of the subject token's agent with itself in `act`, if the
+    /// subject's delegation policy names it. The token's scopes are within the subject token's
+    /// (as honoured now) and the policy's; it never outlives the subject token; revoking any
+    /// token it came from, or a kill switch or suspension of any agent of its chain, stops it.
+    pub async fn exchange_token(
+        self: &Arc<Self>,
+        auth: ClientAuthentication,
+        request: ExchangeRequest<'_>,
+        context: &RequestContext,
+    ) -> Result<TokenGrant, OAuthError> {
+        let basic = auth.method == ClientAuthMethod::Basic;
+        let Authenticated {
+            credential,
+            target,
+            proof,
+        } = match self
+            .authenticate_client(&auth, context, request.resource)
+            .await?
+        {
+            Ok(authenticated) => authenticated,
+            Err(refusal) => return Err(refusal.into_oauth(basic)),
+        };
+        let actor = credential.agent_id;
+        let org_id = credential.org_id;
+        let subject = self
+            .active_token(request.subject_token, TokenAudience::Any)
+            .await?
+            .filter(|t| t.org_id == org_id);
+        let Some(subject) = subject else {
+            self.audit_denial(
+                &credential,
+                auth.method,
+                "subject_token_invalid",
+                context,
+                [],
+            )
+            .await?;
+            return Err(OAuthError::InvalidGrant);
+        };
+        let actor_token = match request.actor_token {
+            None => None,
+            Some(token) => {
+                let own = self
+                    .active_token(token, TokenAudience::Any)
+                    .await?
+                    .filter(|t| {
+                        t.org_id == org_id && t.agent_id == actor && t.claims.act.is_none()
+                    });
+                if own.is_none() {
+                    self.audit_denial(&credential, auth.method, "actor_token_invalid", context, [])
+                        .await?;
+                    return Err(OAuthError::InvalidGrant);
+                }
+                own
+            }
+        };
+        let Some(policy) = subject
+            .subject
+            .delegation
+            .as_ref()
+            .filter(|policy| policy.permits(actor))
+        else {
+            self.audit_denial(
+                &credential,
+                auth.method,
+                "actor_not_allowed",
+                context,
+                [("subjectAgentId", json!(subject.agent_id))],
+            )
+            .await?;
+            return Err(OAuthError::InvalidGrant);
+        };
+        let depth = subject.claims.delegation_depth() + 1;
+        if depth > self.config.max_delegation_depth {
+            self.audit_denial(
+                &credential,
+                auth.method,
+                "delegation_too_deep",
+                context,
+                [("depth", json!(depth))],
+            )
+            .await?;
+            return Err(OAuthError::InvalidRequest(format!(
+                "the chain of actors would be {depth} long; at most {} are allowed",
+                self.config.max_delegation_depth
+            )));
+        }
+        let mut allowed = subject.honoured_scopes();
+        if let Some(scopes) = &policy.scopes {
+            allowed = allowed.intersection(&ScopeSet::from_list(scopes.iter().cloned()));
+        }
+        let mut chain_jtis: Vec<String> = subject.claims.chain_token_ids();
+        let mut chain_iat = subject.claims.origin_iat();
+        if let Some(own) = &actor_token {
+            chain_jtis.extend(own.claims.chain_token_ids());
+            chain_iat = chain_iat.min(own.claims.origin_iat());
+        }
+        let delegation = Delegated {
+            subject: subject.agent_id,
+            act: ActorClaim {
+                sub: actor.to_string(),
+                client_id: credential.client_id.to_string(),
+                act: subject.claims.act.clone().map(Box::new),
+            },
+            may_act: may_act_claim(policy),
+            chain_jtis,
+            chain_iat,
+            not_after: subject.claims.exp,
+            subject_token_id: subject.claims.jti.clone(),
+        };
+        let basis = GrantBasis {
+            credential,
+            target,
+            proof,
+            method: auth.method,
+            allowed,
+            delegation: Some(delegation),
+        };
+        self.grant(basis, request.scope, request.resource, context)
+            .await
+    }
+
+    /// What every grant does once it knows who asks and for whom: the scope asked for against
+    /// what is allowed, the resource, the claims, and the commit of the count and the event
+    /// with the signature.
+    async fn grant(
+        self: &Arc<Self>,
+        basis: GrantBasis,
+        requested_scope: Option<&str>,
+        resource: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<TokenGrant, OAuthError> {
+        let GrantBasis {
+            credential,
+            target,
+            proof,
+            method,
+            allowed,
+            delegation,
+        } = basis;
+        let basic = method == ClientAuthMethod::Basic;
         let granted = match requested_scope {
             None => allowed,
             Some(text) => {
@@ -672,7 +897,7 @@ impl<
                 if !requested.is_subset_of(&allowed) {
                     self.audit_denial(
                         &credential,
-                        auth.method,
+                        method,
                         "scope_not_allowed",
                         context,
                         [("requestedScope", json!(requested.to_string()))],
@@ -690,7 +915,7 @@ impl<
             (Some(identifier), None) => {
                 self.audit_denial(
                     &credential,
-                    auth.method,
+                    method,
                     "resource_not_registered",
                     context,
                     [("resource", json!(identifier))],
@@ -707,7 +932,7 @@ impl<
                 if narrowed.is_empty() && !resource_scopes.is_empty() {
                     self.audit_denial(
                         &credential,
-                        auth.method,
+                        method,
                         "scope_not_allowed",
                         context,
                         [
@@ -727,7 +952,7 @@ impl<
         let now = self.now();
         let policy = self.token_policy();
         let org_id = credential.org_id.to_string();
-        let claims = AccessTokenClaims {
+        let mut claims = AccessTokenClaims {
             iss: policy.issuer_for(&audience, &org_id),
             sub: credential.agent_id.to_string(),
             aud: audience,
@@ -738,7 +963,25 @@ impl<
             client_id: credential.client_id.to_string(),
             scope: granted.to_string(),
             org_id,
+            act: None,
+            may_act: None,
+            chain_jtis: Vec::new(),
+            chain_iat: None,
         };
+        let subject_agent = match &delegation {
+            None => credential.agent_id,
+            Some(delegated) => {
+                claims.sub = delegated.subject.to_string();
+                // Never outlives the token it was exchanged from.
+                claims.exp = claims.exp.min(delegated.not_after);
+                claims.act = Some(delegated.act.clone());
+                claims.may_act = delegated.may_act.clone();
+                claims.chain_jtis = delegated.chain_jtis.clone();
+                claims.chain_iat = Some(delegated.chain_iat);
+                delegated.subject
+            }
+        };
+        let expires_in = claims.exp - claims.iat;
         let keys = self.keys.keys().await.map_err(OAuthError::from)?;
         let month = usage_month(&now);
         let event = EventDraft {
@@ -746,19 +989,22 @@ impl<
             action: AuditAction::TokenIssued,
             outcome: Outcome::Success,
             actor: Actor::client(Some(credential.client_id)),
-            subject_agent_id: Some(credential.agent_id),
+            subject_agent_id: Some(subject_agent),
             resource: format!("token/{}", claims.jti),
             details: {
                 let mut issued = details([
                     ("scope", json!(claims.scope)),
-                    ("expiresIn", json!(policy.lifetime_seconds)),
-                    ("clientAuthMethod", json!(auth.method.as_str())),
+                    ("expiresIn", json!(expires_in)),
+                    ("clientAuthMethod", json!(method.as_str())),
                 ]);
                 if resource.is_some() {
                     issued.insert("resource".to_owned(), json!(claims.aud));
                 }
                 for (name, value) in proof.audit_details() {
                     issued.insert(name.to_owned(), value);
+                }
+                if let Some(delegated) = &delegation {
+                    issued.extend(delegated.audit_details());
                 }
                 issued
             },
@@ -790,7 +1036,7 @@ impl<
         match committed {
             Ok(()) => Ok(TokenGrant {
                 access_token: signed.map_err(OAuthError::from)?,
-                expires_in: policy.lifetime_seconds,
+                expires_in,
                 scope: claims.scope,
             }),
             Err(StoreError::ConditionFailed {
@@ -800,7 +1046,7 @@ impl<
                 let usage = self.store.usage(credential.org_id, &month).await?;
                 self.audit_denial(
                     &credential,
-                    auth.method,
+                    method,
                     "monthly_token_quota_exceeded",
                     context,
                     [],
@@ -848,22 +1094,33 @@ impl<
         let Ok(claims) = verified else {
             return Ok(None);
         };
-        let (Some(org_id), Some(agent_id)) = (claims.org_uuid(), claims.agent_id()) else {
+        let (Some(org_id), Some(chain)) = (claims.org_uuid(), claims.chain_agents()) else {
             return Ok(None);
         };
-        match self
+        let (revoked, agents) = self
             .store
-            .token_standing(&claims.jti, org_id, agent_id)
-            .await?
-        {
-            (false, Some(agent)) if agent.status.tokens_are_honoured() => {
+            .token_standing(&claims.chain_token_ids(), org_id, &chain)
+            .await?;
+        // Every agent of the chain must still be honoured and not have pulled its kill
+        // switch since the chain began: the subject's, and each actor's.
+        let origin = claims.origin_iat();
+        let standing: Option<Vec<Agent>> = agents
+            .into_iter()
+            .map(|agent| {
+                agent.filter(|a| a.status.tokens_are_honoured() && !a.stopped_tokens_from(origin))
+            })
+            .collect();
+        match (revoked, standing) {
+            (false, Some(mut agents)) if !agents.is_empty() => {
+                let subject = agents.swap_remove(0);
                 let client_id = claims.client_uuid();
                 Ok(Some(ActiveToken {
                     claims,
                     org_id,
-                    agent_id,
+                    agent_id: subject.agent_id,
                     client_id,
-                    agent_scopes: ScopeSet::from_list(agent.scopes),
+                    agent_scopes: ScopeSet::from_list(subject.scopes.clone()),
+                    subject,
                 }))
             }
             _ => Ok(None),

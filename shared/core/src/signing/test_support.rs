@@ -25,5 +25,9 @@ pub(super) fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         client_id: Uuid::new_v4().to_string(),
         scope: "agents:read".into(),
         org_id: Uuid::new_v4().to_string(),
+        act: None,
+        may_act: None,
+        chain_jtis: Vec::new(),
+        chain_iat: None,
     }
 }

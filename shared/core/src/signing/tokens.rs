@@ -29,6 +29,46 @@ pub struct AccessTokenClaims {
     pub client_id: String,
     pub scope: String,
     pub org_id: String,
+    /// Who acts for `sub` (RFC 8693 §4.1): present on tokens obtained by token exchange, nested
+    /// when the subject token was itself delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActorClaim>,
+    /// Who may act for `sub` (RFC 8693 §4.4): the agents its delegation policy names. One
+    /// party is an object, as the RFC shows; several, an array of such objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<serde_json::Value>,
+    /// The ids of the tokens this one was exchanged from (subject and actor tokens), and of
+    /// theirs: revoking any of them makes this one inactive, checked in the read that checks
+    /// its own id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_jtis: Vec<String>,
+    /// The earliest `iat` of those tokens: a kill switch pulled after it stops this token,
+    /// however late this one was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_iat: Option<i64>,
+}
+
+/// An actor (RFC 8693 §4.1): the agent acting, the client it authenticated as, and the actor
+/// before it in the chain, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorClaim {
+    pub sub: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<ActorClaim>>,
+}
+
+impl ActorClaim {
+    /// The actors, innermost last: this one, the one before it, and so on.
+    pub fn chain(&self) -> Vec<&ActorClaim> {
+        let mut actors = vec![self];
+        let mut next = self.act.as_deref();
+        while let Some(actor) = next {
+            actors.push(actor);
+            next = actor.act.as_deref();
+        }
+        actors
+    }
 }
 
 impl AccessTokenClaims {
@@ -42,6 +82,35 @@ impl AccessTokenClaims {
 
     pub fn client_uuid(&self) -> Option<Uuid> {
         Uuid::parse_str(&self.client_id).ok()
+    }
+
+    /// How many actors stand between the subject and the bearer: 0 for a token of its own.
+    pub fn delegation_depth(&self) -> usize {
+        self.act.as_ref().map_or(0, |act| act.chain().len())
+    }
+
+    /// Every agent the token's validity depends on: the subject, then each actor. `None` if
+    /// an id is not one (no token of ours has such).
+    pub fn chain_agents(&self) -> Option<Vec<Uuid>> {
+        let mut agents = vec![self.agent_id()?];
+        if let Some(act) = &self.act {
+            for actor in act.chain() {
+                agents.push(Uuid::parse_str(&actor.sub).ok()?);
+            }
+        }
+        Some(agents)
+    }
+
+    /// The token's own id and its ancestors'.
+    pub fn chain_token_ids(&self) -> Vec<String> {
+        std::iter::once(self.jti.clone())
+            .chain(self.chain_jtis.iter().cloned())
+            .collect()
+    }
+
+    /// When the oldest token this one stands on was issued.
+    pub fn origin_iat(&self) -> i64 {
+        self.chain_iat.map_or(self.iat, |chain| chain.min(self.iat))
     }
 }
 

@@ -99,6 +99,7 @@ macro_rules! conformance_suite {
             counters::parallel_failures_are_all_counted,
             revocations::a_revoked_token_is_reported_and_revoking_it_again_is_harmless,
             revocations::a_tokens_standing_reads_its_revocation_and_its_agent_together,
+            revocations::a_chains_standing_reads_every_token_id_and_agent_in_one_go,
             batches::a_failed_name_claim_leaves_neither_the_agent_nor_the_audit_event,
             batches::a_failed_last_write_undoes_every_kind_of_earlier_write,
             batches::a_batch_of_every_kind_of_write_lands_together,
@@ -165,6 +166,8 @@ pub fn agent(org_id: Uuid, name: &str, created_at: DateTime<Utc>) -> Agent {
         updated_at: created_at,
         decommissioned_at: None,
         active_credentials: 0,
+        delegation: None,
+        tokens_not_before: None,
         version: 1,
     }
 }

@@ -46,10 +46,10 @@ pub async fn a_tokens_standing_reads_its_revocation_and_its_agent_together<S: St
     let jti = Uuid::new_v4().to_string();
     assert_eq!(
         store
-            .token_standing(&jti, org_id, agent.agent_id)
+            .token_standing(std::slice::from_ref(&jti), org_id, &[agent.agent_id])
             .await
             .unwrap(),
-        (false, Some(agent.clone()))
+        (false, vec![Some(agent.clone())])
     );
     store
         .commit(vec![Write::RevokeToken {
@@ -61,17 +61,67 @@ pub async fn a_tokens_standing_reads_its_revocation_and_its_agent_together<S: St
         .unwrap();
     assert_eq!(
         store
-            .token_standing(&jti, org_id, agent.agent_id)
+            .token_standing(std::slice::from_ref(&jti), org_id, &[agent.agent_id])
             .await
             .unwrap(),
-        (true, Some(agent.clone()))
+        (true, vec![Some(agent.clone())])
     );
     assert_eq!(
         store
-            .token_standing(&jti, Uuid::new_v4(), agent.agent_id)
+            .token_standing(
+                std::slice::from_ref(&jti),
+                Uuid::new_v4(),
+                &[agent.agent_id]
+            )
             .await
             .unwrap(),
-        (true, None),
+        (true, vec![None]),
         "another organization's agent is not found"
+    );
+}
+
+pub async fn a_chains_standing_reads_every_token_id_and_agent_in_one_go<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let subject = self::agent(org_id, "subject", now_ms());
+    let actor = self::agent(org_id, "actor", now_ms());
+    let missing = Uuid::new_v4();
+    for agent in [&subject, &actor] {
+        store
+            .commit(vec![Write::PutAgent {
+                agent: agent.clone(),
+                expected_version: None,
+            }])
+            .await
+            .unwrap();
+    }
+    let (own, parent) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    // An agent may stand twice in a chain, and a token id too: the answer keeps the order.
+    let chain = [subject.agent_id, actor.agent_id, missing, subject.agent_id];
+    let jtis = [own.clone(), parent.clone(), parent.clone()];
+    assert_eq!(
+        store.token_standing(&jtis, org_id, &chain).await.unwrap(),
+        (
+            false,
+            vec![
+                Some(subject.clone()),
+                Some(actor.clone()),
+                None,
+                Some(subject.clone())
+            ]
+        )
+    );
+    store
+        .commit(vec![Write::RevokeToken {
+            jti: parent.clone(),
+            org_id,
+            expires_at: now_ms() + Duration::hours(1),
+        }])
+        .await
+        .unwrap();
+    assert!(
+        store.token_standing(&jtis, org_id, &chain).await.unwrap().0,
+        "an ancestor's revocation is found with the token's own"
     );
 }

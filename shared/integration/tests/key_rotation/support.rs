@@ -110,6 +110,10 @@ pub fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         client_id: id.clone(),
         scope: "agents:read".into(),
         org_id: id,
+        act: None,
+        may_act: None,
+        chain_jtis: Vec::new(),
+        chain_iat: None,
     }
 }
 
