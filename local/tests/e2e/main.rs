@@ -15,6 +15,7 @@ mod audit_trail;
 mod bad_input;
 mod brute_force;
 mod credentials;
+mod delegation;
 mod discovery;
 mod error_bodies;
 mod faults;
