@@ -375,7 +375,8 @@ async fn discovery_metadata_and_jwks_describe_the_server(store: Arc<dyn Store>) 
         metadata.body["grant_types_supported"],
         json!([
             "client_credentials",
-            "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
         ])
     );
     assert_eq!(

@@ -429,7 +429,8 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "ALTER TABLE credentials DROP COLUMN public_keys; DROP TABLE used_assertions; \
-         PRAGMA user_version = 3;",
+         ALTER TABLE agents DROP COLUMN delegation; \
+         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; PRAGMA user_version = 3;",
     )
     .unwrap();
     drop(conn);
@@ -591,4 +592,57 @@ async fn a_write_blocked_by_another_connection_reports_unavailable() {
         .await
         .unwrap();
     assert_eq!(store.get_org(org.org_id).await.unwrap(), Some(org));
+}
+
+#[tokio::test]
+async fn a_version_5_file_gets_the_agents_delegation_and_kill_switch_and_keeps_its_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idp.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    let agent = Agent {
+        version: 1,
+        ..full_agent(Uuid::new_v4())
+    };
+    store
+        .commit(vec![Write::PutAgent {
+            agent: agent.clone(),
+            expected_version: None,
+        }])
+        .await
+        .unwrap();
+    drop(store);
+    // What a version-5 build left: agents without the two columns.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE agents DROP COLUMN delegation; \
+         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; PRAGMA user_version = 5;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.get_agent(agent.org_id, agent.agent_id).await.unwrap(),
+        Some(agent.clone())
+    );
+    let delegating = Agent {
+        delegation: Some(agentidp_core::domain::agent::DelegationPolicy {
+            may_act: vec![Uuid::new_v4()],
+            scopes: Some(vec!["reports:read".into()]),
+        }),
+        tokens_not_before: Some(at(1_900_000_000_000)),
+        version: agent.version + 1,
+        ..agent.clone()
+    };
+    store
+        .commit(vec![Write::PutAgent {
+            agent: delegating.clone(),
+            expected_version: Some(agent.version),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent(agent.org_id, agent.agent_id).await.unwrap(),
+        Some(delegating)
+    );
 }
