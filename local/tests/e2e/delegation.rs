@@ -518,7 +518,71 @@ async fn a_kill_switch_during_a_burst_of_exchanges_leaves_none_of_them_active(
     println!("{issued} of 12 exchanges were issued around the kill switch");
 }
 
+async fn what_an_actor_does_for_its_subject_is_audited_as_its_own_and_found_by_actor(
+    store: Arc<dyn Store>,
+) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("accountable").await;
+    let admin_token = server.admin_token(&admin).await;
+    let subject = party(
+        &server,
+        &admin_token,
+        "orchestrator",
+        &["agents:read", "agents:write"],
+    )
+    .await;
+    let actor = party(&server, &admin_token, "sub-agent", &[]).await;
+    let target = server.create_agent(&admin_token, "worker", &[]).await;
+    set_policy(
+        &server,
+        &admin_token,
+        &subject.agent,
+        json!({ "mayAct": [actor.agent] }),
+    )
+    .await;
+    let delegated = exchange(&server, &actor, &subject.token(&server).await, &[])
+        .await
+        .str("access_token");
+    let changed = server
+        .api(&delegated)
+        .update_agent(
+            &target,
+            json!({ "description": "changed for the orchestrator" }),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+
+    let by_actor = server
+        .audit_events(&admin_token, &format!("&actorAgentId={}", actor.agent))
+        .await;
+    let mut actions: Vec<&str> = by_actor
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    actions.sort_unstable();
+    assert_eq!(actions, ["agent.updated", "token.issued"], "{by_actor:#?}");
+    let update = by_actor
+        .iter()
+        .find(|e| e["action"] == "agent.updated")
+        .unwrap();
+    assert_eq!(update["actor"]["agentId"], actor.agent, "the actor acted");
+    assert_eq!(update["actor"]["actingFor"], subject.agent);
+    assert_eq!(update["actor"]["actorChain"], json!([actor.agent]));
+    assert_eq!(update["agentId"], target);
+    // Everything done on the subject's behalf is one query too.
+    let for_subject = server
+        .audit_events(&admin_token, &format!("&actorAgentId={}", subject.agent))
+        .await;
+    assert!(
+        for_subject
+            .iter()
+            .all(|e| e["actor"]["actingFor"] != subject.agent),
+        "the subject did not act: {for_subject:#?}"
+    );
+}
+
 agentidp_testkit::per_store!(
+    what_an_actor_does_for_its_subject_is_audited_as_its_own_and_found_by_actor,
     an_actor_the_policy_names_gets_the_subjects_token_with_itself_in_act,
     chains_nest_up_to_the_maximum_depth_and_no_further,
     a_delegation_never_widens_or_outlives_what_it_came_from,

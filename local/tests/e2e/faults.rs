@@ -112,6 +112,7 @@ async fn snapshot(store: &dyn Store, org_id: uuid::Uuid) -> Value {
         .query_audit(&AuditQuery {
             org_id,
             agent_id: None,
+            actor_agent_id: None,
             action: None,
             outcome: None,
             not_before: now - chrono::Duration::days(1),

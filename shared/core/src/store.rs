@@ -373,6 +373,8 @@ pub struct ClientStanding {
 pub struct AuditQuery {
     pub org_id: Uuid,
     pub agent_id: Option<Uuid>,
+    /// Events whose actor is this agent, directly or anywhere in a delegated token's chain.
+    pub actor_agent_id: Option<Uuid>,
     pub action: Option<AuditAction>,
     pub outcome: Option<Outcome>,
     pub not_before: DateTime<Utc>,

@@ -727,6 +727,14 @@ pub(super) async fn serve(
                         .push(FieldError::new("agentId", "must be a UUID"));
                 }
             }
+            if let Some(text) = query.get("actorAgentId") {
+                filters.actor_agent_id = parse_id(&text);
+                if filters.actor_agent_id.is_none() {
+                    query
+                        .errors
+                        .push(FieldError::new("actorAgentId", "must be a UUID"));
+                }
+            }
             if let Some(text) = query.get("action") {
                 filters.action = AuditAction::parse(&text);
                 if filters.action.is_none() {

@@ -102,6 +102,7 @@ fn queries(org_id: Uuid, watched: Uuid) -> Vec<(&'static str, AuditQuery)> {
     let base = AuditQuery {
         org_id,
         agent_id: None,
+        actor_agent_id: None,
         action: None,
         outcome: None,
         not_before: now - Span::days(90),
@@ -123,6 +124,7 @@ fn queries(org_id: Uuid, watched: Uuid) -> Vec<(&'static str, AuditQuery)> {
             "agentId=<one agent> (2%)",
             AuditQuery {
                 agent_id: Some(watched),
+                actor_agent_id: None,
                 ..base.clone()
             },
         ),

@@ -326,6 +326,20 @@ pub(crate) fn audit_item(event: &AuditEvent) -> Item {
         "clientId",
         event.actor.client_id.map(|id| s(id.to_string())),
     );
+    insert_opt(
+        &mut actor,
+        ACTING_FOR,
+        event.actor.acting_for.map(|id| s(id.to_string())),
+    );
+    if !event.actor.actor_chain.is_empty() {
+        let chain: Vec<String> = event
+            .actor
+            .actor_chain
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        actor.insert(ACTOR_CHAIN.into(), string_list(&chain));
+    }
     item.insert("actor".into(), AttributeValue::M(actor));
     insert_opt(
         &mut item,
@@ -346,6 +360,11 @@ pub(crate) fn audit_item(event: &AuditEvent) -> Item {
     item
 }
 
+/// An audit event's actor's members for a delegated token (the audit filter by actor reads
+/// them too).
+pub(crate) const ACTING_FOR: &str = "actingFor";
+pub(crate) const ACTOR_CHAIN: &str = "actorChain";
+
 pub(crate) fn audit_from(item: &Item) -> StoreResult<AuditEvent> {
     let r = ItemReader::new(item, "audit event");
     let actor = r.map("actor")?;
@@ -364,6 +383,15 @@ pub(crate) fn audit_from(item: &Item) -> StoreResult<AuditEvent> {
             kind: actor_reader.s("type")?.to_owned(),
             agent_id: actor_reader.opt_uuid("agentId")?,
             client_id: actor_reader.opt_uuid("clientId")?,
+            acting_for: actor_reader.opt_uuid(ACTING_FOR)?,
+            actor_chain: match actor.get(ACTOR_CHAIN) {
+                None => Vec::new(),
+                Some(_) => actor_reader
+                    .string_list(ACTOR_CHAIN)?
+                    .iter()
+                    .map(|id| Uuid::parse_str(id).map_err(|_| actor_reader.malformed(ACTOR_CHAIN)))
+                    .collect::<StoreResult<_>>()?,
+            },
         },
         subject_agent_id: r.opt_uuid("subjectAgentId")?,
         resource: r.s("resource")?.to_owned(),

@@ -19,8 +19,8 @@ use agentidp_core::store::{
 
 use crate::DynamoStore;
 use crate::codec::{
-    ACTION, COUNT, ItemReader, OUTCOME, agent_from, audit_from, credential_from, n, org_from,
-    resource_from, s, target_from, time, trusted_issuer_from,
+    ACTION, ACTOR_CHAIN, COUNT, ItemReader, OUTCOME, agent_from, audit_from, credential_from, n,
+    org_from, resource_from, s, target_from, time, trusted_issuer_from,
 };
 use crate::commit::Expressions;
 use crate::errors::{build_error, sdk_error};
@@ -553,6 +553,16 @@ impl AuditReader for DynamoStore {
                 .name("#outcome", OUTCOME)
                 .value(":outcome", s(outcome.as_str()));
         }
+        if let Some(actor) = query.actor_agent_id {
+            filters.push(
+                "(#actor.#actorAgent = :actorAgent OR contains(#actor.#actorChain, :actorAgent))",
+            );
+            expressions = expressions
+                .name("#actor", "actor")
+                .name("#actorAgent", "agentId")
+                .name("#actorChain", ACTOR_CHAIN)
+                .value(":actorAgent", s(actor.to_string()));
+        }
         if let (Some(_), Some(action)) = (query.agent_id, query.action) {
             filters.push("#action = :action");
             expressions = expressions
@@ -664,4 +674,7 @@ fn event_matches(query: &AuditQuery, event: &AuditEvent) -> bool {
             .is_none_or(|agent| event.subject_agent_id == Some(agent))
         && query.action.is_none_or(|action| event.action == action)
         && query.outcome.is_none_or(|outcome| event.outcome == outcome)
+        && query
+            .actor_agent_id
+            .is_none_or(|actor| event.actor.involves(actor))
 }

@@ -498,6 +498,16 @@ pub(crate) fn audit_page_sql(query: &AuditQuery) -> StoreResult<(String, Vec<Val
         sql.push_str(" AND outcome = ?");
         values.push(Value::Text(outcome.as_str().to_owned()));
     }
+    if let Some(actor) = query.actor_agent_id {
+        // No index: the actor is JSON in the row. The other filters and the time window narrow
+        // the rows it is checked on.
+        sql.push_str(
+            " AND (json_extract(actor, '$.agentId') = ? \
+             OR EXISTS (SELECT 1 FROM json_each(actor, '$.actorChain') WHERE value = ?))",
+        );
+        values.push(Value::Text(actor.to_string()));
+        values.push(Value::Text(actor.to_string()));
+    }
     if let Some(after) = &query.after {
         sql.push_str(" AND (timestamp_ms, event_id) < (?, ?)");
         values.push(Value::Integer(millis(&after.timestamp)));

@@ -376,6 +376,7 @@ fn every_combination_of_audit_filters_reads_one_index_in_page_order() {
         let query = AuditQuery {
             org_id: Uuid::new_v4(),
             agent_id: set(0).then(Uuid::new_v4),
+            actor_agent_id: None,
             action: set(1).then_some(AuditAction::TokenIssued),
             outcome: set(2).then_some(Outcome::Failure),
             not_before: at(0),

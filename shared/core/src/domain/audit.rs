@@ -135,6 +135,12 @@ pub struct Actor {
     pub kind: String,
     pub agent_id: Option<Uuid>,
     pub client_id: Option<Uuid>,
+    /// With a delegated token (RFC 8693): the agent acted for, the token's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acting_for: Option<Uuid>,
+    /// With a delegated token: its actors, outermost (the one that called) first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actor_chain: Vec<Uuid>,
 }
 
 impl Actor {
@@ -143,6 +149,7 @@ impl Actor {
             kind: "agent".into(),
             agent_id: Some(agent_id),
             client_id,
+            ..Self::default()
         }
     }
 
@@ -151,6 +158,7 @@ impl Actor {
             kind: "client".into(),
             agent_id: None,
             client_id,
+            ..Self::default()
         }
     }
 
@@ -159,7 +167,26 @@ impl Actor {
             kind: "operator".into(),
             agent_id: None,
             client_id: None,
+            ..Self::default()
         }
+    }
+
+    /// The same actor, acting for `subject` through the delegated token's `chain` of actors
+    /// (outermost first): the agent is the outermost actor, the one that called.
+    pub fn delegated(mut self, subject: Uuid, chain: Vec<Uuid>) -> Self {
+        if let Some(outermost) = chain.first() {
+            if self.kind == "agent" {
+                self.agent_id = Some(*outermost);
+            }
+            self.acting_for = Some(subject);
+            self.actor_chain = chain;
+        }
+        self
+    }
+
+    /// Whether `agent` is this actor or one of its chain.
+    pub fn involves(&self, agent: Uuid) -> bool {
+        self.agent_id == Some(agent) || self.actor_chain.contains(&agent)
     }
 }
 

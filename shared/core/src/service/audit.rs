@@ -15,6 +15,7 @@ use crate::validation::FieldError;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilters {
     pub agent_id: Option<Uuid>,
+    pub actor_agent_id: Option<Uuid>,
     pub action: Option<AuditAction>,
     pub outcome: Option<Outcome>,
     pub from: Option<DateTime<Utc>>,
@@ -25,8 +26,9 @@ impl AuditFilters {
     /// Binds a cursor to the filters it was made for, so it cannot be replayed under others.
     fn fingerprint(&self) -> String {
         let text = format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             self.agent_id,
+            self.actor_agent_id,
             self.action.map(AuditAction::as_str),
             self.outcome.map(Outcome::as_str),
             self.from.map(|t| t.timestamp_millis()),
@@ -115,6 +117,7 @@ impl<S: OrgReader + AuditReader + ?Sized> Idp<S> {
         let query = AuditQuery {
             org_id: caller.org_id,
             agent_id: filters.agent_id,
+            actor_agent_id: filters.actor_agent_id,
             action: filters.action,
             outcome: filters.outcome,
             not_before: filters

@@ -226,6 +226,8 @@ pub struct Caller {
     pub client_id: Option<Uuid>,
     pub scopes: ScopeSet,
     pub context: RequestContext,
+    /// With a delegated token: its actors, outermost first; `agent_id` is the subject's.
+    pub actor_chain: Vec<Uuid>,
 }
 
 impl Caller {
@@ -248,6 +250,7 @@ impl Caller {
 
     pub fn actor(&self) -> Actor {
         Actor::agent(self.agent_id, self.client_id)
+            .delegated(self.agent_id, self.actor_chain.clone())
     }
 }
 

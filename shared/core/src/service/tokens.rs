@@ -988,7 +988,11 @@ impl<
             org_id: credential.org_id,
             action: AuditAction::TokenIssued,
             outcome: Outcome::Success,
-            actor: Actor::client(Some(credential.client_id)),
+            actor: match &delegation {
+                None => Actor::client(Some(credential.client_id)),
+                Some(delegated) => Actor::client(Some(credential.client_id))
+                    .delegated(delegated.subject, delegated.act.agents()),
+            },
             subject_agent_id: Some(subject_agent),
             resource: format!("token/{}", claims.jti),
             details: {
@@ -1143,6 +1147,7 @@ impl<
             agent_id: active.agent_id,
             client_id: active.client_id,
             scopes: active.honoured_scopes(),
+            actor_chain: active.claims.actor_agents(),
             context,
         })
     }
@@ -1186,6 +1191,7 @@ impl<
                     client_id: Some(credential.client_id),
                     scopes: ScopeSet::default(),
                     context: context.clone(),
+                    actor_chain: Vec::new(),
                 })
             }
             EndpointAuth::Bearer(token) => self

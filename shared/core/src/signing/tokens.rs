@@ -59,6 +59,14 @@ pub struct ActorClaim {
 }
 
 impl ActorClaim {
+    /// The actors' agent ids, outermost first.
+    pub fn agents(&self) -> Vec<Uuid> {
+        self.chain()
+            .iter()
+            .filter_map(|actor| Uuid::parse_str(&actor.sub).ok())
+            .collect()
+    }
+
     /// The actors, innermost last: this one, the one before it, and so on.
     pub fn chain(&self) -> Vec<&ActorClaim> {
         let mut actors = vec![self];
@@ -99,6 +107,11 @@ impl AccessTokenClaims {
             }
         }
         Some(agents)
+    }
+
+    /// The actors of a delegated token, outermost first; empty for a token of its own.
+    pub fn actor_agents(&self) -> Vec<Uuid> {
+        self.act.as_ref().map_or_else(Vec::new, ActorClaim::agents)
     }
 
     /// The token's own id and its ancestors'.

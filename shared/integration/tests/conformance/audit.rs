@@ -515,3 +515,64 @@ pub async fn another_organizations_audit_events_are_never_returned<S: Store + 's
     let nobody = audit_query(Uuid::new_v4(), now);
     assert_eq!(store.query_audit(&nobody).await.unwrap().events, Vec::new());
 }
+
+pub async fn audit_queries_filter_by_actor_directly_or_anywhere_in_a_delegation_chain<
+    S: Store + 'static,
+>(
+    store: Arc<S>,
+) {
+    let org_id = Uuid::new_v4();
+    let now = now_ms();
+    let (subject, actor, inner) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let event = |offset: i64, by: Actor| AuditEvent {
+        actor: by,
+        ..audit_event(
+            org_id,
+            now - Duration::seconds(offset),
+            AuditAction::AgentUpdated,
+            Outcome::Success,
+            Some(subject),
+        )
+    };
+    let direct = event(3, Actor::agent(actor, Some(Uuid::new_v4())));
+    let outermost = event(
+        2,
+        Actor::agent(subject, None).delegated(subject, vec![actor, inner]),
+    );
+    let innermost = event(
+        1,
+        Actor::client(Some(Uuid::new_v4())).delegated(subject, vec![inner, actor]),
+    );
+    let unrelated = event(0, Actor::agent(subject, Some(Uuid::new_v4())));
+    let all = [&direct, &outermost, &innermost, &unrelated];
+    store
+        .commit(all.iter().map(|e| Write::Audit((*e).clone())).collect())
+        .await
+        .unwrap();
+    let by_actor = |agent: Uuid| AuditQuery {
+        actor_agent_id: Some(agent),
+        ..audit_query(org_id, now + Duration::seconds(1))
+    };
+    let page = store.query_audit(&by_actor(actor)).await.unwrap();
+    assert_eq!(
+        page.events,
+        vec![innermost.clone(), outermost.clone(), direct.clone()],
+        "newest first; the delegated events read back with their chain"
+    );
+    let page = store.query_audit(&by_actor(inner)).await.unwrap();
+    assert_eq!(page.events, vec![innermost.clone(), outermost.clone()]);
+    let page = store
+        .query_audit(&AuditQuery {
+            agent_id: Some(subject),
+            limit: 2,
+            ..by_actor(actor)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events,
+        vec![innermost, outermost],
+        "with the subject filter, paged"
+    );
+    assert!(page.next.is_some());
+}

@@ -111,6 +111,7 @@ macro_rules! conformance_suite {
             audit::paging_through_57_audit_events_ten_at_a_time_yields_each_exactly_once,
             audit::paging_a_filtered_audit_query_skips_and_repeats_nothing,
             audit::audit_queries_filter_by_agent_action_and_outcome,
+            audit::audit_queries_filter_by_actor_directly_or_anywhere_in_a_delegation_chain,
             audit::audit_queries_keep_to_the_not_before_and_until_window,
             audit::audit_events_past_their_expiry_are_never_returned,
             audit::another_organizations_audit_events_are_never_returned,
@@ -227,6 +228,7 @@ pub fn audit_query(org_id: Uuid, now: DateTime<Utc>) -> AuditQuery {
     AuditQuery {
         org_id,
         agent_id: None,
+        actor_agent_id: None,
         action: None,
         outcome: None,
         not_before: now - Duration::days(365),
