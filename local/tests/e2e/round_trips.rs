@@ -91,6 +91,42 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         "iss": cluster, "sub": "system:serviceaccount:a:b", "aud": "agentidp",
         "iat": now, "exp": now + 600,
     }));
+    // A chain of three actors for the agent: what the last link's checks must read at once.
+    let mut actors = Vec::new();
+    for name in ["first", "second", "third"] {
+        let actor = server.create_agent(&token, name, &[]).await;
+        let (_, actor_client, actor_secret) = server.create_credential(&token, &actor).await;
+        actors.push((actor, actor_client, actor_secret));
+    }
+    let may_act: Vec<&str> = actors.iter().map(|(id, _, _)| id.as_str()).collect();
+    api.update_agent(&agent, json!({"delegation": {"mayAct": may_act}}))
+        .await;
+    let exchange = |subject: String, actor: usize| {
+        let (server, actors) = (&server, &actors);
+        async move {
+            let (_, actor_client, actor_secret) = &actors[actor];
+            server
+                .send(
+                    server
+                        .request(Method::POST, "/api/v1/token")
+                        .basic_auth(actor_client, Some(actor_secret))
+                        .form(&[
+                            (
+                                "grant_type",
+                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                            ),
+                            ("subject_token", subject.as_str()),
+                            (
+                                "subject_token_type",
+                                "urn:ietf:params:oauth:token-type:access_token",
+                            ),
+                        ]),
+                )
+                .await
+        }
+    };
+    let first_link = exchange(agent_token.clone(), 0).await.str("access_token");
+    let second_link = exchange(first_link, 1).await.str("access_token");
     let event_id = api.audit("limit=1").await.body["data"][0]["eventId"]
         .as_str()
         .unwrap()
@@ -146,6 +182,15 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
     measure!(
         "POST /api/v1/token/introspect (bearer)",
         api.introspect(&agent_token).await
+    );
+    let third_link = measure!(
+        "POST /api/v1/token (token exchange, third link)",
+        exchange(second_link, 2).await
+    )
+    .str("access_token");
+    measure!(
+        "POST /api/v1/token/introspect (bearer, a token three actors deep)",
+        api.introspect(&third_link).await
     );
     measure!(
         "GET /.well-known/jwks.json",
@@ -273,6 +318,13 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         // The trusted issuer is a second read: its id comes from the credential.
         ("POST /api/v1/token (jwt-bearer, federated)", 3),
         ("POST /api/v1/token/introspect (bearer)", 2),
+        // The client's standing, the subject token's standing (its whole chain), the commit.
+        ("POST /api/v1/token (token exchange, third link)", 3),
+        // Every token id and agent of the chain in the one BatchGetItem of a plain token.
+        (
+            "POST /api/v1/token/introspect (bearer, a token three actors deep)",
+            2,
+        ),
         ("GET /.well-known/jwks.json", 0),
         ("GET /.well-known/oauth-authorization-server", 0),
         ("POST /api/v1/agents", 3),
