@@ -581,7 +581,36 @@ async fn what_an_actor_does_for_its_subject_is_audited_as_its_own_and_found_by_a
     );
 }
 
+/// Tokens carry `iat` in whole seconds: the switch answers once its second is over, so a token
+/// the agent asks for after the answer is not mistaken for one from before it.
+async fn a_token_asked_for_after_the_kill_switch_answers_is_honoured(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let admin = server.new_org("after-the-switch").await;
+    let admin_token = server.admin_token(&admin).await;
+    let agent = party(&server, &admin_token, "worker", &["agents:read"]).await;
+    let before = agent.token(&server).await;
+    // Half way through a second, as a real switch would mostly be.
+    server.clock.advance(chrono::Duration::milliseconds(500));
+    let killed = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{}/tokens/revoke", agent.agent),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(killed.status, 200, "{}", killed.text);
+    let after = agent.token(&server).await;
+    assert!(!active(&server.introspect(&admin_token, &before).await));
+    assert!(
+        active(&server.introspect(&admin_token, &after).await),
+        "a token issued after the switch answered"
+    );
+    assert_eq!(server.api(&after).list_agents("").await.status, 200);
+}
+
 agentidp_testkit::per_store!(
+    a_token_asked_for_after_the_kill_switch_answers_is_honoured,
     what_an_actor_does_for_its_subject_is_audited_as_its_own_and_found_by_actor,
     an_actor_the_policy_names_gets_the_subjects_token_with_itself_in_act,
     chains_nest_up_to_the_maximum_depth_and_no_further,

@@ -353,10 +353,10 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             }
             response
         }
-        OAuthError::InvalidGrant => oauth_body(
+        OAuthError::InvalidGrant(description) => oauth_body(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
-            "the assertion is not valid for this client",
+            description,
             json!({}),
         ),
         OAuthError::InvalidScope(description) => oauth_body(

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// The clock is injected so expiry, retention and quota months are testable without sleeping.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+
+    /// How long to sleep for `at` to have come: real time for the system clock; a manual
+    /// clock moves there itself, and needs none.
+    fn wait_until(&self, at: DateTime<Utc>) -> std::time::Duration;
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -16,6 +20,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn wait_until(&self, at: DateTime<Utc>) -> std::time::Duration {
+        (at - Utc::now()).to_std().unwrap_or_default()
     }
 }
 
@@ -41,6 +49,12 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+
+    fn wait_until(&self, at: DateTime<Utc>) -> std::time::Duration {
+        self.millis
+            .fetch_max(at.timestamp_millis(), Ordering::SeqCst);
+        std::time::Duration::ZERO
     }
 }
 

@@ -63,6 +63,22 @@ fn refuse_ungrantable_scopes(caller: &Caller, scopes: &[String]) -> ServiceResul
     }
 }
 
+/// Waits out the second a kill switch was pulled in. Tokens carry `iat` in whole seconds, so
+/// one issued later in that second cannot be told from one issued before the switch, and it
+/// stops too; answering only once the second is over means any token asked for after the
+/// answer is honoured.
+pub(crate) async fn outlast_the_second_of(
+    clock: &dyn crate::domain::time::Clock,
+    switched_at: chrono::DateTime<chrono::Utc>,
+) {
+    let left = 1000 - i64::from(switched_at.timestamp_subsec_millis().min(999));
+    let next_second = switched_at + chrono::Duration::milliseconds(left);
+    let wait = clock.wait_until(next_second);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Rewrites each active credential's copy of the agent's status and scopes, conditional on its
 /// version.
 pub(crate) fn credential_sync_writes(
@@ -219,7 +235,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
     ) -> ServiceResult<chrono::DateTime<chrono::Utc>> {
         caller.require(Scope::AgentsWrite)?;
         let limits = &self.limits(caller.org_id).await?;
-        retry_optimistically(|_| async move {
+        let switched_at = retry_optimistically(|_| async move {
             let current = self
                 .store
                 .get_agent(caller.org_id, agent_id)
@@ -266,7 +282,9 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             ];
             settle(self.store.commit(writes).await, now)
         })
-        .await
+        .await?;
+        outlast_the_second_of(self.clock.as_ref(), switched_at).await;
+        Ok(switched_at)
     }
 
     pub async fn update_agent(

@@ -437,7 +437,7 @@ impl<
     ) -> ServiceResult<()> {
         caller.require(Scope::AgentsWrite)?;
         let limits = &self.limits(caller.org_id).await?;
-        retry_optimistically(|_| async move {
+        let revoked_at = retry_optimistically(|_| async move {
             let agent = self
                 .store
                 .get_agent(caller.org_id, agent_id)
@@ -495,8 +495,12 @@ impl<
                     .at(now, limits, &caller.context),
                 ),
             ];
-            settle(self.store.commit(writes).await, ())
+            settle(self.store.commit(writes).await, now)
         })
-        .await
+        .await?;
+        if revoke_tokens {
+            super::agents::outlast_the_second_of(self.clock.as_ref(), revoked_at).await;
+        }
+        Ok(())
     }
 }

@@ -13,10 +13,11 @@ pub enum OAuthError {
     /// Never says which check failed. `basic` asks for `WWW-Authenticate: Basic`.
     #[error("invalid_client")]
     InvalidClient { basic: bool },
-    /// RFC 7523 §3.1: the assertion of a jwt-bearer grant is not valid here. Never says which
-    /// check failed.
-    #[error("invalid_grant")]
-    InvalidGrant,
+    /// The grant is not valid here: a jwt-bearer grant's assertion (RFC 7523 §3.1) or a token
+    /// exchange's subject or actor (RFC 8693 §2.2.2). The description never says which check
+    /// failed.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(&'static str),
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
     /// RFC 8707 §2: the `resource` is malformed, repeated, or not one the client may ask for.

@@ -161,6 +161,10 @@ impl Delegated {
     }
 }
 
+/// What a refused token exchange is told: not which check failed.
+const EXCHANGE_REFUSED: &str =
+    "the subject token, or this client acting for its subject, is not accepted";
+
 /// RFC 8693's grant type.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -256,7 +260,9 @@ impl ClientRefusal {
     fn into_oauth(self, basic: bool) -> OAuthError {
         match self {
             ClientRefusal::Denied => OAuthError::InvalidClient { basic },
-            ClientRefusal::GrantRefused => OAuthError::InvalidGrant,
+            ClientRefusal::GrantRefused => {
+                OAuthError::InvalidGrant("the assertion is not valid for this client")
+            }
             ClientRefusal::Locked { retry_after } => OAuthError::RateLimited { retry_after },
         }
     }
@@ -786,7 +792,7 @@ impl<
                 [],
             )
             .await?;
-            return Err(OAuthError::InvalidGrant);
+            return Err(OAuthError::InvalidGrant(EXCHANGE_REFUSED));
         };
         let actor_token = match request.actor_token {
             None => None,
@@ -800,7 +806,7 @@ impl<
                 if own.is_none() {
                     self.audit_denial(&credential, auth.method, "actor_token_invalid", context, [])
                         .await?;
-                    return Err(OAuthError::InvalidGrant);
+                    return Err(OAuthError::InvalidGrant(EXCHANGE_REFUSED));
                 }
                 own
             }
@@ -819,7 +825,7 @@ impl<
                 [("subjectAgentId", json!(subject.agent_id))],
             )
             .await?;
-            return Err(OAuthError::InvalidGrant);
+            return Err(OAuthError::InvalidGrant(EXCHANGE_REFUSED));
         };
         let depth = subject.claims.delegation_depth() + 1;
         if depth > self.config.max_delegation_depth {
@@ -904,7 +910,13 @@ impl<
                     )
                     .await?;
                     return Err(OAuthError::InvalidScope(
-                        "the requested scope exceeds the scopes registered for this agent".into(),
+                        if delegation.is_some() {
+                            "the requested scope exceeds what the subject token and its \
+                             delegation policy allow"
+                        } else {
+                            "the requested scope exceeds the scopes registered for this agent"
+                        }
+                        .into(),
                     ));
                 }
                 requested
