@@ -11,6 +11,10 @@
 #     openid-client's PrivateKeyJwt and the MCP Python SDK's PrivateKeyJWTOAuthProvider each get
 #     a token with a signed assertion and use it; replayed, foreign-key and wrong-audience
 #     assertions are refused.
+#   - delegation (tests/interop/test_delegation.py): openid-client's genericGrantRequest and
+#     requests-oauth2client's token_exchange each exchange a subject agent's token for the actor
+#     (RFC 8693), jose and jwskate verify the result against the JWKS and read its `act`; chains,
+#     refusals and the kill switch.
 #
 #   scripts/interop.sh              # everything
 #   scripts/interop.sh -- ARGS      # passes ARGS to pytest (e.g. -k typescript)
@@ -62,5 +66,5 @@ fi
 step "building agentidp-local and agentidp-admin (debug)"
 cargo build --locked --bin agentidp-local --bin agentidp-admin
 
-step "interop tests: MCP SDKs, FastMCP, Authlib, openid-client (pytest tests/interop)"
+step "interop tests: MCP SDKs, FastMCP, Authlib, openid-client, requests-oauth2client (pytest tests/interop)"
 "$venv/bin/python" -m pytest -p no:cacheprovider tests/interop -q -rs "${pytest_args[@]}"
