@@ -22,13 +22,13 @@ def test_every_operation_in_the_spec_is_a_route_in_the_code():
     assert not extra, f"operations in docs/openapi.yaml that ROUTES does not serve: {sorted(extra)}"
 
 
-def test_there_are_thirty_two_routes():
-    # 26 API routes (the authorization endpoint's GET and POST among them, and the five of
-    # trusted issuers) and six discovery documents: the platform's three /.well-known ones and an
-    # organization's issuer's three (its metadata at each path a client derives from it), as the
-    # developer docs say.
-    assert len(rust_routes()) == 32
-    assert len([p for p in rust_routes() if "/.well-known/" not in p[1]]) == 26
+def test_there_are_thirty_three_routes():
+    # 27 API routes (the authorization endpoint's GET and POST among them, the five of trusted
+    # issuers and an agent's kill switch) and six discovery documents: the platform's three
+    # /.well-known ones and an organization's issuer's three (its metadata at each path a client
+    # derives from it), as the developer docs say.
+    assert len(rust_routes()) == 33
+    assert len([p for p in rust_routes() if "/.well-known/" not in p[1]]) == 27
 
 
 def test_every_operation_has_an_id_a_summary_and_security():
