@@ -609,7 +609,42 @@ async fn a_token_asked_for_after_the_kill_switch_answers_is_honoured(store: Arc<
     assert_eq!(server.api(&after).list_agents("").await.status, 200);
 }
 
+/// Each agent of a chain is checked against its own start: an actor's kill switch stops what it
+/// held, not what it is given after, even for a subject token older than the switch.
+async fn an_actors_kill_switch_stops_what_it_held_not_what_it_gets_after(store: Arc<dyn Store>) {
+    let server = TestServer::start(store).await;
+    let (admin_token, subject, actors) = organization(&server, "actor-switch", 1).await;
+    let actor = &actors[0];
+    let subject_token = subject.token(&server).await;
+    server.clock.advance(chrono::Duration::seconds(1));
+    let held = exchange(&server, actor, &subject_token, &[])
+        .await
+        .str("access_token");
+    server.clock.advance(chrono::Duration::milliseconds(300));
+    let killed = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{}/tokens/revoke", actor.agent),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(killed.status, 200, "{}", killed.text);
+    assert!(!active(&server.introspect(&admin_token, &held).await));
+    assert!(
+        active(&server.introspect(&admin_token, &subject_token).await),
+        "the subject's own token is not the actor's"
+    );
+    let given_after = exchange(&server, actor, &subject_token, &[]).await;
+    assert_eq!(given_after.status, 200, "{}", given_after.text);
+    let seen = server
+        .introspect(&admin_token, &given_after.str("access_token"))
+        .await;
+    assert!(active(&seen), "issued after the switch: {seen}");
+}
+
 agentidp_testkit::per_store!(
+    an_actors_kill_switch_stops_what_it_held_not_what_it_gets_after,
     a_token_asked_for_after_the_kill_switch_answers_is_honoured,
     what_an_actor_does_for_its_subject_is_audited_as_its_own_and_found_by_actor,
     an_actor_the_policy_names_gets_the_subjects_token_with_itself_in_act,

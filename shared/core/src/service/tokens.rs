@@ -847,16 +847,18 @@ impl<
             allowed = allowed.intersection(&ScopeSet::from_list(scopes.iter().cloned()));
         }
         let mut chain_jtis: Vec<String> = subject.claims.chain_token_ids();
-        let mut chain_iat = subject.claims.origin_iat();
+        let mut actor_start = self.now().timestamp();
         if let Some(own) = &actor_token {
             chain_jtis.extend(own.claims.chain_token_ids());
-            chain_iat = chain_iat.min(own.claims.origin_iat());
+            actor_start = actor_start.min(own.claims.origin_iat());
         }
+        let chain_iat = subject.claims.origin_iat();
         let delegation = Delegated {
             subject: subject.agent_id,
             act: ActorClaim {
                 sub: actor.to_string(),
                 client_id: credential.client_id.to_string(),
+                iat: Some(actor_start),
                 act: subject.claims.act.clone().map(Box::new),
             },
             may_act: may_act_claim(policy),
@@ -984,8 +986,14 @@ impl<
             None => credential.agent_id,
             Some(delegated) => {
                 claims.sub = delegated.subject.to_string();
-                // Never outlives the token it was exchanged from.
+                // Never outlives the token it was exchanged from; one expiring this very
+                // second leaves nothing to issue.
                 claims.exp = claims.exp.min(delegated.not_after);
+                if claims.exp <= claims.iat {
+                    self.audit_denial(&credential, method, "subject_token_invalid", context, [])
+                        .await?;
+                    return Err(OAuthError::InvalidGrant(EXCHANGE_REFUSED));
+                }
                 claims.act = Some(delegated.act.clone());
                 claims.may_act = delegated.may_act.clone();
                 claims.chain_jtis = delegated.chain_jtis.clone();
@@ -1118,12 +1126,13 @@ impl<
             .token_standing(&claims.chain_token_ids(), org_id, &chain)
             .await?;
         // Every agent of the chain must still be honoured and not have pulled its kill
-        // switch since the chain began: the subject's, and each actor's.
-        let origin = claims.origin_iat();
+        // switch since it joined the chain: the subject since the chain began, each actor since
+        // its exchange.
         let standing: Option<Vec<Agent>> = agents
             .into_iter()
-            .map(|agent| {
-                agent.filter(|a| a.status.tokens_are_honoured() && !a.stopped_tokens_from(origin))
+            .zip(claims.chain_starts())
+            .map(|(agent, start)| {
+                agent.filter(|a| a.status.tokens_are_honoured() && !a.stopped_tokens_from(start))
             })
             .collect();
         match (revoked, standing) {

@@ -42,8 +42,9 @@ pub struct AccessTokenClaims {
     /// its own id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain_jtis: Vec<String>,
-    /// The earliest `iat` of those tokens: a kill switch pulled after it stops this token,
-    /// however late this one was issued.
+    /// When the subject's part of the chain began (the subject token's, or its own origin): a
+    /// kill switch of the subject pulled after it stops this token, however late this one was
+    /// issued. Each actor's own start is in its `act`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_iat: Option<i64>,
 }
@@ -54,6 +55,10 @@ pub struct AccessTokenClaims {
 pub struct ActorClaim {
     pub sub: String,
     pub client_id: String,
+    /// When this actor joined the chain (its exchange, or its own token's issue if it sent
+    /// one): what its kill switch is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Box<ActorClaim>>,
 }
@@ -121,9 +126,23 @@ impl AccessTokenClaims {
             .collect()
     }
 
-    /// When the oldest token this one stands on was issued.
+    /// When the subject's part of the chain began: the oldest subject token this one stands on.
     pub fn origin_iat(&self) -> i64 {
         self.chain_iat.map_or(self.iat, |chain| chain.min(self.iat))
+    }
+
+    /// When each agent of [`AccessTokenClaims::chain_agents`] joined the chain, in that order:
+    /// the subject's origin, then each actor's own start.
+    pub fn chain_starts(&self) -> Vec<i64> {
+        let mut starts = vec![self.origin_iat()];
+        if let Some(act) = &self.act {
+            starts.extend(
+                act.chain()
+                    .iter()
+                    .map(|actor| actor.iat.unwrap_or(self.iat)),
+            );
+        }
+        starts
     }
 }
 
