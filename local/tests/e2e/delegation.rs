@@ -118,6 +118,11 @@ async fn an_actor_the_policy_names_gets_the_subjects_token_with_itself_in_act(
     let (admin_token, subject, actors) = organization(&server, "delegation", 1).await;
     let actor = &actors[0];
     let subject_token = subject.token(&server).await;
+    // The subject's own tokens say who may act for it (the credential keeps a copy of the
+    // policy, as it does of the scopes).
+    let own = server.introspect(&admin_token, &subject_token).await;
+    assert_eq!(own["may_act"], json!({ "sub": actor.agent }), "{own}");
+    assert!(own.get("act").is_none());
     let exchanged = exchange(&server, actor, &subject_token, &[("scope", "reports:read")]).await;
     assert_eq!(exchanged.status, 200, "{}", exchanged.text);
     assert_eq!(exchanged.body["issued_token_type"], ACCESS_TOKEN);
@@ -265,8 +270,12 @@ async fn no_one_acts_for_an_agent_whose_policy_does_not_name_them(store: Arc<dyn
             .oauth_error(),
         "invalid_grant"
     );
-    // Withdrawing the policy applies to the next exchange.
+    // Withdrawing the policy applies to the next exchange, and to the subject's next tokens.
     set_policy(&server, &admin_token, &subject.agent, Value::Null).await;
+    let after = server
+        .introspect(&admin_token, &subject.token(&server).await)
+        .await;
+    assert!(after.get("may_act").is_none(), "{after}");
     assert_eq!(
         exchange(&server, &actors[0], &subject_token, &[])
             .await

@@ -249,6 +249,14 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
     item.insert("status".into(), s(credential.status.as_str()));
     item.insert("agentStatus".into(), s(credential.agent_status.as_str()));
     item.insert("agentScopes".into(), string_list(&credential.agent_scopes));
+    if !credential.agent_may_act.is_empty() {
+        let may_act: Vec<String> = credential
+            .agent_may_act
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        item.insert(AGENT_MAY_ACT.into(), string_list(&may_act));
+    }
     item.insert("createdAt".into(), time(&credential.created_at));
     // A string, so that it could never be taken for a TTL attribute: an expired credential must
     // stay listable as `expired`.
@@ -272,6 +280,8 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
 }
 
 const PUBLIC_KEYS: &str = "publicKeys";
+/// A copy of the agent's delegation policy's actors, absent when it names none.
+const AGENT_MAY_ACT: &str = "agentMayAct";
 
 pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
     let r = ItemReader::new(item, "credential");
@@ -290,6 +300,14 @@ pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
         status: r.parse("status", CredentialStatus::parse)?,
         agent_status: r.parse("agentStatus", AgentStatus::parse)?,
         agent_scopes: r.string_list("agentScopes")?,
+        agent_may_act: match item.get(AGENT_MAY_ACT) {
+            None => Vec::new(),
+            Some(_) => r
+                .string_list(AGENT_MAY_ACT)?
+                .iter()
+                .map(|id| Uuid::parse_str(id).map_err(|_| r.malformed(AGENT_MAY_ACT)))
+                .collect::<StoreResult<_>>()?,
+        },
         created_at: r.time("createdAt")?,
         expires_at: r.opt_time("expiresAt")?,
         revoked_at: r.opt_time("revokedAt")?,

@@ -245,6 +245,7 @@ pub(crate) struct RawCredential {
     version: i64,
     agent_scopes: String,
     public_keys: Option<String>,
+    agent_may_act: Option<String>,
 }
 
 pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
@@ -263,6 +264,7 @@ pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
         version: row.get(11)?,
         agent_scopes: row.get(12)?,
         public_keys: row.get(13)?,
+        agent_may_act: row.get(14)?,
     })
 }
 
@@ -285,6 +287,12 @@ impl RawCredential {
             rotated_at: self.rotated_at_ms.map(time).transpose()?,
             version: to_u64(self.version)?,
             agent_scopes: from_json(&self.agent_scopes)?,
+            agent_may_act: self
+                .agent_may_act
+                .as_deref()
+                .map(from_json)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

@@ -415,6 +415,11 @@ fn put_credential(
     let version = to_i64(credential.version)?;
     let agent_scopes = to_json(&credential.agent_scopes)?;
     let public_keys = credential.proof.stored_document();
+    let agent_may_act = if credential.agent_may_act.is_empty() {
+        None
+    } else {
+        Some(to_json(&credential.agent_may_act)?)
+    };
     let values = named_params! {
         ":credential_id": credential_id,
         ":client_id": client_id,
@@ -430,6 +435,7 @@ fn put_credential(
         ":version": version,
         ":agent_scopes": agent_scopes,
         ":public_keys": public_keys,
+        ":agent_may_act": agent_may_act,
     };
     let Some(expected) = expected_version else {
         // A client id already taken by another credential also leaves nothing inserted: the
@@ -438,7 +444,7 @@ fn put_credential(
             &format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
                  :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
-                 :rotated_at_ms, :version, :agent_scopes, :public_keys) ON CONFLICT DO NOTHING"
+                 :rotated_at_ms, :version, :agent_scopes, :public_keys, :agent_may_act) ON CONFLICT DO NOTHING"
             ),
             values,
         ).map_err(db);
@@ -453,7 +459,7 @@ fn put_credential(
          secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
          created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
          rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes, \
-         public_keys = :public_keys \
+         public_keys = :public_keys, agent_may_act = :agent_may_act \
          WHERE credential_id = :credential_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)

@@ -24,6 +24,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 6;
 const MIGRATE_TO_6: &str = "
 ALTER TABLE agents ADD COLUMN delegation TEXT;
 ALTER TABLE agents ADD COLUMN tokens_not_before_ms INTEGER;
+ALTER TABLE credentials ADD COLUMN agent_may_act TEXT;
 ";
 
 /// Version 4: a credential's public keys (private_key_jwt), null for a client secret.
@@ -142,7 +143,9 @@ CREATE TABLE IF NOT EXISTS credentials (
     revoked_at_ms INTEGER,
     rotated_at_ms INTEGER,
     version       INTEGER NOT NULL,
-    public_keys   TEXT
+    public_keys   TEXT,
+    -- JSON list of agent ids; null for none
+    agent_may_act TEXT
 );
 CREATE INDEX IF NOT EXISTS credentials_by_agent ON credentials (org_id, agent_id, created_at_ms, credential_id);
 
@@ -209,7 +212,7 @@ pub(crate) const TRUSTED_ISSUER_COLUMNS: &str = "org_id, issuer_id, issuer, audi
      created_at_ms, updated_at_ms, version";
 
 pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
-     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys";
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys, agent_may_act";
 
 pub(crate) const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
      request_id, source_ip, user_agent, details, expires_at_ms";

@@ -144,6 +144,11 @@ fn credential(org_id: Uuid, agent_id: Uuid, full: bool) -> Credential {
         } else {
             Vec::new()
         },
+        agent_may_act: if full {
+            vec![Uuid::from_u128(7), Uuid::from_u128(8)]
+        } else {
+            Vec::new()
+        },
         created_at: at(1_700_000_000_001),
         expires_at: full.then(|| at(1_800_000_000_002)),
         revoked_at: full.then(|| at(1_700_000_000_003)),
@@ -431,7 +436,8 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
     conn.execute_batch(
         "ALTER TABLE credentials DROP COLUMN public_keys; DROP TABLE used_assertions; \
          ALTER TABLE agents DROP COLUMN delegation; \
-         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; PRAGMA user_version = 3;",
+         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; \
+         ALTER TABLE credentials DROP COLUMN agent_may_act; PRAGMA user_version = 3;",
     )
     .unwrap();
     drop(conn);
@@ -616,7 +622,8 @@ async fn a_version_5_file_gets_the_agents_delegation_and_kill_switch_and_keeps_i
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "ALTER TABLE agents DROP COLUMN delegation; \
-         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; PRAGMA user_version = 5;",
+         ALTER TABLE agents DROP COLUMN tokens_not_before_ms; \
+         ALTER TABLE credentials DROP COLUMN agent_may_act; PRAGMA user_version = 5;",
     )
     .unwrap();
     drop(conn);

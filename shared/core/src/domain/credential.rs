@@ -184,6 +184,9 @@ pub struct Credential {
     pub agent_status: AgentStatus,
     /// A copy of the agent's scopes, kept in step like `agent_status`, for the same reason.
     pub agent_scopes: Vec<String>,
+    /// A copy of who the agent's delegation policy lets act for it, kept in step likewise: its
+    /// tokens carry it as `may_act` without the agent record being read.
+    pub agent_may_act: Vec<Uuid>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -264,6 +267,7 @@ mod tests {
                 status,
                 agent_status: agent,
                 agent_scopes: Vec::new(),
+                agent_may_act: Vec::new(),
                 created_at: now,
                 expires_at: expires_in.map(|d| now + d),
                 revoked_at: None,

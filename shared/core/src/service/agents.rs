@@ -93,6 +93,11 @@ pub(crate) fn credential_sync_writes(
             let mut next = c.clone();
             next.agent_status = agent.status;
             next.agent_scopes = agent.scopes.clone();
+            next.agent_may_act = agent
+                .delegation
+                .as_ref()
+                .map(|policy| policy.may_act.clone())
+                .unwrap_or_default();
             if let Some(at) = revoke_at {
                 next.status = CredentialStatus::Revoked;
                 next.revoked_at = Some(at);
@@ -408,7 +413,10 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
                     name_key: old_key,
                 });
             }
-            if status_change.is_some() || next.scopes != current.scopes {
+            if status_change.is_some()
+                || next.scopes != current.scopes
+                || next.delegation != current.delegation
+            {
                 let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
                 let rewrites = credential_sync_writes(&credentials, &next, None);
                 if !listing_is_complete(&rewrites, &current).await {

@@ -226,6 +226,11 @@ impl<
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
                 agent_scopes: agent.scopes.clone(),
+                agent_may_act: agent
+                    .delegation
+                    .as_ref()
+                    .map(|policy| policy.may_act.clone())
+                    .unwrap_or_default(),
                 created_at: now,
                 expires_at,
                 revoked_at: None,

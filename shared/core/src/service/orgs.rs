@@ -80,6 +80,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
                 status: CredentialStatus::Active,
                 agent_status: agent.status,
                 agent_scopes: agent.scopes.clone(),
+                agent_may_act: Vec::new(),
                 created_at: self.now(),
                 expires_at: None,
                 revoked_at: None,

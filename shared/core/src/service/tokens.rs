@@ -17,7 +17,6 @@ use crate::client_keys::{
     AssertionExpectations, AssertionRejection, ClientAssertion, ClientKeySet,
     FederatedExpectations, PublicKeys, VerifiedAssertion, VerifiedFederation,
 };
-use crate::domain::agent::DelegationPolicy;
 use crate::domain::{CredentialProof, TrustedIssuer};
 use crate::secret::ClientSecret;
 use crate::signing::{AccessTokenClaims, ActorClaim, TokenPolicy};
@@ -178,11 +177,10 @@ pub struct ExchangeRequest<'a> {
     pub resource: Option<&'a str>,
 }
 
-/// The `may_act` claim (RFC 8693 §4.4) of an agent's delegation policy: one object per agent
-/// that may act, as an object when it is one.
-fn may_act_claim(policy: &DelegationPolicy) -> Option<serde_json::Value> {
-    let parties: Vec<serde_json::Value> = policy
-        .may_act
+/// The `may_act` claim (RFC 8693 §4.4) of the agents a delegation policy names: one object per
+/// agent that may act, as an object when it is one.
+fn may_act_claim(may_act: &[Uuid]) -> Option<serde_json::Value> {
+    let parties: Vec<serde_json::Value> = may_act
         .iter()
         .map(|agent| json!({ "sub": agent }))
         .collect();
@@ -861,7 +859,7 @@ impl<
                 iat: Some(actor_start),
                 act: subject.claims.act.clone().map(Box::new),
             },
-            may_act: may_act_claim(policy),
+            may_act: may_act_claim(&policy.may_act),
             chain_jtis,
             chain_iat,
             not_after: subject.claims.exp,
@@ -983,7 +981,10 @@ impl<
             chain_iat: None,
         };
         let subject_agent = match &delegation {
-            None => credential.agent_id,
+            None => {
+                claims.may_act = may_act_claim(&credential.agent_may_act);
+                credential.agent_id
+            }
             Some(delegated) => {
                 claims.sub = delegated.subject.to_string();
                 // Never outlives the token it was exchanged from; one expiring this very
@@ -1342,6 +1343,7 @@ mod tests {
             status: CredentialStatus::Active,
             agent_status: AgentStatus::Active,
             agent_scopes: Vec::new(),
+            agent_may_act: Vec::new(),
             created_at: now,
             expires_at: None,
             revoked_at: None,

@@ -185,6 +185,7 @@ pub fn credential(org_id: Uuid, agent_id: Uuid, created_at: DateTime<Utc>) -> Cr
         status: CredentialStatus::Active,
         agent_status: AgentStatus::Active,
         agent_scopes: vec!["weather:read".into(), "agents:read".into()],
+        agent_may_act: vec![Uuid::new_v4()],
         created_at,
         expires_at: Some(created_at + Duration::days(30)),
         revoked_at: None,
