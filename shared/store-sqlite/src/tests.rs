@@ -422,7 +422,11 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
     let store = SqliteStore::open(&path).unwrap();
     let org = Uuid::new_v4();
     let agent = Uuid::new_v4();
-    let old = credential(org, agent, true);
+    // A version-3 build kept no copy of who may act for the agent.
+    let old = Credential {
+        agent_may_act: Vec::new(),
+        ..credential(org, agent, true)
+    };
     store
         .commit(vec![Write::PutCredential {
             credential: old.clone(),

@@ -209,6 +209,7 @@ impl std::fmt::Debug for Credential {
             .field("status", &self.status)
             .field("agent_status", &self.agent_status)
             .field("agent_scopes", &self.agent_scopes)
+            .field("agent_may_act", &self.agent_may_act)
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
