@@ -22,6 +22,11 @@
 #                 (200, and on both servers 401 when replayed), and wrk's threads walk through the
 #                 rest, none sent twice; a run that uses up its pool stops the script
 #   introspect    POST /token/introspect of a valid token, client_secret_basic
+#   token-exchange  POST /token, grant token-exchange (RFC 8693): an actor agent, named in the warm
+#                 agent's delegation policy, exchanges the warm agent's token for one of its own
+#                 acting for it (AgentIdP only: no peer has it built in; read beside token-warm)
+#   introspect-chain  introspect, of a token three actors deep (AgentIdP only; read beside
+#                 introspect: the chain's token ids and agents join the one read of a plain token)
 #   agents-list   GET /api/v1/agents?limit=20 (AgentIdP only; oidc-provider has no equivalent)
 #   audit-query   GET /api/v1/audit?limit=50 (AgentIdP only)
 #
@@ -260,6 +265,24 @@ while read -r line; do basic "$line"; echo; done <"$WORK/cold.txt" >"$WORK/cold-
 
 A_TOKEN=$(token_for "${WARM%%:*}" "${WARM#*:}")
 [[ -n $A_TOKEN && $A_TOKEN != null ]] || die "no token for the warm client from AgentIdP"
+# token-exchange and introspect-chain: three actor agents the warm agent's policy names.
+ACTORS=()
+for i in 1 2 3; do
+  actor=$(api POST /api/v1/agents "{\"name\":\"bench-actor-$i\"}" | jq -r .agentId)
+  ACTORS+=("$actor:$(new_credential "$actor")")
+done
+api PATCH "/api/v1/agents/$WARM_AGENT" "$(jq -cn '{delegation: {mayAct: $ARGS.positional}}' \
+  --args "${ACTORS[0]%%:*}" "${ACTORS[1]%%:*}" "${ACTORS[2]%%:*}")" >/dev/null || die "setting the delegation policy failed"
+EXCHANGE_FORM="grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"
+exchange_as() { # ACTOR_INDEX SUBJECT_TOKEN -> the exchanged token
+  local actor=${ACTORS[$1]#*:}
+  curl -sf -u "$actor" -d "$EXCHANGE_FORM" -d "subject_token=$2" "$A/api/v1/token" | jq -r .access_token
+}
+CHAIN_TOKEN=$A_TOKEN
+for i in 0 1 2; do CHAIN_TOKEN=$(exchange_as "$i" "$CHAIN_TOKEN"); done
+claims_of_chain=$(printf '%s' "$CHAIN_TOKEN" | jq -R 'split(".")[1] | gsub("-"; "+") | gsub("_"; "/") | @base64d | fromjson')
+jq -e '.act.act.act.sub != null' <<<"$claims_of_chain" >/dev/null || die "the chain token is not three actors deep"
+ACTOR_BASIC=$(basic "${ACTORS[0]#*:}")
 claims() { jq -R 'split(".")[1] | gsub("-"; "+") | gsub("_"; "/") | @base64d | fromjson'; }
 curl -sf -u "$WARM" -d grant_type=client_credentials -d "$RESOURCE_FORM" "$A/api/v1/token" | jq -r .access_token \
   | claims | jq -e --arg r "$RESOURCE" '.aud == $r and .scope == "bench:call"' >/dev/null \
@@ -399,6 +422,8 @@ static_lua "$WORK/resource-token.lua" POST "grant_type=client_credentials&$RESOU
 static_lua "$WORK/a-introspect.lua" POST "token=$A_TOKEN" "$WARM_BASIC"
 static_lua "$WORK/o-introspect.lua" POST "token=$O_TOKEN" "$WARM_BASIC"
 static_lua "$WORK/a-get.lua" GET "" "Bearer $ADMIN_TOKEN"
+static_lua "$WORK/exchange.lua" POST "$EXCHANGE_FORM&subject_token=$A_TOKEN" "$ACTOR_BASIC"
+static_lua "$WORK/a-introspect-chain.lua" POST "token=$CHAIN_TOKEN" "$WARM_BASIC"
 
 # --- measuring -----------------------------------------------------------------------------
 cpu_ticks() { # PID -> utime + stime of the process, in clock ticks
@@ -480,6 +505,8 @@ scenario_url() { # SCENARIO SERVER -> url and lua, or nothing when the server ha
     token-pkjwt/o) echo "$O/token $WORK/pkjwt.lua" ;;
     introspect/a) echo "$A/api/v1/token/introspect $WORK/a-introspect.lua" ;;
     introspect/o) echo "$O/token/introspection $WORK/o-introspect.lua" ;;
+    token-exchange/a) echo "$A/api/v1/token $WORK/exchange.lua" ;;
+    introspect-chain/a) echo "$A/api/v1/token/introspect $WORK/a-introspect-chain.lua" ;;
     agents-list/a) echo "$A/api/v1/agents?limit=20 $WORK/a-get.lua" ;;
     audit-query/a) echo "$A/api/v1/audit?limit=50 $WORK/a-get.lua" ;;
   esac
@@ -606,6 +633,16 @@ done
       a = "token-pkjwt 8 a"; w = "token-warm 8 a"
       if ((a in cnt) && (w in cnt)) {
         printf "private_key_jwt against a client secret, c=8: AgentIdP token-pkjwt / token-warm %.2f\n",
+          (rps[a] / cnt[a]) / (rps[w] / cnt[w])
+      }
+      a = "token-exchange 8 a"; w = "token-warm 8 a"
+      if ((a in cnt) && (w in cnt)) {
+        r = (rps[w] / cnt[w]) / (rps[a] / cnt[a])
+        printf "Goal, token exchange, c=8: AgentIdP token-warm / token-exchange %.2f (within 1.5): %s\n", r, verdict(r <= 1.5)
+      }
+      a = "introspect-chain 8 a"; w = "introspect 8 a"
+      if ((a in cnt) && (w in cnt)) {
+        printf "Introspection of a token three actors deep, c=8: AgentIdP introspect-chain / introspect %.2f\n",
           (rps[a] / cnt[a]) / (rps[w] / cnt[w])
       }
       a = "introspect 8 a"; o = "introspect 8 o"
