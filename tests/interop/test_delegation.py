@@ -73,6 +73,15 @@ class Party:
         return {"sub": self.agent_id, "client_id": self.client_id}
 
 
+def actors(act):
+    """The `act` claim without each actor's join time (`iat`: when it joined the chain, which
+    its kill switch is compared with), after checking that each has one."""
+    assert isinstance(act.get("iat"), int), act
+    rest = {name: value for name, value in act.items() if name != "iat"}
+    if "act" in rest:
+        rest["act"] = actors(rest["act"])
+    return rest
+
 def party(org: Org, name: str, scopes: list[str]) -> Party:
     agent = org.api("POST", "/api/v1/agents", {"name": f"{name}-{uuid.uuid4().hex[:8]}", "scopes": scopes})
     credential = org.api("POST", f"/api/v1/agents/{agent['agentId']}/credentials", {})
@@ -235,7 +244,7 @@ def test_openid_client_exchanges_the_subjects_token_and_jose_verifies_act(idp: I
     payload = verified["payload"]
     assert payload == claims_of(token["access_token"]), payload
     assert payload["sub"] == cast.orchestrator.agent_id, payload
-    assert payload["act"] == cast.sub_agent.actor(), payload
+    assert actors(payload["act"]) == cast.sub_agent.actor(), payload
     assert payload["client_id"] == cast.sub_agent.client_id, payload
     assert payload["aud"] == cast.resource and payload["iss"] == cast.org.issuer, payload
     assert payload["scope"] == READ, payload
@@ -244,7 +253,7 @@ def test_openid_client_exchanges_the_subjects_token_and_jose_verifies_act(idp: I
     introspection = output["introspection"]
     assert introspection["active"] is True, introspection
     assert introspection["sub"] == cast.orchestrator.agent_id, introspection
-    assert introspection["act"] == cast.sub_agent.actor(), introspection
+    assert actors(introspection["act"]) == cast.sub_agent.actor(), introspection
 
     base = cast.org.base
     assert run.requests == [
@@ -285,9 +294,9 @@ def test_openid_client_chain_with_an_actor_token_nests_act(idp: Idp, cast: Cast)
     chained = {**cast.tool_agent.actor(), "act": cast.sub_agent.actor()}
     payload = run.output["verified"]["payload"]
     assert payload["sub"] == cast.orchestrator.agent_id, payload
-    assert payload["act"] == chained, payload
+    assert actors(payload["act"]) == chained, payload
     assert payload["scope"] == READ, payload
-    assert run.output["introspection"]["act"] == chained, run.output["introspection"]
+    assert actors(run.output["introspection"]["act"]) == chained, run.output["introspection"]
     form = run.form(f"{cast.org.base}/api/v1/token")
     assert form["actor_token"] == own_token and form["actor_token_type"] == ACCESS_TOKEN, form
     assert_exchange_audited(cast, run.output["token"]["access_token"], [cast.tool_agent, cast.sub_agent])
@@ -418,7 +427,7 @@ def test_requests_oauth2client_token_exchange_with_an_actor_token(idp: Idp, cast
     assert delegated.kwargs.get("issued_token_type") == ACCESS_TOKEN, delegated.as_dict()
     claims = verified_claims(sub_agent.client, delegated, cast)
     assert claims["sub"] == cast.orchestrator.agent_id, claims
-    assert claims["act"] == cast.sub_agent.actor(), claims
+    assert actors(claims["act"]) == cast.sub_agent.actor(), claims
     assert claims["client_id"] == cast.sub_agent.client_id, claims
     assert claims["exp"] <= claims_of(subject.access_token)["exp"], claims
 
@@ -438,14 +447,14 @@ def test_requests_oauth2client_token_exchange_with_an_actor_token(idp: Idp, cast
     introspection = sub_agent.client.introspect_token(delegated)
     assert introspection["active"] is True, introspection
     assert introspection["sub"] == cast.orchestrator.agent_id, introspection
-    assert introspection["act"] == cast.sub_agent.actor(), introspection
+    assert actors(introspection["act"]) == cast.sub_agent.actor(), introspection
     assert_exchange_audited(cast, delegated.access_token, [cast.sub_agent])
 
     tool_agent = ro2c_client(cast, cast.tool_agent)
     chained = tool_agent.client.token_exchange(subject_token=delegated, resource=cast.resource)
     claims = verified_claims(tool_agent.client, chained, cast)
     assert claims["sub"] == cast.orchestrator.agent_id, claims
-    assert claims["act"] == {**cast.tool_agent.actor(), "act": cast.sub_agent.actor()}, claims
+    assert actors(claims["act"]) == {**cast.tool_agent.actor(), "act": cast.sub_agent.actor()}, claims
     assert claims["scope"] == READ, claims
     assert_exchange_audited(cast, chained.access_token, [cast.tool_agent, cast.sub_agent])
 
