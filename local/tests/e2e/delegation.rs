@@ -68,6 +68,19 @@ async fn set_policy(server: &TestServer, admin_token: &str, agent: &str, policy:
     assert_eq!(changed.status, 200, "{}", changed.text);
 }
 
+/// Pulls the agent's kill switch, as its administrator.
+async fn kill_switch(server: &TestServer, admin_token: &str, agent: &str) {
+    let killed = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/tokens/revoke"),
+            Some(admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(killed.status, 200, "{}", killed.text);
+}
+
 fn active(server_introspection: &Value) -> bool {
     server_introspection["active"] == true
 }
@@ -410,15 +423,7 @@ async fn revoking_or_stopping_any_link_stops_every_token_derived_from_it(store: 
     // The subject's kill switch: every token it holds, and all derived, without knowing them.
     let fresh_subject = subject.token(&server).await;
     server.clock.advance(chrono::Duration::seconds(1));
-    let killed = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/tokens/revoke", subject.agent),
-            Some(&admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(killed.status, 200, "{}", killed.text);
+    kill_switch(&server, &admin_token, &subject.agent).await;
     for token in [fresh_subject, first, second] {
         assert!(!is_active(token).await);
     }
@@ -429,15 +434,7 @@ async fn revoking_or_stopping_any_link_stops_every_token_derived_from_it(store: 
 
     // An actor's kill switch stops the chains it is in, too.
     server.clock.advance(chrono::Duration::seconds(1));
-    let killed = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/tokens/revoke", actors[1].agent),
-            Some(&admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(killed.status, 200, "{}", killed.text);
+    kill_switch(&server, &admin_token, &actors[1].agent).await;
     assert!(!is_active(after).await);
 
     // Revoking a credential keeps its tokens valid, as the credential guide says, unless asked.
@@ -502,15 +499,7 @@ async fn a_kill_switch_during_a_burst_of_exchanges_leaves_none_of_them_active(
             exchange(&server, &actor, &subject_token, &[]).await
         }));
     }
-    let killed = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/tokens/revoke", subject.agent),
-            Some(&admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(killed.status, 200, "{}", killed.text);
+    kill_switch(&server, &admin_token, &subject.agent).await;
     let mut issued = 0;
     for exchange in burst {
         let response = exchange.await.unwrap();
@@ -600,15 +589,7 @@ async fn a_token_asked_for_after_the_kill_switch_answers_is_honoured(store: Arc<
     let before = agent.token(&server).await;
     // Half way through a second, as a real switch would mostly be.
     server.clock.advance(chrono::Duration::milliseconds(500));
-    let killed = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/tokens/revoke", agent.agent),
-            Some(&admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(killed.status, 200, "{}", killed.text);
+    kill_switch(&server, &admin_token, &agent.agent).await;
     let after = agent.token(&server).await;
     assert!(!active(&server.introspect(&admin_token, &before).await));
     assert!(
@@ -630,15 +611,7 @@ async fn an_actors_kill_switch_stops_what_it_held_not_what_it_gets_after(store: 
         .await
         .str("access_token");
     server.clock.advance(chrono::Duration::milliseconds(300));
-    let killed = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/tokens/revoke", actor.agent),
-            Some(&admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(killed.status, 200, "{}", killed.text);
+    kill_switch(&server, &admin_token, &actor.agent).await;
     assert!(!active(&server.introspect(&admin_token, &held).await));
     assert!(
         active(&server.introspect(&admin_token, &subject_token).await),

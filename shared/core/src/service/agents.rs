@@ -230,6 +230,31 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             .ok_or(ServiceError::AgentNotFound)
     }
 
+    /// The agent, read for a change only a caller with authority over it may make: refused, and
+    /// the refusal audited under `action`, otherwise.
+    async fn agent_to_change(
+        &self,
+        caller: &Caller,
+        agent_id: Uuid,
+        action: AuditAction,
+        limits: &crate::domain::PlanLimits,
+    ) -> ServiceResult<Agent> {
+        let current = self
+            .store
+            .get_agent(caller.org_id, agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)?;
+        self.refuse_takeover(
+            caller,
+            (Some(agent_id), current.scopes.clone()),
+            action,
+            format!("agent/{agent_id}"),
+            limits,
+        )
+        .await?;
+        Ok(current)
+    }
+
     /// The kill switch: every token the agent holds now, and every token derived from one it
     /// took part in, as subject or actor, stops at once, without anyone knowing them. The
     /// agent itself stays active and gets new tokens as before.
@@ -242,18 +267,8 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
         let limits = &self.limits(caller.org_id).await?;
         let switched_at = retry_optimistically(|_| async move {
             let current = self
-                .store
-                .get_agent(caller.org_id, agent_id)
-                .await?
-                .ok_or(ServiceError::AgentNotFound)?;
-            self.refuse_takeover(
-                caller,
-                (Some(agent_id), current.scopes.clone()),
-                AuditAction::AgentTokensRevoked,
-                format!("agent/{agent_id}"),
-                limits,
-            )
-            .await?;
+                .agent_to_change(caller, agent_id, AuditAction::AgentTokensRevoked, limits)
+                .await?;
             if !current.status.is_mutable() {
                 return Err(ServiceError::AgentNotActive(
                     "a decommissioned agent's tokens are already inactive".into(),
@@ -457,18 +472,8 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
         let limits = &self.limits(caller.org_id).await?;
         retry_optimistically(|_| async move {
             let current = self
-                .store
-                .get_agent(caller.org_id, agent_id)
-                .await?
-                .ok_or(ServiceError::AgentNotFound)?;
-            self.refuse_takeover(
-                caller,
-                (Some(agent_id), current.scopes.clone()),
-                AuditAction::AgentDecommissioned,
-                format!("agent/{agent_id}"),
-                limits,
-            )
-            .await?;
+                .agent_to_change(caller, agent_id, AuditAction::AgentDecommissioned, limits)
+                .await?;
             if !current.status.can_become(AgentStatus::Decommissioned) {
                 return Err(ServiceError::InvalidStatusTransition {
                     from: current.status.as_str(),
