@@ -376,6 +376,17 @@ async fn a_caller_cannot_name_itself_in_a_more_privileged_agents_policy(store: A
         "{}",
         admin_view.text
     );
+    // Nor stop a more privileged agent's tokens with its kill switch.
+    let stopped = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{admin_agent}/tokens/revoke"),
+            Some(&manager_token),
+            None,
+        )
+        .await;
+    assert_eq!(stopped.status, 403, "{}", stopped.text);
+    assert!(active(&server.introspect(&admin_token, &admin_token).await));
 }
 
 async fn revoking_or_stopping_any_link_stops_every_token_derived_from_it(store: Arc<dyn Store>) {
