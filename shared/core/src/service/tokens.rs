@@ -164,6 +164,24 @@ impl Delegated {
 const EXCHANGE_REFUSED: &str =
     "the subject token, or this client acting for its subject, is not accepted";
 
+/// The keys an assertion is checked with: the credential's own, borrowed (no copy on the token
+/// endpoint's path), or a published set from the fetcher's cache.
+enum KeysInHand<'a> {
+    Held(&'a ClientKeySet),
+    Fetched(Arc<ClientKeySet>),
+}
+
+impl std::ops::Deref for KeysInHand<'_> {
+    type Target = ClientKeySet;
+
+    fn deref(&self) -> &ClientKeySet {
+        match self {
+            KeysInHand::Held(set) => set,
+            KeysInHand::Fetched(set) => set,
+        }
+    }
+}
+
 /// RFC 8693's grant type.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -536,17 +554,18 @@ impl<
 
     /// The key set to check an assertion with: the one held, or the one published at the URL,
     /// fetched or from the cache; `wanted_key` is the kid the assertion names.
-    async fn key_set_of(
+    async fn key_set_of<'a>(
         &self,
-        keys: &PublicKeys,
+        keys: &'a PublicKeys,
         wanted_key: Option<&str>,
-    ) -> Result<Arc<ClientKeySet>, Denial> {
+    ) -> Result<KeysInHand<'a>, Denial> {
         match keys {
-            PublicKeys::Inline(set) => Ok(Arc::new(set.clone())),
+            PublicKeys::Inline(set) => Ok(KeysInHand::Held(set)),
             PublicKeys::Published(uri) => {
                 self.remote_keys
                     .key_set(uri, wanted_key)
                     .await
+                    .map(KeysInHand::Fetched)
                     .map_err(|e| {
                         tracing::warn!(jwks_uri = %uri, error = %e, "a published key set could not be had");
                         Denial::KeysUnavailable(e.as_str())
