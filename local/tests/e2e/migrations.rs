@@ -104,6 +104,7 @@ async fn an_old_full_admin_is_given_the_resource_scopes_once_and_others_are_left
         active_credentials: 0,
         delegation: None,
         tokens_not_before: None,
+        require_dpop: false,
         version: 1,
     };
     server

@@ -520,6 +520,7 @@ fn test_claims(policy: &TokenPolicy, now: DateTime<Utc>) -> AccessTokenClaims {
         may_act: None,
         chain_jtis: Vec::new(),
         chain_iat: None,
+        cnf: None,
     }
 }
 

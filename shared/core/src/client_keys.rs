@@ -44,7 +44,7 @@ const PRIVATE_KEY_REFUSED: &str = "private key material is refused; send the pub
 /// The JWS algorithms an assertion may use. Never `none`, never HMAC: an HMAC "key" would be the
 /// public key itself, which anyone can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AssertionAlgorithm {
+pub(crate) enum AssertionAlgorithm {
     RS256,
     PS256,
     ES256,
@@ -66,7 +66,7 @@ pub const ASSERTION_ALGORITHMS: [&str; 5] = [
 ];
 
 impl AssertionAlgorithm {
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "RS256" => Some(Self::RS256),
             "PS256" => Some(Self::PS256),
@@ -147,7 +147,7 @@ impl KeyMaterial {
 }
 
 #[derive(Clone, PartialEq, Eq)]
-struct ClientKey {
+pub(crate) struct ClientKey {
     kid: Option<String>,
     alg: Option<AssertionAlgorithm>,
     /// Kept only so the JWKS shown back is the one sent; validated to be `sig`.
@@ -158,7 +158,12 @@ struct ClientKey {
 }
 
 impl ClientKey {
-    fn accepts(&self, alg: AssertionAlgorithm) -> bool {
+    /// The key's RFC 7638 thumbprint: what a DPoP-bound token's `cnf.jkt` names.
+    pub(crate) fn thumbprint(&self) -> String {
+        self.material.thumbprint()
+    }
+
+    pub(crate) fn accepts(&self, alg: AssertionAlgorithm) -> bool {
         match self.alg {
             Some(pinned) => pinned == alg,
             None => self.material.algorithms().contains(&alg),
@@ -456,35 +461,40 @@ impl ClientKeySet {
         if !key.accepts(alg) {
             return Err(AssertionRejection::AlgorithmNotAllowed);
         }
-        // The set was validated when built, so this cannot fail; were it to, no key can verify.
-        let decoding = key
-            .material
-            .decoding_key()
-            .map_err(|_| AssertionRejection::UnknownKey)?;
-        // The signature by hand rather than with `jsonwebtoken::decode`, whose header parser
-        // knows no `Ed25519`; the claims are checked below against the injected `now`.
-        let [header_part, payload_part, signature] =
-            jws_parts(token).ok_or(AssertionRejection::Malformed)?;
-        let signed = &token[..header_part.len() + 1 + payload_part.len()];
-        match jsonwebtoken::crypto::verify(
-            signature,
-            signed.as_bytes(),
-            &decoding,
-            alg.jwt_algorithm(),
-        ) {
-            Ok(true) => {}
-            Ok(false) => return Err(AssertionRejection::BadSignature),
-            Err(_) => return Err(AssertionRejection::Malformed),
-        }
-        let claims: Value = URL_SAFE_NO_PAD
-            .decode(payload_part)
-            .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .ok_or(AssertionRejection::Malformed)?;
-        match claims {
-            Value::Object(claims) => Ok((claims, key.id.clone())),
-            _ => Err(AssertionRejection::Malformed),
-        }
+        Ok((signed_claims(token, key, alg)?, key.id.clone()))
+    }
+}
+
+/// A compact JWS's claims, once its signature checks out against `key` with `alg`.
+pub(crate) fn signed_claims(
+    token: &str,
+    key: &ClientKey,
+    alg: AssertionAlgorithm,
+) -> Result<Map<String, Value>, AssertionRejection> {
+    // The key was validated when read, so this cannot fail; were it to, it verifies nothing.
+    let decoding = key
+        .material
+        .decoding_key()
+        .map_err(|_| AssertionRejection::UnknownKey)?;
+    // The signature by hand rather than with `jsonwebtoken::decode`, whose header parser knows
+    // no `Ed25519`; the claims are the caller's to check, against the injected `now`.
+    let [header_part, payload_part, signature] =
+        jws_parts(token).ok_or(AssertionRejection::Malformed)?;
+    let signed = &token[..header_part.len() + 1 + payload_part.len()];
+    match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &decoding, alg.jwt_algorithm())
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(AssertionRejection::BadSignature),
+        Err(_) => return Err(AssertionRejection::Malformed),
+    }
+    let claims: Value = URL_SAFE_NO_PAD
+        .decode(payload_part)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or(AssertionRejection::Malformed)?;
+    match claims {
+        Value::Object(claims) => Ok(claims),
+        _ => Err(AssertionRejection::Malformed),
     }
 }
 
@@ -560,7 +570,7 @@ fn check_claims(
 }
 
 /// A NumericDate (RFC 7519 §2): seconds, possibly fractional, truncated down to whole seconds.
-fn numeric_date(value: &Value) -> Option<i64> {
+pub(crate) fn numeric_date(value: &Value) -> Option<i64> {
     value.as_i64().or_else(|| {
         value
             .as_f64()
@@ -601,7 +611,7 @@ fn read_header(token: &str) -> Result<AssertionHeader, AssertionRejection> {
 }
 
 /// The three parts of a JWS compact serialization, or None when it has another number of parts.
-fn jws_parts(token: &str) -> Option<[&str; 3]> {
+pub(crate) fn jws_parts(token: &str) -> Option<[&str; 3]> {
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(header), Some(payload), Some(signature), None) => Some([header, payload, signature]),
@@ -610,7 +620,7 @@ fn jws_parts(token: &str) -> Option<[&str; 3]> {
 }
 
 /// One key of the JWKS, or None with its problems pushed onto `errors`.
-fn read_key(
+pub(crate) fn read_key(
     members: &Map<String, Value>,
     field: &str,
     errors: &mut Vec<FieldError>,

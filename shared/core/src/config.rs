@@ -30,7 +30,25 @@ pub struct Config {
     pub key_fetch_network: KeyFetchNetwork,
     /// How many actors a delegated token's chain may hold (token exchange, RFC 8693).
     pub max_delegation_depth: usize,
+    /// The URL clients reach the API at, without a trailing slash: the base of the discovery
+    /// metadata's endpoints and of the `htu` a DPoP proof must name. Behind API Gateway or a
+    /// custom domain a function never sees it, so it is configured; the issuer by default.
+    pub public_url: String,
+    pub dpop: DpopSettings,
 }
+
+/// How DPoP proofs (RFC 9449) are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// How far a proof's `iat` may be from now, either way: how long a captured proof could be
+    /// replayed, were its `jti` not single use.
+    pub proof_max_age_seconds: i64,
+    /// Whether the token endpoint requires a server nonce in every proof (RFC 9449 §8), which
+    /// bounds a proof's life by the server's clock rather than the client's.
+    pub nonces: bool,
+}
+
+pub const DEFAULT_DPOP_PROOF_MAX_AGE_SECONDS: i64 = 60;
 
 /// Brute-force and rate limits, counted in the store so they hold across instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +243,40 @@ impl Config {
                 1,
                 10,
             )?,
+            public_url: match lookup("AGENTIDP_PUBLIC_URL") {
+                None => issuer.clone(),
+                Some(url) => {
+                    let url = url.trim_end_matches('/').to_owned();
+                    if !(url.starts_with("https://") || url.starts_with("http://"))
+                        || url::Url::parse(&url).is_err()
+                    {
+                        return Err(ConfigError::Malformed {
+                            name: "AGENTIDP_PUBLIC_URL",
+                            problem: "must be an http(s) URL".into(),
+                        });
+                    }
+                    url
+                }
+            },
+            dpop: DpopSettings {
+                proof_max_age_seconds: number(
+                    &lookup,
+                    "AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS",
+                    DEFAULT_DPOP_PROOF_MAX_AGE_SECONDS,
+                    5,
+                    600,
+                )?,
+                nonces: match lookup("AGENTIDP_DPOP_NONCES").as_deref().map(str::trim) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(text) => {
+                        return Err(ConfigError::Malformed {
+                            name: "AGENTIDP_DPOP_NONCES",
+                            problem: format!("`{text}` is not true or false"),
+                        });
+                    }
+                },
+            },
             key_fetch_network: match lookup("AGENTIDP_KEY_FETCH_NETWORK") {
                 None => KeyFetchNetwork::Public,
                 Some(text) => KeyFetchNetwork::parse(&text).ok_or(ConfigError::Malformed {
@@ -304,6 +356,33 @@ mod tests {
         assert_eq!(config.signing_algorithm, SigningAlgorithm::RS256);
         assert_eq!(config.free_limits, PlanLimits::FREE_DEFAULT);
         assert_eq!(config.key_fetch_network, KeyFetchNetwork::Public);
+        assert_eq!(config.public_url, config.issuer);
+        assert_eq!(config.dpop.proof_max_age_seconds, 60);
+        assert!(!config.dpop.nonces);
+    }
+
+    #[test]
+    fn a_public_url_and_dpop_settings_are_read_and_a_bad_one_is_named() {
+        let config = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "https://idp.example.com"),
+            ("AGENTIDP_PUBLIC_URL", "https://api.example.com/idp/"),
+            ("AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS", "30"),
+            ("AGENTIDP_DPOP_NONCES", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.public_url, "https://api.example.com/idp");
+        assert_eq!(config.dpop.proof_max_age_seconds, 30);
+        assert!(config.dpop.nonces);
+        for (name, value) in [
+            ("AGENTIDP_PUBLIC_URL", "ftp://x"),
+            ("AGENTIDP_DPOP_NONCES", "yes"),
+            ("AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS", "3600"),
+        ] {
+            let err =
+                Config::from_lookup(lookup(&[("AGENTIDP_ISSUER", "http://x"), (name, value)]))
+                    .unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

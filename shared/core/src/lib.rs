@@ -6,6 +6,7 @@
 pub mod client_keys;
 pub mod config;
 pub mod domain;
+pub mod dpop;
 pub mod error;
 pub mod files;
 pub mod remote_keys;

@@ -93,6 +93,8 @@ pub enum Guard {
     TokenQuota,
     /// `UseClientAssertion`: no assertion of this client with this `jti` was used before.
     AssertionReplayed,
+    /// `UseDpopProof`: no DPoP proof made with this key with this `jti` was used before.
+    DpopProofReplayed,
 }
 
 /// One conditional write of an atomic batch.
@@ -191,6 +193,15 @@ pub enum Write {
         jti: String,
         expires_at: DateTime<Utc>,
     },
+    /// Records that a DPoP proof (RFC 9449) was used, until `expires_at`, when its `iat` is too
+    /// old for it to be accepted anyway. Keyed by the proof's key as well as its `jti`, so no
+    /// one without the key can spend a `jti` of its holder's. Condition: no record of this
+    /// key's `jti`.
+    UseDpopProof {
+        key_thumbprint: String,
+        jti: String,
+        expires_at: DateTime<Utc>,
+    },
     /// Unconditional.
     Audit(AuditEvent),
     /// Adds one to a throttle counter (failed authentications of a client or an address, or
@@ -228,6 +239,7 @@ impl Write {
             }
             Write::CountTokenRequest { .. } => Some(Guard::TokenQuota),
             Write::UseClientAssertion { .. } => Some(Guard::AssertionReplayed),
+            Write::UseDpopProof { .. } => Some(Guard::DpopProofReplayed),
             Write::ReleaseAgentName { .. }
             | Write::ReleaseResourceIdentifier { .. }
             | Write::RevokeToken { .. }

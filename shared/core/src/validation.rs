@@ -149,6 +149,18 @@ impl JsonObject {
         }
     }
 
+    /// A boolean field; `None` when absent or refused (null included: a flag is never cleared).
+    pub fn optional_bool(&mut self, field: &'static str) -> Option<bool> {
+        match self.take(field)? {
+            Value::Bool(value) => Some(value),
+            _ => {
+                self.errors
+                    .push(FieldError::new(field, "must be true or false"));
+                None
+            }
+        }
+    }
+
     pub fn required_text(&mut self, field: &'static str, max_chars: usize) -> Option<String> {
         match self.optional_text(field, max_chars) {
             Some(Some(s)) => Some(s),

@@ -5,6 +5,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::{ApiResponse, json_response};
+use agentidp_core::client_keys::ASSERTION_ALGORITHMS as DPOP_ALGORITHMS;
 use agentidp_core::error::Chain;
 use agentidp_core::service::tokens::OAuthError;
 use agentidp_core::service::{LimitExceeded, ScopeShortfall, ServiceError, Unauthenticated};
@@ -148,13 +149,40 @@ fn service_error(e: ServiceError) -> ApiResponse {
                 "A valid bearer access token is required.",
                 json!([]),
             );
-            let challenge = match reason {
-                Unauthenticated::NoToken => r#"Bearer realm="agentidp""#.to_owned(),
-                Unauthenticated::InvalidToken => format!(
-                    r#"Bearer realm="agentidp", error="invalid_token", error_description="{reason}""#
+            // RFC 9449 §7.1: a resource that takes both schemes offers both challenges, each in
+            // its own header, the DPoP one with the algorithms it accepts; an error goes in the
+            // challenge of the scheme the token was presented in.
+            let algs = DPOP_ALGORITHMS.join(" ");
+            let dpop = |error: Option<(&str, &Unauthenticated)>| match error {
+                None => format!(r#"DPoP realm="agentidp", algs="{algs}""#),
+                Some((error, reason)) => format!(
+                    r#"DPoP realm="agentidp", error="{error}", error_description="{reason}", algs="{algs}""#
                 ),
             };
-            set(&mut response, header::WWW_AUTHENTICATE, &challenge);
+            let challenges = match reason {
+                Unauthenticated::NoToken => {
+                    vec![r#"Bearer realm="agentidp""#.to_owned(), dpop(None)]
+                }
+                Unauthenticated::InvalidToken => vec![
+                    format!(
+                        r#"Bearer realm="agentidp", error="invalid_token", error_description="{reason}""#
+                    ),
+                    dpop(None),
+                ],
+                Unauthenticated::InvalidDpopToken | Unauthenticated::BoundTokenAsBearer => {
+                    vec![dpop(Some(("invalid_token", &reason)))]
+                }
+                Unauthenticated::InvalidDpopProof(_) => {
+                    vec![dpop(Some(("invalid_dpop_proof", &reason)))]
+                }
+            };
+            for challenge in challenges {
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response
+                        .headers_mut()
+                        .append(header::WWW_AUTHENTICATE, value);
+                }
+            }
             response
         }
         ServiceError::InsufficientScope { missing, shortfall } => {
@@ -371,6 +399,26 @@ fn oauth_error(e: OAuthError) -> ApiResponse {
             &description,
             json!({}),
         ),
+        OAuthError::InvalidDpopProof(description) => oauth_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            &description,
+            json!({}),
+        ),
+        OAuthError::UseDpopNonce { nonce } => {
+            let mut response = oauth_body(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "The DPoP proof must carry the server's nonce: use the one in the DPoP-Nonce header.",
+                json!({}),
+            );
+            set(
+                &mut response,
+                header::HeaderName::from_static(crate::oauth::DPOP_NONCE),
+                &nonce,
+            );
+            response
+        }
         OAuthError::UnsupportedGrantType => oauth_body(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",

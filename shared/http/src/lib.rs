@@ -560,3 +560,21 @@ mod tests {
         assert_eq!(m.params, vec!["x", "y"]);
     }
 }
+
+/// The request's DPoP proof (RFC 9449 §4.1): `None` without a `DPoP` header; refused when it is
+/// sent more than once or is not text (§4.3).
+pub(crate) fn dpop_proof(
+    request: &ApiRequest,
+) -> Result<Option<agentidp_core::dpop::DpopProof>, agentidp_core::dpop::DpopRejection> {
+    let mut values = request.headers.get_all("dpop").iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(agentidp_core::dpop::DpopRejection::Malformed);
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| agentidp_core::dpop::DpopRejection::Malformed)?;
+    Ok(Some(agentidp_core::dpop::DpopProof::new(text.to_owned())))
+}

@@ -22,8 +22,9 @@ use agentidp_core::service::agents::{AgentChanges, NewAgent};
 use agentidp_core::service::audit::AuditFilters;
 use agentidp_core::service::credentials::RequestedProof;
 use agentidp_core::service::resources::{NewResource, ResourceChanges};
+use agentidp_core::service::tokens::{PresentedToken, TokenScheme};
 use agentidp_core::service::trusted_issuers::{NewTrustedIssuer, TrustedIssuerChanges};
-use agentidp_core::service::{Caller, Idp, ServiceError};
+use agentidp_core::service::{Caller, Idp, ServiceError, Unauthenticated};
 use agentidp_core::validation::{
     BodyError, FieldError, JsonObject, QueryParams, check_capability, check_resource_scope,
     check_scope, limits, parse_id, resource_identifier,
@@ -36,14 +37,36 @@ fn validation(errors: Vec<FieldError>) -> ApiError {
     ApiError::Invalid(errors)
 }
 
-/// The bearer token of the `Authorization` header, if it has one.
-pub(crate) fn bearer_token(request: &ApiRequest) -> Option<&str> {
+/// The access token of the `Authorization` header, in the Bearer or DPoP scheme, with the DPoP
+/// proof beside it, if the request has one. More than one `DPoP` header is not a proof (RFC
+/// 9449 §4.3).
+pub(crate) fn presented_token(request: &ApiRequest) -> Result<Option<PresentedToken>, ApiError> {
+    let proof = crate::dpop_proof(request).map_err(|rejection| {
+        ApiError::Service(ServiceError::Unauthenticated(
+            Unauthenticated::InvalidDpopProof(rejection),
+        ))
+    })?;
+    Ok(token_of(request).map(|(scheme, token)| PresentedToken {
+        token: token.to_owned(),
+        scheme,
+        proof,
+        method: request.method.as_str().to_owned(),
+        path: request.path.clone(),
+    }))
+}
+
+/// The `Authorization` header's scheme and token, if it has one in a scheme known here.
+fn token_of(request: &ApiRequest) -> Option<(TokenScheme, &str)> {
     let value = request.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        TokenScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        TokenScheme::Dpop
+    } else {
+        return None;
+    };
+    Some((scheme, token.trim())).filter(|(_, token)| !token.is_empty())
 }
 
 /// A JSON body, if the request has one: anything but JSON is refused with 415.
@@ -82,6 +105,7 @@ fn read_new_agent(body: &mut JsonObject) -> NewAgent {
         scopes: body.string_list("scopes", check_scope).unwrap_or_default(),
         metadata: body.string_map("metadata").unwrap_or_default(),
         delegation: read_delegation(body).flatten(),
+        require_dpop: body.optional_bool("requireDpop").unwrap_or_default(),
     }
 }
 
@@ -198,6 +222,7 @@ fn read_changes(body: &mut JsonObject) -> AgentChanges {
     };
     AgentChanges {
         delegation: read_delegation(body),
+        require_dpop: body.optional_bool("requireDpop"),
         name,
         description: body.optional_text("description", limits::DESCRIPTION_CHARS),
         owner: body.optional_text("owner", limits::OWNER_CHARS),
@@ -475,8 +500,9 @@ pub(super) async fn serve(
     params: &[String],
     request: ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
+    let presented = presented_token(&request)?;
     let caller: Caller = idp
-        .authenticate_bearer(bearer_token(&request), request.context.clone())
+        .authenticate_caller(presented.as_ref(), request.context.clone())
         .await?;
     // Scope before input: a caller without the right gets 403 whatever it sent.
     caller.require(required_scope(endpoint))?;

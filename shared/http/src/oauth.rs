@@ -14,12 +14,16 @@ use crate::errors::ApiError;
 use crate::{ApiRequest, ApiResponse, Endpoint, json_response, media_type};
 use agentidp_core::client_keys::{ASSERTION_ALGORITHMS, ClientAssertion};
 use agentidp_core::domain::scope::MANAGEMENT_SCOPES;
+use agentidp_core::dpop::DpopProof;
 use agentidp_core::secret::ClientSecret;
 use agentidp_core::service::Idp;
 use agentidp_core::service::tokens::{
     ClientAuthMethod, ClientAuthentication, ClientProofPresented, EndpointAuth, ExchangeRequest,
-    OAuthError, TOKEN_EXCHANGE_GRANT,
+    OAuthError, TOKEN_EXCHANGE_GRANT, TokenGrant,
 };
+
+/// The header a server nonce is sent in (RFC 9449 §8).
+pub(crate) const DPOP_NONCE: &str = "dpop-nonce";
 
 /// How long clients may cache the JWKS and metadata. Short, so a new key is picked up soon
 /// after rotation; the previous key stays published well beyond this.
@@ -302,17 +306,43 @@ async fn exchange(
         scope: scope_parameter(params)?,
         resource: resource.as_deref(),
     };
-    let grant = idp.exchange_token(auth, exchange, &request.context).await?;
-    Ok(no_store(json_response(
-        StatusCode::OK,
-        &json!({
-            "access_token": grant.access_token,
-            "issued_token_type": ACCESS_TOKEN_TYPE_URN,
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in,
-            "scope": grant.scope,
-        }),
-    )))
+    let dpop = token_request_proof(request)?;
+    let grant = idp
+        .exchange_token(auth, exchange, dpop.as_ref(), &request.context)
+        .await?;
+    Ok(granted(
+        &grant,
+        json!({ "issued_token_type": ACCESS_TOKEN_TYPE_URN }),
+    ))
+}
+
+/// A token request's DPoP proof, if it sent one.
+fn token_request_proof(request: &ApiRequest) -> Result<Option<DpopProof>, ApiError> {
+    crate::dpop_proof(request)
+        .map_err(|rejection| ApiError::OAuth(OAuthError::InvalidDpopProof(rejection.to_string())))
+}
+
+/// The token response (RFC 6749 §5.1), with `extra` members, and the next DPoP nonce when proofs
+/// must carry one (RFC 9449 §8).
+fn granted(grant: &TokenGrant, extra: Value) -> ApiResponse {
+    let mut body = json!({
+        "access_token": grant.access_token,
+        "token_type": grant.token_type,
+        "expires_in": grant.expires_in,
+        "scope": grant.scope,
+    });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    let mut response = no_store(json_response(StatusCode::OK, &body));
+    if let Some(nonce) = grant
+        .dpop_nonce
+        .as_deref()
+        .and_then(|nonce| HeaderValue::from_str(nonce).ok())
+    {
+        response.headers_mut().insert(DPOP_NONCE, nonce);
+    }
+    response
 }
 
 /// The grant of RFC 7523 §2.1: a token another issuer gave the workload, as `assertion`.
@@ -368,9 +398,9 @@ fn endpoint_auth(
     if let Some(client) = client_authentication(request, params)? {
         return Ok(EndpointAuth::Client(client));
     }
-    match crate::management::bearer_token(request) {
-        Some(token) => Ok(EndpointAuth::Bearer(token.to_owned())),
-        None => Err(ApiError::OAuth(OAuthError::InvalidClient { basic: true })),
+    match crate::management::presented_token(request) {
+        Ok(Some(presented)) => Ok(EndpointAuth::Token(presented)),
+        Ok(None) | Err(_) => Err(ApiError::OAuth(OAuthError::InvalidClient { basic: true })),
     }
 }
 
@@ -420,18 +450,17 @@ pub(super) async fn serve(
                     })
                 })
                 .transpose()?;
+            let dpop = token_request_proof(&request)?;
             let grant = idp
-                .issue_token(auth, scope, resource.as_deref(), &request.context)
+                .issue_token(
+                    auth,
+                    scope,
+                    resource.as_deref(),
+                    dpop.as_ref(),
+                    &request.context,
+                )
                 .await?;
-            Ok(no_store(json_response(
-                StatusCode::OK,
-                &json!({
-                    "access_token": grant.access_token,
-                    "token_type": "Bearer",
-                    "expires_in": grant.expires_in,
-                    "scope": grant.scope,
-                }),
-            )))
+            Ok(granted(&grant, json!({})))
         }
         Endpoint::Introspect => {
             let mut params = parameters(&request, ResourceIndicators::NotHere)?;
@@ -451,9 +480,12 @@ pub(super) async fn serve(
                         "iat": c.iat,
                         "nbf": c.nbf,
                         "jti": c.jti,
-                        "token_type": "Bearer",
+                        "token_type": if c.cnf.is_some() { "DPoP" } else { "Bearer" },
                         "org_id": c.org_id,
                     });
+                    if let Some(cnf) = &c.cnf {
+                        body["cnf"] = json!(cnf);
+                    }
                     if let Some(act) = &c.act {
                         body["act"] = json!(act);
                     }
@@ -508,9 +540,10 @@ pub(super) async fn serve(
 /// supports none.
 async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiResponse, ApiError> {
     let keys = idp.published_keys().await.map_err(OAuthError::from)?;
-    let base = &idp.config().issuer;
+    let config = idp.config();
+    let base = &config.public_url;
     let mut document = json!({
-        "issuer": organization_issuer.as_deref().unwrap_or(base),
+        "issuer": organization_issuer.as_deref().unwrap_or(&config.issuer),
         "authorization_endpoint": format!("{base}/api/v1/authorize"),
         "token_endpoint": format!("{base}/api/v1/token"),
         "introspection_endpoint": format!("{base}/api/v1/token/introspect"),
@@ -525,6 +558,7 @@ async fn metadata(idp: &Idp, organization_issuer: Option<String>) -> Result<ApiR
         "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "access_token_signing_alg_values_supported": keys.algorithms(),
+        "dpop_signing_alg_values_supported": ASSERTION_ALGORITHMS,
     });
     if organization_issuer.is_none() {
         document["scopes_supported"] = json!(MANAGEMENT_SCOPES);

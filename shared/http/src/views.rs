@@ -40,6 +40,8 @@ pub struct AgentView {
     /// When its kill switch was last pulled; absent when never.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_not_before: Option<String>,
+    /// Whether its tokens must be DPoP-bound.
+    pub require_dpop: bool,
 }
 
 impl From<&Agent> for AgentView {
@@ -58,6 +60,7 @@ impl From<&Agent> for AgentView {
             decommissioned_at: a.decommissioned_at.as_ref().map(ts),
             delegation: a.delegation.clone(),
             tokens_not_before: a.tokens_not_before.as_ref().map(ts),
+            require_dpop: a.require_dpop,
         }
     }
 }

@@ -42,6 +42,7 @@ fn claims() -> AccessTokenClaims {
         may_act: None,
         chain_jtis: Vec::new(),
         chain_iat: None,
+        cnf: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         may_act: None,
         chain_jtis: Vec::new(),
         chain_iat: None,
+        cnf: None,
     }
 }
 

@@ -109,6 +109,9 @@ pub(crate) fn agent_item(agent: &Agent) -> Item {
         "tokensNotBefore",
         agent.tokens_not_before.as_ref().map(time),
     );
+    if agent.require_dpop {
+        item.insert(REQUIRE_DPOP.into(), AttributeValue::Bool(true));
+    }
     item.insert(VERSION.into(), n(agent.version));
     item
 }
@@ -134,6 +137,7 @@ pub(crate) fn agent_from(item: &Item) -> StoreResult<Agent> {
             .map(|text| serde_json::from_str(text).map_err(|_| r.malformed("delegation")))
             .transpose()?,
         tokens_not_before: r.opt_time("tokensNotBefore")?,
+        require_dpop: r.flag(REQUIRE_DPOP)?,
         version: r.u64(VERSION)?,
     })
 }
@@ -257,6 +261,9 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
             .collect();
         item.insert(AGENT_MAY_ACT.into(), string_list(&may_act));
     }
+    if credential.agent_requires_dpop {
+        item.insert(AGENT_REQUIRES_DPOP.into(), AttributeValue::Bool(true));
+    }
     item.insert("createdAt".into(), time(&credential.created_at));
     // A string, so that it could never be taken for a TTL attribute: an expired credential must
     // stay listable as `expired`.
@@ -282,6 +289,10 @@ pub(crate) fn credential_item(credential: &Credential) -> Item {
 const PUBLIC_KEYS: &str = "publicKeys";
 /// A copy of the agent's delegation policy's actors, absent when it names none.
 const AGENT_MAY_ACT: &str = "agentMayAct";
+/// Whether the agent's tokens must be DPoP-bound, and the credential's copy of it: present only
+/// when true, so items written before DPoP read as false.
+const REQUIRE_DPOP: &str = "requireDpop";
+const AGENT_REQUIRES_DPOP: &str = "agentRequiresDpop";
 
 pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
     let r = ItemReader::new(item, "credential");
@@ -308,6 +319,7 @@ pub(crate) fn credential_from(item: &Item) -> StoreResult<Credential> {
                 .map(|id| Uuid::parse_str(id).map_err(|_| r.malformed(AGENT_MAY_ACT)))
                 .collect::<StoreResult<_>>()?,
         },
+        agent_requires_dpop: r.flag(AGENT_REQUIRES_DPOP)?,
         created_at: r.time("createdAt")?,
         expires_at: r.opt_time("expiresAt")?,
         revoked_at: r.opt_time("revokedAt")?,
@@ -454,6 +466,15 @@ impl<'a> ItemReader<'a> {
         match self.get(name) {
             None => Ok(None),
             Some(AttributeValue::S(text)) => Ok(Some(text)),
+            Some(_) => Err(self.malformed(name)),
+        }
+    }
+
+    /// A boolean attribute that is absent when false.
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(AttributeValue::Bool(value)) => Ok(*value),
             Some(_) => Err(self.malformed(name)),
         }
     }

@@ -128,7 +128,8 @@ impl DynamoStore {
                 item.insert("expiresAtTime".into(), time(expires_at));
                 put(&tables.revoked_tokens, item, Expressions::default())
             }
-            Write::UseClientAssertion { expires_at, .. } => {
+            Write::UseClientAssertion { expires_at, .. }
+            | Write::UseDpopProof { expires_at, .. } => {
                 let mut item = id.key();
                 item.insert(EXPIRES_AT.into(), n(ttl_seconds(expires_at)));
                 item.insert("expiresAtTime".into(), time(expires_at));
@@ -200,6 +201,15 @@ fn item_id(write: &Write) -> ItemId {
         Write::UseClientAssertion { client_id, jti, .. } => ItemId::new(
             TableRole::Throttle,
             format!("assertion#{client_id}#{jti}"),
+            None,
+        ),
+        Write::UseDpopProof {
+            key_thumbprint,
+            jti,
+            ..
+        } => ItemId::new(
+            TableRole::Throttle,
+            format!("dpop#{key_thumbprint}#{jti}"),
             None,
         ),
         Write::Audit(event) => ItemId::new(

@@ -69,6 +69,7 @@ pub(crate) struct RawAgent {
     version: i64,
     delegation: Option<String>,
     tokens_not_before_ms: Option<i64>,
+    require_dpop: bool,
 }
 
 pub(crate) fn raw_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
@@ -89,6 +90,7 @@ pub(crate) fn raw_agent(row: &Row<'_>) -> rusqlite::Result<RawAgent> {
         version: row.get(13)?,
         delegation: row.get(14)?,
         tokens_not_before_ms: row.get(15)?,
+        require_dpop: row.get(16)?,
     })
 }
 
@@ -111,6 +113,7 @@ impl RawAgent {
             active_credentials: to_u64(self.active_credentials)?,
             delegation: self.delegation.as_deref().map(from_json).transpose()?,
             tokens_not_before: self.tokens_not_before_ms.map(time).transpose()?,
+            require_dpop: self.require_dpop,
             version: to_u64(self.version)?,
         })
     }
@@ -246,6 +249,7 @@ pub(crate) struct RawCredential {
     agent_scopes: String,
     public_keys: Option<String>,
     agent_may_act: Option<String>,
+    agent_requires_dpop: bool,
 }
 
 pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
@@ -265,6 +269,7 @@ pub(crate) fn raw_credential(row: &Row<'_>) -> rusqlite::Result<RawCredential> {
         agent_scopes: row.get(12)?,
         public_keys: row.get(13)?,
         agent_may_act: row.get(14)?,
+        agent_requires_dpop: row.get(15)?,
     })
 }
 
@@ -293,6 +298,7 @@ impl RawCredential {
                 .map(from_json)
                 .transpose()?
                 .unwrap_or_default(),
+            agent_requires_dpop: self.agent_requires_dpop,
         })
     }
 }

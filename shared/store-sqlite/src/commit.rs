@@ -228,6 +228,15 @@ fn apply(tx: &Connection, write: &Write) -> StoreResult<bool> {
             "INSERT INTO used_assertions (key, expires_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             (format!("{client_id} {jti}"), millis(expires_at)),
         ).map_err(db)?,
+        // Client ids are uuids, so the prefix keeps the two kinds of key apart.
+        Write::UseDpopProof {
+            key_thumbprint,
+            jti,
+            expires_at,
+        } => tx.cached_execute(
+            "INSERT INTO used_assertions (key, expires_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            (format!("dpop {key_thumbprint} {jti}"), millis(expires_at)),
+        ).map_err(db)?,
         Write::Audit(event) => insert_audit(tx, event)?,
         // Keys name their window, so a counter never outlives the window it counts.
         Write::Tally { key, expires_at } => tx.cached_execute(
@@ -291,13 +300,14 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
         ":version": version,
         ":delegation": delegation,
         ":tokens_not_before_ms": agent.tokens_not_before.as_ref().map(millis),
+        ":require_dpop": agent.require_dpop,
     };
     let Some(expected) = expected_version else {
         return tx.cached_execute(
             &format!(
                 "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (:org_id, :agent_id, :name, :description, :owner, \
                  :capabilities, :scopes, :metadata, :status, :created_at_ms, :updated_at_ms, :decommissioned_at_ms, \
-                 :active_credentials, :version, :delegation, :tokens_not_before_ms) ON CONFLICT DO NOTHING"
+                 :active_credentials, :version, :delegation, :tokens_not_before_ms, :require_dpop) ON CONFLICT DO NOTHING"
             ),
             values,
         ).map_err(db);
@@ -310,7 +320,8 @@ fn put_agent(tx: &Connection, agent: &Agent, expected_version: Option<u64>) -> S
          capabilities = :capabilities, scopes = :scopes, metadata = :metadata, status = :status, \
          created_at_ms = :created_at_ms, updated_at_ms = :updated_at_ms, \
          decommissioned_at_ms = :decommissioned_at_ms, active_credentials = :active_credentials, version = :version, \
-         delegation = :delegation, tokens_not_before_ms = :tokens_not_before_ms \
+         delegation = :delegation, tokens_not_before_ms = :tokens_not_before_ms, \
+         require_dpop = :require_dpop \
          WHERE org_id = :org_id AND agent_id = :agent_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)
@@ -436,6 +447,7 @@ fn put_credential(
         ":agent_scopes": agent_scopes,
         ":public_keys": public_keys,
         ":agent_may_act": agent_may_act,
+        ":agent_requires_dpop": credential.agent_requires_dpop,
     };
     let Some(expected) = expected_version else {
         // A client id already taken by another credential also leaves nothing inserted: the
@@ -444,7 +456,7 @@ fn put_credential(
             &format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (:credential_id, :client_id, :agent_id, \
                  :org_id, :secret_hash, :status, :agent_status, :created_at_ms, :expires_at_ms, :revoked_at_ms, \
-                 :rotated_at_ms, :version, :agent_scopes, :public_keys, :agent_may_act) ON CONFLICT DO NOTHING"
+                 :rotated_at_ms, :version, :agent_scopes, :public_keys, :agent_may_act, :agent_requires_dpop) ON CONFLICT DO NOTHING"
             ),
             values,
         ).map_err(db);
@@ -459,7 +471,8 @@ fn put_credential(
          secret_hash = :secret_hash, status = :status, agent_status = :agent_status, \
          created_at_ms = :created_at_ms, expires_at_ms = :expires_at_ms, revoked_at_ms = :revoked_at_ms, \
          rotated_at_ms = :rotated_at_ms, version = :version, agent_scopes = :agent_scopes, \
-         public_keys = :public_keys, agent_may_act = :agent_may_act \
+         public_keys = :public_keys, agent_may_act = :agent_may_act, \
+         agent_requires_dpop = :agent_requires_dpop \
          WHERE credential_id = :credential_id AND version = :expected_version",
         with_expected.as_slice(),
     ).map_err(db)

@@ -18,7 +18,15 @@ use crate::{STATEMENT_CACHE_CAPACITY, SqliteStore};
 /// tables), and lets the `public_keys` column hold any proof other than a secret: the keys, the
 /// URL they are published at, or a federated identity (`CredentialProof::stored_document`).
 /// Version 6 adds agents' delegation policy and kill switch (two columns, `MIGRATE_TO_6`).
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+/// Version 7 adds whether an agent's tokens must be DPoP-bound, and each credential's copy of it
+/// (`MIGRATE_TO_7`); used DPoP proofs share the `used_assertions` table under their own keys.
+pub(crate) const SCHEMA_VERSION: i64 = 7;
+
+/// Version 7: an agent's `requireDpop`, and its copy on each credential.
+const MIGRATE_TO_7: &str = "
+ALTER TABLE agents ADD COLUMN require_dpop INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN agent_requires_dpop INTEGER NOT NULL DEFAULT 0;
+";
 
 /// Version 6: who may act for an agent (JSON), and the instant its tokens stop.
 const MIGRATE_TO_6: &str = "
@@ -66,6 +74,7 @@ CREATE TABLE IF NOT EXISTS agents (
     version              INTEGER NOT NULL,
     delegation           TEXT,
     tokens_not_before_ms INTEGER,
+    require_dpop         INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (org_id, agent_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS agents_by_age ON agents (org_id, created_at_ms, agent_id);
@@ -145,7 +154,8 @@ CREATE TABLE IF NOT EXISTS credentials (
     version       INTEGER NOT NULL,
     public_keys   TEXT,
     -- JSON list of agent ids; null for none
-    agent_may_act TEXT
+    agent_may_act TEXT,
+    agent_requires_dpop INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS credentials_by_agent ON credentials (org_id, agent_id, created_at_ms, credential_id);
 
@@ -203,7 +213,7 @@ CREATE INDEX IF NOT EXISTS audit_by_action ON audit_events (org_id, action, time
 ";
 
 pub(crate) const AGENT_COLUMNS: &str = "org_id, agent_id, name, description, owner, capabilities, scopes, metadata, status, \
-     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version, delegation, tokens_not_before_ms";
+     created_at_ms, updated_at_ms, decommissioned_at_ms, active_credentials, version, delegation, tokens_not_before_ms, require_dpop";
 
 pub(crate) const RESOURCE_COLUMNS: &str = "org_id, resource_id, identifier, name, description, scopes, created_at_ms, \
      updated_at_ms, version";
@@ -212,7 +222,7 @@ pub(crate) const TRUSTED_ISSUER_COLUMNS: &str = "org_id, issuer_id, issuer, audi
      created_at_ms, updated_at_ms, version";
 
 pub(crate) const CREDENTIAL_COLUMNS: &str = "credential_id, client_id, agent_id, org_id, secret_hash, status, agent_status, \
-     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys, agent_may_act";
+     created_at_ms, expires_at_ms, revoked_at_ms, rotated_at_ms, version, agent_scopes, public_keys, agent_may_act, agent_requires_dpop";
 
 pub(crate) const AUDIT_COLUMNS: &str = "event_id, org_id, timestamp_ms, action, outcome, actor, subject_agent_id, resource, \
      request_id, source_ip, user_agent, details, expires_at_ms";
@@ -239,6 +249,9 @@ impl SqliteStore {
         }
         if (1..6).contains(&found) {
             tx.execute_batch(MIGRATE_TO_6).map_err(db)?;
+        }
+        if (1..7).contains(&found) {
+            tx.execute_batch(MIGRATE_TO_7).map_err(db)?;
         }
         tx.execute_batch(SCHEMA).map_err(db)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

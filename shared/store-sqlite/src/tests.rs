@@ -95,6 +95,7 @@ fn full_agent(org_id: Uuid) -> Agent {
         active_credentials: 3,
         delegation: None,
         tokens_not_before: None,
+        require_dpop: true,
         version: u64::try_from(i64::MAX).unwrap(),
     }
 }
@@ -116,6 +117,7 @@ fn bare_agent(org_id: Uuid) -> Agent {
         active_credentials: 0,
         delegation: None,
         tokens_not_before: None,
+        require_dpop: false,
         version: 0,
     }
 }
@@ -149,6 +151,7 @@ fn credential(org_id: Uuid, agent_id: Uuid, full: bool) -> Credential {
         } else {
             Vec::new()
         },
+        agent_requires_dpop: full,
         created_at: at(1_700_000_000_001),
         expires_at: full.then(|| at(1_800_000_000_002)),
         revoked_at: full.then(|| at(1_700_000_000_003)),
@@ -246,9 +249,14 @@ async fn a_purge_deletes_only_what_has_expired_in_every_expiring_table() {
             jti: format!("assertion-{expired}"),
             expires_at: expiring_at(expired),
         });
+        writes.push(Write::UseDpopProof {
+            key_thumbprint: "thumbprint".into(),
+            jti: format!("proof-{expired}"),
+            expires_at: expiring_at(expired),
+        });
     }
     store.commit(writes).await.unwrap();
-    let expired_count = audit.len() - kept_events.len() + 3;
+    let expired_count = audit.len() - kept_events.len() + 4;
 
     assert_eq!(
         store.purge_expired(now).await.unwrap(),
@@ -274,7 +282,18 @@ async fn a_purge_deletes_only_what_has_expired_in_every_expiring_table() {
             rows("tallies"),
             rows("used_assertions")
         ),
-        (1, 1, 1)
+        (1, 1, 2)
+    );
+    // The kept proof is still used: a second use is refused.
+    assert!(
+        store
+            .commit(vec![Write::UseDpopProof {
+                key_thumbprint: "thumbprint".into(),
+                jti: "proof-false".into(),
+                expires_at: expiring_at(false),
+            }])
+            .await
+            .is_err()
     );
     // The kept assertion is still used: a second use is refused.
     assert!(
@@ -425,6 +444,7 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
     // A version-3 build kept no copy of who may act for the agent.
     let old = Credential {
         agent_may_act: Vec::new(),
+        agent_requires_dpop: false,
         ..credential(org, agent, true)
     };
     store
@@ -441,7 +461,9 @@ async fn a_version_3_file_gets_the_column_for_public_keys_and_keeps_its_credenti
         "ALTER TABLE credentials DROP COLUMN public_keys; DROP TABLE used_assertions; \
          ALTER TABLE agents DROP COLUMN delegation; \
          ALTER TABLE agents DROP COLUMN tokens_not_before_ms; \
-         ALTER TABLE credentials DROP COLUMN agent_may_act; PRAGMA user_version = 3;",
+         ALTER TABLE credentials DROP COLUMN agent_may_act; \
+         ALTER TABLE agents DROP COLUMN require_dpop; \
+         ALTER TABLE credentials DROP COLUMN agent_requires_dpop; PRAGMA user_version = 3;",
     )
     .unwrap();
     drop(conn);
@@ -606,12 +628,14 @@ async fn a_write_blocked_by_another_connection_reports_unavailable() {
 }
 
 #[tokio::test]
-async fn a_version_5_file_gets_the_agents_delegation_and_kill_switch_and_keeps_its_agents() {
+async fn a_version_5_file_gets_the_agents_delegation_kill_switch_and_dpop_flag_and_keeps_its_agents()
+ {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idp.sqlite");
     let store = SqliteStore::open(&path).unwrap();
     let agent = Agent {
         version: 1,
+        require_dpop: false,
         ..full_agent(Uuid::new_v4())
     };
     store
@@ -622,11 +646,13 @@ async fn a_version_5_file_gets_the_agents_delegation_and_kill_switch_and_keeps_i
         .await
         .unwrap();
     drop(store);
-    // What a version-5 build left: agents without the two columns.
+    // What a version-5 build left: agents without the three columns.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "ALTER TABLE agents DROP COLUMN delegation; \
          ALTER TABLE agents DROP COLUMN tokens_not_before_ms; \
+         ALTER TABLE agents DROP COLUMN require_dpop; \
+         ALTER TABLE credentials DROP COLUMN agent_requires_dpop; \
          ALTER TABLE credentials DROP COLUMN agent_may_act; PRAGMA user_version = 5;",
     )
     .unwrap();
@@ -643,6 +669,7 @@ async fn a_version_5_file_gets_the_agents_delegation_and_kill_switch_and_keeps_i
             scopes: Some(vec!["reports:read".into()]),
         }),
         tokens_not_before: Some(at(1_900_000_000_000)),
+        require_dpop: true,
         version: agent.version + 1,
         ..agent.clone()
     };

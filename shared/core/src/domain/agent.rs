@@ -83,6 +83,10 @@ pub struct Agent {
     /// The kill switch: a token whose chain began (`AccessTokenClaims::origin_iat`) at or before
     /// this instant is inactive, wherever the agent stands in its chain.
     pub tokens_not_before: Option<DateTime<Utc>>,
+    /// Whether every token of the agent must be DPoP-bound (RFC 9449 §5.2's
+    /// `dpop_bound_access_tokens`): a token request without a proof is refused, and a token
+    /// issued to it unbound, before this was set, is no longer honoured.
+    pub require_dpop: bool,
     /// Bumped on every write; writes are conditional on the version they read.
     pub version: u64,
 }

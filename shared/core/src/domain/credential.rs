@@ -187,6 +187,8 @@ pub struct Credential {
     /// A copy of who the agent's delegation policy lets act for it, kept in step likewise: its
     /// tokens carry it as `may_act` without the agent record being read.
     pub agent_may_act: Vec<Uuid>,
+    /// A copy of whether the agent's tokens must be DPoP-bound, kept in step likewise.
+    pub agent_requires_dpop: bool,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -210,6 +212,7 @@ impl std::fmt::Debug for Credential {
             .field("agent_status", &self.agent_status)
             .field("agent_scopes", &self.agent_scopes)
             .field("agent_may_act", &self.agent_may_act)
+            .field("agent_requires_dpop", &self.agent_requires_dpop)
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
@@ -269,6 +272,7 @@ mod tests {
                 agent_status: agent,
                 agent_scopes: Vec::new(),
                 agent_may_act: Vec::new(),
+                agent_requires_dpop: false,
                 created_at: now,
                 expires_at: expires_in.map(|d| now + d),
                 revoked_at: None,

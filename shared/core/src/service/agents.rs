@@ -27,6 +27,7 @@ pub struct NewAgent {
     pub scopes: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub delegation: Option<DelegationPolicy>,
+    pub require_dpop: bool,
 }
 
 /// The fields of `PATCH /agents/{id}`: `None` leaves a field alone; for the optional text
@@ -42,6 +43,7 @@ pub struct AgentChanges {
     pub status: Option<AgentStatus>,
     /// `Some(None)` withdraws the policy: no one may act for the agent any more.
     pub delegation: Option<Option<DelegationPolicy>>,
+    pub require_dpop: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,7 @@ pub(crate) fn credential_sync_writes(
                 .as_ref()
                 .map(|policy| policy.may_act.clone())
                 .unwrap_or_default();
+            next.agent_requires_dpop = agent.require_dpop;
             if let Some(at) = revoke_at {
                 next.status = CredentialStatus::Revoked;
                 next.revoked_at = Some(at);
@@ -145,6 +148,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             active_credentials: 0,
             delegation: input.delegation,
             tokens_not_before: None,
+            require_dpop: input.require_dpop,
             version: 1,
         };
         let event = EventDraft {
@@ -397,6 +401,12 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
                 next.delegation = delegation.clone();
                 changed.push("delegation");
             }
+            if let Some(require_dpop) = changes.require_dpop
+                && require_dpop != current.require_dpop
+            {
+                next.require_dpop = require_dpop;
+                changed.push("requireDpop");
+            }
             if let Some(status) = status_change {
                 next.status = status;
                 changed.push("status");
@@ -431,6 +441,7 @@ impl<S: OrgReader + AgentReader + CredentialReader + Commit + ?Sized> Idp<S> {
             if status_change.is_some()
                 || next.scopes != current.scopes
                 || next.delegation != current.delegation
+                || next.require_dpop != current.require_dpop
             {
                 let credentials = self.store.list_credentials(caller.org_id, agent_id).await?;
                 let rewrites = credential_sync_writes(&credentials, &next, None);

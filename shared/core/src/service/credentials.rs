@@ -231,6 +231,7 @@ impl<
                     .as_ref()
                     .map(|policy| policy.may_act.clone())
                     .unwrap_or_default(),
+                agent_requires_dpop: agent.require_dpop,
                 created_at: now,
                 expires_at,
                 revoked_at: None,

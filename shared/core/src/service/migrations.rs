@@ -135,6 +135,7 @@ mod tests {
             active_credentials: 0,
             delegation: None,
             tokens_not_before: None,
+            require_dpop: false,
             version: 1,
         }
     }

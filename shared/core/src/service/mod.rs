@@ -194,13 +194,21 @@ pub(crate) fn settle<T>(committed: Result<(), StoreError>, value: T) -> ServiceR
 }
 
 /// Why a management call was not authenticated. RFC 6750 §3.1: a request without a token gets
-/// a bare challenge, one with a bad token `invalid_token`.
+/// a bare challenge, one with a bad token `invalid_token`; RFC 9449 §7.1 the same in the DPoP
+/// scheme, and `invalid_dpop_proof` for a bad proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Unauthenticated {
     #[error("a bearer access token is required")]
     NoToken,
     #[error("the access token is invalid, expired or revoked")]
     InvalidToken,
+    /// Presented in the DPoP scheme: invalid, expired, revoked, or not DPoP-bound.
+    #[error("the access token is invalid, expired, revoked or not DPoP-bound")]
+    InvalidDpopToken,
+    #[error("the access token is DPoP-bound: present it in the DPoP scheme with a proof")]
+    BoundTokenAsBearer,
+    #[error("{0}")]
+    InvalidDpopProof(crate::dpop::DpopRejection),
 }
 
 /// Why a caller's scopes were not enough.

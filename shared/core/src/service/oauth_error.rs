@@ -25,6 +25,12 @@ pub enum OAuthError {
     InvalidTarget(String),
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
+    /// RFC 9449 §5: the DPoP proof is missing where one is required, or is not valid.
+    #[error("invalid_dpop_proof: {0}")]
+    InvalidDpopProof(String),
+    /// RFC 9449 §8: the proof must carry a server nonce; `nonce` is a fresh one.
+    #[error("use_dpop_nonce")]
+    UseDpopNonce { nonce: String },
     #[error("quota exceeded")]
     /// The month's token quota is used up; `retry_after` counts (by the service's clock) to
     /// the start of the next calendar month, when it resets.

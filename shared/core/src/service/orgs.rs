@@ -59,6 +59,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
             active_credentials: 1,
             delegation: None,
             tokens_not_before: None,
+            require_dpop: false,
             version: 1,
         }
     }
@@ -81,6 +82,7 @@ impl<S: OrgReader + AgentReader + Commit + ?Sized> Idp<S> {
                 agent_status: agent.status,
                 agent_scopes: agent.scopes.clone(),
                 agent_may_act: Vec::new(),
+                agent_requires_dpop: agent.require_dpop,
                 created_at: self.now(),
                 expires_at: None,
                 revoked_at: None,

@@ -18,8 +18,9 @@ use crate::client_keys::{
     FederatedExpectations, PublicKeys, VerifiedAssertion, VerifiedFederation,
 };
 use crate::domain::{CredentialProof, TrustedIssuer};
+use crate::dpop::{DpopExpectations, DpopNonces, DpopProof, DpopRejection, VerifiedDpopProof};
 use crate::secret::ClientSecret;
-use crate::signing::{AccessTokenClaims, ActorClaim, TokenPolicy};
+use crate::signing::{AccessTokenClaims, ActorClaim, Confirmation, TokenPolicy};
 use crate::store::{
     AgentReader, Commit, CredentialReader, OrgReader, ResourceReader, RevocationReader,
     ThrottleReader, TrustedIssuerReader,
@@ -78,6 +79,32 @@ pub struct TokenGrant {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: String,
+    /// `DPoP` for a token bound to a key (RFC 9449 §5), else `Bearer`.
+    pub token_type: &'static str,
+    /// A fresh server nonce, when proofs must carry one: the client's next proof uses it.
+    pub dpop_nonce: Option<String>,
+}
+
+/// The token endpoint's path: what a proof sent there names in `htu`, after the public URL.
+pub const TOKEN_ENDPOINT_PATH: &str = "/api/v1/token";
+
+/// How an access token was presented (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    Bearer,
+    Dpop,
+}
+
+/// An access token as a request presents it: the scheme, the DPoP proof beside it if any, and
+/// the request the proof must name.
+#[derive(Debug)]
+pub struct PresentedToken {
+    pub token: String,
+    pub scheme: TokenScheme,
+    pub proof: Option<DpopProof>,
+    pub method: String,
+    /// The request's path, which follows the public URL in the proof's `htu`.
+    pub path: String,
 }
 
 /// A client that proved who it is: its credential, its organization's claim of the requested
@@ -130,6 +157,10 @@ struct GrantBasis {
     allowed: ScopeSet,
     /// For a token exchanged for another agent (RFC 8693): whose it is, and the chain.
     delegation: Option<Delegated>,
+    /// The DPoP proof the token is to be bound to; its single use commits with the token.
+    binding: Option<VerifiedDpopProof>,
+    /// Whether the token must be bound: a request without a proof is refused.
+    binding_required: bool,
 }
 
 /// A delegated token's subject and chain, from its subject and actor tokens.
@@ -243,7 +274,7 @@ impl ActiveToken {
 #[derive(Debug)]
 pub enum EndpointAuth {
     Client(ClientAuthentication),
-    Bearer(String),
+    Token(PresentedToken),
 }
 
 /// Why a client authentication failed, for the audit trail. The client is never told.
@@ -588,9 +619,11 @@ impl<
         let issuer = &self.config.issuer;
         // RFC 7523 §3: the authorization server's identity or the endpoint's URL. The
         // organization's own issuer too, which a client that discovered it there names.
+        let public_url = &self.config.public_url;
         let audiences = [
             issuer.clone(),
             format!("{issuer}/api/v1/token"),
+            format!("{public_url}/api/v1/token"),
             format!("{issuer}/api/v1/token/introspect"),
             format!("{issuer}/api/v1/token/revoke"),
             self.token_policy()
@@ -647,6 +680,69 @@ impl<
             .verify_federated(token, &expected, now)
             .map(Proof::Federation)
             .map_err(Denial::Assertion))
+    }
+
+    /// The DPoP nonces, when proofs at the token endpoint must carry one.
+    async fn required_nonces(&self) -> Result<Option<DpopNonces>, OAuthError> {
+        if !self.config.dpop.nonces {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.keys
+                .keys()
+                .await
+                .map_err(OAuthError::from)?
+                .dpop_nonces(),
+        ))
+    }
+
+    /// A nonce for the client's next proof, when proofs must carry one.
+    async fn fresh_dpop_nonce(&self) -> Result<Option<String>, OAuthError> {
+        Ok(self
+            .required_nonces()
+            .await?
+            .and_then(|nonces| nonces.issue(self.now())))
+    }
+
+    /// A token request's DPoP proof, checked before the client authenticates: it costs no read
+    /// and no bcrypt, so a proof that fails, or lacks the server's nonce, is answered without
+    /// either. Not audited, as a malformed parameter is not: no client is known yet.
+    async fn token_request_proof(
+        &self,
+        dpop: Option<&DpopProof>,
+    ) -> Result<Option<VerifiedDpopProof>, OAuthError> {
+        let Some(proof) = dpop else {
+            return Ok(None);
+        };
+        let nonces = self.required_nonces().await?;
+        let url = format!("{}{TOKEN_ENDPOINT_PATH}", self.config.public_url);
+        let expected = DpopExpectations {
+            method: "POST",
+            url: &url,
+            access_token: None,
+            max_age_seconds: self.config.dpop.proof_max_age_seconds,
+            nonces: nonces.as_ref(),
+        };
+        let now = self.now();
+        proof.verify(&expected, now).map(Some).map_err(|rejection| {
+            tracing::info!(
+                reason = rejection.as_str(),
+                "a DPoP proof was refused at the token endpoint"
+            );
+            match (rejection, nonces.as_ref().and_then(|n| n.issue(now))) {
+                (DpopRejection::NonceRequired, Some(nonce)) => OAuthError::UseDpopNonce { nonce },
+                _ => OAuthError::InvalidDpopProof(rejection.to_string()),
+            }
+        })
+    }
+
+    /// The write that records a proof's single use, until it is too old to be accepted anyway.
+    fn used_dpop_proof(&self, used: &VerifiedDpopProof) -> Write {
+        Write::UseDpopProof {
+            key_thumbprint: used.thumbprint.clone(),
+            jti: used.jti.clone(),
+            expires_at: used.replay_window_end(self.config.dpop.proof_max_age_seconds),
+        }
     }
 
     /// A replayed assertion is a failed authentication like a wrong secret: audited, and
@@ -746,9 +842,11 @@ impl<
         auth: ClientAuthentication,
         requested_scope: Option<&str>,
         resource: Option<&str>,
+        dpop: Option<&DpopProof>,
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
+        let binding = self.token_request_proof(dpop).await?;
         let Authenticated {
             credential,
             target,
@@ -760,6 +858,7 @@ impl<
         // The credential carries the agent's status (checked above) and scopes, kept in step on
         // every change of the agent, so the agent record need not be read here.
         let allowed = ScopeSet::from_list(credential.agent_scopes.iter().cloned());
+        let binding_required = credential.agent_requires_dpop;
         let basis = GrantBasis {
             credential,
             target,
@@ -767,6 +866,8 @@ impl<
             method: auth.method,
             allowed,
             delegation: None,
+            binding,
+            binding_required,
         };
         self.grant(basis, requested_scope, resource, context).await
     }
@@ -780,9 +881,11 @@ impl<
         self: &Arc<Self>,
         auth: ClientAuthentication,
         request: ExchangeRequest<'_>,
+        dpop: Option<&DpopProof>,
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
         let basic = auth.method == ClientAuthMethod::Basic;
+        let binding = self.token_request_proof(dpop).await?;
         let Authenticated {
             credential,
             target,
@@ -884,6 +987,15 @@ impl<
             not_after: subject.claims.exp,
             subject_token_id: subject.claims.jti.clone(),
         };
+        // A binding is never dropped along a chain: a bound subject or actor token, or an agent
+        // of the exchange whose tokens must be bound, makes the new token need a proof too. It
+        // is bound to the actor's key, the one whose holder presents it (RFC 9449 §6).
+        let binding_required = credential.agent_requires_dpop
+            || subject.subject.require_dpop
+            || subject.claims.cnf.is_some()
+            || actor_token
+                .as_ref()
+                .is_some_and(|own| own.claims.cnf.is_some());
         let basis = GrantBasis {
             credential,
             target,
@@ -891,6 +1003,8 @@ impl<
             method: auth.method,
             allowed,
             delegation: Some(delegation),
+            binding,
+            binding_required,
         };
         self.grant(basis, request.scope, request.resource, context)
             .await
@@ -913,8 +1027,17 @@ impl<
             method,
             allowed,
             delegation,
+            binding,
+            binding_required,
         } = basis;
         let basic = method == ClientAuthMethod::Basic;
+        if binding_required && binding.is_none() {
+            self.audit_denial(&credential, method, "dpop_required", context, [])
+                .await?;
+            return Err(OAuthError::InvalidDpopProof(
+                "this token must be DPoP-bound: send a DPoP proof with the request".into(),
+            ));
+        }
         let granted = match requested_scope {
             None => allowed,
             Some(text) => {
@@ -998,6 +1121,9 @@ impl<
             may_act: None,
             chain_jtis: Vec::new(),
             chain_iat: None,
+            cnf: binding.as_ref().map(|proof| Confirmation {
+                jkt: proof.thumbprint.clone(),
+            }),
         };
         let subject_agent = match &delegation {
             None => {
@@ -1050,6 +1176,9 @@ impl<
                 if let Some(delegated) = &delegation {
                     issued.extend(delegated.audit_details());
                 }
+                if let Some(proof) = &binding {
+                    issued.insert("dpopKeyThumbprint".to_owned(), json!(proof.thumbprint));
+                }
                 issued
             },
         }
@@ -1068,6 +1197,9 @@ impl<
                 .assertion()
                 .map(|used| used_assertion(&credential, used)),
         );
+        writes.extend(binding.as_ref().map(|used| self.used_dpop_proof(used)));
+        let token_type = if binding.is_some() { "DPoP" } else { "Bearer" };
+        let dpop_nonce = self.fresh_dpop_nonce().await?;
         // The signature (a quarter of a millisecond of CPU for RS256) is made while the commit
         // waits for its fsync: `biased` polls the commit first, so it is queued before signing
         // starts. The token is returned only once both succeeded, so no token ever goes out
@@ -1082,6 +1214,8 @@ impl<
                 access_token: signed.map_err(OAuthError::from)?,
                 expires_in,
                 scope: claims.scope,
+                token_type,
+                dpop_nonce,
             }),
             Err(StoreError::ConditionFailed {
                 guard: Guard::TokenQuota,
@@ -1111,6 +1245,16 @@ impl<
             }) => {
                 self.refuse_replayed_assertion(&credential, context).await?;
                 Err(OAuthError::InvalidClient { basic })
+            }
+            Err(StoreError::ConditionFailed {
+                guard: Guard::DpopProofReplayed,
+                ..
+            }) => {
+                self.audit_denial(&credential, method, "dpop_proof_replayed", context, [])
+                    .await?;
+                Err(OAuthError::InvalidDpopProof(
+                    DpopRejection::Replayed.to_string(),
+                ))
             }
             // Another guard failing here is a bug: the conversion makes it an internal error.
             Err(
@@ -1158,6 +1302,10 @@ impl<
         match (revoked, standing) {
             (false, Some(mut agents)) if !agents.is_empty() => {
                 let subject = agents.swap_remove(0);
+                // An agent whose tokens must be bound honours none issued unbound before.
+                if subject.require_dpop && claims.cnf.is_none() {
+                    return Ok(None);
+                }
                 let client_id = claims.client_uuid();
                 Ok(Some(ActiveToken {
                     claims,
@@ -1172,17 +1320,52 @@ impl<
         }
     }
 
-    /// The management API's bearer check.
-    pub async fn authenticate_bearer(
+    /// The management API's check of the access token a request presents (RFC 6750, and RFC
+    /// 9449 §7 for a DPoP-bound token: the proof must name this request and token, be made with
+    /// the key the token is bound to, and be used once).
+    pub async fn authenticate_caller(
         &self,
-        token: Option<&str>,
+        presented: Option<&PresentedToken>,
         context: RequestContext,
     ) -> ServiceResult<Caller> {
-        let token = token.ok_or(ServiceError::Unauthenticated(Unauthenticated::NoToken))?;
+        let presented = presented.ok_or(ServiceError::Unauthenticated(Unauthenticated::NoToken))?;
+        let invalid_token = match presented.scheme {
+            TokenScheme::Bearer => Unauthenticated::InvalidToken,
+            TokenScheme::Dpop => Unauthenticated::InvalidDpopToken,
+        };
         let active = self
-            .active_token(token, TokenAudience::ManagementApi)
+            .active_token(&presented.token, TokenAudience::ManagementApi)
             .await?
-            .ok_or(ServiceError::Unauthenticated(Unauthenticated::InvalidToken))?;
+            .ok_or(ServiceError::Unauthenticated(invalid_token))?;
+        match (presented.scheme, &active.claims.cnf) {
+            (TokenScheme::Bearer, None) => {}
+            // RFC 9449 §7.2: a bound token is never accepted as a bearer token.
+            (TokenScheme::Bearer, Some(_)) => {
+                return Err(ServiceError::Unauthenticated(
+                    Unauthenticated::BoundTokenAsBearer,
+                ));
+            }
+            (TokenScheme::Dpop, None) => {
+                return Err(ServiceError::Unauthenticated(
+                    Unauthenticated::InvalidDpopToken,
+                ));
+            }
+            (TokenScheme::Dpop, Some(confirmation)) => {
+                let proof = self.check_resource_proof(presented, confirmation)?;
+                match self.store.commit(vec![self.used_dpop_proof(&proof)]).await {
+                    Ok(()) => {}
+                    Err(StoreError::ConditionFailed {
+                        guard: Guard::DpopProofReplayed,
+                        ..
+                    }) => {
+                        return Err(ServiceError::Unauthenticated(
+                            Unauthenticated::InvalidDpopProof(DpopRejection::Replayed),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         Ok(Caller {
             org_id: active.org_id,
             agent_id: active.agent_id,
@@ -1191,6 +1374,37 @@ impl<
             actor_chain: active.claims.actor_agents(),
             context,
         })
+    }
+
+    /// The proof beside a bound token at a protected resource: made with the token's key, for
+    /// this request and this token (`ath`).
+    fn check_resource_proof(
+        &self,
+        presented: &PresentedToken,
+        confirmation: &Confirmation,
+    ) -> ServiceResult<VerifiedDpopProof> {
+        let refused =
+            |rejection| ServiceError::Unauthenticated(Unauthenticated::InvalidDpopProof(rejection));
+        let proof = presented
+            .proof
+            .as_ref()
+            .ok_or(refused(DpopRejection::Missing))?;
+        let url = format!("{}{}", self.config.public_url, presented.path);
+        let expected = DpopExpectations {
+            method: &presented.method,
+            url: &url,
+            access_token: Some(&presented.token),
+            max_age_seconds: self.config.dpop.proof_max_age_seconds,
+            nonces: None,
+        };
+        let verified = proof.verify(&expected, self.now()).map_err(refused)?;
+        if !crate::secret::constant_time_eq(
+            verified.thumbprint.as_bytes(),
+            confirmation.jkt.as_bytes(),
+        ) {
+            return Err(refused(DpopRejection::WrongKey));
+        }
+        Ok(verified)
     }
 
     /// The organization and identity of an introspection or revocation caller.
@@ -1235,8 +1449,8 @@ impl<
                     actor_chain: Vec::new(),
                 })
             }
-            EndpointAuth::Bearer(token) => self
-                .authenticate_bearer(Some(token), context.clone())
+            EndpointAuth::Token(presented) => self
+                .authenticate_caller(Some(presented), context.clone())
                 .await
                 .map_err(|e| match e {
                     ServiceError::Unauthenticated(_) => OAuthError::InvalidClient { basic: false },
@@ -1291,7 +1505,7 @@ impl<
         context: &RequestContext,
     ) -> Result<(), OAuthError> {
         let caller = self.endpoint_caller(auth, context).await?;
-        if let EndpointAuth::Bearer(_) = auth
+        if let EndpointAuth::Token(_) = auth
             && !caller.scopes.permits(crate::domain::Scope::AgentsWrite)
         {
             return Err(OAuthError::InvalidClient { basic: false });
@@ -1308,7 +1522,7 @@ impl<
         };
         let may_revoke = match auth {
             EndpointAuth::Client(_) => claims.client_uuid() == caller.client_id,
-            EndpointAuth::Bearer(_) => claims.org_uuid() == Some(caller.org_id),
+            EndpointAuth::Token(_) => claims.org_uuid() == Some(caller.org_id),
         };
         if !may_revoke || self.store.is_token_revoked(&claims.jti).await? {
             return Ok(());
@@ -1363,6 +1577,7 @@ mod tests {
             agent_status: AgentStatus::Active,
             agent_scopes: Vec::new(),
             agent_may_act: Vec::new(),
+            agent_requires_dpop: false,
             created_at: now,
             expires_at: None,
             revoked_at: None,

@@ -175,6 +175,10 @@ pub(super) struct SigningKey {
     pub(super) signer: Signer,
     /// The JWS protected header, base64url, made once: it is the same in every token.
     pub(super) encoded_header: String,
+    /// A secret derived from the private key (SHA-256 of a label and the key's DER): what DPoP
+    /// nonces are made with, so that every instance holding the key makes and accepts the same
+    /// ones, and no one without it can.
+    pub(super) nonce_secret: aws_lc_rs::digest::Digest,
 }
 
 /// A private key parsed once when the key set loads. Signing through `jsonwebtoken` re-parses
@@ -294,6 +298,12 @@ fn load_key(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
         signing: Some(SigningKey {
             signer,
             encoded_header: URL_SAFE_NO_PAD.encode(header),
+            nonce_secret: {
+                let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                context.update(b"agentidp dpop nonce key\0");
+                context.update(&pkcs8);
+                context.finish()
+            },
         }),
         decoding,
         jwk,
@@ -351,6 +361,17 @@ impl KeySet {
 
     pub fn signing_algorithm(&self) -> Result<SigningAlgorithm, KeyError> {
         Ok(self.current()?.alg)
+    }
+
+    /// The DPoP nonces this set makes and accepts: the newest key makes them, every key
+    /// accepts them. A set of public keys only makes none.
+    pub fn dpop_nonces(&self) -> crate::dpop::DpopNonces {
+        crate::dpop::DpopNonces::new(
+            self.keys
+                .iter()
+                .filter_map(|k| k.signing.as_ref())
+                .map(|signing| signing.nonce_secret.as_ref()),
+        )
     }
 
     /// Every algorithm a token of ours may carry, for the discovery metadata.

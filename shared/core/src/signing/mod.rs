@@ -16,7 +16,8 @@ pub use jwks::{Jwks, PublicJwk};
 pub use keys::{KeySet, KeySetDocument, SigningAlgorithm, StoredKey, generate_key};
 pub use source::{CachedKeys, KeySecret, KeySource, UNKNOWN_KID_REREAD_INTERVAL};
 pub use tokens::{
-    ACCESS_TOKEN_TYPE, AccessTokenClaims, ActorClaim, MAX_TOKEN_BYTES, TokenPolicy, TokenRejection,
+    ACCESS_TOKEN_TYPE, AccessTokenClaims, ActorClaim, Confirmation, MAX_TOKEN_BYTES, TokenPolicy,
+    TokenRejection,
 };
 
 #[derive(Debug, thiserror::Error)]

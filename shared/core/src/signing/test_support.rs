@@ -29,5 +29,6 @@ pub(super) fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         may_act: None,
         chain_jtis: Vec::new(),
         chain_iat: None,
+        cnf: None,
     }
 }

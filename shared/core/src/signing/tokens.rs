@@ -47,6 +47,17 @@ pub struct AccessTokenClaims {
     /// issued. Each actor's own start is in its `act`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_iat: Option<i64>,
+    /// The key the token is bound to (RFC 9449 §6.1): only a request with a DPoP proof made
+    /// with that key may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// RFC 7800's confirmation claim, with the one member DPoP uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint of the public key.
+    pub jkt: String,
 }
 
 /// An actor (RFC 8693 §4.1): the agent acting, the client it authenticated as, and the actor

@@ -388,6 +388,59 @@ pub async fn a_client_assertion_is_used_once_and_its_batch_fails_with_it<S: Stor
     );
 }
 
+pub async fn a_dpop_proof_is_used_once_per_key_and_its_batch_fails_with_it<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    let expires_at = now_ms() + Duration::minutes(2);
+    let use_of = |key_thumbprint: &str, jti: &str| Write::UseDpopProof {
+        key_thumbprint: key_thumbprint.to_owned(),
+        jti: jti.to_owned(),
+        expires_at,
+    };
+    let client_id = Uuid::new_v4();
+    store.commit(vec![use_of("key-a", "jti-1")]).await.unwrap();
+    // Another key's proof may carry the same jti, and so may a client assertion: an attacker
+    // cannot spend the jtis of a key it does not hold.
+    store
+        .commit(vec![
+            use_of("key-b", "jti-1"),
+            Write::UseClientAssertion {
+                client_id,
+                jti: "jti-1".into(),
+                expires_at,
+            },
+        ])
+        .await
+        .unwrap();
+    let counted = format!("client:{}", Uuid::new_v4());
+    let replay = store
+        .commit(vec![
+            Write::Tally {
+                key: counted.clone(),
+                expires_at,
+            },
+            use_of("key-a", "jti-1"),
+        ])
+        .await;
+    assert!(
+        matches!(
+            replay,
+            Err(StoreError::ConditionFailed {
+                guard: Guard::DpopProofReplayed,
+                index: 1
+            })
+        ),
+        "{replay:?}"
+    );
+    assert_eq!(
+        store.tallies(&[counted], now_ms()).await.unwrap(),
+        [0],
+        "nothing of the batch was written"
+    );
+    let batches = (0..8).map(|_| vec![use_of("key-c", "raced")]).collect();
+    assert_winners(&race(&store, batches).await, 1);
+}
+
 pub async fn parallel_uses_of_one_assertion_let_exactly_one_win<S: Store + 'static>(store: Arc<S>) {
     let client_id = Uuid::new_v4();
     let batches = (0..8)

@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             credentials::a_credential_with_public_keys_reads_back_equal_and_is_rotated_to_new_keys,
             credentials::a_client_assertion_is_used_once_and_its_batch_fails_with_it,
             credentials::parallel_uses_of_one_assertion_let_exactly_one_win,
+            credentials::a_dpop_proof_is_used_once_per_key_and_its_batch_fails_with_it,
             credentials::every_kind_of_proof_reads_back_equal,
             trusted_issuers::a_trusted_issuer_reads_back_equal_by_id_and_in_the_listing,
             trusted_issuers::an_issuer_is_trusted_once_per_organization,
@@ -169,6 +170,7 @@ pub fn agent(org_id: Uuid, name: &str, created_at: DateTime<Utc>) -> Agent {
         active_credentials: 0,
         delegation: None,
         tokens_not_before: None,
+        require_dpop: true,
         version: 1,
     }
 }
@@ -186,6 +188,7 @@ pub fn credential(org_id: Uuid, agent_id: Uuid, created_at: DateTime<Utc>) -> Cr
         agent_status: AgentStatus::Active,
         agent_scopes: vec!["weather:read".into(), "agents:read".into()],
         agent_may_act: vec![Uuid::new_v4()],
+        agent_requires_dpop: true,
         created_at,
         expires_at: Some(created_at + Duration::days(30)),
         revoked_at: None,

@@ -114,6 +114,7 @@ pub fn claims(now: DateTime<Utc>) -> AccessTokenClaims {
         may_act: None,
         chain_jtis: Vec::new(),
         chain_iat: None,
+        cnf: None,
     }
 }
 
