@@ -477,6 +477,24 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The request's DPoP proof (RFC 9449 §4.1): `None` without a `DPoP` header; refused when it is
+/// sent more than once or is not text (§4.3).
+pub(crate) fn dpop_proof(
+    request: &ApiRequest,
+) -> Result<Option<agentidp_core::dpop::DpopProof>, agentidp_core::dpop::DpopRejection> {
+    let mut values = request.headers.get_all("dpop").iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(agentidp_core::dpop::DpopRejection::Malformed);
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| agentidp_core::dpop::DpopRejection::Malformed)?;
+    Ok(Some(agentidp_core::dpop::DpopProof::new(text.to_owned())))
+}
+
 pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> ApiResponse {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = http::Response::new(bytes);
@@ -559,22 +577,4 @@ mod tests {
         let m = route(&Method::POST, "/api/v1/agents/x/credentials/y/rotate").unwrap();
         assert_eq!(m.params, vec!["x", "y"]);
     }
-}
-
-/// The request's DPoP proof (RFC 9449 §4.1): `None` without a `DPoP` header; refused when it is
-/// sent more than once or is not text (§4.3).
-pub(crate) fn dpop_proof(
-    request: &ApiRequest,
-) -> Result<Option<agentidp_core::dpop::DpopProof>, agentidp_core::dpop::DpopRejection> {
-    let mut values = request.headers.get_all("dpop").iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(agentidp_core::dpop::DpopRejection::Malformed);
-    }
-    let text = first
-        .to_str()
-        .map_err(|_| agentidp_core::dpop::DpopRejection::Malformed)?;
-    Ok(Some(agentidp_core::dpop::DpopProof::new(text.to_owned())))
 }
