@@ -17,6 +17,7 @@ mod brute_force;
 mod credentials;
 mod delegation;
 mod discovery;
+mod dpop;
 mod error_bodies;
 mod faults;
 mod federation;

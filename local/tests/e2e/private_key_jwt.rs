@@ -35,7 +35,7 @@ impl AgentKey {
     }
 
     /// The public JWK, as a client would publish it.
-    fn public_jwk(&self) -> Value {
+    pub(crate) fn public_jwk(&self) -> Value {
         let document = KeySetDocument {
             keys: vec![self.stored.clone()],
         };
@@ -47,16 +47,33 @@ impl AgentKey {
         json!({ "keys": [self.public_jwk()] })
     }
 
-    pub(crate) fn sign(&self, claims: &Value) -> String {
+    fn encoding_key(&self) -> (Algorithm, EncodingKey) {
         let pem = self.stored.private_key_pem.as_bytes();
-        let (alg, key) = match self.stored.alg {
+        match self.stored.alg {
             SigningAlgorithm::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem).unwrap()),
             SigningAlgorithm::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem).unwrap()),
             SigningAlgorithm::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem).unwrap()),
-        };
+        }
+    }
+
+    pub(crate) fn sign(&self, claims: &Value) -> String {
+        let (alg, key) = self.encoding_key();
         let mut header = Header::new(alg);
         header.kid = Some(self.kid().to_owned());
         jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    /// A JWS of `claims` under exactly `header` (whatever its `alg` says, the signature is this
+    /// key's own algorithm's): for headers `jsonwebtoken` cannot express, and forgeries.
+    pub(crate) fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let (alg, key) = self.encoding_key();
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = jsonwebtoken::crypto::sign(signed.as_bytes(), &key, alg).unwrap();
+        format!("{signed}.{signature}")
     }
 }
 
