@@ -17,10 +17,10 @@ use crate::private_key_jwt::AgentKey;
 use crate::support::{Response, TestServer};
 
 /// A client's DPoP key pair and the proofs it makes.
-struct DpopKey(AgentKey);
+pub(crate) struct DpopKey(AgentKey);
 
 impl DpopKey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(AgentKey::new(SigningAlgorithm::ES256))
     }
 
@@ -57,7 +57,13 @@ impl DpopKey {
         self.0.sign_with_header(header, claims)
     }
 
-    fn proof(&self, server: &TestServer, method: &str, path: &str, token: Option<&str>) -> String {
+    pub(crate) fn proof(
+        &self,
+        server: &TestServer,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> String {
         self.sign(&self.header(), &self.claims(server, method, path, token))
     }
 }
@@ -72,7 +78,7 @@ fn sha256(text: &str) -> String {
 const TOKEN_PATH: &str = "/api/v1/token";
 
 /// `POST /token` (client_credentials, client_secret_basic) with these `DPoP` headers.
-async fn token_with_proofs(
+pub(crate) async fn token_with_proofs(
     server: &TestServer,
     client_id: &str,
     secret: &str,
@@ -97,7 +103,7 @@ async fn dpop_token(server: &TestServer, client_id: &str, secret: &str, key: &Dp
 }
 
 /// A management call presenting `token` in `scheme`, with these `DPoP` headers.
-async fn call_with(
+pub(crate) async fn call_with(
     server: &TestServer,
     method: Method,
     path: &str,

@@ -179,6 +179,30 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
             ]))
             .await
     );
+    let dpop_key = crate::dpop::DpopKey::new();
+    let bound_token = measure!(
+        "POST /api/v1/token (warm client, DPoP)",
+        crate::dpop::token_with_proofs(
+            &server,
+            &admin.client_id,
+            &admin.client_secret,
+            &[&dpop_key.proof(&server, "POST", "/api/v1/token", None)],
+        )
+        .await
+    )
+    .str("access_token");
+    let agent_path = format!("/api/v1/agents/{agent}");
+    measure!(
+        "GET /api/v1/agents/{agentId} (DPoP)",
+        crate::dpop::call_with(
+            &server,
+            Method::GET,
+            &agent_path,
+            &format!("DPoP {bound_token}"),
+            &[&dpop_key.proof(&server, "GET", &agent_path, Some(&bound_token))],
+        )
+        .await
+    );
     measure!(
         "POST /api/v1/token/introspect (bearer)",
         api.introspect(&agent_token).await
@@ -317,6 +341,10 @@ async fn each_endpoint_takes_the_documented_number_of_dynamodb_round_trips() {
         ("POST /api/v1/token (private_key_jwt)", 2),
         // The trusted issuer is a second read: its id comes from the credential.
         ("POST /api/v1/token (jwt-bearer, federated)", 3),
+        // The proof's single use is one more item of the token's one transaction.
+        ("POST /api/v1/token (warm client, DPoP)", 2),
+        // One more than with a bearer token: the proof's single use, a write of its own.
+        ("GET /api/v1/agents/{agentId} (DPoP)", 4),
         ("POST /api/v1/token/introspect (bearer)", 2),
         // The client's standing, the subject token's standing (its whole chain), the commit.
         ("POST /api/v1/token (token exchange, third link)", 3),
