@@ -15,6 +15,17 @@
 #     requests-oauth2client's token_exchange each exchange a subject agent's token for the actor
 #     (RFC 8693), jose and jwskate verify the result against the JWKS and read its `act`; chains,
 #     refusals and the kill switch.
+#   - DPoP, RFC 9449 (tests/interop/test_dpop.py, tests/interop/dpop_client.mjs): oauth4webapi's
+#     `DPoP(client, keyPair)` handle (ES256, Ed25519, PS256 keys from its generateKeyPair) on
+#     clientCredentialsGrantRequest and protectedResourceRequest, openid-client's getDPoPHandle,
+#     the npm `dpop` package's generateProof by hand, and requests-oauth2client's DPoPToken (ES256,
+#     EdDSA, PS256; also through OAuth2ClientCredentialsAuth on an ApiClient) each get a DPoP-bound
+#     token (cnf.jkt checked with jose or jwskate against the JWKS) and call the management API
+#     with it; with AGENTIDP_DPOP_NONCES=true openid-client and requests-oauth2client retry a
+#     use_dpop_nonce refusal on their own (oauth4webapi with isDPoPNonceError, `dpop` by hand);
+#     refusals as the libraries see them: the bound token as Bearer (DPoP challenge,
+#     invalid_token), a proof from another key and a replayed proof (invalid_dpop_proof), a token
+#     request without a proof for an agent with requireDpop.
 #
 #   scripts/interop.sh              # everything
 #   scripts/interop.sh -- ARGS      # passes ARGS to pytest (e.g. -k typescript)
@@ -66,5 +77,5 @@ fi
 step "building agentidp-local and agentidp-admin (debug)"
 cargo build --locked --bin agentidp-local --bin agentidp-admin
 
-step "interop tests: MCP SDKs, FastMCP, Authlib, openid-client, requests-oauth2client (pytest tests/interop)"
+step "interop tests: MCP SDKs, FastMCP, Authlib, openid-client, oauth4webapi, dpop, requests-oauth2client (pytest tests/interop)"
 "$venv/bin/python" -m pytest -p no:cacheprovider tests/interop -q -rs "${pytest_args[@]}"
