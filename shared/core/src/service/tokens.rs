@@ -97,7 +97,6 @@ pub enum TokenScheme {
 
 /// An access token as a request presents it: the scheme, the DPoP proof beside it if any, and
 /// the request the proof must name.
-#[derive(Debug)]
 pub struct PresentedToken {
     pub token: String,
     pub scheme: TokenScheme,
@@ -105,6 +104,19 @@ pub struct PresentedToken {
     pub method: String,
     /// The request's path, which follows the public URL in the proof's `htu`.
     pub path: String,
+}
+
+/// The token is a credential for as long as it lives: never in `Debug` output.
+impl std::fmt::Debug for PresentedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresentedToken")
+            .field("token", &"[redacted]")
+            .field("scheme", &self.scheme)
+            .field("proof", &self.proof)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 /// A client that proved who it is: its credential, its organization's claim of the requested
@@ -1595,5 +1607,21 @@ mod tests {
         };
         // Still accepted until exp + the skew: a record purged before then would let it replay.
         assert!(expires_at > now + Duration::seconds(ASSERTION_LEEWAY_SECONDS));
+    }
+
+    #[test]
+    fn a_presented_token_and_its_proof_never_show_in_debug_output() {
+        let presented = PresentedToken {
+            token: "eyJ.the-token.sig".into(),
+            scheme: TokenScheme::Dpop,
+            proof: Some(DpopProof::new("eyJ.the-proof.sig".into())),
+            method: "GET".into(),
+            path: "/api/v1/agents".into(),
+        };
+        let shown = format!("{:?}", EndpointAuth::Token(presented));
+        assert!(
+            !shown.contains("the-token") && !shown.contains("the-proof"),
+            "{shown}"
+        );
     }
 }
