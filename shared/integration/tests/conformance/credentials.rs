@@ -376,13 +376,11 @@ async fn a_replay_fails_its_whole_batch<S: Store + 'static>(
         key: counted.clone(),
         expires_at: now_ms() + Duration::minutes(5),
     };
-    match store.commit(vec![tally, replay]).await {
-        Err(StoreError::ConditionFailed {
-            guard: failed,
-            index: 1,
-        }) if failed == guard => {}
-        other => panic!("expected {guard:?} at write 1, got {other:?}"),
-    }
+    let replayed = store.commit(vec![tally, replay]).await;
+    assert!(
+        matches!(replayed, Err(StoreError::ConditionFailed { guard: failed, index: 1 }) if failed == guard),
+        "expected {guard:?} at write 1, got {replayed:?}"
+    );
     assert_eq!(
         store.tallies(&[counted], now_ms()).await.unwrap(),
         [0],
