@@ -21,6 +21,17 @@
 #                 signed (bench/sign_assertions.mjs) right before each run, one of it checked first
 #                 (200, and on both servers 401 when replayed), and wrk's threads walk through the
 #                 rest, none sent twice; a run that uses up its pool stops the script
+#   token-dpop    token-warm with a DPoP proof (RFC 9449) in a `DPoP` header: an ES256 key of the
+#                 bench's own (typ dpop+jwt, jwk, htm POST, htu the server's token endpoint as its
+#                 metadata names it, iat, jti), so the token is DPoP-bound (token_type DPoP, cnf.jkt
+#                 in the JWT on both servers; oidc-provider with its dPoP feature, no nonces on
+#                 either). A proof is single use on both servers too, so as in token-pkjwt a pool
+#                 is signed right before each run, its first proof checked (200 and a bound token,
+#                 and refused when replayed on both), the rest each sent once. Proofs are fresh
+#                 for AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS (default 60) either side of their iat
+#                 on AgentIdP, 300 s on oidc-provider: iat is the signing time, or a few seconds
+#                 ahead of it when the pool would not otherwise stay fresh to the run's end (both
+#                 accept that); the script stops rather than start a run its proofs would not last
 #   introspect    POST /token/introspect of a valid token, client_secret_basic
 #   token-exchange  POST /token, grant token-exchange (RFC 8693): an actor agent, named in the warm
 #                 agent's delegation policy, exchanges the warm agent's token for one of its own
@@ -33,19 +44,22 @@
 # Needs: wrk, curl, jq (Debian: apt-get install -y wrk curl jq), python3, node >= 20 and npm, and a
 # release build (cargo build --release --bin agentidp-local; built here if missing). oidc-provider
 # is installed from bench/oidc-provider/package-lock.json with `npm ci` when node_modules is
-# missing. AgentIdP is started by scripts/agentidp_local.py. token-pkjwt's key and assertions are
-# made by bench/sign_assertions.mjs with node's own crypto (nothing more to install).
+# missing. AgentIdP is started by scripts/agentidp_local.py. token-pkjwt's key and assertions and
+# token-dpop's key and proofs are made by bench/sign_assertions.mjs with node's own crypto (nothing
+# more to install).
 #
 # Environment:
 #   DURATION=10         seconds per measured run
 #   ROUNDS=2            rounds per scenario and concurrency; the order of the two servers
 #                       alternates between rounds (AgentIdP first in odd rounds)
 #   CONCURRENCY="1 8 32"
-#   SCENARIOS="token-warm token-resource token-many token-pkjwt introspect agents-list audit-query"
+#   SCENARIOS="token-warm token-resource token-many token-pkjwt token-dpop introspect agents-list audit-query"
 #   COLD_CLIENTS=500    distinct credentials for token-many (created before the runs)
 #   PKJWT_POOL=N        assertions signed for each token-pkjwt run (default: enough for 4 times the
 #                       highest rate yet measured at that concurrency in token-warm or token-pkjwt,
 #                       at least 6,000 a second of the run)
+#   DPOP_POOL=N         proofs signed for each token-dpop run (default: as PKJWT_POOL's, from
+#                       token-warm and token-dpop)
 #   A_PORT=3900 O_PORT=3901
 #   BCRYPT_FLOOR_MS=30  a token or introspection request that took at least this long inside
 #                       AgentIdP is counted as one that may have run bcrypt (cost 10 verifies in
@@ -71,9 +85,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 CONCURRENCY=${CONCURRENCY:-"1 8 32"}
-SCENARIOS=${SCENARIOS:-"token-warm token-resource token-many token-pkjwt introspect agents-list audit-query"}
+SCENARIOS=${SCENARIOS:-"token-warm token-resource token-many token-pkjwt token-dpop introspect agents-list audit-query"}
 COLD_CLIENTS=${COLD_CLIENTS:-500}
 PKJWT_POOL=${PKJWT_POOL:-}
+DPOP_POOL=${DPOP_POOL:-}
 A_PORT=${A_PORT:-3900}
 O_PORT=${O_PORT:-3901}
 BCRYPT_FLOOR_MS=${BCRYPT_FLOOR_MS:-30}
@@ -106,6 +121,19 @@ if ((PKJWT && DURATION > 240)); then
   die "token-pkjwt's assertions expire 300 s after they are signed: DURATION must be at most 240"
 fi
 [[ -z $PKJWT_POOL || $PKJWT_POOL =~ ^[1-9][0-9]*$ ]] || die "PKJWT_POOL must be a positive integer"
+DPOP=0
+[[ " $SCENARIOS " == *" token-dpop "* ]] && DPOP=1
+[[ -z $DPOP_POOL || $DPOP_POOL =~ ^[1-9][0-9]*$ ]] || die "DPOP_POOL must be a positive integer"
+# How far a DPoP proof's iat may be from the server's time, either way: AgentIdP's setting (the
+# caller's environment reaches it) and oidc-provider's fixed 300 s; the smaller one binds.
+DPOP_MAX_AGE=${AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS:-60}
+[[ $DPOP_MAX_AGE =~ ^[1-9][0-9]*$ ]] || die "AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS must be a positive integer"
+DPOP_WINDOW=$((DPOP_MAX_AGE < 300 ? DPOP_MAX_AGE : 300))
+# A pool's proofs share one iat, so the whole run has to fit in the window on both sides of it.
+if ((DPOP && DURATION > 2 * DPOP_WINDOW - 20)); then
+  die "token-dpop's proofs are accepted within ${DPOP_WINDOW}s of their iat either way: DURATION must be at most" \
+    "$((2 * DPOP_WINDOW - 20)) (or raise AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS, up to 300 for oidc-provider)"
+fi
 if [[ ! -x $BIN ]]; then
   echo "building $BIN (release, LTO: several minutes on 2 cores)" >&2
   (cd "$ROOT" && cargo build --release --bin agentidp-local) || die "the release build failed"
@@ -302,6 +330,21 @@ curl -sf -u "$WARM" -d "token=$O_TOKEN" "$O/token/introspection" | jq -e '.activ
   || die "oidc-provider does not introspect its token"
 curl -sf -u "$WARM" -d "token=$A_TOKEN" "$A/api/v1/token/introspect" | jq -e '.active == true' >/dev/null \
   || die "AgentIdP does not introspect its token"
+# token-dpop: the bench's DPoP key (the warm client's, on both servers), and each server's token
+# endpoint as its metadata names it: the htu its proofs must carry. It must be the URL wrk calls.
+if ((DPOP)); then
+  DPOP_KEY=$WORK/dpop-key.json
+  "${SIGN[@]}" keygen --key "$DPOP_KEY" >/dev/null || die "making the DPoP key failed"
+  A_HTU=$(curl -sf "$A/.well-known/oauth-authorization-server" | jq -r .token_endpoint)
+  O_HTU=$(curl -sf "$O/.well-known/openid-configuration" | jq -r .token_endpoint)
+  [[ $A_HTU == "$A/api/v1/token" ]] || die "AgentIdP's metadata names $A_HTU as its token endpoint, not $A/api/v1/token"
+  [[ $O_HTU == "$O/token" ]] || die "oidc-provider's metadata names $O_HTU as its token endpoint, not $O/token"
+  curl -sf "$A/.well-known/oauth-authorization-server" \
+    | jq -e '.dpop_signing_alg_values_supported | index("ES256")' >/dev/null \
+    || die "AgentIdP does not announce DPoP with ES256"
+  curl -sf "$O/.well-known/openid-configuration" | jq -e '.dpop_signing_alg_values_supported | index("ES256")' \
+    >/dev/null || die "oidc-provider does not announce DPoP with ES256"
+fi
 
 # --- wrk scripts ---------------------------------------------------------------------------
 DONE_LUA='
@@ -340,11 +383,14 @@ $DONE_LUA
 EOF
 }
 
-# token-pkjwt: each wrk thread sends its own share of the pool (every THREADS-th line), each
-# assertion once. Line 1 is the one load.sh checked with curl and replayed: never sent here. A
-# thread that has sent its whole share stops rather than send one again, and done() reports it.
+# token-pkjwt and token-dpop: each wrk thread sends its own share of the run's pool of single-use
+# JWTs (every THREADS-th line), each once. Line 1 is the one load.sh checked with curl and
+# replayed: never sent here. A thread that has sent its whole share stops rather than send one
+# again, and done() reports it. PRELUDE is Lua run once per thread (the request's constant parts);
+# SEND, Lua returning the request that carries `jwt`; SPENT, the request a thread returns as it
+# stops (wrk does not send it, and it could not succeed).
 PKJWT_FORM="grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
-pkjwt_lua() { # FILE THREADS
+pool_lua() { # FILE THREADS POOL PRELUDE SEND SPENT
   cat >"$1" <<EOF
 local threads, n, all = $2, 0, {}
 setup = function(thread)
@@ -355,22 +401,21 @@ end
 local pool = {}
 init = function(args)
   local i = 0
-  for line in io.lines("$WORK/pkjwt-pool.txt") do
+  for line in io.lines("$3") do
     if i > 0 and (i - 1) % threads == tid then pool[#pool + 1] = line end
     i = i + 1
   end
   share, used, exhausted = #pool, 0, 0
 end
-local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
-local form = "$PKJWT_FORM&client_assertion="
+$4
 request = function()
   if used >= share then
     exhausted = exhausted + 1
     wrk.thread:stop()
-    return wrk.format("POST", nil, headers, "grant_type=client_credentials")
+    $6
   end
   used = used + 1
-  return wrk.format("POST", nil, headers, form .. pool[used])
+  $5
 end
 $DONE_LUA
 local write_result = done
@@ -379,14 +424,43 @@ done = function(summary, latency, requests)
   for _, t in ipairs(all) do
     u, s, e = u + t:get("used"), s + t:get("share"), e + t:get("exhausted")
   end
-  io.write(string.format("ASSERTIONS %d %d %d\n", u, s, e))
+  io.write(string.format("POOL %d %d %d\n", u, s, e))
   write_result(summary, latency, requests)
 end
 EOF
 }
+pkjwt_lua() { # FILE THREADS
+  pool_lua "$1" "$2" "$WORK/pkjwt-pool.txt" \
+    "local headers = { [\"Content-Type\"] = \"application/x-www-form-urlencoded\" }
+local form = \"$PKJWT_FORM&client_assertion=\"" \
+    'return wrk.format("POST", nil, headers, form .. pool[used])' \
+    'return wrk.format("POST", nil, headers, "grant_type=client_credentials")'
+}
+# token-dpop: token-warm's request (client_secret_basic), with the proof in a DPoP header. Spent,
+# a thread's last request carries no proof: it is not sent, but it could not get a Bearer token
+# counted as a DPoP one either, as its DPoP header is no proof.
+dpop_lua() { # FILE THREADS
+  pool_lua "$1" "$2" "$WORK/dpop-pool.txt" \
+    "local headers = {
+  [\"Authorization\"] = \"$WARM_BASIC\",
+  [\"Content-Type\"] = \"application/x-www-form-urlencoded\",
+}" \
+    'headers["DPoP"] = pool[used]
+  return wrk.format("POST", nil, headers, "grant_type=client_credentials")' \
+    'headers["DPoP"] = "spent"
+    return wrk.format("POST", nil, headers, "grant_type=client_credentials")'
+}
 
 pkjwt_token_url() { # SERVER
   if [[ $1 == a ]]; then echo "$A/api/v1/token"; else echo "$O/token"; fi
+}
+
+# How many single-use JWTs a run of SCENARIO at concurrency C for SECONDS may send: 4 times the
+# highest rate yet measured at C in token-warm or SCENARIO, at least 6,000 a second, and the probe.
+pool_size() { # SCENARIO C SECONDS
+  awk -v s="$1" -v c="$2" -v secs="$3" '
+    ($1 == "token-warm" || $1 == s) && $2 == c && $5 > max { max = $5 }
+    END { n = 4 * max * secs; if (n < 6000 * secs) n = 6000 * secs; printf "%d\n", n + 1 }' "$ROWS"
 }
 
 # Signs the pool of assertions for one run on SERVER, audienced to its token endpoint and sized
@@ -394,12 +468,7 @@ pkjwt_token_url() { # SERVER
 pkjwt_pool() { # SERVER C SECONDS
   local server=$1 url count status replay
   url=$(pkjwt_token_url "$server")
-  count=$PKJWT_POOL
-  if [[ -z $count ]]; then
-    count=$(awk -v c="$2" -v secs="$3" '
-      ($1 == "token-warm" || $1 == "token-pkjwt") && $2 == c && $5 > max { max = $5 }
-      END { n = 4 * max * secs; if (n < 6000 * secs) n = 6000 * secs; printf "%d\n", n + 1 }' "$ROWS")
-  fi
+  count=${PKJWT_POOL:-$(pool_size token-pkjwt "$2" "$3")}
   rm -f "$WORK/pkjwt-pool.txt"
   "${SIGN[@]}" sign --key "$PKJWT_KEY" --client "$PKJWT_ID" --aud "$url" --count "$count" \
     --out "$WORK/pkjwt-pool.txt" || die "signing $count assertions failed"
@@ -414,6 +483,55 @@ pkjwt_pool() { # SERVER C SECONDS
   [[ $replay == "401 invalid_client" ]] \
     || die "$url did not refuse a replayed assertion as 401 invalid_client: $status $(cat "$WORK/probe.json")"
   echo "token-pkjwt $server c=$2: $count assertions signed for ${3}s; the first gave 200, replayed $replay" >&2
+}
+
+# Signs the pool of DPoP proofs for one run on SERVER (htu: its token endpoint), sized for SECONDS
+# at concurrency C, then checks its first line: 200, token_type DPoP and an access token (a JWT on
+# both servers) whose cnf.jkt is the key's thumbprint; and refused when replayed. The pool shares
+# one iat: the signing time, or ahead of it when the run would otherwise end more than the window
+# after it (by the last pool's signing rate), so that the whole run falls within the window either
+# side of iat; checked once the pool is signed and probed, before the run starts.
+DPOP_SIGN_RATE=4000 # proofs a second, a guess until a pool has been signed here
+dpop_pool() { # SERVER C SECONDS
+  local server=$1 url htu count lead started signed summary iat jkt status replay expected now
+  url=$(pkjwt_token_url "$server")
+  htu=$([[ $server == a ]] && echo "$A_HTU" || echo "$O_HTU")
+  count=${DPOP_POOL:-$(pool_size token-dpop "$2" "$3")}
+  # Seconds from the signing's start to the run's end, the signing overestimated by half, and a
+  # margin for the probes, wrk's start and its last responses; beyond the window, the lead.
+  lead=$(awk -v n="$count" -v rate="$DPOP_SIGN_RATE" -v secs="$3" -v w="$DPOP_WINDOW" 'BEGIN {
+    l = 1.5 * n / rate + secs + 8 - w; if (l > w - 5) l = w - 5; printf "%d\n", (l > 0 ? l + 0.999 : 0) }')
+  rm -f "$WORK/dpop-pool.txt"
+  started=$(date +%s.%N)
+  summary=$("${SIGN[@]}" dpop --key "$DPOP_KEY" --htu "$htu" --count "$count" --iat-lead "$lead" \
+    --out "$WORK/dpop-pool.txt") || die "signing $count DPoP proofs failed"
+  signed=$(date +%s.%N)
+  DPOP_SIGN_RATE=$(awk -v n="$count" -v a="$started" -v b="$signed" 'BEGIN { printf "%d\n", n / (b - a + 0.001) }')
+  read -r iat jkt < <(jq -r '"\(.iat) \(.jkt)"' <<<"$summary")
+  [[ $(wc -l <"$WORK/dpop-pool.txt") == "$count" ]] || die "the pool does not hold $count DPoP proofs"
+  local probe
+  probe=$(head -n 1 "$WORK/dpop-pool.txt")
+  status=$(curl -s -o "$WORK/probe.json" -w '%{http_code}' -H "Authorization: $WARM_BASIC" -H "DPoP: $probe" \
+    -d grant_type=client_credentials "$url")
+  [[ $status == 200 ]] && jq -e '.token_type == "DPoP" and (.access_token | type == "string")' "$WORK/probe.json" \
+    >/dev/null || die "$url refused a fresh DPoP proof: $status $(cat "$WORK/probe.json"); the proof: $probe"
+  jq -r .access_token "$WORK/probe.json" | claims | jq -e --arg jkt "$jkt" '.cnf.jkt == $jkt' >/dev/null \
+    || die "$url issued a token not bound to the proof's key (cnf.jkt $jkt): $(cat "$WORK/probe.json")"
+  status=$(curl -s -o "$WORK/probe.json" -w '%{http_code}' -H "Authorization: $WARM_BASIC" -H "DPoP: $probe" \
+    -d grant_type=client_credentials "$url")
+  replay="$status $(jq -r .error "$WORK/probe.json" 2>/dev/null)"
+  # oidc-provider answers a replay as a grant error: "DPoP proof JWT Replay detected".
+  expected=$([[ $server == a ]] && echo "400 invalid_dpop_proof" || echo "400 invalid_grant")
+  [[ $replay == "$expected" ]] \
+    || die "$url did not refuse a replayed DPoP proof as $expected: $status $(cat "$WORK/probe.json")"
+  now=$(date +%s)
+  if ((iat - now > DPOP_WINDOW - 2 || now + $3 + 5 > iat + DPOP_WINDOW)); then
+    die "token-dpop $server c=$2: proofs of iat $iat, signed in $(awk -v a="$started" -v b="$signed" \
+      'BEGIN { printf "%.1f", b - a }')s, would not stay within ${DPOP_WINDOW}s of the clock (now $now)" \
+      "for a ${3}s run: lower DURATION or DPOP_POOL, or raise AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS (at most 300 helps)"
+  fi
+  echo "token-dpop $server c=$2: $count proofs signed for ${3}s (iat now$( ((lead)) && echo " + ${lead}s"))," \
+    "the first gave 200 and a DPoP token, replayed $replay" >&2
 }
 
 static_lua "$WORK/a-token.lua" POST "grant_type=client_credentials" "$WARM_BASIC"
@@ -445,8 +563,8 @@ verifications_logged() { # LINES
 
 # One measured run. Prints: rps p50_ms p99_ms errors server_cores machine_cores cpu_ms_per_req
 # slow_requests wrk_cores bcrypt_verifications requests
-run() { # SERVER(a|o) URL LUA CONCURRENCY
-  local server=$1 url=$2 lua=$3 c=$4 pid threads out before after log_from line
+run() { # SERVER(a|o) URL LUA CONCURRENCY SCENARIO
+  local server=$1 url=$2 lua=$3 c=$4 scenario=$5 pid threads out before after log_from line
   pid=$([[ $server == a ]] && echo "$A_PID" || echo "$O_PID")
   threads=$((c < NPROC ? c : NPROC))
   log_from=$(wc -l <"$WORK/agentidp.log")
@@ -464,12 +582,13 @@ run() { # SERVER(a|o) URL LUA CONCURRENCY
     END { printf "%.3f", after - before }')
   after=$(cpu_ticks "$pid")
   line=$(grep '^RESULT' <<<"$out") || die "wrk printed no result: $out"
-  if grep -q '^ASSERTIONS' <<<"$out"; then
+  if grep -q '^POOL' <<<"$out"; then
     local used share exhausted
-    read -r _ used share exhausted < <(grep '^ASSERTIONS' <<<"$out")
-    ((exhausted == 0)) || die "token-pkjwt on $server at c=$c ran out of assertions: $used of $share sent" \
-      "and $exhausted more asked for; none is sent twice, so the run is void. Set PKJWT_POOL higher."
-    echo "$server $c $used $share" >>"$WORK/pkjwt-used.txt"
+    read -r _ used share exhausted < <(grep '^POOL' <<<"$out")
+    ((exhausted == 0)) || die "$scenario on $server at c=$c ran out of its pool: $used of $share sent" \
+      "and $exhausted more asked for; none is sent twice, so the run is void." \
+      "Set $([[ $scenario == token-dpop ]] && echo DPOP_POOL || echo PKJWT_POOL) higher."
+    echo "$scenario $server $c $used $share" >>"$WORK/pool-used.txt"
   fi
   local bcrypt=- slow=-
   if [[ $server == a ]]; then
@@ -503,6 +622,8 @@ scenario_url() { # SCENARIO SERVER -> url and lua, or nothing when the server ha
     token-many/o) echo "$O/token $WORK/many.lua" ;;
     token-pkjwt/a) echo "$A/api/v1/token $WORK/pkjwt.lua" ;;
     token-pkjwt/o) echo "$O/token $WORK/pkjwt.lua" ;;
+    token-dpop/a) echo "$A/api/v1/token $WORK/dpop.lua" ;;
+    token-dpop/o) echo "$O/token $WORK/dpop.lua" ;;
     introspect/a) echo "$A/api/v1/token/introspect $WORK/a-introspect.lua" ;;
     introspect/o) echo "$O/token/introspection $WORK/o-introspect.lua" ;;
     token-exchange/a) echo "$A/api/v1/token $WORK/exchange.lua" ;;
@@ -519,13 +640,14 @@ warm_up() { # SCENARIO
     spec=$(scenario_url "$1" "$server")
     [[ -n $spec ]] || continue
     [[ $1 == token-many ]] && continue
-    if [[ $1 == token-pkjwt ]]; then
+    if [[ $1 == token-pkjwt || $1 == token-dpop ]]; then
       # A pool of its own; and the warm-up is a first check that the pools last.
-      local out
-      pkjwt_lua "$WORK/pkjwt.lua" 2
-      pkjwt_pool "$server" 8 2
+      local out kind=${1#token-}
+      "${kind}_lua" "$WORK/$kind.lua" 2
+      "${kind}_pool" "$server" 8 2
       out=$(nice -n "$NICE" wrk -t 2 -c 8 -d 2s -s "${spec#* }" "${spec%% *}" 2>&1) || true
-      grep -q '^ASSERTIONS [0-9]* [0-9]* 0$' <<<"$out" || die "token-pkjwt's warm-up on $server: $out"
+      grep -q '^POOL [0-9]* [0-9]* 0$' <<<"$out" || die "$1's warm-up on $server: $out"
+      rm -f "$WORK/$kind-pool.txt"
       continue
     fi
     nice -n "$NICE" wrk -t 2 -c 8 -d 2s -s "${spec#* }" "${spec%% *}" >/dev/null 2>&1 || true
@@ -538,6 +660,7 @@ for scenario in $SCENARIOS; do
   for c in $CONCURRENCY; do
     [[ $scenario == token-many ]] && many_lua "$WORK/many.lua" $((c < NPROC ? c : NPROC))
     [[ $scenario == token-pkjwt ]] && pkjwt_lua "$WORK/pkjwt.lua" $((c < NPROC ? c : NPROC))
+    [[ $scenario == token-dpop ]] && dpop_lua "$WORK/dpop.lua" $((c < NPROC ? c : NPROC))
     for round in $(seq 1 "$ROUNDS"); do
       order="a o"
       ((round % 2 == 0)) && order="o a"
@@ -552,8 +675,11 @@ for scenario in $SCENARIOS; do
         if [[ $scenario == token-pkjwt ]]; then
           pkjwt_pool "$server" "$c" "$DURATION" # right before the run: fresh, unused, unexpired
         fi
-        result=$(run "$server" "${spec%% *}" "${spec#* }" "$c")
-        rm -f "$WORK/pkjwt-pool.txt"
+        if [[ $scenario == token-dpop ]]; then
+          dpop_pool "$server" "$c" "$DURATION" # likewise
+        fi
+        result=$(run "$server" "${spec%% *}" "${spec#* }" "$c" "$scenario")
+        rm -f "$WORK/pkjwt-pool.txt" "$WORK/dpop-pool.txt"
         echo "$scenario $c $round $server $result" | tee -a "$ROWS" >&2
       done
     done
@@ -572,12 +698,21 @@ done
   echo "- AgentIdP: bcrypt cost 10, SQLite store (WAL, synchronous=FULL) in $(df --output=fstype "$DATA" | tail -1) at ${DATA_PARENT:-.tools/bench}, info logs to a file; ${BENCH_ENV[*]}"
   env | grep '^AGENTIDP_' | sort | sed 's/^/- set by the caller: /' || true
   echo "- token-many: $COLD_CLIENTS distinct clients; AgentIdP restarted before each run"
-  if [[ -s $WORK/pkjwt-used.txt ]]; then
+  pool_use() { # SCENARIO WHAT: the pools' sizes and the fullest run's share of its pool
+    awk -v s="$1" -v what="$2" '
+      $1 != s { next }
+      { f = $4 / $5; if (f >= max) { max = f; m = $4 } if (!lo || $5 < lo) lo = $5; if ($5 > hi) hi = $5 }
+      END { printf "%d to %d %s for wrk; the fullest run took %d of its pool (%.0f%%)", lo, hi, what, m, max * 100 }' \
+      "$WORK/pool-used.txt"
+  }
+  if grep -qs '^token-pkjwt ' "$WORK/pool-used.txt"; then
     echo "- token-pkjwt: private_key_jwt, ES256 assertions (aud: the token endpoint, exp: 300 s), each sent" \
-      "once, from a pool signed right before each run: $(awk '
-        { f = $3 / $4; if (f >= max) { max = f; m = $3 } if (!lo || $4 < lo) lo = $4; if ($4 > hi) hi = $4 }
-        END { printf "%d to %d assertions for wrk; the fullest run took %d of its pool (%.0f%%)", lo, hi, m, max * 100 }' \
-        "$WORK/pkjwt-used.txt")"
+      "once, from a pool signed right before each run: $(pool_use token-pkjwt assertions)"
+  fi
+  if grep -qs '^token-dpop ' "$WORK/pool-used.txt"; then
+    echo "- token-dpop: client_secret_basic and ES256 DPoP proofs (htu: the token endpoint; iat within" \
+      "${DPOP_WINDOW} s, AgentIdP's AGENTIDP_DPOP_PROOF_MAX_AGE_SECONDS=$DPOP_MAX_AGE; no nonces), each sent" \
+      "once, from a pool signed right before each run: $(pool_use token-dpop proofs)"
   fi
   echo
   echo "| scenario | c | AgentIdP req/s | p50 ms | p99 ms | oidc-provider req/s | p50 ms | p99 ms | ratio | CPU ms/req AgentIdP / oidc-provider | cores in AgentIdP's runs: server / wrk / rest | cores in oidc-provider's runs: server / wrk / rest | AgentIdP requests >= ${BCRYPT_FLOOR_MS} ms | AgentIdP bcrypt verifications / requests |"
@@ -634,6 +769,18 @@ done
       if ((a in cnt) && (w in cnt)) {
         printf "private_key_jwt against a client secret, c=8: AgentIdP token-pkjwt / token-warm %.2f\n",
           (rps[a] / cnt[a]) / (rps[w] / cnt[w])
+      }
+      a = "token-dpop 8 a"; o = "token-dpop 8 o"
+      if ((a in cnt) && (o in cnt)) {
+        r = (rps[a] / cnt[a]) / (rps[o] / cnt[o])
+        printf "Goal, DPoP token, c=8: ratio %.2f (>= 1), AgentIdP p99 %.2f ms: %s\n", r, p99[a], verdict(r >= 1)
+      }
+      a = "token-dpop 8 a"; w = "token-warm 8 a"; o = "token-dpop 8 o"; v = "token-warm 8 o"
+      if ((a in cnt) && (w in cnt)) {
+        printf "DPoP against a plain token request, c=8: AgentIdP token-dpop / token-warm %.2f", \
+          (rps[a] / cnt[a]) / (rps[w] / cnt[w])
+        if ((o in cnt) && (v in cnt)) printf "; oidc-provider %.2f", (rps[o] / cnt[o]) / (rps[v] / cnt[v])
+        printf "\n"
       }
       a = "token-exchange 8 a"; w = "token-warm 8 a"
       if ((a in cnt) && (w in cnt)) {

@@ -15,6 +15,16 @@
 // in-memory adapter, an LRU cache of 1,000 entries shared with every other model, so it remembers
 // only recent jtis, where AgentIdP stores each until its assertion expires.
 //
+// DPoP (RFC 9449, features.dPoP) is on, without nonces (AgentIdP's default too), for load.sh's
+// token-dpop scenario: a token request with a `DPoP` proof (ES256 or EdDSA, oidc-provider's
+// default algorithms) gets `token_type: DPoP` and a JWT access token carrying cnf.jkt. The proof's
+// htu must be this server's token endpoint (http://HOST:PORT/token) and its iat within 300 s of
+// now either way (validate_dpop.js's DPOP_OK_WINDOW, fixed; clockTolerance does not apply to it);
+// its jti is refused when seen before for the same client, through the same ReplayDetection model
+// as assertions (so, like theirs, remembered only while it stays in the LRU cache). A request
+// without the header costs a header lookup more than with the feature off, as on AgentIdP, which
+// always looks for one.
+//
 // Two resource servers, because oidc-provider does not store JWT access tokens and so can only
 // introspect opaque ones:
 //   urn:agentidp-bench:jwt     (the default) JWT access tokens (RFC 9068 `at+jwt`): what
@@ -114,6 +124,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    dPoP: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
     resourceIndicators: {
