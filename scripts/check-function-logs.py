@@ -14,9 +14,9 @@ not captured, or AGENTIDP_LOG is below info); each SECRET_ID a signing-key secre
 version's private keys are searched for.
 
 What is searched for:
-- every event file's `Authorization` header (the Bearer token and its signature alone; the Basic
-  credentials, encoded and the secret decoded) and its `client_secret`, `token` and
-  `client_assertion` form parameters;
+- every event file's `Authorization` header (the Bearer or DPoP token and its signature alone;
+  the Basic credentials, encoded and the secret decoded), its `DPoP` proof, and its
+  `client_secret`, `token` and `client_assertion` form parameters;
 - the fixture's client secrets (shared/integration/tests/fixture/mod.rs), the bootstrap credential's secret,
   and every client secret and access token a response carried (new credentials, rotated ones,
   issued tokens);
@@ -84,12 +84,14 @@ for path in sorted(glob.glob("events/**/*.json", recursive=True)):
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer":
+    if scheme.lower() in ("bearer", "dpop"):
         add_token(credentials, f"events/{name}")
     elif scheme.lower() == "basic":
         add(credentials, "Basic credentials", f"events/{name}")
         decoded = base64.b64decode(credentials).decode()
         add(decoded.partition(":")[2], "client secret", f"events/{name}")
+    if headers.get("dpop"):
+        add_token(headers["dpop"], f"events/{name}")
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()

@@ -243,7 +243,8 @@ impl Config {
                 1,
                 10,
             )?,
-            public_url: match lookup("AGENTIDP_PUBLIC_URL") {
+            // Blank is unset: `sam local` passes a template's `AWS::NoValue` as "".
+            public_url: match lookup("AGENTIDP_PUBLIC_URL").filter(|url| !url.trim().is_empty()) {
                 None => issuer.clone(),
                 Some(url) => {
                     let url = url.trim_end_matches('/').to_owned();
@@ -371,6 +372,15 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.public_url, "https://api.example.com/idp");
+        let blank = Config::from_lookup(lookup(&[
+            ("AGENTIDP_ISSUER", "https://idp.example.com"),
+            ("AGENTIDP_PUBLIC_URL", ""),
+        ]))
+        .unwrap();
+        assert_eq!(
+            blank.public_url, "https://idp.example.com",
+            "blank is unset"
+        );
         assert_eq!(config.dpop.proof_max_age_seconds, 30);
         assert!(config.dpop.nonces);
         for (name, value) in [

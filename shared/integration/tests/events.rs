@@ -13,7 +13,7 @@
 //!
 //! The ignored tests are tools: `seed_dynamodb_fixture` writes the fixture into the tables
 //! named by `AGENTIDP_*_TABLE` (the packaging script's runtime loop), `print_fixture_tokens`
-//! signs the events' bearer tokens again.
+//! signs the events' access tokens again.
 
 #[expect(
     clippy::unwrap_used,
@@ -162,8 +162,12 @@ fn the_events_tokens_are_the_fixtures() {
     let mut seen = BTreeSet::new();
     for (case, _) in api_cases() {
         let mut tokens = Vec::new();
-        if let Some(bearer) = text(&case.json, "/headers/authorization").strip_prefix("Bearer ") {
-            tokens.push(bearer.to_owned());
+        let authorization = text(&case.json, "/headers/authorization");
+        if let Some(token) = authorization
+            .strip_prefix("Bearer ")
+            .or_else(|| authorization.strip_prefix("DPoP "))
+        {
+            tokens.push(token.to_owned());
         }
         let body = text(&case.json, "/body");
         let body = if case.json.get("isBase64Encoded") == Some(&Value::Bool(true)) {
@@ -316,7 +320,7 @@ async fn seed_dynamodb_fixture() {
     fixture::seed(&store, Utc::now()).await;
 }
 
-/// Prints the events' bearer tokens, signed with `events/fixture/signing-keys.json`, for when
+/// Prints the events' access tokens, signed with `events/fixture/signing-keys.json`, for when
 /// the fixture's keys or ids change.
 #[test]
 #[ignore = "a tool for updating events/, not a test"]
