@@ -21,7 +21,12 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
 use serde_yaml_ng::Value;
 use uuid::Uuid;
 
-use crate::fixture::{self, Expected, Target};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+use crate::fixture::{self, EventCase, Expected, Target};
 use crate::support::{
     Grant, binary_of, functions_by_binary, get, granted, of_type, reference, template,
 };
@@ -136,7 +141,8 @@ impl Intercept for Recorder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events_use() {
+async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events_and_a_dpop_request_use()
+ {
     let template = template();
     let functions = functions_by_binary(&template);
     let names = TableNames::with_prefix(&format!("agentidp-iam-{}", Uuid::new_v4().simple()));
@@ -151,6 +157,7 @@ async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events
             .build(),
     );
     let cases = fixture::load_events();
+    let dpop = FreshDpop::obtain(&cases, &names).await;
     let mut problems = Vec::new();
     for group in FunctionGroup::ALL {
         // An Idp per function, as each function has instances of its own: what one has cached
@@ -167,6 +174,13 @@ async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events
                     case.name, case.expected
                 ));
             }
+        }
+        // What no event can hold: a fresh DPoP proof (its use is a conditional write).
+        let (status, body) = fixture::invoke(&idp, group, &dpop.event(&cases, group)).await;
+        if status != 200 {
+            problems.push(format!(
+                "a DPoP request to {group:?}: expected 200, got {status}: {body}"
+            ));
         }
         let used = recorder.take();
         let function = &functions[&binary_of(group)];
@@ -205,6 +219,107 @@ async fn each_functions_iam_policy_grants_exactly_the_dynamodb_access_its_events
         assert_eq!(keys, expected, "{function}");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A DPoP key, and a token of the admin bound to it, got from the tokens function before the
+/// measured runs: with them each function gets a request no event can hold, a fresh proof.
+struct FreshDpop {
+    key: EcdsaKeyPair,
+    token: String,
+}
+
+impl FreshDpop {
+    async fn obtain(cases: &[EventCase], names: &TableNames) -> Self {
+        let store = DynamoStore::new(agentidp_testkit::dynamodb_client(), names.clone());
+        let idp = fixture::idp(Arc::new(store));
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let mut this = Self {
+            key,
+            token: String::new(),
+        };
+        let event = this.event(cases, FunctionGroup::Tokens);
+        let (status, body) = fixture::invoke(&idp, FunctionGroup::Tokens, &event).await;
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["token_type"], "DPoP");
+        this.token = body["access_token"].as_str().unwrap().to_owned();
+        this
+    }
+
+    /// A proof for `method` `path`, with `ath` when a token goes with it.
+    fn proof(&self, method: &str, path: &str, token: Option<&str>) -> String {
+        let point = self.key.public_key().as_ref();
+        let header = serde_json::json!({
+            "typ": "dpop+jwt",
+            "alg": "ES256",
+            "jwk": {
+                "kty": "EC",
+                "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            },
+        });
+        let mut claims = serde_json::json!({
+            "jti": Uuid::new_v4().to_string(),
+            "htm": method,
+            "htu": format!("{}{path}", fixture::config().public_url),
+            "iat": chrono::Utc::now().timestamp(),
+        });
+        if let Some(token) = token {
+            claims["ath"] = serde_json::json!(agentidp_core::dpop::access_token_hash(token));
+        }
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self
+            .key
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+
+    /// `group`'s request with a fresh proof: the admin's token request, or a read of the
+    /// management API with the bound token.
+    fn event(&self, cases: &[EventCase], group: FunctionGroup) -> serde_json::Value {
+        let (name, path) = match group {
+            FunctionGroup::Tokens => ("tokens/token.json", "/api/v1/token".to_owned()),
+            FunctionGroup::Agents => (
+                "agents/get-agent.json",
+                format!("/api/v1/agents/{}", fixture::AGENT_ADMIN),
+            ),
+            FunctionGroup::Credentials => (
+                "credentials/list-credentials.json",
+                format!("/api/v1/agents/{}/credentials", fixture::AGENT_ADMIN),
+            ),
+            FunctionGroup::Audit => ("audit/list-audit.json", "/api/v1/audit".to_owned()),
+        };
+        let mut event = cases
+            .iter()
+            .find(|case| case.name == name)
+            .unwrap_or_else(|| panic!("events/{name} is gone"))
+            .json
+            .clone();
+        let method = event["requestContext"]["http"]["method"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        event["rawPath"] = serde_json::json!(path);
+        event["requestContext"]["http"]["path"] = serde_json::json!(path);
+        if group == FunctionGroup::Tokens {
+            // Every scope the admin holds, for the reads of the other functions.
+            let form = "grant_type=client_credentials";
+            event["body"] = serde_json::json!(STANDARD.encode(form));
+            event["headers"]["content-length"] = serde_json::json!(form.len().to_string());
+        }
+        let token = (group != FunctionGroup::Tokens).then_some(self.token.as_str());
+        if let Some(token) = token {
+            event["headers"]["authorization"] = serde_json::json!(format!("DPoP {token}"));
+        }
+        event["headers"]["dpop"] = serde_json::json!(self.proof(&method, &path, token));
+        event
+    }
 }
 
 #[test]
