@@ -406,6 +406,24 @@ async fn an_agent_that_requires_dpop_gets_no_bearer_token_and_its_old_ones_stop(
         server.introspect(&admin_token, &bound).await["active"],
         true
     );
+    // Beyond its scopes, it is told so in the scheme it used as well.
+    let path = "/api/v1/agents";
+    let beyond = call_with(
+        &server,
+        Method::POST,
+        path,
+        &format!("DPoP {bound}"),
+        &[&key.proof(&server, "POST", path, Some(&bound))],
+    )
+    .await;
+    assert_eq!(beyond.status, 403, "{}", beyond.text);
+    assert!(
+        challenges(&beyond)
+            .iter()
+            .any(|c| c.starts_with("DPoP ") && c.contains(r#"error="insufficient_scope""#)),
+        "{:?}",
+        challenges(&beyond)
+    );
 
     // Someone who may manage credentials but holds fewer scopes than the admin cannot take
     // the requirement off the admin.

@@ -143,12 +143,18 @@ fn service_error(e: ServiceError) -> ApiResponse {
     match e {
         ServiceError::Validation(details) => invalid(details),
         ServiceError::Unauthenticated(reason) => {
-            let mut response = management(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "A valid bearer access token is required.",
-                json!([]),
-            );
+            let message = match reason {
+                Unauthenticated::NoToken | Unauthenticated::InvalidToken => {
+                    "A valid bearer access token is required."
+                }
+                Unauthenticated::InvalidDpopToken
+                | Unauthenticated::BoundTokenAsBearer
+                | Unauthenticated::InvalidDpopProof(_) => {
+                    "A valid DPoP-bound access token, with a DPoP proof for this request, is required."
+                }
+            };
+            let mut response =
+                management(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message, json!([]));
             // RFC 9449 §7.1: a resource that takes both schemes offers both challenges, each in
             // its own header, the DPoP one with the algorithms it accepts; an error goes in the
             // challenge of the scheme the token was presented in.
@@ -221,14 +227,17 @@ fn service_error(e: ServiceError) -> ApiResponse {
                 &message,
                 details,
             );
-            // Scope tokens exclude `"` and `\`, so the attribute needs no escaping.
-            set(
-                &mut response,
-                header::WWW_AUTHENTICATE,
-                &format!(
-                    r#"Bearer realm="agentidp", error="insufficient_scope", scope="{listed}""#
-                ),
-            );
+            // Scope tokens exclude `"` and `\`, so the attribute needs no escaping. The error
+            // is the token's whichever scheme it came in, so both challenges carry it.
+            for scheme in ["Bearer", "DPoP"] {
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    r#"{scheme} realm="agentidp", error="insufficient_scope", scope="{listed}""#
+                )) {
+                    response
+                        .headers_mut()
+                        .append(header::WWW_AUTHENTICATE, value);
+                }
+            }
             response
         }
         ServiceError::AgentNotFound => management(
