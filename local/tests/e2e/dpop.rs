@@ -224,6 +224,49 @@ async fn a_bound_token_works_only_with_a_fresh_proof_from_its_key(store: Arc<dyn
     assert!(offered[0].starts_with("Bearer "));
     assert!(offered[1].starts_with("DPoP ") && offered[1].contains("ES256"));
 
+    // The OAuth endpoints that take an access token as the caller's credential refuse the
+    // bound token as Bearer too, and in the DPoP scheme want its proof.
+    for endpoint in ["/api/v1/token/introspect", "/api/v1/token/revoke"] {
+        let as_bearer = server
+            .send(
+                server
+                    .request(Method::POST, endpoint)
+                    .bearer_auth(&token)
+                    .form(&[("token", other_token.as_str())]),
+            )
+            .await;
+        assert_eq!(as_bearer.status, 401, "{endpoint}: {}", as_bearer.text);
+        let wrong_ath = key.proof(&server, "POST", endpoint, Some(&other_token));
+        let refused = server
+            .send(
+                server
+                    .request(Method::POST, endpoint)
+                    .header("Authorization", format!("DPoP {token}"))
+                    .header("DPoP", wrong_ath)
+                    .form(&[("token", other_token.as_str())]),
+            )
+            .await;
+        assert_eq!(refused.status, 401, "{endpoint}: {}", refused.text);
+        assert_eq!(refused.oauth_error(), "invalid_client");
+    }
+    let introspected_with_proof = server
+        .send(
+            server
+                .request(Method::POST, "/api/v1/token/introspect")
+                .header("Authorization", format!("DPoP {token}"))
+                .header(
+                    "DPoP",
+                    key.proof(&server, "POST", "/api/v1/token/introspect", Some(&token)),
+                )
+                .form(&[("token", other_token.as_str())]),
+        )
+        .await;
+    assert_eq!(
+        introspected_with_proof.body["active"], true,
+        "{}",
+        introspected_with_proof.text
+    );
+
     // Introspection names the key; revocation by the key's holder works like any other.
     let introspected = server.introspect(&other_token, &token).await;
     assert_eq!(introspected["active"], true);
@@ -261,6 +304,21 @@ async fn every_bad_proof_is_refused_at_the_token_endpoint_and_issues_nothing(
             URL_SAFE_NO_PAD.encode(good().to_string())
         )
     };
+    // The forgery HS256 invites: an HMAC keyed with the public key, which anyone can read.
+    let hmac_forgery = {
+        let jwk = key.0.public_jwk();
+        let header = json!({ "typ": "dpop+jwt", "alg": "HS256", "jwk": jwk });
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(good().to_string())
+        );
+        let secret = jsonwebtoken::EncodingKey::from_secret(jwk.to_string().as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &secret, jsonwebtoken::Algorithm::HS256)
+                .unwrap();
+        format!("{signed}.{signature}")
+    };
     let mut private_jwk = key.0.public_jwk();
     private_jwk["d"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
     let used = key.proof(&server, "POST", TOKEN_PATH, None);
@@ -287,7 +345,7 @@ async fn every_bad_proof_is_refused_at_the_token_endpoint_and_issues_nothing(
         ("future iat", vec![with("iat", json!(now + 61))]),
         ("no jti", vec![with("jti", json!(""))]),
         ("alg none", vec![unsigned("none")]),
-        ("HS256", vec![unsigned("HS256")]),
+        ("HS256", vec![hmac_forgery]),
         (
             "a private key in the header",
             vec![with_header("jwk", private_jwk)],
@@ -317,6 +375,13 @@ async fn every_bad_proof_is_refused_at_the_token_endpoint_and_issues_nothing(
             token_with_proofs(&server, &admin.client_id, &admin.client_secret, &proofs).await;
         assert_eq!(response.status, 400, "{what}: {}", response.text);
         assert_eq!(response.oauth_error(), "invalid_dpop_proof", "{what}");
+        if what.starts_with("alg") || *what == "HS256" {
+            assert!(
+                response.str("error_description").contains("alg"),
+                "{what}: refused for its algorithm, {}",
+                response.text
+            );
+        }
         assert_eq!(response.header("cache-control"), Some("no-store"), "{what}");
     }
     assert_eq!(
@@ -481,7 +546,9 @@ async fn with_nonces_on_a_proof_must_carry_a_fresh_server_nonce(store: Arc<dyn S
         "the next nonce comes with the token"
     );
 
-    let forged = URL_SAFE_NO_PAD.encode([0u8; 24]);
+    // The current window, with a tag the server did not make.
+    let window = server.clock_now().timestamp().div_euclid(300);
+    let forged = URL_SAFE_NO_PAD.encode([window.to_be_bytes().as_slice(), &[7u8; 16]].concat());
     let refused = token_with_proofs(
         &server,
         &admin.client_id,
@@ -619,6 +686,40 @@ async fn token_exchange_never_drops_a_binding(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(with_subjects_key.status, 401);
+
+    // An unbound chain is honoured until an agent of it requires DPoP: then the token its
+    // actor holds stops, as the subject's own unbound tokens would.
+    let plain_subject_token = server.token(&subject_client, &subject_secret).await;
+    let unbound_exchange = server
+        .send(
+            server
+                .request(Method::POST, TOKEN_PATH)
+                .basic_auth(&actor_client, Some(&actor_secret))
+                .form(&[
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token", plain_subject_token.as_str()),
+                    ("subject_token_type", ACCESS_TOKEN),
+                ]),
+        )
+        .await;
+    assert_eq!(unbound_exchange.status, 200, "{}", unbound_exchange.text);
+    assert_eq!(unbound_exchange.str("token_type"), "Bearer");
+    let held = unbound_exchange.str("access_token");
+    assert_eq!(server.introspect(&admin_token, &held).await["active"], true);
+    let flagged = server
+        .api(&admin_token)
+        .update_agent(&actor, json!({ "requireDpop": true }))
+        .await;
+    assert_eq!(flagged.status, 200, "{}", flagged.text);
+    assert_eq!(
+        server.introspect(&admin_token, &held).await["active"],
+        false
+    );
+    assert_eq!(
+        server.introspect(&admin_token, &plain_subject_token).await["active"],
+        true,
+        "the subject's own token does not depend on its actor"
+    );
 }
 
 agentidp_testkit::per_store!(

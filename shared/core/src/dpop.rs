@@ -44,7 +44,6 @@ impl fmt::Debug for DpopProof {
 }
 
 /// What a proof must say to be accepted for one request.
-#[derive(Debug)]
 pub struct DpopExpectations<'a> {
     /// The request's method (`htm`).
     pub method: &'a str,
@@ -58,6 +57,19 @@ pub struct DpopExpectations<'a> {
     pub max_age_seconds: i64,
     /// The server nonces a proof must carry one of, when nonces are required.
     pub nonces: Option<&'a DpopNonces>,
+}
+
+/// The access token is a credential: only whether there is one shows.
+impl fmt::Debug for DpopExpectations<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopExpectations")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("access_token", &self.access_token.map(|_| "[redacted]"))
+            .field("max_age_seconds", &self.max_age_seconds)
+            .field("nonces", &self.nonces)
+            .finish()
+    }
 }
 
 /// A proof that checked out: the key it was made with and what makes it single use.
@@ -145,8 +157,9 @@ pub fn access_token_hash(token: &str) -> String {
     ))
 }
 
-/// A URL as RFC 9449 §4.3 compares `htu`: scheme, host and port normalised (RFC 3986 §6.2.2,
-/// §6.2.3, as the `url` crate parses them), the path as is, no query, no fragment.
+/// A URL as RFC 9449 §4.3 compares `htu`: syntax- and scheme-based normalisation (RFC 3986
+/// §6.2.2, §6.2.3) as the `url` crate parses it, on both sides (scheme and host lowercased, the
+/// default port made explicit, dot segments removed from the path), no query, no fragment.
 fn comparable_url(text: &str) -> Option<String> {
     let url = url::Url::parse(text).ok()?;
     if !matches!(url.scheme(), "https" | "http") {
@@ -501,8 +514,13 @@ mod tests {
     }
 
     #[test]
-    fn a_proof_never_shows_in_debug_output() {
+    fn a_proof_and_the_token_it_goes_with_never_show_in_debug_output() {
         let proof = DpopProof::new("eyJhbGciOi.secret.sig".into());
         assert!(!format!("{proof:?}").contains("secret"));
+        let expected = DpopExpectations {
+            access_token: Some("eyJ.the-token.sig"),
+            ..expectations()
+        };
+        assert!(!format!("{expected:?}").contains("the-token"));
     }
 }

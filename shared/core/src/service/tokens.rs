@@ -1313,11 +1313,12 @@ impl<
             .collect();
         match (revoked, standing) {
             (false, Some(mut agents)) if !agents.is_empty() => {
-                let subject = agents.swap_remove(0);
-                // An agent whose tokens must be bound honours none issued unbound before.
-                if subject.require_dpop && claims.cnf.is_none() {
+                // An agent whose tokens must be bound honours none of its chains unbound: not
+                // the subject's own tokens, nor those an actor holds, issued before it was set.
+                if claims.cnf.is_none() && agents.iter().any(|agent| agent.require_dpop) {
                     return Ok(None);
                 }
+                let subject = agents.swap_remove(0);
                 let client_id = claims.client_uuid();
                 Ok(Some(ActiveToken {
                     claims,
