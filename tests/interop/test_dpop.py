@@ -347,7 +347,11 @@ def test_oauth4webapi_sees_the_refusals_as_dpop_challenges(idp: Idp):
     refusals = run.output["refusals"]
     algs = " ".join(DPOP_ALGORITHMS)
     url = f"{idp.base}{agent.own_path}"
-    unauthorized = {"code": "UNAUTHORIZED", "message": "A valid bearer access token is required.", "details": []}
+    unauthorized = {
+        "code": "UNAUTHORIZED",
+        "message": "A valid DPoP-bound access token, with a DPoP proof for this request, is required.",
+        "details": [],
+    }
 
     bearer = refusals["bearer"]
     assert bearer["refused"] and bearer["name"] == "WWWAuthenticateChallengeError", bearer
