@@ -84,8 +84,13 @@ pub struct VerifiedDpopProof {
 impl VerifiedDpopProof {
     /// The last instant the proof could be accepted: a record of its use must outlive it.
     pub fn replay_window_end(&self, max_age_seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(self.iat.saturating_add(max_age_seconds.max(0)) + 1, 0)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        DateTime::from_timestamp(
+            self.iat
+                .saturating_add(max_age_seconds.max(0))
+                .saturating_add(1),
+            0,
+        )
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
