@@ -29,13 +29,8 @@ builds the binaries and runs this file with the others.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs
 
@@ -47,13 +42,11 @@ from requests_oauth2client import BearerToken, OAuth2Client
 from requests_oauth2client.exceptions import InvalidGrant, InvalidScope
 
 from test_mcp_interop import HTTP_TIMEOUT, Idp, Org, claims_of, running_idp
-from test_private_key_jwt import audit_events, denial_reasons, issued_event
+from test_private_key_jwt import NODE_TIMEOUT, audit_events, denial_reasons, issued_event, run_node_script
 
-HERE = Path(__file__).resolve().parent
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 READ, WRITE = "reports:read", "reports:write"
-NODE_TIMEOUT = 30  # seconds, for one run of token_exchange_client.mjs
 
 
 # --- the cast ------------------------------------------------------------------------------------
@@ -185,11 +178,6 @@ class NodeRun:
 def run_token_exchange_client(cast: Cast, actor: Party, **env: str) -> NodeRun:
     """tests/interop/token_exchange_client.mjs as `actor`, discovering the organization's issuer,
     with the TX_ settings `env` (TX_SUBJECT_TOKEN, TX_RESOURCE, TX_EXPECTED_SUBJECT, ...)."""
-    node = shutil.which("node")
-    assert node, "node is needed for the openid-client client"
-    assert (HERE / "node_modules" / "openid-client").is_dir(), (
-        "tests/interop/node_modules is missing: run `npm ci` in tests/interop (scripts/interop.sh does)"
-    )
     settings = {
         "TX_ISSUER": cast.org.issuer,
         "TX_CLIENT_ID": actor.client_id,
@@ -197,21 +185,7 @@ def run_token_exchange_client(cast: Cast, actor: Party, **env: str) -> NodeRun:
         "TX_TIMEOUT_MS": str(NODE_TIMEOUT * 1000),
         **env,
     }
-    result = subprocess.run(
-        [node, str(HERE / "token_exchange_client.mjs")],
-        env={**os.environ, **settings},
-        cwd=HERE,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT + 15,
-    )
-    assert result.returncode in (0, 1), f"token_exchange_client.mjs exited {result.returncode}\n{result.stderr}"
-    try:
-        output = json.loads(result.stdout)
-    except ValueError as e:
-        raise AssertionError(f"no JSON on stdout ({e}):\n{result.stdout}\n{result.stderr}") from e
-    return NodeRun(result.returncode, output, result.stderr)
+    return NodeRun(*run_node_script("token_exchange_client.mjs", ("openid-client",), settings))
 
 
 def test_openid_client_exchanges_the_subjects_token_and_jose_verifies_act(idp: Idp, cast: Cast):

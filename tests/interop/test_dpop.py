@@ -38,10 +38,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +54,10 @@ from requests_oauth2client.dpop import DPoPKey, DPoPToken, MissingDPoPNonce
 from requests_oauth2client.exceptions import UnknownTokenEndpointError
 
 from test_mcp_interop import HTTP_TIMEOUT, Idp, Org, agentidp_local, binary, server_environment
-from test_private_key_jwt import denial_reasons, issued_event
+from test_private_key_jwt import NODE_TIMEOUT, denial_reasons, issued_event, run_node_script
 
-HERE = Path(__file__).resolve().parent
 READ = "agents:read"
 DPOP_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"]
-NODE_TIMEOUT = 30  # seconds, for one run of dpop_client.mjs
 
 
 def b64u(data: bytes) -> str:
@@ -208,12 +203,6 @@ class NodeRun:
 def run_dpop_client(idp: Idp, mode: str, agent: DpopAgent, **env: str) -> NodeRun:
     """tests/interop/dpop_client.mjs in `mode` as `agent`, against the platform's issuer, reading
     the agent's own record and the agent list, with the DPOP_ settings `env`."""
-    node = shutil.which("node")
-    assert node, "node is needed for the oauth4webapi, openid-client and dpop clients"
-    for package in ("oauth4webapi", "openid-client", "dpop", "jose"):
-        assert (HERE / "node_modules" / package).is_dir(), (
-            f"tests/interop/node_modules/{package} is missing: run `npm ci` in tests/interop (scripts/interop.sh does)"
-        )
     settings = {
         "DPOP_MODE": mode,
         "DPOP_ISSUER": idp.base,
@@ -224,23 +213,12 @@ def run_dpop_client(idp: Idp, mode: str, agent: DpopAgent, **env: str) -> NodeRu
         "DPOP_TIMEOUT_MS": str(NODE_TIMEOUT * 1000),
         **env,
     }
-    result = subprocess.run(
-        [node, str(HERE / "dpop_client.mjs")],
-        env={**os.environ, **settings},
-        cwd=HERE,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT + 15,
-    )
-    try:
-        output = json.loads(result.stdout)
-    except ValueError as e:
-        raise AssertionError(f"no JSON on stdout ({e}):\n{result.stdout}\n{result.stderr}") from e
-    run = NodeRun(result.returncode, output, result.stderr)
+    packages = ("oauth4webapi", "openid-client", "dpop", "jose")
+    run = NodeRun(*run_node_script("dpop_client.mjs", packages, settings))
+    output = run.output
     assert run.returncode == 0, (
         f"dpop_client.mjs ({mode}) exited {run.returncode}: {output.get('error')}\n"
-        f"{json.dumps(output.get('requests'), indent=1)}\n{result.stderr}\n{idp.log()}"
+        f"{json.dumps(output.get('requests'), indent=1)}\n{run.stderr}\n{idp.log()}"
     )
     return run
 

@@ -74,7 +74,7 @@ HERE = Path(__file__).resolve().parent
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"]
 READ_SCOPE = "agents:read"
-NODE_TIMEOUT = 30  # seconds, for one run of private_key_jwt_client.mjs
+NODE_TIMEOUT = 30  # seconds, for one run of a node client (run_node_script)
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -470,14 +470,35 @@ class NodeRun:
         return [r["assertion"] for r in self.output["requests"] if r["assertion"]]
 
 
+def run_node_script(script: str, packages: tuple[str, ...], settings: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    """One of tests/interop's node clients with `settings` in its environment: its exit code (0,
+    or 1 for a failure it reports as JSON), the JSON it printed, and its stderr."""
+    node = shutil.which("node")
+    assert node, f"node is needed for {script}"
+    for package in packages:
+        assert (HERE / "node_modules" / package).is_dir(), (
+            f"tests/interop/node_modules/{package} is missing: run `npm ci` in tests/interop (scripts/interop.sh does)"
+        )
+    result = subprocess.run(
+        [node, str(HERE / script)],
+        env={**os.environ, **settings},
+        cwd=HERE,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT + 15,
+    )
+    assert result.returncode in (0, 1), f"{script} exited {result.returncode}\n{result.stderr}"
+    try:
+        output = json.loads(result.stdout)
+    except ValueError as e:
+        raise AssertionError(f"no JSON on stdout ({e}):\n{result.stdout}\n{result.stderr}") from e
+    return result.returncode, output, result.stderr
+
+
 def run_openid_client(issuer: str, client_id: str, key: Key, **env: str) -> NodeRun:
     """tests/interop/private_key_jwt_client.mjs: openid-client's discovery from `issuer`,
     PrivateKeyJwt with this key, a client_credentials token and its introspection."""
-    node = shutil.which("node")
-    assert node, "node is needed for the openid-client client"
-    assert (HERE / "node_modules" / "openid-client").is_dir(), (
-        "tests/interop/node_modules is missing: run `npm ci` in tests/interop (scripts/interop.sh does)"
-    )
     settings = {
         "PKJ_ISSUER": issuer,
         "PKJ_CLIENT_ID": client_id,
@@ -488,21 +509,7 @@ def run_openid_client(issuer: str, client_id: str, key: Key, **env: str) -> Node
         **({"PKJ_KEY_ID": key.kid} if key.kid else {}),
         **env,
     }
-    result = subprocess.run(
-        [node, str(HERE / "private_key_jwt_client.mjs")],
-        env={**os.environ, **settings},
-        cwd=HERE,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT + 15,
-    )
-    assert result.returncode in (0, 1), f"private_key_jwt_client.mjs exited {result.returncode}\n{result.stderr}"
-    try:
-        output = json.loads(result.stdout)
-    except ValueError as e:
-        raise AssertionError(f"no JSON on stdout ({e}):\n{result.stdout}\n{result.stderr}") from e
-    return NodeRun(result.returncode, output, result.stderr)
+    return NodeRun(*run_node_script("private_key_jwt_client.mjs", ("openid-client",), settings))
 
 
 def assert_openid_client_run(run: NodeRun, idp: Idp, issuer: str, agent: KeyAgent, alg: str) -> None:
