@@ -845,6 +845,22 @@ impl<
         Ok(())
     }
 
+    /// Who asks for a token, and the key it is to be bound to: the DPoP proof first (no read,
+    /// no bcrypt), then the client's authentication, as every grant with a client does.
+    async fn token_requester(
+        self: &Arc<Self>,
+        auth: &ClientAuthentication,
+        resource: Option<&str>,
+        dpop: Option<&DpopProof>,
+        context: &RequestContext,
+    ) -> Result<(Authenticated, Option<VerifiedDpopProof>), OAuthError> {
+        let binding = self.token_request_proof(dpop).await?;
+        match self.authenticate_client(auth, context, resource).await? {
+            Ok(authenticated) => Ok((authenticated, binding)),
+            Err(refusal) => Err(refusal.into_oauth(auth.method == ClientAuthMethod::Basic)),
+        }
+    }
+
     /// `POST /token`, grant type `client_credentials`. With `resource` (a normalised identifier,
     /// RFC 8707), the token is for that resource of the client's organization: its `aud` is the
     /// identifier and its scopes are those granted that the resource has (none of them
@@ -857,16 +873,14 @@ impl<
         dpop: Option<&DpopProof>,
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
-        let basic = auth.method == ClientAuthMethod::Basic;
-        let binding = self.token_request_proof(dpop).await?;
-        let Authenticated {
-            credential,
-            target,
-            proof,
-        } = match self.authenticate_client(&auth, context, resource).await? {
-            Ok(authenticated) => authenticated,
-            Err(refusal) => return Err(refusal.into_oauth(basic)),
-        };
+        let (
+            Authenticated {
+                credential,
+                target,
+                proof,
+            },
+            binding,
+        ) = self.token_requester(&auth, resource, dpop, context).await?;
         // The credential carries the agent's status (checked above) and scopes, kept in step on
         // every change of the agent, so the agent record need not be read here.
         let allowed = ScopeSet::from_list(credential.agent_scopes.iter().cloned());
@@ -896,19 +910,16 @@ impl<
         dpop: Option<&DpopProof>,
         context: &RequestContext,
     ) -> Result<TokenGrant, OAuthError> {
-        let basic = auth.method == ClientAuthMethod::Basic;
-        let binding = self.token_request_proof(dpop).await?;
-        let Authenticated {
-            credential,
-            target,
-            proof,
-        } = match self
-            .authenticate_client(&auth, context, request.resource)
-            .await?
-        {
-            Ok(authenticated) => authenticated,
-            Err(refusal) => return Err(refusal.into_oauth(basic)),
-        };
+        let (
+            Authenticated {
+                credential,
+                target,
+                proof,
+            },
+            binding,
+        ) = self
+            .token_requester(&auth, request.resource, dpop, context)
+            .await?;
         let actor = credential.agent_id;
         let org_id = credential.org_id;
         let subject = self
